@@ -1,0 +1,54 @@
+# jobwire: `make run` and `make test` are all a fresh machine needs (Node 20 + Debian).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+NODE_BIN := node_modules/.bin
+
+# Debian packages the tests need, installed only when missing.
+APT_PACKAGES_TEST := redis-server python3-redis
+
+.PHONY: help install deps build typecheck run test test-unit bench bench-quick soak clean
+
+help:
+	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis)"
+	@echo "make test         install what is missing, build, typecheck and run every test"
+	@echo "make bench        full benchmark against the baseline (writes bench/results/)"
+	@echo "make bench-quick  the same at small size, under a minute"
+	@echo "make clean        remove build output"
+
+# npm ci when node_modules is missing or older than the lock file.
+node_modules/.install-stamp: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+install: node_modules/.install-stamp
+
+# Debian packages, only those missing; needs root (or sudo) the first time.
+deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	/usr/bin/python3 -c 'import redis' 2>/dev/null || missing="$$missing python3-redis"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: install
+	$(NODE_BIN)/tsc -p tsconfig.json
+	@chmod +x dist/src/cli.js
+
+typecheck: install
+	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	$(NODE_BIN)/tsc -p test/tsconfig.json --noEmit
+
+run: build
+	node dist/src/cli.js serve $(ARGS)
+
+test: deps build typecheck
+	$(NODE_BIN)/tap
+
+test-unit: install
+	$(NODE_BIN)/tap test/unit-*.ts
+
+clean:
+	rm -rf dist .tap

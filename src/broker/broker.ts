@@ -1,0 +1,59 @@
+// The broker: where producers' messages come from and where job state is stored. Two
+// implementations with the same semantics: Redis (production, several gateway processes) and
+// an embedded in-process one (no dependencies; one process). test/broker-contract.ts runs the
+// same suite against both.
+
+export type BrokerKind = 'redis' | 'embedded'
+export type BrokerState = 'connecting' | 'ready' | 'down' | 'closed'
+
+/** A job's stored record, as the producer script left it. */
+export interface JobRecord {
+  /** The latest payload with seq and ts merged in, as published; null when none is stored. */
+  readonly state: Buffer | null
+  readonly owner: string | null
+}
+
+export interface ProgressOptions {
+  /** The user id to record as the job's owner. */
+  readonly owner?: string
+  readonly ttlSec?: number
+  readonly terminalTtlSec?: number
+}
+
+export interface BrokerListener {
+  /** HOT PATH: one message on a subscribed channel. Both buffers are only valid during the
+   * call. */
+  message(channel: Buffer, payload: Buffer): void
+  state(state: BrokerState): void
+  /** After an outage: every subscription is live again, and stored state may have moved on
+   * while messages could not arrive. */
+  restored(): void
+}
+
+export interface Broker {
+  readonly kind: BrokerKind
+  readonly state: BrokerState
+  /** Times the connection came back after an outage. */
+  readonly reconnects: number
+  /** Connects in the background; `state` reports progress. */
+  start(listener: BrokerListener): void
+  /** Resolves once messages on every channel are being received. */
+  subscribe(channels: readonly string[]): Promise<void>
+  unsubscribe(channels: readonly string[]): Promise<void>
+  /** Resolves once the pattern subscription is live. */
+  psubscribe(pattern: string): Promise<void>
+  readJobs(jobIds: readonly string[]): Promise<JobRecord[]>
+  /** The producer path: atomically bumps seq, stores the payload as the job's state and
+   * publishes it. Resolves to the new seq; rejects with ProducerError for a bad payload. */
+  publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number>
+  /** A plain PUBLISH, as existing workers do; nothing is stored. */
+  publish(channel: string, payload: Buffer | string): Promise<void>
+  close(): Promise<void>
+}
+
+export interface BrokerNames {
+  readonly channelPrefix: string
+  readonly keyPrefix: string
+  readonly stateTtlSec: number
+  readonly terminalTtlSec: number
+}

@@ -1,0 +1,123 @@
+// The embedded broker: the Redis broker's semantics inside the gateway process (stored state
+// with seq, owner and TTL; the producer rules of progress.lua; channels and one pattern), so
+// `make run` needs nothing but Node. Messages are delivered asynchronously and in order, as
+// they would arrive from Redis.
+
+import { channelFor } from '../topics.js'
+import { checkProducerPayload, isTerminalPayload, mergeProducerFields } from '../producer/merge.js'
+import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
+
+interface StoredJob {
+  seq: number
+  state: Buffer | null
+  owner: string | null
+  expiresAt: number
+}
+
+const SWEEP_INTERVAL_MS = 60_000
+
+export class EmbeddedBroker implements Broker {
+  readonly kind = 'embedded' as const
+  readonly reconnects = 0
+  private readonly jobs = new Map<string, StoredJob>()
+  private readonly channels = new Set<string>()
+  private pattern: string | null = null
+  private listener: BrokerListener | null = null
+  private current: BrokerState = 'connecting'
+  private sweeper: NodeJS.Timeout | null = null
+
+  constructor(private readonly names: BrokerNames) {}
+
+  get state(): BrokerState {
+    return this.current
+  }
+
+  start(listener: BrokerListener): void {
+    this.listener = listener
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
+    this.current = 'ready'
+    queueMicrotask(() => listener.state('ready'))
+  }
+
+  async subscribe(channels: readonly string[]): Promise<void> {
+    for (const channel of channels) this.channels.add(channel)
+    await tick()
+  }
+
+  async unsubscribe(channels: readonly string[]): Promise<void> {
+    for (const channel of channels) this.channels.delete(channel)
+    await tick()
+  }
+
+  async psubscribe(pattern: string): Promise<void> {
+    if (!pattern.endsWith('*') || pattern.slice(0, -1).includes('*')) {
+      throw new Error(`embedded broker supports only '<prefix>*' patterns, not '${pattern}'`)
+    }
+    this.pattern = pattern
+    await tick()
+  }
+
+  async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
+    const now = Date.now()
+    return jobIds.map((id) => {
+      const job = this.live(id, now)
+      return { state: job?.state ?? null, owner: job?.owner ?? null }
+    })
+  }
+
+  async publishProgress(jobId: string, payload: Buffer, options: ProgressOptions = {}): Promise<number> {
+    const decoded = checkProducerPayload(payload)
+    const now = Date.now()
+    const job = this.live(jobId, now) ?? { seq: 0, state: null, owner: null, expiresAt: 0 }
+    job.seq++
+    job.state = mergeProducerFields(decoded, job.seq, now)
+    if (options.owner) job.owner = options.owner
+    const ttlSec = isTerminalPayload(decoded)
+      ? options.terminalTtlSec ?? this.names.terminalTtlSec
+      : options.ttlSec ?? this.names.stateTtlSec
+    job.expiresAt = now + ttlSec * 1000
+    this.jobs.set(jobId, job)
+    this.deliver(channelFor(this.names.channelPrefix, jobId), job.state)
+    return job.seq
+  }
+
+  async publish(channel: string, payload: Buffer | string): Promise<void> {
+    this.deliver(channel, typeof payload === 'string' ? Buffer.from(payload) : payload)
+  }
+
+  async close(): Promise<void> {
+    this.current = 'closed'
+    if (this.sweeper) clearInterval(this.sweeper)
+    this.channels.clear()
+    this.pattern = null
+  }
+
+  private deliver(channel: string, payload: Buffer): void {
+    // As in Redis, whoever is subscribed at publish time receives it.
+    const subscribed = this.channels.has(channel) ||
+      (this.pattern !== null && channel.startsWith(this.pattern.slice(0, -1)))
+    if (!subscribed) return
+    const channelBytes = Buffer.from(channel)
+    setImmediate(() => {
+      if (this.current === 'ready' && this.listener !== null) this.listener.message(channelBytes, payload)
+    })
+  }
+
+  private live(jobId: string, now: number): StoredJob | undefined {
+    const job = this.jobs.get(jobId)
+    if (job !== undefined && job.expiresAt <= now) {
+      this.jobs.delete(jobId)
+      return undefined
+    }
+    return job
+  }
+
+  private sweep(): void {
+    const now = Date.now()
+    for (const [id, job] of this.jobs) if (job.expiresAt <= now) this.jobs.delete(id)
+  }
+}
+
+function tick(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}

@@ -1,0 +1,185 @@
+// Configuration from flags and environment, validated once at startup. Every option has one
+// row in OPTIONS: the flag, the environment variable, the default, how to parse it and what it
+// means. `jobwire serve --help` and the README's configuration table are both read off it.
+
+import { availableParallelism } from 'node:os'
+
+export type SubscriptionMode = 'per-job' | 'pattern'
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface Config {
+  readonly host: string
+  readonly port: number
+  /** Empty: the embedded in-process broker. */
+  readonly redisUrl: string
+  readonly subscriptionMode: SubscriptionMode
+  readonly channelPrefix: string
+  readonly keyPrefix: string
+  readonly unsubscribeDelayMs: number
+  readonly maxMessageBytes: number
+  readonly maxSubscriptionsPerSocket: number
+  readonly maxBackpressureBytes: number
+  readonly idleTimeoutSec: number
+  readonly brokerTimeoutMs: number
+  readonly stateTtlSec: number
+  readonly terminalTtlSec: number
+  readonly shutdownTimeoutMs: number
+  readonly workers: number
+  readonly logLevel: LogLevel
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+interface OptionSpec<K extends keyof Config> {
+  readonly key: K
+  readonly flag: string
+  readonly env: readonly string[]
+  readonly help: string
+  /** The default as text, as a user would type it; `undefined` means computed. */
+  readonly fallback: string
+  readonly parse: (raw: string, where: string) => Config[K]
+}
+
+function integer(min: number, max: number) {
+  return (raw: string, where: string): number => {
+    const n = Number(raw)
+    if (raw.trim() === '' || !Number.isInteger(n) || n < min || n > max) {
+      throw new ConfigError(`${where}: '${raw}' is not a whole number from ${min} to ${max}`)
+    }
+    return n
+  }
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (raw: string, where: string): T => {
+    if (!(values as readonly string[]).includes(raw)) {
+      throw new ConfigError(`${where}: '${raw}' must be one of ${values.join(', ')}`)
+    }
+    return raw as T
+  }
+}
+
+function prefix(raw: string, where: string): string {
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(raw)) {
+    throw new ConfigError(`${where}: '${raw}' must be 1..64 characters of A-Z a-z 0-9 _ . : -`)
+  }
+  return raw
+}
+
+function host(raw: string, where: string): string {
+  if (!/^[A-Za-z0-9.:[\]-]{1,253}$/.test(raw)) {
+    throw new ConfigError(`${where}: '${raw}' is not a host name or IP address`)
+  }
+  return raw.replace(/^\[(.*)\]$/, '$1')
+}
+
+function redisUrl(raw: string, where: string): string {
+  if (raw === '') return ''
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw new ConfigError(`${where}: '${raw}' is not a URL; use redis://host:port[/db]`)
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    throw new ConfigError(`${where}: '${raw}' must start with redis:// or rediss://`)
+  }
+  return raw
+}
+
+/** `auto` parses to 0 and is resolved once the broker choice is known. */
+const AUTO_WORKERS = 0
+function workers(raw: string, where: string): number {
+  return raw === 'auto' ? AUTO_WORKERS : integer(1, 256)(raw, where)
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+export const OPTIONS = [
+  { key: 'host', flag: 'host', env: ['HOST', 'JOBWIRE_HOST'], fallback: '127.0.0.1', parse: host,
+    help: 'address to listen on' },
+  { key: 'port', flag: 'port', env: ['PORT', 'JOBWIRE_PORT'], fallback: '8080', parse: integer(0, 65535),
+    help: 'port to listen on (0 picks a free one)' },
+  { key: 'redisUrl', flag: 'redis', env: ['REDIS_URL', 'JOBWIRE_REDIS_URL'], fallback: '', parse: redisUrl,
+    help: 'Redis URL; empty runs the embedded in-process broker' },
+  { key: 'subscriptionMode', flag: 'subscription-mode', env: ['JOBWIRE_SUBSCRIPTION_MODE'], fallback: 'per-job',
+    parse: oneOf<SubscriptionMode>(['per-job', 'pattern']),
+    help: 'per-job: SUBSCRIBE each watched job; pattern: one PSUBSCRIBE <prefix>* per node' },
+  { key: 'channelPrefix', flag: 'channel-prefix', env: ['JOBWIRE_CHANNEL_PREFIX'], fallback: 'progress:', parse: prefix,
+    help: 'Redis channel prefix producers publish to' },
+  { key: 'keyPrefix', flag: 'key-prefix', env: ['JOBWIRE_KEY_PREFIX'], fallback: 'jobwire:', parse: prefix,
+    help: 'prefix of the job state keys (<prefix>job:<id>)' },
+  { key: 'unsubscribeDelayMs', flag: 'unsubscribe-delay-ms', env: ['JOBWIRE_UNSUBSCRIBE_DELAY_MS'], fallback: '2000',
+    parse: integer(0, 600_000), help: 'how long a job stays subscribed after its last watcher leaves' },
+  { key: 'maxMessageBytes', flag: 'max-message-bytes', env: ['JOBWIRE_MAX_MESSAGE_BYTES'], fallback: '4096',
+    parse: integer(64, 1_048_576), help: 'largest client message; larger ones close the socket with 1009' },
+  { key: 'maxSubscriptionsPerSocket', flag: 'max-subscriptions', env: ['JOBWIRE_MAX_SUBSCRIPTIONS'], fallback: '100',
+    parse: integer(1, 100_000), help: 'jobs one socket may watch at once' },
+  { key: 'maxBackpressureBytes', flag: 'max-backpressure-bytes', env: ['JOBWIRE_MAX_BACKPRESSURE_BYTES'],
+    fallback: '1048576', parse: integer(4096, 1_073_741_824),
+    help: 'unsent bytes a socket may queue before it is cut as a slow consumer' },
+  { key: 'idleTimeoutSec', flag: 'idle-timeout', env: ['JOBWIRE_IDLE_TIMEOUT'], fallback: '60', parse: integer(8, 960),
+    help: 'seconds without traffic before a socket is closed (the server pings before that)' },
+  { key: 'brokerTimeoutMs', flag: 'broker-timeout-ms', env: ['JOBWIRE_BROKER_TIMEOUT_MS'], fallback: '5000',
+    parse: integer(100, 600_000), help: 'how long a subscribe or snapshot waits for the broker before failing' },
+  { key: 'stateTtlSec', flag: 'state-ttl', env: ['JOBWIRE_STATE_TTL'], fallback: '86400', parse: integer(1, 31_536_000),
+    help: 'seconds a job state is kept after its last update (producer default)' },
+  { key: 'terminalTtlSec', flag: 'terminal-ttl', env: ['JOBWIRE_TERMINAL_TTL'], fallback: '3600',
+    parse: integer(1, 31_536_000), help: 'the same, once the job is completed, failed or cancelled' },
+  { key: 'shutdownTimeoutMs', flag: 'shutdown-timeout-ms', env: ['JOBWIRE_SHUTDOWN_TIMEOUT_MS'], fallback: '5000',
+    parse: integer(100, 600_000), help: 'upper bound on a graceful shutdown' },
+  { key: 'workers', flag: 'workers', env: ['JOBWIRE_WORKERS'], fallback: 'auto', parse: workers,
+    help: 'gateway processes sharing the port (auto: one per core with Redis, 1 embedded)' },
+  { key: 'logLevel', flag: 'log-level', env: ['LOG_LEVEL', 'JOBWIRE_LOG_LEVEL'], fallback: 'info',
+    parse: oneOf(LOG_LEVELS), help: 'fatal, error, warn, info, debug, trace or silent' },
+] as const satisfies readonly OptionSpec<keyof Config>[]
+
+export type FlagValues = Readonly<Record<string, string | undefined>>
+export type Environment = Readonly<Record<string, string | undefined>>
+
+/** Builds the config from parsed flags (by flag name) and the environment; flags win. */
+export function loadConfig(flags: FlagValues, env: Environment): Config {
+  const out: Record<string, unknown> = {}
+  const known = new Set<string>(OPTIONS.map((o) => o.flag))
+  for (const name of Object.keys(flags)) {
+    if (!known.has(name)) throw new ConfigError(`unknown option --${name}; see jobwire serve --help`)
+  }
+  for (const option of OPTIONS) {
+    const flag = flags[option.flag]
+    const envName = option.env.find((name) => env[name] !== undefined && env[name] !== '')
+    if (flag !== undefined) {
+      out[option.key] = option.parse(flag, `--${option.flag}`)
+    } else if (envName !== undefined) {
+      out[option.key] = option.parse(env[envName] as string, `environment ${envName}`)
+    } else {
+      out[option.key] = option.parse(option.fallback, `default of --${option.flag}`)
+    }
+  }
+  // Every option was parsed above, so every field is set.
+  const config = out as { -readonly [K in keyof Config]: Config[K] }
+  if (config.workers === AUTO_WORKERS) {
+    config.workers = config.redisUrl === '' ? 1 : Math.max(1, availableParallelism())
+  } else if (config.workers > 1 && config.redisUrl === '') {
+    throw new ConfigError(
+      `--workers ${config.workers} needs Redis: the embedded broker lives inside one process. ` +
+        'Set --redis (or REDIS_URL), or use --workers 1.',
+    )
+  }
+  if (config.terminalTtlSec > config.stateTtlSec) {
+    throw new ConfigError(
+      `--terminal-ttl (${config.terminalTtlSec}) must not exceed --state-ttl (${config.stateTtlSec}): ` +
+        'a finished job is kept for less time than a running one, not more',
+    )
+  }
+  return Object.freeze(config as Config)
+}
+
+export function configHelp(): string {
+  const rows = OPTIONS.map((o) => {
+    const left = `  --${o.flag} <value>`
+    return `${left.padEnd(34)}${o.help} [env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`
+  })
+  return rows.join('\n')
+}

@@ -1,0 +1,50 @@
+// Server -> client frames in both encodings. job_update frames are spliced from the producer's
+// own bytes where the encodings match (no re-serialisation); everything else is encoded from
+// the message object.
+
+import { pack } from 'msgpackr'
+import type { DecodedPayload } from './payload.js'
+import type { Encoding, JobPayload, ServerMessage } from './protocol.js'
+
+export type Frame = string | Buffer
+
+/** The fixed prefixes of a job's job_update frames. Job ids need no JSON escaping (see
+ * JOB_ID_PATTERN), so the id is written as is. */
+export interface UpdateHeads {
+  readonly json: Buffer
+  readonly msgpack: Buffer
+}
+
+const JSON_CLOSE = Buffer.from('}')
+
+export function updateHeads(jobId: string): UpdateHeads {
+  return {
+    json: Buffer.from(`{"type":"job_update","job_id":"${jobId}","data":`),
+    // fixmap of 3 entries: type, job_id, data (the payload map follows as the last value)
+    msgpack: Buffer.concat([Buffer.from([0x83]), pack('type'), pack('job_update'), pack('job_id'), pack(jobId), pack('data')]),
+  }
+}
+
+/** HOT PATH */
+export function jsonUpdateFrame(jobId: string, heads: UpdateHeads, update: DecodedPayload): Frame {
+  if (update.format === 'json') return Buffer.concat([heads.json, update.bytes, JSON_CLOSE])
+  return `{"type":"job_update","job_id":"${jobId}","data":${JSON.stringify(update.obj)}}`
+}
+
+/** HOT PATH */
+export function msgpackUpdateFrame(jobId: string, heads: UpdateHeads, update: DecodedPayload): Buffer {
+  if (update.format === 'msgpack') return Buffer.concat([heads.msgpack, update.bytes])
+  return pack({ type: 'job_update', job_id: jobId, data: update.obj })
+}
+
+export function frameBytes(frame: Frame): number {
+  return typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length
+}
+
+export function encodeMessage(encoding: Encoding, message: ServerMessage): Frame {
+  return encoding === 'json' ? JSON.stringify(message) : pack(message)
+}
+
+export function statusMessage(jobId: string, data: JobPayload | null): ServerMessage {
+  return { type: 'job_status', job_id: jobId, data }
+}

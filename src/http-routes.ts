@@ -1,0 +1,68 @@
+// Plain HTTP endpoints: liveness, readiness, metrics, and GET /jobs/<id> (the polling
+// fallback). Async handlers register onAborted before their first await.
+
+import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
+import { respond, respondJson, trackAborted } from './http.js'
+import type { Logger } from './log.js'
+import { isValidJobId } from './protocol.js'
+import type { Snapshot } from './snapshot.js'
+
+export interface HttpContext {
+  readonly log: Logger
+  isReady(): boolean
+  brokerState(): string
+  readSnapshot(jobId: string): Promise<Snapshot>
+  /** The node's metrics in Prometheus text format. */
+  renderMetrics(): Promise<string>
+}
+
+export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
+  app.get('/healthz', (res) => respondJson(res, 200, { status: 'ok' }))
+
+  app.get('/readyz', (res) => {
+    const ready = ctx.isReady()
+    respondJson(res, ready ? 200 : 503, { ready, broker: ctx.brokerState() })
+  })
+
+  app.get('/metrics', (res) => {
+    const state = trackAborted(res)
+    ctx.renderMetrics().then(
+      (text) => state.aborted || respond(res, 200, text, 'text/plain; version=0.0.4; charset=utf-8'),
+      (err: Error) => state.aborted || respondJson(res, 500, { error: `metrics unavailable: ${err.message}` }),
+    )
+  })
+
+  app.get('/jobs/:id', (res, req) => {
+    const jobId = safeDecode(req.getParameter(0))
+    if (!isValidJobId(jobId)) {
+      return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
+    }
+    const state = trackAborted(res)
+    ctx.readSnapshot(jobId).then(
+      (snapshot) => {
+        if (state.aborted) return
+        if (snapshot.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
+        respondJson(res, 200, { job_id: jobId, data: snapshot.data })
+      },
+      (err: Error) => {
+        ctx.log.warn({ job: jobId, err: err.message }, 'GET /jobs snapshot failed')
+        if (!state.aborted) respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
+      },
+    )
+  })
+}
+
+/** Registered last: everything no other route took. */
+export function addNotFound(app: TemplatedApp): void {
+  app.any('/*', (res: HttpResponse, req) => {
+    respondJson(res, 404, { error: 'not_found', path: req.getUrl() })
+  })
+}
+
+function safeDecode(component: string): string | undefined {
+  try {
+    return decodeURIComponent(component)
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,178 @@
+// Live metrics, hand-written rather than prom-client: the hot path bumps plain number fields
+// (no label lookups, no method calls), and a snapshot is a plain object that worker processes
+// send to the primary, which sums them and renders one Prometheus text page for the node.
+
+/** Upper bounds, in seconds, of the producer-to-send latency histogram. */
+export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const
+
+export class Metrics {
+  // counters
+  connectionsOpened = 0
+  connectionsClosed = 0
+  brokerMessages = 0
+  unwatchedMessages = 0
+  malformedPayloads = 0
+  updatesPublished = 0
+  framesOut = 0
+  bytesOut = 0
+  slowConsumerCloses = 0
+  snapshotReads = 0
+  snapshotFailures = 0
+  resyncs = 0
+  clientErrors: Record<string, number> = {}
+  rejectedUpgrades: Record<string, number> = {}
+  // gauges
+  connections = 0
+  subscriptions = 0
+  sseStreams = 0
+  // histogram of (send time - producer ts), counts per LATENCY_BUCKETS plus +Inf
+  latencyCounts: number[] = new Array<number>(LATENCY_BUCKETS.length + 1).fill(0)
+  latencySum = 0
+  latencyCount = 0
+
+  /** HOT PATH: one delivery whose payload carried `ts` (ms since the epoch). */
+  observeLatency(tsMs: number, nowMs: number): void {
+    const seconds = Math.max(0, nowMs - tsMs) / 1000
+    let i = 0
+    while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++
+    this.latencyCounts[i]!++
+    this.latencySum += seconds
+    this.latencyCount++
+  }
+
+  countClientError(code: string): void {
+    this.clientErrors[code] = (this.clientErrors[code] ?? 0) + 1
+  }
+
+  countRejectedUpgrade(reason: string): void {
+    this.rejectedUpgrades[reason] = (this.rejectedUpgrades[reason] ?? 0) + 1
+  }
+}
+
+/** What a process reports: its counters plus the gauges the gateway reads at scrape time. */
+export interface MetricsSnapshot {
+  readonly counters: Record<string, number>
+  readonly labelled: Record<string, Record<string, number>>
+  readonly gauges: Record<string, number>
+  readonly latency: { counts: number[]; sum: number; count: number }
+}
+
+export interface LiveGauges {
+  jobsWatched: number
+  brokerUp: number
+  brokerReconnects: number
+}
+
+export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
+  return {
+    counters: {
+      connections_opened_total: m.connectionsOpened,
+      connections_closed_total: m.connectionsClosed,
+      broker_messages_total: m.brokerMessages,
+      broker_messages_unwatched_total: m.unwatchedMessages,
+      producer_malformed_total: m.malformedPayloads,
+      updates_published_total: m.updatesPublished,
+      frames_out_total: m.framesOut,
+      bytes_out_total: m.bytesOut,
+      slow_consumer_closes_total: m.slowConsumerCloses,
+      snapshot_reads_total: m.snapshotReads,
+      snapshot_failures_total: m.snapshotFailures,
+      resyncs_total: m.resyncs,
+      broker_reconnects_total: live.brokerReconnects,
+    },
+    labelled: {
+      client_errors_total: { ...m.clientErrors },
+      upgrades_rejected_total: { ...m.rejectedUpgrades },
+    },
+    gauges: {
+      connections: m.connections,
+      subscriptions: m.subscriptions,
+      sse_streams: m.sseStreams,
+      jobs_watched: live.jobsWatched,
+      broker_up: live.brokerUp,
+      workers: 1,
+    },
+    latency: { counts: [...m.latencyCounts], sum: m.latencySum, count: m.latencyCount },
+  }
+}
+
+/** Sums snapshots from several processes (counters and gauges add up; broker_up is the
+ * minimum, so the node reports down while any worker is cut off). */
+export function mergeSnapshots(snapshots: readonly MetricsSnapshot[]): MetricsSnapshot {
+  const out: MetricsSnapshot = {
+    counters: {},
+    labelled: {},
+    gauges: {},
+    latency: { counts: new Array<number>(LATENCY_BUCKETS.length + 1).fill(0), sum: 0, count: 0 },
+  }
+  for (const s of snapshots) {
+    for (const [k, v] of Object.entries(s.counters)) out.counters[k] = (out.counters[k] ?? 0) + v
+    for (const [k, v] of Object.entries(s.gauges)) {
+      out.gauges[k] = k === 'broker_up' ? Math.min(out.gauges[k] ?? 1, v) : (out.gauges[k] ?? 0) + v
+    }
+    for (const [name, byLabel] of Object.entries(s.labelled)) {
+      const target = (out.labelled[name] ??= {})
+      for (const [label, v] of Object.entries(byLabel)) target[label] = (target[label] ?? 0) + v
+    }
+    s.latency.counts.forEach((c, i) => (out.latency.counts[i]! += c))
+    out.latency.sum += s.latency.sum
+    out.latency.count += s.latency.count
+  }
+  return out
+}
+
+const HELP: Record<string, string> = {
+  connections_opened_total: 'WebSocket connections accepted',
+  connections_closed_total: 'WebSocket connections closed',
+  broker_messages_total: 'messages received from the broker',
+  broker_messages_unwatched_total: 'broker messages for jobs nobody on this node watches',
+  producer_malformed_total: 'producer payloads dropped because they were not a JSON object or msgpack map',
+  updates_published_total: 'job_update frames handed to uWS (one per encoding with subscribers)',
+  frames_out_total: 'frames sent to sockets (publishes times subscribers, plus direct sends)',
+  bytes_out_total: 'payload bytes of frames sent to sockets',
+  slow_consumer_closes_total: 'sockets cut because they fell more than max-backpressure-bytes behind',
+  snapshot_reads_total: 'job snapshots read from the broker',
+  snapshot_failures_total: 'job snapshot reads that failed or timed out',
+  resyncs_total: 'times subscribers were resynchronised after the broker came back',
+  broker_reconnects_total: 'times the broker connection came back after an outage',
+  client_errors_total: 'error replies sent to clients, by code',
+  upgrades_rejected_total: 'WebSocket upgrades refused, by reason',
+  connections: 'open WebSocket connections',
+  subscriptions: 'socket-to-job subscriptions',
+  sse_streams: 'open Server-Sent Events streams',
+  jobs_watched: 'jobs with at least one watcher on this node',
+  broker_up: '1 when the broker connection is ready',
+  workers: 'gateway processes reporting',
+}
+
+export function renderPrometheus(s: MetricsSnapshot, prefix = 'jobwire_'): string {
+  const lines: string[] = []
+  const head = (name: string, type: string) => {
+    lines.push(`# HELP ${prefix}${name} ${HELP[name] ?? name}`, `# TYPE ${prefix}${name} ${type}`)
+  }
+  for (const [name, value] of Object.entries(s.counters)) {
+    head(name, 'counter')
+    lines.push(`${prefix}${name} ${value}`)
+  }
+  for (const [name, byLabel] of Object.entries(s.labelled)) {
+    head(name, 'counter')
+    const label = name === 'client_errors_total' ? 'code' : 'reason'
+    for (const [value, count] of Object.entries(byLabel)) lines.push(`${prefix}${name}{${label}="${value}"} ${count}`)
+  }
+  for (const [name, value] of Object.entries(s.gauges)) {
+    head(name, 'gauge')
+    lines.push(`${prefix}${name} ${value}`)
+  }
+  const h = 'producer_to_send_seconds'
+  lines.push(`# HELP ${prefix}${h} time from the producer's ts to the gateway handing the frame to uWS`)
+  lines.push(`# TYPE ${prefix}${h} histogram`)
+  let cumulative = 0
+  LATENCY_BUCKETS.forEach((le, i) => {
+    cumulative += s.latency.counts[i]!
+    lines.push(`${prefix}${h}_bucket{le="${le}"} ${cumulative}`)
+  })
+  cumulative += s.latency.counts[LATENCY_BUCKETS.length]!
+  lines.push(`${prefix}${h}_bucket{le="+Inf"} ${cumulative}`)
+  lines.push(`${prefix}${h}_sum ${s.latency.sum}`, `${prefix}${h}_count ${s.latency.count}`)
+  return lines.join('\n') + '\n'
+}

@@ -1,0 +1,147 @@
+-- jobwire producer script: record a job's progress and publish it, in one atomic step.
+-- Usable from any language (EVAL/EVALSHA, redis-py register_script, ioredis defineCommand).
+--
+-- KEYS[1]  the job's state key, <key prefix>job:<job id>   (default jobwire:job:<id>)
+-- ARGV[1]  the job's channel, <channel prefix><job id>     (default progress:<id>)
+-- ARGV[2]  payload: a JSON object in UTF-8, or a msgpack map. It must not carry `seq`;
+--          `ts` (ms since the epoch) is kept when given, otherwise set from the Redis clock.
+-- ARGV[3]  owner (user id) to record; '' leaves the recorded owner as it is
+-- ARGV[4]  TTL in seconds while the job runs (default 86400)
+-- ARGV[5]  TTL in seconds once its status is completed, failed or cancelled (default 3600)
+--
+-- Effects: increments the job's seq, stores the payload with seq and ts merged in as the
+-- job's state, records the owner, refreshes the TTL and PUBLISHes the stored bytes on the
+-- channel. Returns the new seq. A bad payload is refused with an error before anything is
+-- written.
+--
+-- State key layout (a hash): seq = integer, state = the payload bytes as published,
+-- owner = user id. The gateway reads it with HMGET <key> state owner.
+
+local key, channel, payload = KEYS[1], ARGV[1], ARGV[2]
+local owner = ARGV[3] or ''
+local ttl = tonumber(ARGV[4] or '') or 86400
+local terminal_ttl = tonumber(ARGV[5] or '') or 3600
+
+if key == nil or channel == nil or payload == nil then
+  return redis.error_reply('jobwire: usage: KEYS[1]=state key, ARGV[1]=channel, ARGV[2]=payload')
+end
+
+-- The gateway forwards only valid UTF-8 JSON; refuse here what it would drop there.
+local function valid_utf8(s)
+  if not s:find('[\128-\255]') then return true end
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    if c < 0x80 then
+      i = i + 1
+    elseif c >= 0xC2 and c <= 0xDF then
+      local c2 = s:byte(i + 1)
+      if not c2 or c2 < 0x80 or c2 > 0xBF then return false end
+      i = i + 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      local c2, c3 = s:byte(i + 1, i + 2)
+      if not c3 or c3 < 0x80 or c3 > 0xBF then return false end
+      local lo, hi = 0x80, 0xBF
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+      if c2 < lo or c2 > hi then return false end
+      i = i + 3
+    elseif c >= 0xF0 and c <= 0xF4 then
+      local c2, c3, c4 = s:byte(i + 1, i + 3)
+      if not c4 or c3 < 0x80 or c3 > 0xBF or c4 < 0x80 or c4 > 0xBF then return false end
+      local lo, hi = 0x80, 0xBF
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+      if c2 < lo or c2 > hi then return false end
+      i = i + 4
+    else
+      return false
+    end
+  end
+  return true
+end
+
+local b0 = payload:byte(1)
+if b0 == nil then return redis.error_reply('jobwire: empty payload') end
+local is_msgpack = (b0 >= 0x80 and b0 <= 0x8f) or b0 == 0xde or b0 == 0xdf
+
+local decoded
+if is_msgpack then
+  local ok, next_offset, value = pcall(cmsgpack.unpack_one, payload)
+  if not ok or next_offset ~= -1 or type(value) ~= 'table' then
+    return redis.error_reply('jobwire: payload is not one well-formed msgpack map')
+  end
+  decoded = value
+else
+  local open = select(2, payload:find('^%s*{'))
+  if open == nil then
+    return redis.error_reply('jobwire: payload must be a JSON object or a msgpack map')
+  end
+  if not valid_utf8(payload) then
+    return redis.error_reply('jobwire: JSON payload is not valid UTF-8')
+  end
+  -- NaN, Infinity and hex numbers are not JSON; restore the setting for other scripts.
+  local lenient = cjson.decode_invalid_numbers()
+  cjson.decode_invalid_numbers(false)
+  local ok, value = pcall(cjson.decode, payload)
+  cjson.decode_invalid_numbers(lenient)
+  if not ok or type(value) ~= 'table' then
+    return redis.error_reply('jobwire: payload is not a valid JSON object')
+  end
+  decoded = value
+end
+
+if decoded.seq ~= nil then
+  return redis.error_reply('jobwire: payload must not set seq; the script assigns it')
+end
+if decoded.ts ~= nil and type(decoded.ts) ~= 'number' then
+  return redis.error_reply('jobwire: ts must be a number (milliseconds since the epoch)')
+end
+
+local seq = redis.call('HINCRBY', key, 'seq', 1)
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local add_ts = decoded.ts == nil
+
+local state
+if is_msgpack then
+  local count, body
+  if b0 <= 0x8f then
+    count, body = b0 - 0x80, payload:sub(2)
+  elseif b0 == 0xde then
+    local h1, h2 = payload:byte(2, 3)
+    count, body = h1 * 256 + h2, payload:sub(4)
+  else
+    local h1, h2, h3, h4 = payload:byte(2, 5)
+    count, body = ((h1 * 256 + h2) * 256 + h3) * 256 + h4, payload:sub(6)
+  end
+  local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq)
+  if add_ts then
+    count = count + 2
+    fields = fields .. cmsgpack.pack('ts') .. cmsgpack.pack(now_ms)
+  else
+    count = count + 1
+  end
+  local header
+  if count < 16 then
+    header = string.char(0x80 + count)
+  elseif count < 65536 then
+    header = string.char(0xde, math.floor(count / 256), count % 256)
+  else
+    header = string.char(0xdf, math.floor(count / 16777216) % 256, math.floor(count / 65536) % 256,
+      math.floor(count / 256) % 256, count % 256)
+  end
+  state = header .. fields .. body
+else
+  local open = select(2, payload:find('^%s*{'))
+  local fields = string.format('"seq":%d', seq)
+  if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
+  if next(decoded) ~= nil then fields = fields .. ',' end
+  state = '{' .. fields .. payload:sub(open + 1)
+end
+
+redis.call('HSET', key, 'state', state)
+if owner ~= '' then redis.call('HSET', key, 'owner', owner) end
+local status = decoded.status
+local terminal = status == 'completed' or status == 'failed' or status == 'cancelled'
+redis.call('EXPIRE', key, terminal and terminal_ttl or ttl)
+redis.call('PUBLISH', channel, state)
+return seq

@@ -1,0 +1,91 @@
+// The wire contract (docs/protocol.md), as types and constants shared by the gateway and the
+// browser client. No Node imports: the client bundle includes this file.
+
+export const PROTOCOL_VERSION = 1
+
+export const Subprotocol = {
+  Json: 'jobwire.json',
+  Msgpack: 'jobwire.msgpack',
+} as const
+export type Subprotocol = (typeof Subprotocol)[keyof typeof Subprotocol]
+export type Encoding = 'json' | 'msgpack'
+
+/** Job ids are 1..128 characters of `A-Z a-z 0-9 _ . : -`: safe in URLs, Redis keys and JSON
+ * without escaping, which the hot path relies on when it splices ids into frames. */
+export const JOB_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/
+export const MAX_JOB_ID_LENGTH = 128
+
+export function isValidJobId(value: unknown): value is string {
+  return typeof value === 'string' && JOB_ID_PATTERN.test(value)
+}
+
+export const TERMINAL_STATUSES: readonly string[] = ['completed', 'failed', 'cancelled']
+export type JobStatusName = 'queued' | 'processing' | 'completed' | 'failed' | 'cancelled'
+
+export function isTerminalStatus(status: unknown): boolean {
+  return typeof status === 'string' && TERMINAL_STATUSES.includes(status)
+}
+
+export const ErrorCode = {
+  BadJson: 'bad_json',
+  BadMessage: 'bad_message',
+  BadJobId: 'bad_job_id',
+  Forbidden: 'forbidden',
+  TooManySubscriptions: 'too_many_subscriptions',
+  RateLimited: 'rate_limited',
+  Internal: 'internal',
+  /** Extension: the connection's token expired; the server closes with 1008 right after. */
+  TokenExpired: 'token_expired',
+} as const
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
+
+/** Close codes. 1001 and 1013 (and abnormal closes such as 1006) mean "reconnect";
+ * 1008 and 1009 are terminal until the client changes something. */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  Abnormal: 1006,
+  PolicyViolation: 1008,
+  MessageTooBig: 1009,
+  TryAgainLater: 1013,
+} as const
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
+
+export function isTerminalCloseCode(code: number): boolean {
+  return code === CloseCode.PolicyViolation || code === CloseCode.MessageTooBig
+}
+
+/** A producer payload: any JSON object / msgpack map. `seq` and `ts` are set by jobwire's
+ * producer script; plain PUBLISHes may lack them. */
+export interface JobPayload {
+  status?: JobStatusName | string
+  progress?: number
+  message?: string
+  result?: unknown
+  error?: unknown
+  seq?: number
+  ts?: number
+  [field: string]: unknown
+}
+
+export type ClientMessage =
+  | { type: 'subscribe_job'; job_id: string }
+  | { type: 'unsubscribe_job'; job_id: string }
+  | { type: 'job_status'; job_id: string }
+  | { type: 'ping'; id?: string | number }
+
+export type ServerMessage =
+  | { type: 'job_status'; job_id: string; data: JobPayload | null }
+  | { type: 'job_update'; job_id: string; data: JobPayload }
+  | { type: 'pong'; id?: string | number }
+  | { type: 'unsubscribed'; job_id: string }
+  | ErrorMessage
+
+export interface ErrorMessage {
+  type: 'error'
+  code: ErrorCode
+  message: string
+  job_id?: string
+  /** Extension: for rate_limited, how long to wait before retrying. */
+  retry_after_ms?: number
+}
