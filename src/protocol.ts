@@ -34,8 +34,6 @@ export const ErrorCode = {
   TooManySubscriptions: 'too_many_subscriptions',
   RateLimited: 'rate_limited',
   Internal: 'internal',
-  /** Extension: the connection's token expired; the server closes with 1008 right after. */
-  TokenExpired: 'token_expired',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -86,6 +84,4 @@ export interface ErrorMessage {
   code: ErrorCode
   message: string
   job_id?: string
-  /** Extension: for rate_limited, how long to wait before retrying. */
-  retry_after_ms?: number
 }

@@ -32,7 +32,13 @@ export class Producer {
 
   constructor(options: ProducerOptions) {
     this.ownsConnection = typeof options.redis === 'string'
-    this.redis = typeof options.redis === 'string' ? new Redis(options.redis, { maxRetriesPerRequest: 3 }) : options.redis
+    if (typeof options.redis === 'string') {
+      this.redis = new Redis(options.redis, { maxRetriesPerRequest: 3 })
+      // Failures reach the caller as rejected progress() calls; the connection retries.
+      this.redis.on('error', () => undefined)
+    } else {
+      this.redis = options.redis
+    }
     this.names = {
       channelPrefix: options.channelPrefix ?? 'progress:',
       keyPrefix: options.keyPrefix ?? 'jobwire:',
@@ -43,7 +49,7 @@ export class Producer {
   }
 
   /** Stores `payload` as the job's state and publishes it; resolves to the job's new seq. */
-  progress(jobId: string, payload: JobPayload, options: ProgressOptions = {}): Promise<number> {
+  async progress(jobId: string, payload: JobPayload, options: ProgressOptions = {}): Promise<number> {
     return runProgressScript(this.redis, this.names, checkJobId(jobId), this.encode(payload), options)
   }
 

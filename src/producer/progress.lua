@@ -116,7 +116,9 @@ if is_msgpack then
   local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq)
   if add_ts then
     count = count + 2
-    fields = fields .. cmsgpack.pack('ts') .. cmsgpack.pack(now_ms)
+    -- float64, as JavaScript's own msgpack encoders write such numbers: cmsgpack would
+    -- write uint64, which many decoders turn into BigInt.
+    fields = fields .. cmsgpack.pack('ts') .. '\203' .. struct.pack('>d', now_ms)
   else
     count = count + 1
   end

@@ -1,0 +1,73 @@
+// Redis killed and restarted mid-stream: subscriptions come back by themselves, and every
+// subscriber gets a fresh job_status, so clients converge on the true state.
+
+import t from 'tap'
+import { Producer } from '../src/producer/producer.js'
+import { startGateway } from './fixtures/gateway.js'
+import { startRedis } from './fixtures/redis.js'
+import type { Message, TestClient } from './fixtures/ws-client.js'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** The newest state a client knows for a job, by seq, from job_status and job_update. */
+function latest(client: TestClient, jobId: string): Record<string, unknown> | null {
+  let best: Record<string, unknown> | null = null
+  for (const m of client.messages as Message[]) {
+    if ((m.type !== 'job_status' && m.type !== 'job_update') || m.job_id !== jobId || m.data === null) continue
+    const data = m.data as Record<string, unknown>
+    if (best === null || m.type === 'job_status' || (data.seq as number) > (best.seq as number)) best = data
+  }
+  return best
+}
+
+for (const mode of ['per-job', 'pattern'] as const) {
+  t.test(`${mode} mode`, async (t) => {
+    const redis = await startRedis()
+    t.teardown(() => redis.stop())
+    const gw = await startGateway({ redis: redis.url, 'subscription-mode': mode, 'broker-timeout-ms': '3000' })
+    t.teardown(() => gw.stop())
+    let producer = new Producer({ redis: redis.url })
+
+    const a = await gw.connect()
+    const b = await gw.connect('jobwire.msgpack')
+    const c = await gw.connect()
+    await a.subscribe('rr-1')
+    await b.subscribe('rr-1')
+    await c.subscribe('rr-2')
+    await producer.progress('rr-1', { progress: 10 })
+    await producer.progress('rr-2', { progress: 20 })
+    await a.nextOfType('job_update', 'rr-1')
+    await b.nextOfType('job_update', 'rr-1')
+    await c.nextOfType('job_update', 'rr-2')
+    await producer.close()
+
+    await redis.kill()
+    for (let i = 0; i < 100 && (await fetch(`${gw.http}/readyz`)).status !== 503; i++) await sleep(20)
+    t.equal((await fetch(`${gw.http}/readyz`)).status, 503, 'not ready while Redis is down')
+    t.equal(gw.gateway.metricsSnapshot().gauges.broker_up, 0)
+    await sleep(300)
+    const statusesBefore = [a, b, c].map((x) => x.all('job_status').length)
+
+    await redis.restart() // empty: the true state is whatever producers write from now on
+    producer = new Producer({ redis: redis.url })
+    t.teardown(() => producer.close())
+    await producer.progress('rr-1', { progress: 77, status: 'processing' })
+    await producer.progress('rr-2', { progress: 88, status: 'processing' })
+
+    for (const [client, job, before] of [[a, 'rr-1', statusesBefore[0]], [b, 'rr-1', statusesBefore[1]], [c, 'rr-2', statusesBefore[2]]] as const) {
+      await client.next((m) => m.type === 'job_status' && m.job_id === job, 15_000)
+      t.ok(client.all('job_status', job).length > before!, `a fresh job_status for ${job}`)
+    }
+    await sleep(200)
+    t.match(latest(a, 'rr-1'), { progress: 77 }, 'A converged')
+    t.match(latest(b, 'rr-1'), { progress: 77 }, 'B (msgpack) converged')
+    t.match(latest(c, 'rr-2'), { progress: 88 }, 'C converged')
+
+    await producer.progress('rr-1', { progress: 90 })
+    t.match((await a.next((m) => m.type === 'job_update' && (m.data as { progress: number }).progress === 90)).data, { progress: 90 }, 'streaming resumed')
+    t.equal((await fetch(`${gw.http}/readyz`)).status, 200)
+    const counters = gw.gateway.metricsSnapshot().counters
+    t.equal(counters.broker_reconnects_total, 1)
+    t.ok(counters.resyncs_total! >= 1)
+  })
+}
