@@ -1,0 +1,82 @@
+// The hot path against a fake uWS app: frames are spliced from the producer's bytes, one
+// publish per encoding with subscribers, nothing for encodings without, malformed dropped.
+
+import t from 'tap'
+import { pack, unpack } from 'msgpackr'
+import type { TemplatedApp } from 'uWebSockets.js'
+import type { Broker } from '../src/broker/broker.js'
+import { createBridge } from '../src/bridge.js'
+import { createLogger } from '../src/log.js'
+import { Metrics } from '../src/metrics.js'
+import { WatchedJobs } from '../src/watched-jobs.js'
+
+function setup(subscribers: Record<string, number>) {
+  const published: Array<{ topic: string; frame: string | Buffer; binary: boolean }> = []
+  const app = {
+    numSubscribers: (topic: string) => subscribers[topic] ?? 0,
+    publish: (topic: string, frame: string | Buffer, binary: boolean) => {
+      published.push({ topic, frame, binary })
+      return true
+    },
+  } as unknown as TemplatedApp
+  const broker = { subscribe: async () => {}, unsubscribe: async () => {} } as unknown as Broker
+  const watched = new WatchedJobs(broker, { mode: 'pattern', channelPrefix: 'progress:', unsubscribeDelayMs: 10 }, createLogger('silent'))
+  const metrics = new Metrics()
+  const malformed: string[] = []
+  const bridge = createBridge(app, watched, metrics, 'progress:'.length, (_job, reason) => malformed.push(reason))
+  return { published, watched, metrics, malformed, bridge }
+}
+
+t.test('a JSON payload is spliced, byte for byte, into one JSON frame', async (t) => {
+  const { published, watched, bridge, metrics } = setup({ 'j:a1': 3 })
+  watched.acquire('a1')
+  const payload = Buffer.from('{"progress": 5, "x":[ ]}')
+  bridge(Buffer.from('progress:a1'), payload)
+  t.equal(published.length, 1)
+  t.equal(published[0]!.topic, 'j:a1')
+  t.equal(published[0]!.frame.toString(), '{"type":"job_update","job_id":"a1","data":{"progress": 5, "x":[ ]}}')
+  t.equal(published[0]!.binary, false)
+  t.equal(metrics.framesOut, 3, 'frames counted per subscriber')
+})
+
+t.test('no msgpack frame for a job nobody receives in msgpack, and vice versa', async (t) => {
+  const { published, watched, bridge } = setup({ 'm:b1': 1 })
+  watched.acquire('b1')
+  bridge(Buffer.from('progress:b1'), Buffer.from('{"p":1}'))
+  t.same(published.map((p) => p.topic), ['m:b1'])
+  t.same(unpack(published[0]!.frame as Buffer), { type: 'job_update', job_id: 'b1', data: { p: 1 } })
+  t.equal(published[0]!.binary, true)
+})
+
+t.test('a msgpack payload is spliced for msgpack clients and converted for JSON clients', async (t) => {
+  const { published, watched, bridge } = setup({ 'm:c1': 1, 'j:c1': 1 })
+  watched.acquire('c1')
+  const payload = pack({ progress: 9, tags: ['a'] })
+  bridge(Buffer.from('progress:c1'), payload)
+  t.equal(published.length, 2)
+  const json = published.find((p) => p.topic === 'j:c1')!
+  const mp = published.find((p) => p.topic === 'm:c1')!
+  t.same(JSON.parse(json.frame.toString()), { type: 'job_update', job_id: 'c1', data: { progress: 9, tags: ['a'] } })
+  t.ok((mp.frame as Buffer).subarray(-payload.length).equals(payload), 'msgpack payload bytes kept')
+  t.same(unpack(mp.frame as Buffer), { type: 'job_update', job_id: 'c1', data: { progress: 9, tags: ['a'] } })
+})
+
+t.test('unwatched jobs and malformed payloads publish nothing and are counted', async (t) => {
+  const { published, watched, bridge, metrics, malformed } = setup({ 'j:d1': 1 })
+  bridge(Buffer.from('progress:nobody'), Buffer.from('{"p":1}'))
+  t.equal(metrics.unwatchedMessages, 1)
+  watched.acquire('d1')
+  for (const bad of ['[1]', '{"a"', 'x', '']) bridge(Buffer.from('progress:d1'), Buffer.from(bad))
+  t.equal(published.length, 0)
+  t.equal(metrics.malformedPayloads, 4)
+  t.equal(malformed.length, 4)
+})
+
+t.test('the last payload and its seq are kept for snapshots; ts feeds the latency histogram', async (t) => {
+  const { watched, bridge, metrics } = setup({})
+  const job = watched.acquire('e1')
+  bridge(Buffer.from('progress:e1'), Buffer.from(JSON.stringify({ seq: 7, ts: Date.now() - 3, p: 1 })))
+  t.same(job.lastPayload, { seq: 7, ts: job.lastPayload!.ts, p: 1 })
+  t.equal(job.lastSeq, 7)
+  t.equal(metrics.latencyCount, 1)
+})
