@@ -6,7 +6,7 @@ NODE_BIN := node_modules/.bin
 # Debian packages the tests need, installed only when missing.
 APT_PACKAGES_TEST := redis-server python3-redis
 
-.PHONY: help install deps build typecheck run test test-unit bench bench-quick soak clean
+.PHONY: help install deps build typecheck run test test-unit bench bench-quick bench-profile clean
 
 help:
 	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis)"
@@ -49,6 +49,16 @@ test: deps build typecheck
 
 test-unit: install
 	$(NODE_BIN)/tap test/unit-*.ts
+
+# Benchmarks start their own redis-server, gateways and baseline, and stop them all.
+bench: deps build
+	node dist/bench/run.js --size full
+
+bench-quick: deps build
+	node dist/bench/run.js --size quick
+
+bench-profile: deps build
+	node dist/bench/run.js --size quick --profile
 
 clean:
 	rm -rf dist .tap

@@ -1,0 +1,209 @@
+// Turns bench results into the printed table, the markdown report and the SVG latency chart.
+
+import type { BenchResults, IdleResult, StreamResult, SweepResult } from './run.js'
+
+const f1 = (n: number) => n.toFixed(1)
+const f2 = (n: number) => n.toFixed(2)
+const int = (n: number) => Math.round(n).toLocaleString('en-US')
+const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(0)
+
+function streams(b: BenchResults): StreamResult[] {
+  return b.scenarios.flatMap((s) => (s.kind === 'stream' ? [s.result] : []))
+}
+function sweeps(b: BenchResults): SweepResult[] {
+  return b.scenarios.flatMap((s) => (s.kind === 'sweep' ? [s.result] : []))
+}
+function idles(b: BenchResults): IdleResult[] {
+  return b.scenarios.flatMap((s) => (s.kind === 'idle' ? [s.result] : []))
+}
+
+function streamVerdict(r: StreamResult): string {
+  const w = r.window
+  const ok = w.latencyMs.p99 < r.scenario.aim.p99Ms && w.lost === 0 && w.closedByServer === 0
+  return `${ok ? 'met' : 'MISSED'} (p99 < ${r.scenario.aim.p99Ms} ms, 0 lost)`
+}
+
+function perCore(w: WindowLike): number {
+  return w.cpu.gateway > 0 ? w.deliveriesPerSec / (w.cpu.gateway / 100) : 0
+}
+type WindowLike = StreamResult['window']
+
+function sweepVerdict(r: SweepResult): string {
+  if (r.best === null) return 'MISSED (no step passed)'
+  const core = perCore(r.best)
+  return `${core >= r.scenario.aim.deliveriesPerCore ? 'met' : 'MISSED'} (>= ${int(r.scenario.aim.deliveriesPerCore)}/s per gateway core at p99 <= ${r.scenario.aim.p99Ms} ms)`
+}
+
+function idleVerdict(r: IdleResult): string {
+  const ok = r.rssPerConnection < r.scenario.aim.bytesPerConnection && r.probeConnectMs < r.scenario.aim.connectMs
+  return `${ok ? 'met' : 'MISSED'} (< ${r.scenario.aim.bytesPerConnection} B/conn, ${int(r.scenario.connectProbe)} in < ${r.scenario.aim.connectMs} ms)`
+}
+
+/** jobwire vs baseline, per scenario: how many times better jobwire is on each figure. */
+function ratios(b: BenchResults): string[] {
+  const lines: string[] = []
+  const byScenario = new Map<string, StreamResult[]>()
+  for (const r of streams(b)) byScenario.set(r.scenario.id, [...(byScenario.get(r.scenario.id) ?? []), r])
+  for (const [id, rs] of byScenario) {
+    const base = rs.find((r) => r.target.kind === 'baseline')
+    if (!base) continue
+    for (const j of rs.filter((r) => r.target.kind === 'jobwire')) {
+      const x = (a: number, c: number) => (c > 0 ? `${f1(a / c)}x` : 'n/a')
+      lines.push(`${id}: ${j.target.name} vs baseline: p99 ${x(base.window.latencyMs.p99, j.window.latencyMs.p99)} lower, ` +
+        `CPU per delivery ${x(base.window.gatewayUsPerDelivery, j.window.gatewayUsPerDelivery)} lower, ` +
+        `memory per connection ${x(base.rssPerConnection, j.rssPerConnection)} lower`)
+    }
+  }
+  const sweepBy = new Map<string, SweepResult[]>()
+  for (const r of sweeps(b)) sweepBy.set(r.scenario.id, [...(sweepBy.get(r.scenario.id) ?? []), r])
+  for (const [id, rs] of sweepBy) {
+    const base = rs.find((r) => r.target.kind === 'baseline')
+    for (const j of rs.filter((r) => r.target.kind === 'jobwire')) {
+      const jb = j.best?.deliveriesPerSec ?? 0
+      const bb = base?.best?.deliveriesPerSec ?? 0
+      lines.push(`${id}: ${j.target.name} sustains ${int(jb)} deliveries/s at p99 <= 10 ms vs baseline ${int(bb)}/s` + (bb > 0 ? ` (${f1(jb / bb)}x)` : ''))
+    }
+  }
+  const idleBase = idles(b).find((r) => r.target.kind === 'baseline')
+  for (const j of idles(b).filter((r) => r.target.kind === 'jobwire')) {
+    if (idleBase) lines.push(`idle: ${j.target.name} ${int(j.rssPerConnection)} B/connection vs baseline ${int(idleBase.rssPerConnection)} B (${f1(idleBase.rssPerConnection / Math.max(1, j.rssPerConnection))}x less)`)
+  }
+  return lines
+}
+
+function pad(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
+  return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n') + '\n'
+}
+
+export function printTable(b: BenchResults): string {
+  let out = `\njobwire bench (${b.size}), ${b.machine.cpus} cores ${b.machine.model}, Node ${b.machine.node}, commit ${b.commit}\n\n`
+  const s = streams(b)
+  if (s.length > 0) {
+    out += pad([
+      ['scenario', 'target', 'sockets', 'deliv/s', 'p50 ms', 'p90', 'p99', 'p99.9', 'max', 'lost', 'gw CPU%', 'us/deliv', 'gen CPU%', 'KB/conn', 'aim'],
+      ...s.map((r) => [r.scenario.id, r.target.name, int(r.connected), int(r.window.deliveriesPerSec), f2(r.window.latencyMs.p50), f2(r.window.latencyMs.p90),
+        f2(r.window.latencyMs.p99), f2(r.window.latencyMs.p999), f2(r.window.latencyMs.max), int(r.window.lost), f1(r.window.cpu.gateway),
+        f1(r.window.gatewayUsPerDelivery), f1(r.window.cpu.generator), f1(r.rssPerConnection / 1024), streamVerdict(r).split(' ')[0]!]),
+    ]) + '\n'
+  }
+  const w = sweeps(b)
+  if (w.length > 0) {
+    out += pad([
+      ['sweep', 'target', 'best deliv/s', 'p99 ms', 'lost', 'gw CPU%', 'per gw core/s', 'gen CPU%', 'aim'],
+      ...w.map((r) => [r.scenario.id, r.target.name, int(r.best?.deliveriesPerSec ?? 0), r.best ? f2(r.best.latencyMs.p99) : '-', r.best ? int(r.best.lost) : '-',
+        r.best ? f1(r.best.cpu.gateway) : '-', r.best ? int(perCore(r.best)) : '-', r.best ? f1(r.best.cpu.generator) : '-', sweepVerdict(r).split(' ')[0]!]),
+    ]) + '\n'
+  }
+  const i = idles(b)
+  if (i.length > 0) {
+    out += pad([
+      ['idle', 'target', 'sockets', 'first batch ms', 'all ms', 'RSS MB', 'B/conn', 'aim'],
+      ...i.map((r) => [r.scenario.id, r.target.name, int(r.connected), `${int(r.probeConnectMs)} (${int(Math.min(r.scenario.connectProbe, r.connected))})`, int(r.totalConnectMs), mb(r.rssBytes), int(r.rssPerConnection), idleVerdict(r).split(' ')[0]!]),
+    ]) + '\n'
+  }
+  for (const line of ratios(b)) out += `${line}\n`
+  if (b.polling) {
+    const p = b.polling
+    out += `\npush frame ${p.pushFrameBytes} B; one poll ${p.pollRequestBytes} B request + ${p.pollResponseBytes} B response, ${f1(p.gatewayUsPerPoll)} us gateway CPU, ${int(p.pollRequestsPerSec)} polls/s\n`
+    for (const row of p.rows) {
+      out += `job at ${row.updatesPerSec}/s: push ${int(row.push.bytesPerSec)} B/s; 5 s polling ${int(row.poll5s.bytesPerSec)} B/s (push/poll ${f2(row.push.bytesPerSec / row.poll5s.bytesPerSec)}); ` +
+        `polling every ${1000 / row.updatesPerSec} ms ${int(row.pollSameRate.bytesPerSec)} B/s (push/poll ${f2(row.push.bytesPerSec / row.pollSameRate.bytesPerSec)})\n`
+    }
+  }
+  return out
+}
+
+export function renderMarkdown(b: BenchResults, svgName: string): string {
+  const m = b.machine
+  let md = `# jobwire benchmark (${b.size})\n\n`
+  md += `Command: \`${b.command}\`, ${b.date}, commit \`${b.commit}\`. Machine: ${m.cpus} cores (${m.model}), ${m.memoryGiB} GiB, ` +
+    `Linux ${m.kernel}, Node ${m.node}, ${int(m.fdLimit)} open files per process. Everything on loopback: Redis, the gateway, the ` +
+    `load generators (Node, raw TCP, bound to 127.0.0.10+) and the publisher share the same ${m.cpus} cores. Latency is end to end: ` +
+    `the publisher's CLOCK_MONOTONIC stamp, through the producer script in Redis and the gateway, to the probe socket's read. ` +
+    `Measured windows: ${b.windowMs / 1000} s after a warm-up.\n\n`
+  md += `![latency](${svgName})\n\n`
+  const s = streams(b)
+  if (s.length > 0) {
+    md += '## Streaming scenarios\n\n| scenario | target | sockets | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | gateway CPU % | us CPU/delivery | generator CPU % | publisher CPU % | Redis CPU % | gateway RSS MB | KB/connection | aim |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+    for (const r of s) {
+      const w = r.window
+      md += `| ${r.scenario.title} (${int(r.scenario.jobs)} jobs, ${int(r.scenario.ratePerSec)} updates/s) | ${r.target.name} | ${int(r.connected)} | ${int(w.deliveriesPerSec)} | ${f2(w.latencyMs.p50)} | ${f2(w.latencyMs.p90)} | ${f2(w.latencyMs.p99)} | ${f2(w.latencyMs.p999)} | ${f2(w.latencyMs.max)} | ${int(w.lost)} of ${int(w.expected)} | ${f1(w.cpu.gateway)} | ${f1(w.gatewayUsPerDelivery)} | ${f1(w.cpu.generator)} | ${f1(w.cpu.publisher)} | ${f1(w.cpu.redis)} | ${mb(r.rssBytes)} | ${f1(r.rssPerConnection / 1024)} | ${streamVerdict(r)} |\n`
+    }
+    md += '\n'
+  }
+  const w = sweeps(b)
+  if (w.length > 0) {
+    md += '## Throughput sweeps\n\nDeliveries/s are raised step by step until a step loses a frame or its p99 exceeds 10 ms. "Per gateway core" divides the best step\'s deliveries/s by the CPU the gateway processes used.\n\n| sweep | target | steps tried (deliveries/s: p99 ms) | best deliveries/s | gateway CPU % | per gateway core | generator CPU % | aim |\n|---|---|---|---|---|---|---|---|\n'
+    for (const r of w) {
+      const tried = r.steps.map((st) => `${int(st.deliveriesPerSec)}: ${f1(st.latencyMs.p99)}${st.lost > 0 ? ` (${int(st.lost)} lost)` : ''}`).join(', ')
+      md += `| ${r.scenario.title} | ${r.target.name} | ${tried} | ${int(r.best?.deliveriesPerSec ?? 0)} | ${r.best ? f1(r.best.cpu.gateway) : '-'} | ${r.best ? int(perCore(r.best)) : '-'} | ${r.best ? f1(r.best.cpu.generator) : '-'} | ${sweepVerdict(r)} |\n`
+    }
+    md += '\n'
+  }
+  const i = idles(b)
+  if (i.length > 0) {
+    md += '## Idle density\n\nEach socket connects, upgrades and subscribes to one job, then stays idle. Memory is the growth of the gateway processes\' RSS (the kernel\'s socket buffers are not in it).\n\n| target | sockets held | first batch connected + subscribed | all | gateway RSS MB | bytes per connection | aim |\n|---|---|---|---|---|---|---|\n'
+    for (const r of i) {
+      md += `| ${r.target.name} | ${int(r.connected)}${r.failed ? ` (${int(r.failed)} failed)` : ''} | ${int(Math.min(r.scenario.connectProbe, r.connected))} in ${int(r.probeConnectMs)} ms | ${int(r.totalConnectMs)} ms | ${mb(r.rssBytes)} | ${int(r.rssPerConnection)} | ${idleVerdict(r)} |\n`
+    }
+    md += '\nA single process holds at most ~18,000 sockets here (20,000 open files per process), so the 1-process targets stop there.\n\n'
+  }
+  const lines = ratios(b)
+  if (lines.length > 0) md += '## jobwire against the baseline\n\n' + lines.map((l) => `- ${l}`).join('\n') + '\n\n'
+  if (b.polling) {
+    const p = b.polling
+    md += '## Push vs polling\n\n'
+    md += `One \`job_update\` frame for \`${JSON.stringify(p.payload)}\` (with seq and ts) is ${p.pushFrameBytes} bytes on the wire. One poll of \`GET /jobs/<id>\` ` +
+      `with a browser's usual headers is ${p.pollRequestBytes} bytes of request and ${p.pollResponseBytes} bytes of response (autocannon, ${int(p.pollRequestsPerSec)} polls/s, ` +
+      `p99 ${f2(p.pollLatencyP99Ms)} ms) and costs the gateway ${f1(p.gatewayUsPerPoll)} us of CPU. TCP/IP headers (about 66 bytes per segment, one segment per push and two per poll) are not counted.\n\n`
+    md += '| job updates | push B/s | 5 s polling B/s | push / 5 s polling | polling at the update rate B/s | push / same-rate polling | requests/s avoided vs same-rate |\n|---|---|---|---|---|---|---|\n'
+    for (const row of p.rows) {
+      md += `| ${row.updatesPerSec}/s | ${int(row.push.bytesPerSec)} | ${int(row.poll5s.bytesPerSec)} | ${f2(row.push.bytesPerSec / row.poll5s.bytesPerSec)} | ${int(row.pollSameRate.bytesPerSec)} | ${f2(row.push.bytesPerSec / row.pollSameRate.bytesPerSec)} | ${int(row.pollSameRate.requestsPerSec)} |\n`
+    }
+    md += '\n'
+  }
+  return md
+}
+
+export function renderSvg(b: BenchResults): string {
+  const groups: Array<{ label: string; sub: string; values: number[] }> = []
+  for (const r of streams(b)) {
+    const l = r.window.latencyMs
+    groups.push({ label: r.scenario.id, sub: r.target.name, values: [l.p50, l.p90, l.p99, l.p999] })
+  }
+  for (const r of sweeps(b)) {
+    if (!r.best) continue
+    const l = r.best.latencyMs
+    groups.push({ label: `${r.scenario.id} @${Math.round(r.best.deliveriesPerSec / 1000)}k/s`, sub: r.target.name, values: [l.p50, l.p90, l.p99, l.p999] })
+  }
+  const colors = ['#9ecae1', '#6baed6', '#2171b5', '#08306b']
+  const names = ['p50', 'p90', 'p99', 'p99.9']
+  const barW = 12
+  const groupW = barW * 4 + 24
+  const left = 60
+  const top = 40
+  const height = 260
+  const width = left + Math.max(1, groups.length) * groupW + 20
+  const lo = Math.log10(0.05)
+  const hi = Math.log10(1000)
+  const y = (ms: number) => top + height - ((Math.log10(Math.max(0.05, ms)) - lo) / (hi - lo)) * height
+  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${top + height + 90}" font-family="sans-serif" font-size="11">\n`
+  svg += `<text x="${left}" y="18" font-size="14">End-to-end latency, ms (log scale): ${b.size} run, commit ${b.commit}</text>\n`
+  for (const tick of [0.1, 1, 10, 100, 1000]) {
+    svg += `<line x1="${left}" x2="${width - 10}" y1="${y(tick)}" y2="${y(tick)}" stroke="#ddd"/><text x="${left - 6}" y="${y(tick) + 4}" text-anchor="end">${tick}</text>\n`
+  }
+  groups.forEach((g, gi) => {
+    const x0 = left + gi * groupW + 12
+    g.values.forEach((v, vi) => {
+      const yy = y(v)
+      svg += `<rect x="${x0 + vi * barW}" y="${yy}" width="${barW - 2}" height="${top + height - yy}" fill="${colors[vi]}"><title>${g.label} ${g.sub} ${names[vi]} ${v} ms</title></rect>\n`
+    })
+    svg += `<text transform="translate(${x0 + 2 * barW},${top + height + 10}) rotate(40)" >${g.label}</text>\n`
+    svg += `<text transform="translate(${x0 + 2 * barW - 10},${top + height + 10}) rotate(40)" fill="#666">${g.sub}</text>\n`
+  })
+  names.forEach((n, i) => {
+    svg += `<rect x="${width - 240 + i * 56}" y="26" width="10" height="10" fill="${colors[i]}"/><text x="${width - 226 + i * 56}" y="35">${n}</text>\n`
+  })
+  return svg + '</svg>\n'
+}

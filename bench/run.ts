@@ -1,0 +1,263 @@
+// `make bench`: runs every scenario against jobwire (1 worker and one per core) and the
+// baseline, back to back on the same machine, then prints a table and writes
+// bench/results/<stamp>.json, latest.json, latest.md and latest.svg.
+//
+//   node dist/bench/run.js [--size full|quick|tiny] [--only seed,edge] [--out DIR] [--profile]
+
+import { mkdirSync, writeFileSync, copyFileSync } from 'node:fs'
+import { availableParallelism, cpus, totalmem, release } from 'node:os'
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { projectPath } from '../src/paths.js'
+import { Fleet, gatewayRss, jobIds, startPublisher, type Publisher, type WindowResult } from './fleet.js'
+import { measurePolling, type PollingResult } from './polling.js'
+import { printTable, renderMarkdown, renderSvg } from './report.js'
+import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
+import { startBaseline, startJobwire, startRedis, type Running } from './targets.js'
+
+export interface TargetSpec {
+  readonly name: string
+  readonly kind: 'jobwire' | 'baseline'
+  readonly workers: number
+}
+
+export interface StreamResult {
+  readonly scenario: StreamScenario
+  readonly target: TargetSpec
+  readonly connected: number
+  readonly connectMs: number
+  readonly rssBytes: number
+  readonly rssPerConnection: number
+  readonly window: WindowResult
+}
+
+export interface SweepResult {
+  readonly scenario: SweepScenario
+  readonly target: TargetSpec
+  readonly connected: number
+  readonly steps: WindowResult[]
+  /** The highest deliveries/s that kept p99 <= aim with nothing lost, and its window. */
+  readonly best: WindowResult | null
+}
+
+export interface IdleResult {
+  readonly scenario: IdleScenario
+  readonly target: TargetSpec
+  readonly connected: number
+  readonly failed: number
+  readonly probeConnectMs: number
+  readonly totalConnectMs: number
+  readonly rssBytes: number
+  readonly rssPerConnection: number
+  readonly errors: string[]
+}
+
+export type ScenarioResult =
+  | { kind: 'stream'; result: StreamResult }
+  | { kind: 'sweep'; result: SweepResult }
+  | { kind: 'idle'; result: IdleResult }
+
+export interface BenchResults {
+  readonly size: Size
+  readonly date: string
+  readonly command: string
+  readonly commit: string
+  readonly machine: { cpus: number; model: string; memoryGiB: number; node: string; kernel: string; fdLimit: number }
+  readonly windowMs: number
+  readonly scenarios: ScenarioResult[]
+  readonly polling: PollingResult | null
+}
+
+const FD_SAFE = 18_000 // per process; the hard limit here is 20,000 open files
+
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: 'full' },
+    only: { type: 'string' },
+    out: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+  },
+})
+const size = values.size as Size
+if (!['full', 'quick', 'tiny'].includes(size)) {
+  console.error(`--size must be full, quick or tiny, not '${size}'`)
+  process.exit(2)
+}
+const plan = benchPlan(size)
+const only = values.only?.split(',')
+const outDir = values.out ?? projectPath('bench', 'results')
+const cores = availableParallelism()
+
+function log(message: string): void {
+  process.stderr.write(`[bench] ${message}\n`)
+}
+
+function targetsFor(scenario: Scenario): TargetSpec[] {
+  if (scenario.kind === 'idle') {
+    const workers = Math.max(cores, Math.ceil(scenario.sockets / FD_SAFE))
+    return [
+      { name: `jobwire ${workers}w`, kind: 'jobwire', workers },
+      { name: 'jobwire', kind: 'jobwire', workers: 1 },
+      { name: 'baseline (ws)', kind: 'baseline', workers: 1 },
+    ]
+  }
+  return [
+    { name: 'jobwire', kind: 'jobwire', workers: 1 },
+    ...(cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire' as const, workers: cores }] : []),
+    { name: 'baseline (ws)', kind: 'baseline', workers: 1 },
+  ]
+}
+
+async function start(spec: TargetSpec, redisUrl: string): Promise<Running> {
+  return spec.kind === 'baseline' ? startBaseline(redisUrl) : startJobwire(redisUrl, spec.workers, [], values.profile)
+}
+
+function loadgensFor(sockets: number): number {
+  return Math.max(2, Math.ceil(sockets / 15_000))
+}
+
+async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Running & { url: string }, publisher: Publisher): Promise<StreamResult> {
+  const target = await start(spec, redis.url)
+  try {
+    const rss0 = gatewayRss(target)
+    const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: loadgensFor(scenario.sockets), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
+    const fleet = await Fleet.open(target, fleetPlan)
+    try {
+      if (fleet.failed > 0) log(`${spec.name}: ${fleet.failed} sockets failed to connect: ${fleet.errors.join('; ')}`)
+      const rss = gatewayRss(target)
+      // A short warm-up window lets the JIT settle before the measured one.
+      await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: scenario.ratePerSec, durationMs: Math.min(1000, plan.windowMs), via: 'script' })
+      const window = await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via: 'script' })
+      return { scenario, target: spec, connected: fleet.connected, connectMs: fleet.connectMs, rssBytes: rss, rssPerConnection: (rss - rss0) / Math.max(1, fleet.connected), window }
+    } finally {
+      await fleet.close()
+    }
+  } finally {
+    await target.stop()
+  }
+}
+
+async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Running & { url: string }, publisher: Publisher): Promise<SweepResult> {
+  const target = await start(spec, redis.url)
+  try {
+    const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: loadgensFor(scenario.sockets), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
+    const fleet = await Fleet.open(target, fleetPlan)
+    try {
+      const fanout = fleet.connected / scenario.jobs
+      const steps: WindowResult[] = []
+      let best: WindowResult | null = null
+      const windowMs = Math.max(1000, Math.round(plan.windowMs / 2))
+      await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: Math.max(1, scenario.steps[0]! / fanout / 4), durationMs: 1000, via: 'script' })
+      for (const deliveries of scenario.steps) {
+        const ratePerSec = deliveries / fanout
+        const window = await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec, durationMs: windowMs, via: 'script' })
+        steps.push(window)
+        const ok = window.lost === 0 && window.closedByServer === 0 && window.latencyMs.p99 <= scenario.aim.p99Ms
+        log(`${spec.name} ${scenario.id}: ${deliveries}/s -> p99 ${window.latencyMs.p99} ms, lost ${window.lost}, gateway ${window.cpu.gateway.toFixed(0)}% ${ok ? 'ok' : 'STOP'}`)
+        if (!ok) break
+        best = window
+      }
+      return { scenario, target: spec, connected: fleet.connected, steps, best }
+    } finally {
+      await fleet.close()
+    }
+  } finally {
+    await target.stop()
+  }
+}
+
+async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running & { url: string }): Promise<IdleResult> {
+  const target = await start(spec, redis.url)
+  const sockets = Math.min(scenario.sockets, spec.workers * FD_SAFE)
+  try {
+    const rss0 = gatewayRss(target)
+    const jobs = Math.max(1, Math.round(sockets / 50))
+    const first = await Fleet.open(target, { sockets: Math.min(scenario.connectProbe, sockets), jobs, loadgens: 2, probeEvery: 1000, subscribe: true, jobPrefix: 'idle-' })
+    const started = performance.now()
+    const restCount = sockets - first.connected - first.failed
+    const rest = restCount > 0
+      ? await Fleet.open(target, { sockets: restCount, jobs, loadgens: loadgensFor(restCount), probeEvery: 1000, subscribe: true, jobPrefix: 'idle-' })
+      : null
+    const totalConnectMs = first.connectMs + (performance.now() - started)
+    try {
+      await new Promise((r) => setTimeout(r, 1000))
+      const rss = gatewayRss(target)
+      const connected = first.connected + (rest?.connected ?? 0)
+      return {
+        scenario, target: spec, connected, failed: first.failed + (rest?.failed ?? 0),
+        probeConnectMs: first.connectMs, totalConnectMs, rssBytes: rss,
+        rssPerConnection: (rss - rss0) / Math.max(1, connected),
+        errors: [...first.errors, ...(rest?.errors ?? [])].slice(0, 5),
+      }
+    } finally {
+      await first.close()
+      await rest?.close()
+    }
+  } finally {
+    await target.stop()
+  }
+}
+
+function machine(): BenchResults['machine'] {
+  let fdLimit = 0
+  try {
+    fdLimit = Number(execFileSync('bash', ['-c', 'ulimit -n']).toString().trim())
+  } catch {
+    // unknown
+  }
+  return { cpus: cores, model: cpus()[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release(), fdLimit }
+}
+
+function commit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectPath() }).toString().trim()
+  } catch {
+    return 'unknown'
+  }
+}
+
+async function main(): Promise<void> {
+  const redis = await startRedis()
+  const publisher = startPublisher()
+  const results: ScenarioResult[] = []
+  let polling: PollingResult | null = null
+  const cleanup = async () => {
+    publisher.proc.kill()
+    await redis.stop()
+  }
+  process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
+  try {
+    for (const scenario of plan.scenarios) {
+      if (only && !only.includes(scenario.id)) continue
+      for (const spec of targetsFor(scenario)) {
+        log(`${scenario.title}: ${spec.name}`)
+        if (scenario.kind === 'stream') results.push({ kind: 'stream', result: await runStream(scenario, spec, redis, publisher) })
+        else if (scenario.kind === 'sweep') results.push({ kind: 'sweep', result: await runSweep(scenario, spec, redis, publisher) })
+        else results.push({ kind: 'idle', result: await runIdle(scenario, spec, redis) })
+      }
+    }
+    if (!only || only.includes('polling')) {
+      log('HTTP polling vs push')
+      polling = await measurePolling(redis, plan.pollingSeconds)
+    }
+  } finally {
+    await cleanup()
+  }
+  const bench: BenchResults = {
+    size, date: new Date().toISOString(), command: `make ${size === 'full' ? 'bench' : size === 'quick' ? 'bench-quick' : 'bench-tiny'}`,
+    commit: commit(), machine: machine(), windowMs: plan.windowMs, scenarios: results, polling,
+  }
+  mkdirSync(outDir, { recursive: true })
+  const stamp = bench.date.replace(/[:.]/g, '-')
+  const json = join(outDir, `${stamp}-${size}.json`)
+  writeFileSync(json, JSON.stringify(bench, null, 2))
+  copyFileSync(json, join(outDir, `latest-${size}.json`))
+  writeFileSync(join(outDir, `latest-${size}.md`), renderMarkdown(bench, `latest-${size}.svg`))
+  writeFileSync(join(outDir, `latest-${size}.svg`), renderSvg(bench))
+  process.stdout.write(printTable(bench))
+  log(`wrote ${json} and latest-${size}.{json,md,svg} in ${outDir}`)
+}
+
+await main()
+process.exit(0)

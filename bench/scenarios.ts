@@ -1,0 +1,85 @@
+// The scenarios of `make bench` and the sizes of its smaller versions. The aims are the
+// project's targets for this 2-core machine on loopback (issue 5).
+
+export type Size = 'full' | 'quick' | 'tiny'
+
+export interface StreamScenario {
+  readonly kind: 'stream'
+  readonly id: string
+  readonly title: string
+  readonly sockets: number
+  readonly jobs: number
+  readonly ratePerSec: number
+  readonly aim: { p99Ms: number }
+}
+
+export interface SweepScenario {
+  readonly kind: 'sweep'
+  readonly id: string
+  readonly title: string
+  readonly sockets: number
+  readonly jobs: number
+  /** Deliveries per second to try, in order, until one misses p99 <= 10 ms or loses a frame. */
+  readonly steps: readonly number[]
+  readonly aim: { p99Ms: number; deliveriesPerCore: number }
+}
+
+export interface IdleScenario {
+  readonly kind: 'idle'
+  readonly id: string
+  readonly title: string
+  readonly sockets: number
+  /** The connect-time figure is taken over this many sockets. */
+  readonly connectProbe: number
+  readonly aim: { bytesPerConnection: number; connectMs: number }
+}
+
+export type Scenario = StreamScenario | SweepScenario | IdleScenario
+
+export interface BenchPlan {
+  readonly size: Size
+  readonly windowMs: number
+  readonly scenarios: readonly Scenario[]
+  readonly pollingSeconds: number
+}
+
+const sweepSteps = [20_000, 40_000, 60_000, 80_000, 100_000, 120_000, 150_000, 180_000, 220_000]
+
+export function benchPlan(size: Size): BenchPlan {
+  if (size === 'tiny') {
+    return {
+      size,
+      windowMs: 1000,
+      pollingSeconds: 1,
+      scenarios: [
+        { kind: 'stream', id: 'seed', title: 'seed claim (tiny)', sockets: 60, jobs: 6, ratePerSec: 100, aim: { p99Ms: 2 } },
+        { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, 10 jobs (tiny)', sockets: 60, jobs: 10, steps: [600, 1200], aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
+        { kind: 'idle', id: 'idle', title: 'idle density (tiny)', sockets: 200, connectProbe: 100, aim: { bytesPerConnection: 2048, connectMs: 1000 } },
+      ],
+    }
+  }
+  if (size === 'quick') {
+    return {
+      size,
+      windowMs: 3000,
+      pollingSeconds: 2,
+      scenarios: [
+        { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
+        { kind: 'stream', id: 'broadcast', title: 'broadcast (quick: 2,000 sockets)', sockets: 2000, jobs: 2, ratePerSec: 10, aim: { p99Ms: 10 } },
+      ],
+    }
+  }
+  return {
+    size,
+    windowMs: 10_000,
+    pollingSeconds: 5,
+    scenarios: [
+      { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
+      { kind: 'stream', id: 'edge', title: 'edge node', sockets: 10_000, jobs: 1000, ratePerSec: 2000, aim: { p99Ms: 3 } },
+      { kind: 'stream', id: 'broadcast', title: 'broadcast-heavy', sockets: 10_000, jobs: 10, ratePerSec: 50, aim: { p99Ms: 10 } },
+      { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, fan-out 1,000', sockets: 10_000, jobs: 10, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
+      { kind: 'sweep', id: 'sweep-1000', title: 'throughput sweep, fan-out 10', sockets: 10_000, jobs: 1000, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
+      { kind: 'idle', id: 'idle', title: 'idle density', sockets: 50_000, connectProbe: 10_000, aim: { bytesPerConnection: 2048, connectMs: 1000 } },
+    ],
+  }
+}

@@ -1,0 +1,109 @@
+// The processes a benchmark runs: its own redis-server, jobwire (1 or N workers) and the
+// baseline. Each is started fresh for a scenario and stopped after it.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { projectPath } from '../src/paths.js'
+import { childPids } from './procstat.js'
+
+export interface Running {
+  readonly name: string
+  readonly port: number
+  readonly proc: ChildProcess
+  /** Every process doing the target's work (a primary and its workers). */
+  pids(): number[]
+  stop(): Promise<void>
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0))
+    })
+  })
+}
+
+async function waitHttp(url: string, proc: ChildProcess, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`${url}: process exited with ${proc.exitCode}`)
+    try {
+      if ((await fetch(url)).status === 200) return
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`${url} not ready after ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+function stopper(proc: ChildProcess): () => Promise<void> {
+  return () => new Promise<void>((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve()
+    const hard = setTimeout(() => proc.kill('SIGKILL'), 8000)
+    proc.once('exit', () => {
+      clearTimeout(hard)
+      resolve()
+    })
+    proc.kill('SIGTERM')
+  })
+}
+
+export async function startRedis(): Promise<Running & { url: string }> {
+  const port = await freePort()
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--loglevel', 'warning', '--client-output-buffer-limit', 'pubsub 256mb 128mb 60'], { stdio: 'ignore' })
+  const deadline = Date.now() + 10_000
+  const { Redis } = await import('ioredis')
+  for (;;) {
+    const probe = new Redis({ port, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 })
+    probe.on('error', () => undefined)
+    try {
+      await probe.connect()
+      await probe.ping()
+      probe.disconnect()
+      break
+    } catch {
+      probe.disconnect()
+      if (proc.exitCode !== null || Date.now() > deadline) throw new Error('redis-server did not start')
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
+  return { name: 'redis', port, proc, url: `redis://127.0.0.1:${port}`, pids: () => [proc.pid!], stop: stopper(proc) }
+}
+
+/** Where --profile leaves the gateway's V8 CPU profiles (one per process). */
+export const PROFILE_DIR = projectPath('bench', 'results', 'profiles')
+
+export async function startJobwire(redisUrl: string, workers: number, extra: string[] = [], profile = false): Promise<Running> {
+  const port = await freePort()
+  const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []
+  const proc = spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,
+    '--workers', String(workers), '--log-level', 'warn', '--idle-timeout', '120', ...extra],
+  { stdio: ['ignore', 'ignore', 'inherit'] })
+  await waitHttp(`http://127.0.0.1:${port}/readyz`, proc)
+  // With workers, readyz answered by one of them; give the others the same chance.
+  if (workers > 1) {
+    const deadline = Date.now() + 10_000
+    while (childPids(proc.pid!).length < workers && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    for (let i = 0; i < workers * 4; i++) await waitHttp(`http://127.0.0.1:${port}/readyz`, proc)
+  }
+  return {
+    name: workers === 1 ? 'jobwire' : `jobwire ${workers}w`,
+    port,
+    proc,
+    pids: () => [proc.pid!, ...childPids(proc.pid!)],
+    stop: stopper(proc),
+  }
+}
+
+export async function startBaseline(redisUrl: string): Promise<Running> {
+  const port = await freePort()
+  const proc = spawn('node', [projectPath('dist', 'bench', 'baselines', 'ws-baseline.js'), '--port', String(port), '--redis', redisUrl],
+    { stdio: ['ignore', 'ignore', 'inherit'] })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
+  return { name: 'baseline (ws)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
+}
