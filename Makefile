@@ -6,7 +6,7 @@ NODE_BIN := node_modules/.bin
 # Debian packages the tests need, installed only when missing.
 APT_PACKAGES_TEST := redis-server python3-redis
 
-.PHONY: help install deps build typecheck run test test-unit bench bench-quick bench-profile clean
+.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile clean
 
 help:
 	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis)"
@@ -26,6 +26,7 @@ install: node_modules/.install-stamp
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	/usr/bin/python3 -c 'import redis' 2>/dev/null || missing="$$missing python3-redis"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -44,20 +45,28 @@ typecheck: install
 run: build
 	node dist/src/cli.js serve $(ARGS)
 
-test: deps build typecheck
+test: deps build native typecheck
 	$(NODE_BIN)/tap
 
 test-unit: install
 	$(NODE_BIN)/tap test/unit-*.ts
 
+# The bench's load generator and publisher are small C programs (cc from Debian's gcc).
+NATIVE := dist/bench/native/loadgen dist/bench/native/publisher
+dist/bench/native/%: bench/native/%.c bench/native/common.h
+	@mkdir -p $(@D)
+	cc -O2 -Wall -Wextra -o $@ $<
+
+native: $(NATIVE)
+
 # Benchmarks start their own redis-server, gateways and baseline, and stop them all.
-bench: deps build
+bench: deps build native
 	node dist/bench/run.js --size full
 
-bench-quick: deps build
+bench-quick: deps build native
 	node dist/bench/run.js --size quick
 
-bench-profile: deps build
+bench-profile: deps build native
 	node dist/bench/run.js --size quick --profile
 
 clean:

@@ -1,13 +1,16 @@
 // A fleet of load-generator processes holding one scenario's sockets, and one measurement
 // window: reset counters, publish at a rate, wait for every delivery (or for them to stop
 // coming), then account for every frame, every CPU microsecond and every byte of memory.
+// The load generator and the publisher are small C programs (bench/native/), driven over
+// stdin/stdout: on this 2-core machine they must cost as little CPU and add as little jitter
+// as possible, so that what is measured is the gateway.
 
-import { fork, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import * as hdr from 'hdr-histogram-js'
 import { projectPath } from '../src/paths.js'
-import type { LoadgenCommand, LoadgenReply, LoadgenReport, SocketPlan } from './loadgen.js'
+import { PROGRESS_SCRIPT_PATH } from '../src/producer/script.js'
 import { cpuMicros, rssBytes, sum } from './procstat.js'
-import type { PublishResult, PublishRun } from './publisher.js'
 import type { Running } from './targets.js'
 
 export interface LatencySummary {
@@ -38,21 +41,41 @@ export interface WindowResult {
   histogram: string
 }
 
-class Child<Cmd, Reply> {
+interface LoadgenReport {
+  updates: number
+  otherFrames: number
+  closedByServer: number
+  open: number
+  samples: number
+  cpuMicros: number
+  perJob: Record<string, number>
+  histogram: Array<[number, number]>
+}
+
+type Reply =
+  | { type: 'connected'; ok: number; failed: number; ms: number; errors: string[]; subscribers: Record<string, number> }
+  | { type: 'subscribed'; ms: number; subscribers: Record<string, number> }
+  | { type: 'report'; report: LoadgenReport }
+  | { type: 'reset' }
+  | { type: 'closed' }
+  | { type: 'done'; sent: number; failed: number; unanswered: number; cpuMicros: number; lagMs: number; elapsedMs: number; error: string; perJob: Record<string, number> }
+
+/** A native helper process speaking one command per line, one JSON reply per line. */
+class Native {
   private waiting: Array<(reply: Reply) => void> = []
   constructor(readonly proc: ChildProcess) {
-    proc.on('message', (reply: Reply) => this.waiting.shift()?.(reply))
+    createInterface({ input: proc.stdout! }).on('line', (line) => this.waiting.shift()?.(JSON.parse(line) as Reply))
   }
-  request(command: Cmd): Promise<Reply> {
+  request(line: string): Promise<Reply> {
     return new Promise((resolve, reject) => {
+      if (this.proc.exitCode !== null) return reject(new Error(`${this.proc.spawnfile} exited`))
       this.waiting.push(resolve)
-      this.proc.send(command as object, (err) => err && reject(err))
+      this.proc.stdin!.write(`${line}\n`)
     })
   }
-  send(command: Cmd): void {
-    this.proc.send(command as object)
-  }
 }
+
+const NATIVE = (name: string) => projectPath('dist', 'bench', 'native', name)
 
 export interface FleetPlan {
   readonly sockets: number
@@ -68,29 +91,32 @@ export function jobIds(plan: Pick<FleetPlan, 'jobs' | 'jobPrefix'>): string[] {
   return Array.from({ length: plan.jobs }, (_, j) => `${plan.jobPrefix}${j}`)
 }
 
+// Every fleet gets fresh source addresses, so ports left in TIME_WAIT by an earlier fleet of
+// the same run are never reused: 127.0.0.10-249, then 127.0.1.10-249, and so on.
+let sourceCursor = 0
+function nextSourceAddress(): string {
+  const n = sourceCursor++
+  return `127.0.${Math.floor(n / 240)}.${10 + (n % 240)}`
+}
+
 export class Fleet {
   readonly subscribers: Record<string, number> = {}
   connected = 0
   failed = 0
   connectMs = 0
   errors: string[] = []
-  private constructor(private readonly gens: Array<Child<LoadgenCommand, LoadgenReply>>) {}
+  private constructor(private readonly gens: Native[]) {}
 
   static async open(target: Running, plan: FleetPlan): Promise<Fleet> {
     const gens = Array.from({ length: plan.loadgens }, () =>
-      new Child<LoadgenCommand, LoadgenReply>(fork(projectPath('dist', 'bench', 'loadgen.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })))
+      new Native(spawn(NATIVE('loadgen'), [], { stdio: ['pipe', 'pipe', 'inherit'] })))
     const fleet = new Fleet(gens)
-    const ids = jobIds(plan)
-    const plans: SocketPlan[][] = gens.map(() => [])
-    for (let i = 0; i < plan.sockets; i++) {
-      const job = i % plan.jobs
-      const rank = Math.floor(i / plan.jobs)
-      plans[i % plan.loadgens]!.push({ jobId: ids[job]!, probe: rank % plan.probeEvery === 0 })
-    }
-    const replies = await Promise.all(gens.map((g, k) => g.request({
-      cmd: 'connect', host: '127.0.0.1', port: target.port, path: '/ws/jobs', localAddress: `127.0.0.${10 + k}`,
-      sockets: plans[k]!, concurrency: 256, subscribe: plan.subscribe,
-    })))
+    // Socket i of the scenario goes to generator i % loadgens (see loadgen.c for the plan).
+    const replies = await Promise.all(gens.map((g, k) => {
+      const count = Math.ceil((plan.sockets - k) / plan.loadgens)
+      return g.request(`connect 127.0.0.1 ${target.port} /ws/jobs ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
+        `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 512`)
+    }))
     for (const r of replies) {
       if (r.type !== 'connected') continue
       fleet.connected += r.ok
@@ -106,18 +132,29 @@ export class Fleet {
     return this.gens.map((g) => g.proc.pid!)
   }
 
+  /** Subscribes every socket opened without subscribing; resolves with the slowest lane's ms. */
+  async subscribeAll(): Promise<number> {
+    const replies = await Promise.all(this.gens.map((g) => g.request('subscribe')))
+    let ms = 0
+    for (const r of replies) {
+      if (r.type !== 'subscribed') continue
+      ms = Math.max(ms, r.ms)
+      for (const [job, n] of Object.entries(r.subscribers)) this.subscribers[job] = n + (this.subscribers[job] ?? 0)
+    }
+    return ms
+  }
+
   async reports(): Promise<LoadgenReport[]> {
-    const replies = await Promise.all(this.gens.map((g) => g.request({ cmd: 'report' })))
+    const replies = await Promise.all(this.gens.map((g) => g.request('report')))
     return replies.flatMap((r) => (r.type === 'report' ? [r.report] : []))
   }
 
-  async measure(target: Running, redis: Running, publisher: Child<PublishRun, PublishResult>, run: Omit<PublishRun, 'cmd'>): Promise<WindowResult> {
-    for (const g of this.gens) g.send({ cmd: 'reset' })
-    await this.reports() // the resets have been applied once the reports come back
+  async measure(target: Running, redis: Running, publisher: Publisher, run: PublishRun): Promise<WindowResult> {
+    await Promise.all(this.gens.map((g) => g.request('reset')))
     const gatewayPids = target.pids()
     const cpu0 = { gw: sum(gatewayPids, cpuMicros), gen: sum(this.pids(), cpuMicros), pub: cpuMicros(publisher.proc.pid!), redis: sum(redis.pids(), cpuMicros) }
     const t0 = performance.now()
-    const published = await publisher.request({ cmd: 'run', ...run })
+    const published = await publisher.run(run)
     let expected = 0
     for (const [job, n] of Object.entries(published.perJob)) expected += n * (this.subscribers[job] ?? 0)
     // Wait until everything arrived, or until nothing more arrives for a second.
@@ -139,7 +176,7 @@ export class Fleet {
     const wallMs = performance.now() - t0
     const cpu1 = { gw: sum(gatewayPids, cpuMicros), gen: sum(this.pids(), cpuMicros), pub: cpuMicros(publisher.proc.pid!), redis: sum(redis.pids(), cpuMicros) }
     const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 })
-    for (const r of reports) histogram.add(hdr.decodeFromCompressedBase64(r.histogram))
+    for (const r of reports) for (const [value, count] of r.histogram) histogram.recordValueWithCount(value, count)
     const delivered = reports.reduce((s, r) => s + r.updates, 0)
     const pct = (micros: number) => (micros / (wallMs * 1000)) * 100
     const ms = (us: number) => Math.round(us) / 1000
@@ -170,17 +207,45 @@ export class Fleet {
 
   async close(): Promise<void> {
     await Promise.all(this.gens.map(async (g) => {
-      await g.request({ cmd: 'close' }).catch(() => undefined)
+      await g.request('close').catch(() => undefined)
       if (g.proc.exitCode === null) g.proc.kill()
     }))
   }
 }
 
-export function startPublisher(): Child<PublishRun, PublishResult> {
-  return new Child<PublishRun, PublishResult>(fork(projectPath('dist', 'bench', 'publisher.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+export interface PublishRun {
+  readonly jobs: readonly string[]
+  readonly jobPrefix: string
+  readonly ratePerSec: number
+  readonly durationMs: number
+  readonly via: 'script' | 'publish'
 }
 
-export type Publisher = ReturnType<typeof startPublisher>
+export interface PublishResult {
+  sent: number
+  failed: number
+  perJob: Record<string, number>
+  lagMs: number
+  elapsedMs: number
+}
+
+export class Publisher {
+  private readonly native: Native
+  constructor(redisPort: number) {
+    this.native = new Native(spawn(NATIVE('publisher'), ['127.0.0.1', String(redisPort), PROGRESS_SCRIPT_PATH], { stdio: ['pipe', 'pipe', 'inherit'] }))
+  }
+  get proc(): ChildProcess {
+    return this.native.proc
+  }
+  async run(run: PublishRun): Promise<PublishResult> {
+    const reply = await this.native.request(`run ${run.ratePerSec} ${run.durationMs} ${run.via} ${run.jobs.length} ${run.jobPrefix} jobwire: progress:`)
+    if (reply.type !== 'done') throw new Error(`publisher answered ${reply.type}`)
+    if (reply.failed > 0 || reply.unanswered > 0) {
+      process.stderr.write(`[bench] publisher: ${reply.failed} failed, ${reply.unanswered} unanswered: ${reply.error}\n`)
+    }
+    return reply
+  }
+}
 
 export function gatewayRss(target: Running): number {
   return sum(target.pids(), rssBytes)

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { projectPath } from '../src/paths.js'
-import { Fleet, gatewayRss, jobIds, startPublisher, type Publisher, type WindowResult } from './fleet.js'
+import { Fleet, gatewayRss, jobIds, Publisher, type WindowResult } from './fleet.js'
 import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
@@ -48,6 +48,8 @@ export interface IdleResult {
   readonly failed: number
   readonly probeConnectMs: number
   readonly totalConnectMs: number
+  /** Then every socket subscribed to one job, all at once. */
+  readonly subscribeMs: number
   readonly rssBytes: number
   readonly rssPerConnection: number
   readonly errors: string[]
@@ -127,8 +129,8 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Runn
       if (fleet.failed > 0) log(`${spec.name}: ${fleet.failed} sockets failed to connect: ${fleet.errors.join('; ')}`)
       const rss = gatewayRss(target)
       // A short warm-up window lets the JIT settle before the measured one.
-      await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: scenario.ratePerSec, durationMs: Math.min(1000, plan.windowMs), via: 'script' })
-      const window = await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via: 'script' })
+      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(1000, plan.windowMs), via: 'script' })
+      const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via: 'script' })
       return { scenario, target: spec, connected: fleet.connected, connectMs: fleet.connectMs, rssBytes: rss, rssPerConnection: (rss - rss0) / Math.max(1, fleet.connected), window }
     } finally {
       await fleet.close()
@@ -148,10 +150,10 @@ async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Runnin
       const steps: WindowResult[] = []
       let best: WindowResult | null = null
       const windowMs = Math.max(1000, Math.round(plan.windowMs / 2))
-      await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec: Math.max(1, scenario.steps[0]! / fanout / 4), durationMs: 1000, via: 'script' })
+      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: Math.max(1, scenario.steps[0]! / fanout / 4), durationMs: 1000, via: 'script' })
       for (const deliveries of scenario.steps) {
         const ratePerSec = deliveries / fanout
-        const window = await fleet.measure(target, redis, publisher, { redisUrl: redis.url, jobs: jobIds(fleetPlan), ratePerSec, durationMs: windowMs, via: 'script' })
+        const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec, durationMs: windowMs, via: 'script' })
         steps.push(window)
         const ok = window.lost === 0 && window.closedByServer === 0 && window.latencyMs.p99 <= scenario.aim.p99Ms
         log(`${spec.name} ${scenario.id}: ${deliveries}/s -> p99 ${window.latencyMs.p99} ms, lost ${window.lost}, gateway ${window.cpu.gateway.toFixed(0)}% ${ok ? 'ok' : 'STOP'}`)
@@ -173,20 +175,22 @@ async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running 
   try {
     const rss0 = gatewayRss(target)
     const jobs = Math.max(1, Math.round(sockets / 50))
-    const first = await Fleet.open(target, { sockets: Math.min(scenario.connectProbe, sockets), jobs, loadgens: 2, probeEvery: 1000, subscribe: true, jobPrefix: 'idle-' })
+    // Connect (upgrade included) first, timed; then subscribe every socket to one job.
+    const first = await Fleet.open(target, { sockets: Math.min(scenario.connectProbe, sockets), jobs, loadgens: 2, probeEvery: 1000, subscribe: false, jobPrefix: 'idle-' })
     const started = performance.now()
     const restCount = sockets - first.connected - first.failed
     const rest = restCount > 0
-      ? await Fleet.open(target, { sockets: restCount, jobs, loadgens: loadgensFor(restCount), probeEvery: 1000, subscribe: true, jobPrefix: 'idle-' })
+      ? await Fleet.open(target, { sockets: restCount, jobs, loadgens: loadgensFor(restCount), probeEvery: 1000, subscribe: false, jobPrefix: 'idle-' })
       : null
     const totalConnectMs = first.connectMs + (performance.now() - started)
+    const subscribeMs = Math.max(await first.subscribeAll(), (await rest?.subscribeAll()) ?? 0)
     try {
       await new Promise((r) => setTimeout(r, 1000))
       const rss = gatewayRss(target)
       const connected = first.connected + (rest?.connected ?? 0)
       return {
         scenario, target: spec, connected, failed: first.failed + (rest?.failed ?? 0),
-        probeConnectMs: first.connectMs, totalConnectMs, rssBytes: rss,
+        probeConnectMs: first.connectMs, totalConnectMs, subscribeMs, rssBytes: rss,
         rssPerConnection: (rss - rss0) / Math.max(1, connected),
         errors: [...first.errors, ...(rest?.errors ?? [])].slice(0, 5),
       }
@@ -219,7 +223,7 @@ function commit(): string {
 
 async function main(): Promise<void> {
   const redis = await startRedis()
-  const publisher = startPublisher()
+  const publisher = new Publisher(redis.port)
   const results: ScenarioResult[] = []
   let polling: PollingResult | null = null
   const cleanup = async () => {

@@ -91,7 +91,7 @@ function leave(ws: WebSocket, jobId: string): void {
   sockets.delete(ws)
   if (sockets.size === 0) {
     watchers.delete(jobId)
-    void sub.unsubscribe(`progress:${jobId}`)
+    sub.unsubscribe(`progress:${jobId}`).catch(() => undefined)
   }
 }
 
