@@ -112,10 +112,12 @@ export class Fleet {
       new Native(spawn(NATIVE('loadgen'), [], { stdio: ['pipe', 'pipe', 'inherit'] })))
     const fleet = new Fleet(gens)
     // Socket i of the scenario goes to generator i % loadgens (see loadgen.c for the plan).
+    // 128 handshakes in flight per generator: more overflow the listen backlog (512 in uWS)
+    // and the dropped SYNs wait a second for their retransmission.
     const replies = await Promise.all(gens.map((g, k) => {
       const count = Math.ceil((plan.sockets - k) / plan.loadgens)
       return g.request(`connect 127.0.0.1 ${target.port} /ws/jobs ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
-        `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 512`)
+        `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 128`)
     }))
     for (const r of replies) {
       if (r.type !== 'connected') continue

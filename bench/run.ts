@@ -46,12 +46,17 @@ export interface IdleResult {
   readonly target: TargetSpec
   readonly connected: number
   readonly failed: number
+  /** Batch A (connectProbe sockets) connected and upgraded, in ms. */
   readonly probeConnectMs: number
-  readonly totalConnectMs: number
-  /** Then every socket subscribed to one job, all at once. */
+  /** Then batch A subscribed, one job each, all at once. */
   readonly subscribeMs: number
+  /** The rest connected and subscribed. */
+  readonly restConnectMs: number
   readonly rssBytes: number
+  /** Gateway RSS growth over the empty gateway, per connection (fixed costs included). */
   readonly rssPerConnection: number
+  /** RSS growth per connection of the second batch: the marginal cost of one more. */
+  readonly marginalPerConnection: number
   readonly errors: string[]
 }
 
@@ -172,33 +177,38 @@ async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Runnin
 async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running & { url: string }): Promise<IdleResult> {
   const target = await start(spec, redis.url)
   const sockets = Math.min(scenario.sockets, spec.workers * FD_SAFE)
+  const settle = () => new Promise((r) => setTimeout(r, 1000))
+  const fleets: Fleet[] = []
   try {
     const rss0 = gatewayRss(target)
     const jobs = Math.max(1, Math.round(sockets / 50))
-    // Connect (upgrade included) first, timed; then subscribe every socket to one job.
-    const first = await Fleet.open(target, { sockets: Math.min(scenario.connectProbe, sockets), jobs, loadgens: 2, probeEvery: 1000, subscribe: false, jobPrefix: 'idle-' })
+    // Batch A: connected (upgrade included) on their own, timed; then all subscribe at once.
+    const a = await Fleet.open(target, { sockets: Math.min(scenario.connectProbe, sockets), jobs, loadgens: 2, probeEvery: 1000, subscribe: false, jobPrefix: 'idle-' })
+    fleets.push(a)
+    const subscribeMs = await a.subscribeAll()
+    await settle()
+    const rssA = gatewayRss(target)
+    // Batch B: the rest, connected and subscribed. The RSS growth per B socket is the marginal
+    // cost of a connection, without the fixed costs (heap reservations) that batch A paid.
+    const restCount = sockets - a.connected - a.failed
     const started = performance.now()
-    const restCount = sockets - first.connected - first.failed
-    const rest = restCount > 0
-      ? await Fleet.open(target, { sockets: restCount, jobs, loadgens: loadgensFor(restCount), probeEvery: 1000, subscribe: false, jobPrefix: 'idle-' })
+    const b = restCount > 0
+      ? await Fleet.open(target, { sockets: restCount, jobs, loadgens: loadgensFor(restCount), probeEvery: 1000, subscribe: true, jobPrefix: 'idle-' })
       : null
-    const totalConnectMs = first.connectMs + (performance.now() - started)
-    const subscribeMs = Math.max(await first.subscribeAll(), (await rest?.subscribeAll()) ?? 0)
-    try {
-      await new Promise((r) => setTimeout(r, 1000))
-      const rss = gatewayRss(target)
-      const connected = first.connected + (rest?.connected ?? 0)
-      return {
-        scenario, target: spec, connected, failed: first.failed + (rest?.failed ?? 0),
-        probeConnectMs: first.connectMs, totalConnectMs, subscribeMs, rssBytes: rss,
-        rssPerConnection: (rss - rss0) / Math.max(1, connected),
-        errors: [...first.errors, ...(rest?.errors ?? [])].slice(0, 5),
-      }
-    } finally {
-      await first.close()
-      await rest?.close()
+    if (b) fleets.push(b)
+    const restMs = performance.now() - started
+    await settle()
+    const rss = gatewayRss(target)
+    const connected = a.connected + (b?.connected ?? 0)
+    return {
+      scenario, target: spec, connected, failed: a.failed + (b?.failed ?? 0),
+      probeConnectMs: a.connectMs, subscribeMs, restConnectMs: restMs, rssBytes: rss,
+      rssPerConnection: (rss - rss0) / Math.max(1, connected),
+      marginalPerConnection: b && b.connected > 0 ? (rss - rssA) / b.connected : (rssA - rss0) / Math.max(1, a.connected),
+      errors: [...a.errors, ...(b?.errors ?? [])].slice(0, 5),
     }
   } finally {
+    for (const f of fleets) await f.close()
     await target.stop()
   }
 }

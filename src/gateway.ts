@@ -13,7 +13,7 @@ import { addHttpRoutes, addNotFound } from './http-routes.js'
 import { rateLimitedLog, type Logger } from './log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './metrics.js'
 import { CloseCode } from './protocol.js'
-import { readSnapshots, type Snapshot } from './snapshot.js'
+import { SnapshotReader, type Snapshot } from './snapshot.js'
 import { uWS } from './uws.js'
 import { WatchedJobs } from './watched-jobs.js'
 import { createWsBehavior, type JobSocket, type SocketData } from './ws-handlers.js'
@@ -51,6 +51,7 @@ export class Gateway {
   private readonly log: Logger
   private readonly app: TemplatedApp
   private readonly watched: WatchedJobs
+  private readonly snapshots: SnapshotReader
   private listenSocket: us_listen_socket | null = null
   private closing = false
   private patternLive = false
@@ -67,6 +68,7 @@ export class Gateway {
       channelPrefix: this.config.channelPrefix,
       unsubscribeDelayMs: this.config.unsubscribeDelayMs,
     }, this.log.child({ component: 'subscriptions' }))
+    this.snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, this.log, this.config.brokerTimeoutMs)
     this.app = uWS.App()
     this.app.ws<SocketData>(WS_PATH, createWsBehavior({
       config: this.config,
@@ -175,7 +177,7 @@ export class Gateway {
       for (let attempt = 1; ; attempt++) {
         if (run !== this.resyncRun || this.closing) return
         try {
-          const snapshots = await this.readSnapshots(batch)
+          const snapshots = await this.snapshots.readMany(batch)
           batch.forEach((jobId, k) => this.publishStatus(jobId, snapshots[k]!))
           break
         } catch (err) {
@@ -201,17 +203,7 @@ export class Gateway {
   }
 
   readSnapshot(jobId: string): Promise<Snapshot> {
-    return this.readSnapshots([jobId]).then((s) => s[0]!)
-  }
-
-  private async readSnapshots(jobIds: readonly string[]): Promise<Snapshot[]> {
-    this.metrics.snapshotReads += jobIds.length
-    try {
-      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log), this.config.brokerTimeoutMs, 'snapshot read')
-    } catch (err) {
-      this.metrics.snapshotFailures += jobIds.length
-      throw err
-    }
+    return this.snapshots.read(jobId)
   }
 
   metricsSnapshot(): MetricsSnapshot {

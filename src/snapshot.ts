@@ -4,9 +4,16 @@
 // channel delivered since then is compared by seq, so a stored state read a moment before a
 // newer message arrived does not win over it. Jobs whose producers only PUBLISH have no stored
 // state: their snapshot is the last payload this node saw while watching them, or null.
+//
+// Reads are coalesced: every read asked for in one event-loop turn goes to the broker as one
+// round trip with one HMGET per distinct job, so a reconnect storm of thousands of subscribes
+// costs a handful of pipelines, not thousands (coalescing keeps the ordering guarantee: a
+// read is still issued after the request that asked for it).
 
 import type { Broker } from './broker/broker.js'
+import { withDeadline } from './deadline.js'
 import type { Logger } from './log.js'
+import type { Metrics } from './metrics.js'
 import { decodePayload, MalformedPayload } from './payload.js'
 import type { JobPayload } from './protocol.js'
 import type { WatchedJobs } from './watched-jobs.js'
@@ -44,4 +51,64 @@ export async function readSnapshots(
     }
     return { data, owner: record.owner }
   })
+}
+
+/** Jobs per broker round trip. */
+const BATCH = 500
+
+export class SnapshotReader {
+  private queued = new Map<string, Array<{ resolve: (s: Snapshot) => void; reject: (e: Error) => void }>>()
+  private scheduled = false
+
+  constructor(
+    private readonly broker: Broker,
+    private readonly watched: WatchedJobs,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
+  read(jobId: string): Promise<Snapshot> {
+    return new Promise((resolve, reject) => {
+      const waiters = this.queued.get(jobId)
+      if (waiters) waiters.push({ resolve, reject })
+      else this.queued.set(jobId, [{ resolve, reject }])
+      if (!this.scheduled) {
+        this.scheduled = true
+        setImmediate(() => this.flush())
+      }
+    })
+  }
+
+  /** Many snapshots in order, in batches (the resync after an outage). */
+  async readMany(jobIds: readonly string[]): Promise<Snapshot[]> {
+    const out: Snapshot[] = []
+    for (let i = 0; i < jobIds.length; i += BATCH) out.push(...(await this.fetch(jobIds.slice(i, i + BATCH))))
+    return out
+  }
+
+  private flush(): void {
+    this.scheduled = false
+    const queued = this.queued
+    this.queued = new Map()
+    const ids = [...queued.keys()]
+    for (let i = 0; i < ids.length; i += BATCH) {
+      const batch = ids.slice(i, i + BATCH)
+      this.fetch(batch).then(
+        (snapshots) => batch.forEach((id, k) => { for (const w of queued.get(id)!) w.resolve(snapshots[k]!) }),
+        (err: Error) => { for (const id of batch) for (const w of queued.get(id)!) w.reject(err) },
+      )
+    }
+  }
+
+  private async fetch(jobIds: readonly string[]): Promise<Snapshot[]> {
+    this.metrics.snapshotReads += jobIds.length
+    try {
+      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log), this.timeoutMs, 'snapshot read')
+    } catch (err) {
+      this.metrics.snapshotFailures += jobIds.length
+      throw err
+    }
+  }
 }
