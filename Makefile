@@ -43,7 +43,7 @@ typecheck: install
 	$(NODE_BIN)/tsc -p test/tsconfig.json --noEmit
 
 run: build
-	node dist/src/cli.js serve $(ARGS)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} node dist/src/cli.js serve $(ARGS)
 
 test: deps build native typecheck
 	$(NODE_BIN)/tap

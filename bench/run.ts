@@ -177,7 +177,9 @@ async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Runnin
 async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running & { url: string }): Promise<IdleResult> {
   const target = await start(spec, redis.url)
   const sockets = Math.min(scenario.sockets, spec.workers * FD_SAFE)
-  const settle = () => new Promise((r) => setTimeout(r, 1000))
+  // V8 shrinks its heap (young generation included) by itself once allocation stops for a
+  // while (its "memory reducer"); RSS read before that mostly measures garbage not yet returned.
+  const settle = () => new Promise((r) => setTimeout(r, plan.size === 'tiny' ? 1000 : 12_000))
   const fleets: Fleet[] = []
   try {
     const rss0 = gatewayRss(target)

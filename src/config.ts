@@ -26,6 +26,22 @@ export interface Config {
   readonly shutdownTimeoutMs: number
   readonly workers: number
   readonly logLevel: LogLevel
+  // access control (see src/auth.ts)
+  readonly jwtSecret: string
+  readonly jwtPublicKeyFile: string
+  readonly jwksFile: string
+  readonly jwtIssuer: string
+  readonly jwtAudience: string
+  readonly producerKey: string
+  readonly adminKey: string
+  readonly insecureNoAuth: boolean
+  readonly allowedOrigins: readonly string[]
+  readonly trustProxy: boolean
+  // limits (0 = no limit)
+  readonly maxConnectionsPerUser: number
+  readonly maxConnectionsPerIp: number
+  readonly connectRatePerIp: number
+  readonly maxMessagesPerSec: number
 }
 
 export class ConfigError extends Error {
@@ -37,8 +53,10 @@ interface OptionSpec<K extends keyof Config> {
   readonly flag: string
   readonly env: readonly string[]
   readonly help: string
-  /** The default as text, as a user would type it; `undefined` means computed. */
+  /** The default as text, as a user would type it. */
   readonly fallback: string
+  /** A switch: `--flag` alone means true; the environment takes 1/true/yes or 0/false/no. */
+  readonly boolean?: true
   readonly parse: (raw: string, where: string) => Config[K]
 }
 
@@ -95,6 +113,33 @@ function workers(raw: string, where: string): number {
   return raw === 'auto' ? AUTO_WORKERS : integer(1, 256)(raw, where)
 }
 
+function text(raw: string): string {
+  return raw
+}
+
+function secretKey(min: number) {
+  return (raw: string, where: string): string => {
+    if (raw !== '' && Buffer.byteLength(raw) < min) throw new ConfigError(`${where}: use at least ${min} characters`)
+    return raw
+  }
+}
+
+function switchValue(raw: string, where: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true
+  if (/^(|0|false|no|off)$/i.test(raw)) return false
+  throw new ConfigError(`${where}: '${raw}' is not a yes/no value (use 1 or 0)`)
+}
+
+function origins(raw: string, where: string): readonly string[] {
+  const list = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
+  for (const o of list) {
+    if (!/^https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:\d+)?$/.test(o)) {
+      throw new ConfigError(`${where}: '${o}' is not an origin like https://app.example.com or https://*.example.com`)
+    }
+  }
+  return Object.freeze(list)
+}
+
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
 export const OPTIONS = [
@@ -134,6 +179,34 @@ export const OPTIONS = [
     help: 'gateway processes sharing the port (auto: one per core with Redis, 1 embedded)' },
   { key: 'logLevel', flag: 'log-level', env: ['LOG_LEVEL', 'JOBWIRE_LOG_LEVEL'], fallback: 'info',
     parse: oneOf(LOG_LEVELS), help: 'fatal, error, warn, info, debug, trace or silent' },
+  { key: 'jwtSecret', flag: 'jwt-secret', env: ['JOBWIRE_JWT_SECRET'], fallback: '', parse: text,
+    help: 'HS256 secret verifying client tokens (prefer the environment variable to the flag)' },
+  { key: 'jwtPublicKeyFile', flag: 'jwt-public-key', env: ['JOBWIRE_JWT_PUBLIC_KEY'], fallback: '', parse: text,
+    help: 'PEM file with an RSA (RS256) or P-256 (ES256) public key verifying client tokens' },
+  { key: 'jwksFile', flag: 'jwks-file', env: ['JOBWIRE_JWKS_FILE'], fallback: '', parse: text,
+    help: 'JWKS file ({"keys":[...]}) verifying client tokens (RS256/ES256)' },
+  { key: 'jwtIssuer', flag: 'jwt-issuer', env: ['JOBWIRE_JWT_ISSUER'], fallback: '', parse: text,
+    help: 'required iss claim, when set' },
+  { key: 'jwtAudience', flag: 'jwt-audience', env: ['JOBWIRE_JWT_AUDIENCE'], fallback: '', parse: text,
+    help: 'required aud claim, when set' },
+  { key: 'producerKey', flag: 'producer-key', env: ['JOBWIRE_PRODUCER_KEY'], fallback: '', parse: secretKey(16),
+    help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>)' },
+  { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16),
+    help: 'static key for the /admin endpoints (Authorization: Bearer <key>)' },
+  { key: 'insecureNoAuth', flag: 'insecure-no-auth', env: ['JOBWIRE_INSECURE_NO_AUTH'], fallback: 'false', parse: switchValue,
+    boolean: true, help: 'allow a non-loopback --host without any token verification (anyone may watch any job)' },
+  { key: 'allowedOrigins', flag: 'allowed-origins', env: ['JOBWIRE_ALLOWED_ORIGINS'], fallback: '', parse: origins,
+    help: 'comma-separated browser origins allowed to open sockets (https://*.example.com works); empty: any' },
+  { key: 'trustProxy', flag: 'trust-proxy', env: ['JOBWIRE_TRUST_PROXY'], fallback: 'false', parse: switchValue,
+    boolean: true, help: 'take the client address from the last X-Forwarded-For entry (set by your proxy)' },
+  { key: 'maxConnectionsPerUser', flag: 'max-connections-per-user', env: ['JOBWIRE_MAX_CONNECTIONS_PER_USER'],
+    fallback: '20', parse: integer(0, 1_000_000), help: 'open sockets per user id, node-wide (0: no limit)' },
+  { key: 'maxConnectionsPerIp', flag: 'max-connections-per-ip', env: ['JOBWIRE_MAX_CONNECTIONS_PER_IP'],
+    fallback: '1000', parse: integer(0, 10_000_000), help: 'open sockets per client address, node-wide (0: no limit)' },
+  { key: 'connectRatePerIp', flag: 'connect-rate-per-ip', env: ['JOBWIRE_CONNECT_RATE_PER_IP'], fallback: '50',
+    parse: integer(0, 1_000_000), help: 'new sockets per second per client address, bursts of twice that (0: no limit)' },
+  { key: 'maxMessagesPerSec', flag: 'max-messages-per-sec', env: ['JOBWIRE_MAX_MESSAGES_PER_SEC'], fallback: '20',
+    parse: integer(0, 1_000_000), help: 'client messages per second per socket, bursts of 2x that + --max-subscriptions (0: no limit)' },
 ] as const satisfies readonly OptionSpec<keyof Config>[]
 
 export type FlagValues = Readonly<Record<string, string | undefined>>
@@ -150,11 +223,11 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
     const flag = flags[option.flag]
     const envName = option.env.find((name) => env[name] !== undefined && env[name] !== '')
     if (flag !== undefined) {
-      out[option.key] = option.parse(flag, `--${option.flag}`)
+      out[option.key] = (option.parse as (raw: string, where: string) => unknown)(flag, `--${option.flag}`)
     } else if (envName !== undefined) {
-      out[option.key] = option.parse(env[envName] as string, `environment ${envName}`)
+      out[option.key] = (option.parse as (raw: string, where: string) => unknown)(env[envName] as string, `environment ${envName}`)
     } else {
-      out[option.key] = option.parse(option.fallback, `default of --${option.flag}`)
+      out[option.key] = (option.parse as (raw: string, where: string) => unknown)(option.fallback, `default of --${option.flag}`)
     }
   }
   // Every option was parsed above, so every field is set.
@@ -178,7 +251,7 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
 
 export function configHelp(): string {
   const rows = OPTIONS.map((o) => {
-    const left = `  --${o.flag} <value>`
+    const left = 'boolean' in o ? `  --${o.flag}` : `  --${o.flag} <value>`
     return `${left.padEnd(34)}${o.help} [env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`
   })
   return rows.join('\n')

@@ -2,34 +2,50 @@
 // behaviour and the HTTP routes, and owns startup and the shutdown order.
 
 import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js'
+import { addAdminRoutes } from './admin-routes.js'
+import { LocalAdmission, type Admission } from './admission.js'
+import { createAuthenticator, isLoopbackHost, type Authenticator } from './auth.js'
 import type { Broker, BrokerState } from './broker/broker.js'
 import { EmbeddedBroker } from './broker/embedded.js'
 import { RedisBroker } from './broker/redis.js'
 import { createBridge } from './bridge.js'
-import type { Config } from './config.js'
+import { ConfigError, type Config } from './config.js'
+import { Connections, type ConnectionInfo } from './connections.js'
 import { withDeadline } from './deadline.js'
 import { encodeMessage, statusMessage } from './frames.js'
 import { addHttpRoutes, addNotFound } from './http-routes.js'
 import { rateLimitedLog, type Logger } from './log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './metrics.js'
-import { CloseCode } from './protocol.js'
+import { addProducerRoute } from './producer-route.js'
+import { CloseCode, ErrorCode } from './protocol.js'
 import { SnapshotReader, type Snapshot } from './snapshot.js'
 import { uWS } from './uws.js'
 import { WatchedJobs } from './watched-jobs.js'
-import { createWsBehavior, type JobSocket, type SocketData } from './ws-handlers.js'
+import { createWsBehavior, type SocketData } from './ws-handlers.js'
 
 export const WS_PATH = '/ws/jobs'
 /** Snapshots read per broker round trip when resynchronising after an outage. */
 const RESYNC_BATCH = 500
+
+/** Questions asked of every gateway process of the node (see serve.ts). */
+export type NodeRequest =
+  | { kind: 'metrics' }
+  | { kind: 'connections'; user?: string }
+  | { kind: 'disconnect'; user: string }
 
 export interface GatewayOptions {
   readonly config: Config
   readonly log: Logger
   /** Defaults to Redis when config.redisUrl is set, else the embedded broker. */
   readonly broker?: Broker
-  /** Multi-process mode: how to produce the node-wide metrics page (see workers.ts). */
-  readonly nodeMetrics?: () => Promise<MetricsSnapshot[]>
+  /** Defaults to caps counted in this process; with --workers the primary counts (serve.ts). */
+  readonly admission?: Admission
+  /** Asks every process of the node; defaults to asking only this one. */
+  readonly nodeQuery?: (request: NodeRequest) => Promise<unknown[]>
 }
+
+/** How often sockets whose token expired are told and closed. */
+const EXPIRY_SWEEP_MS = 1000
 
 export function createBroker(config: Config, log: Logger): Broker {
   const names = {
@@ -46,7 +62,9 @@ export function createBroker(config: Config, log: Logger): Broker {
 export class Gateway {
   readonly metrics = new Metrics()
   readonly broker: Broker
-  readonly sockets = new Set<JobSocket>()
+  readonly connections = new Connections()
+  readonly auth: Authenticator
+  private readonly admission: Admission
   private readonly config: Config
   private readonly log: Logger
   private readonly app: TemplatedApp
@@ -58,10 +76,20 @@ export class Gateway {
   private boundPort = 0
   private resyncRun = 0
   private readyWaiters: Array<() => void> = []
+  private expirySweep: NodeJS.Timeout | null = null
 
   constructor(private readonly options: GatewayOptions) {
     this.config = options.config
     this.log = options.log
+    this.auth = createAuthenticator(this.config)
+    if (!this.auth.enabled && !isLoopbackHost(this.config.host)) {
+      if (!this.config.insecureNoAuth) {
+        throw new ConfigError(`--host ${this.config.host} is reachable from other machines, and no token verification is configured: ` +
+          'set --jwt-secret, --jwt-public-key or --jwks-file, or pass --insecure-no-auth to let anyone who reaches it watch any job')
+      }
+      this.log.warn({ host: this.config.host }, 'INSECURE: access control is off on a non-loopback address (--insecure-no-auth); anyone who reaches it may watch any job')
+    }
+    this.admission = options.admission ?? new LocalAdmission(this.config)
     this.broker = options.broker ?? createBroker(this.config, this.log)
     this.watched = new WatchedJobs(this.broker, {
       mode: this.config.subscriptionMode,
@@ -75,16 +103,26 @@ export class Gateway {
       watched: this.watched,
       metrics: this.metrics,
       log: this.log.child({ component: 'ws' }),
-      sockets: this.sockets,
+      auth: this.auth,
+      admission: this.admission,
+      connections: this.connections,
       isClosing: () => this.closing,
       readSnapshot: (jobId) => this.readSnapshot(jobId),
     }))
     addHttpRoutes(this.app, {
       log: this.log,
+      auth: this.auth,
       isReady: () => this.isReady(),
       brokerState: () => this.broker.state,
       readSnapshot: (jobId) => this.readSnapshot(jobId),
       renderMetrics: () => this.renderMetrics(),
+    })
+    addProducerRoute(this.app, { broker: this.broker, auth: this.auth, log: this.log })
+    addAdminRoutes(this.app, {
+      auth: this.auth,
+      log: this.log,
+      connections: async (user) => (await this.nodeQuery({ kind: 'connections', ...(user ? { user } : {}) })).flat() as ConnectionInfo[],
+      disconnectUser: async (user) => (await this.nodeQuery({ kind: 'disconnect', user })).reduce<number>((n, r) => n + (r as number), 0),
     })
     addNotFound(this.app)
   }
@@ -123,6 +161,7 @@ export class Gateway {
       })
     })
     this.boundPort = uWS.us_socket_local_port(this.listenSocket as unknown as Parameters<typeof uWS.us_socket_local_port>[0])
+    if (this.auth.enabled) this.expirySweep = setInterval(() => this.closeExpired(), EXPIRY_SWEEP_MS)
     this.checkReady()
     return this.boundPort
   }
@@ -206,6 +245,39 @@ export class Gateway {
     return this.snapshots.read(jobId)
   }
 
+  /** Tells sockets whose token expired, then closes them with 1008; clients reconnect with a
+   * fresh token (the browser client's getToken hook). */
+  private closeExpired(): void {
+    for (const ws of this.connections.takeExpired(Date.now())) {
+      const data = ws.getUserData()
+      if (data.closed) continue
+      this.metrics.countClientError(ErrorCode.TokenExpired)
+      ws.cork(() => {
+        ws.send(encodeMessage(data.encoding, { type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), data.encoding === 'msgpack')
+        ws.end(CloseCode.PolicyViolation, 'token expired')
+      })
+    }
+  }
+
+  /** This process's answer to a node-wide question. */
+  handleNodeRequest(request: NodeRequest): unknown {
+    switch (request.kind) {
+      case 'metrics':
+        return this.metricsSnapshot()
+      case 'connections':
+        return this.connections.list(request.user)
+      case 'disconnect': {
+        const sockets = this.connections.ofUser(request.user)
+        for (const ws of sockets) ws.end(CloseCode.PolicyViolation, 'disconnected by an administrator')
+        return sockets.length
+      }
+    }
+  }
+
+  private nodeQuery(request: NodeRequest): Promise<unknown[]> {
+    return this.options.nodeQuery ? this.options.nodeQuery(request) : Promise.resolve([this.handleNodeRequest(request)])
+  }
+
   metricsSnapshot(): MetricsSnapshot {
     return snapshotMetrics(this.metrics, {
       jobsWatched: this.watched.size,
@@ -215,8 +287,7 @@ export class Gateway {
   }
 
   private async renderMetrics(): Promise<string> {
-    if (this.options.nodeMetrics) return renderPrometheus(mergeSnapshots(await this.options.nodeMetrics()))
-    return renderPrometheus(this.metricsSnapshot())
+    return renderPrometheus(mergeSnapshots((await this.nodeQuery({ kind: 'metrics' })) as MetricsSnapshot[]))
   }
 
   /** Graceful shutdown, in this order: refuse new connections, close every socket with 1001
@@ -229,7 +300,8 @@ export class Gateway {
       uWS.us_listen_socket_close(this.listenSocket)
       this.listenSocket = null
     }
-    for (const ws of [...this.sockets]) ws.end(CloseCode.GoingAway, 'server shutting down')
+    if (this.expirySweep !== null) clearInterval(this.expirySweep)
+    for (const ws of [...this.connections.all]) ws.end(CloseCode.GoingAway, 'server shutting down')
     this.watched.dispose()
     try {
       await withDeadline(this.broker.close(), this.config.shutdownTimeoutMs, 'broker close')

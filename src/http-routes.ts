@@ -2,13 +2,15 @@
 // fallback). Async handlers register onAborted before their first await.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import { respond, respondJson, trackAborted } from './http.js'
+import { AuthError, canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import { respond, respondJson, safeDecode, trackAborted } from './http.js'
 import type { Logger } from './log.js'
 import { isValidJobId } from './protocol.js'
 import type { Snapshot } from './snapshot.js'
 
 export interface HttpContext {
   readonly log: Logger
+  readonly auth: Authenticator
   isReady(): boolean
   brokerState(): string
   readSnapshot(jobId: string): Promise<Snapshot>
@@ -34,22 +36,35 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
 
   app.get('/jobs/:id', (res, req) => {
     const jobId = safeDecode(req.getParameter(0))
+    const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
     if (!isValidJobId(jobId)) {
       return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
     }
     const state = trackAborted(res)
-    ctx.readSnapshot(jobId).then(
-      (snapshot) => {
+    void (async () => {
+      const principal = await authenticate(ctx.auth, token).catch((err: AuthError) => err)
+      if (principal instanceof AuthError) {
+        if (!state.aborted) respondJson(res, 401, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
+        return
+      }
+      try {
+        const snapshot = await ctx.readSnapshot(jobId)
         if (state.aborted) return
+        // The same answer whether or not the job exists.
+        if (!canWatch(principal, jobId, snapshot.owner)) return respondJson(res, 403, { error: 'forbidden', message: 'not allowed to watch this job' })
         if (snapshot.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
         respondJson(res, 200, { job_id: jobId, data: snapshot.data })
-      },
-      (err: Error) => {
-        ctx.log.warn({ job: jobId, err: err.message }, 'GET /jobs snapshot failed')
+      } catch (err) {
+        ctx.log.warn({ job: jobId, err: (err as Error).message }, 'GET /jobs snapshot failed')
         if (!state.aborted) respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
-      },
-    )
+      }
+    })()
   })
+}
+
+/** The request's principal: null with access control off; AuthError without a valid token. */
+export async function authenticate(auth: Authenticator, token: string): Promise<Principal | null> {
+  return auth.enabled ? auth.verify(token) : null
 }
 
 /** Registered last: everything no other route took. */
@@ -59,10 +74,3 @@ export function addNotFound(app: TemplatedApp): void {
   })
 }
 
-function safeDecode(component: string): string | undefined {
-  try {
-    return decodeURIComponent(component)
-  } catch {
-    return undefined
-  }
-}

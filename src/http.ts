@@ -50,3 +50,62 @@ export function respond(
 export function respondJson(res: HttpResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   respond(res, status, JSON.stringify(body), 'application/json', { 'cache-control': 'no-store', ...headers })
 }
+
+/** The client's address: the socket's peer, or with a trusted proxy the last entry of its
+ * X-Forwarded-For (the address the proxy itself saw; earlier entries are client-supplied). */
+export function clientAddress(res: HttpResponse, forwardedFor: string): string {
+  if (forwardedFor !== '') {
+    const last = forwardedFor.split(',').pop()!.trim()
+    if (last !== '') return last.slice(0, 64)
+  }
+  return Buffer.from(res.getRemoteAddressAsText()).toString()
+}
+
+/** Browsers always send Origin on WebSocket upgrades; other clients need not. An empty list
+ * allows every origin; `https://*.example.com` allows its subdomains. */
+export function originAllowed(origin: string, allowed: readonly string[]): boolean {
+  if (allowed.length === 0 || origin === '') return true
+  return allowed.some((pattern) => {
+    const star = pattern.indexOf('://*.')
+    if (star < 0) return pattern === origin
+    const scheme = pattern.slice(0, star + 3)
+    const suffix = pattern.slice(star + 4) // ".example.com[:port]"
+    return origin.startsWith(scheme) && origin.endsWith(suffix) && origin.length > scheme.length + suffix.length
+  })
+}
+
+/** Reads a request body up to `limit` bytes. uWS hands out chunks that are only valid during
+ * the callback, so each is copied. Resolves null when the peer aborted, rejects BodyTooLarge
+ * past the limit (the connection is then closed, nothing more is read). */
+export class BodyTooLarge extends Error {}
+
+export function readBody(res: HttpResponse, limit: number, aborted: { aborted: boolean }): Promise<Buffer | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    let done = false
+    res.onData((chunk, isLast) => {
+      if (done) return
+      size += chunk.byteLength
+      if (size > limit) {
+        done = true
+        reject(new BodyTooLarge(`body larger than ${limit} bytes`))
+        return
+      }
+      chunks.push(Buffer.from(chunk.slice(0)))
+      if (isLast) {
+        done = true
+        resolve(aborted.aborted ? null : Buffer.concat(chunks))
+      }
+    })
+  })
+}
+
+/** decodeURIComponent that answers undefined instead of throwing on a bad % escape. */
+export function safeDecode(component: string): string | undefined {
+  try {
+    return decodeURIComponent(component)
+  } catch {
+    return undefined
+  }
+}

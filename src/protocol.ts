@@ -34,6 +34,8 @@ export const ErrorCode = {
   TooManySubscriptions: 'too_many_subscriptions',
   RateLimited: 'rate_limited',
   Internal: 'internal',
+  /** jobwire extension: the connection's token expired; 1008 follows. */
+  TokenExpired: 'token_expired',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -84,4 +86,6 @@ export interface ErrorMessage {
   code: ErrorCode
   message: string
   job_id?: string
+  /** jobwire extension: with rate_limited, how long to wait before trying again. */
+  retry_after_ms?: number
 }

@@ -1,27 +1,57 @@
 // `jobwire serve`: one gateway process, or a primary that runs --workers gateway processes on
 // the same port (SO_REUSEPORT: the kernel spreads connections across them). Each worker has
-// its own Redis subscription and file-descriptor limit; the primary restarts workers that die,
-// aggregates /metrics across them and stops them on SIGTERM/SIGINT.
+// its own Redis subscription and file-descriptor limit. The primary restarts workers that die,
+// answers node-wide questions by asking every worker (/metrics, /admin), owns the connection
+// caps so they hold for the node, and stops the workers on SIGTERM/SIGINT.
 
 import { fork, type ChildProcess } from 'node:child_process'
-import type { Config } from './config.js'
-import { Gateway, WS_PATH } from './gateway.js'
+import { LocalAdmission, type Admission, type AdmissionRequest, type AdmissionResult } from './admission.js'
+import { ConfigError, type Config } from './config.js'
+import { Gateway, WS_PATH, type NodeRequest } from './gateway.js'
 import { createLogger, type Logger } from './log.js'
-import type { MetricsSnapshot } from './metrics.js'
 import { detectUwsRuntime } from './uws.js'
 
 const WORKER_ENV = 'JOBWIRE_WORKER_INDEX'
-const METRICS_TIMEOUT_MS = 1000
+const NODE_QUERY_TIMEOUT_MS = 1000
+const ADMIT_TIMEOUT_MS = 1000
 const RESTART_WINDOW_MS = 60_000
 const MAX_RESTARTS_IN_WINDOW = 5
 
 type WorkerMessage =
   | { type: 'listening'; port: number }
-  | { type: 'metrics-request'; id: number }
-  | { type: 'metrics-snapshot'; id: number; snapshot: MetricsSnapshot }
+  | { type: 'node-request'; id: number; request: NodeRequest }
+  | { type: 'node-reply'; id: number; result: unknown }
+  | { type: 'admit'; id: number; request: AdmissionRequest }
+  | { type: 'release'; request: AdmissionRequest }
 type PrimaryMessage =
-  | { type: 'metrics-collect'; id: number }
-  | { type: 'metrics-response'; id: number; snapshots: MetricsSnapshot[] }
+  | { type: 'node-collect'; id: number; request: NodeRequest }
+  | { type: 'node-response'; id: number; results: unknown[] }
+  | { type: 'admit-result'; id: number; result: AdmissionResult }
+
+/** A request/response channel over IPC, with a deadline; what a timeout resolves to is the
+ * caller's choice. */
+class Pending<T> {
+  private next = 1
+  private readonly waiting = new Map<number, (value: T) => void>()
+  ask(send: (id: number) => void, timeoutMs: number, onTimeout: () => T): Promise<T> {
+    const id = this.next++
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id)
+        resolve(onTimeout())
+      }, timeoutMs)
+      this.waiting.set(id, (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      })
+      send(id)
+    })
+  }
+  answer(id: number, value: T): void {
+    this.waiting.get(id)?.(value)
+    this.waiting.delete(id)
+  }
+}
 
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
@@ -36,32 +66,43 @@ export async function serve(config: Config, argv: readonly string[]): Promise<vo
 }
 
 async function runGateway(config: Config, log: Logger, uwsDetail: string, isWorker: boolean): Promise<void> {
-  const pending = new Map<number, (snapshots: MetricsSnapshot[]) => void>()
-  let nextRequest = 1
   let gateway: Gateway
-  const nodeMetrics = isWorker
-    ? () => new Promise<MetricsSnapshot[]>((resolve) => {
-        const id = nextRequest++
-        const timer = setTimeout(() => {
-          pending.delete(id)
-          resolve([gateway.metricsSnapshot()])
-        }, METRICS_TIMEOUT_MS)
-        pending.set(id, (snapshots) => {
-          clearTimeout(timer)
-          resolve(snapshots)
-        })
-        process.send!({ type: 'metrics-request', id } satisfies WorkerMessage)
-      })
+  const queries = new Pending<unknown[]>()
+  const admits = new Pending<AdmissionResult>()
+  const send = (message: WorkerMessage) => process.send!(message)
+  // In a worker, connection caps are counted by the primary for the whole node; if it does not
+  // answer in time the connection is let in (availability over a cap) and the miss is logged.
+  const admission: Admission | undefined = isWorker
+    ? {
+        admit: (request) => admits.ask((id) => send({ type: 'admit', id, request }), ADMIT_TIMEOUT_MS, () => {
+          log.error('the primary did not answer an admission request; admitting')
+          return { ok: true }
+        }),
+        release: (request) => send({ type: 'release', request }),
+      }
     : undefined
-  gateway = new Gateway({ config, log, ...(nodeMetrics ? { nodeMetrics } : {}) })
+  const nodeQuery = isWorker
+    ? (request: NodeRequest) => queries.ask((id) => send({ type: 'node-request', id, request }), NODE_QUERY_TIMEOUT_MS * 2,
+        () => [gateway.handleNodeRequest(request)])
+    : undefined
+  try {
+    gateway = new Gateway({ config, log, ...(admission ? { admission } : {}), ...(nodeQuery ? { nodeQuery } : {}) })
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`jobwire: bad configuration: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
 
   if (isWorker) {
     process.on('message', (message: PrimaryMessage) => {
-      if (message.type === 'metrics-collect') {
-        process.send!({ type: 'metrics-snapshot', id: message.id, snapshot: gateway.metricsSnapshot() } satisfies WorkerMessage)
-      } else if (message.type === 'metrics-response') {
-        pending.get(message.id)?.(message.snapshots)
-        pending.delete(message.id)
+      if (message.type === 'node-collect') {
+        send({ type: 'node-reply', id: message.id, result: gateway.handleNodeRequest(message.request) })
+      } else if (message.type === 'node-response') {
+        queries.answer(message.id, message.results)
+      } else if (message.type === 'admit-result') {
+        admits.answer(message.id, message.result)
       }
     })
     // The primary is gone: nobody will restart or stop us, so stop.
@@ -120,52 +161,84 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
   let stopping = false
   let announced = false
   let listening = 0
+  const admission = new LocalAdmission(config)
+  // What each worker holds admitted, so a worker that dies gives its connections back.
+  const held = workers.map(() => new Map<string, { request: AdmissionRequest; count: number }>())
+  const heldKey = (r: AdmissionRequest) => `${r.userId ?? ''}\u0000${r.ip}`
   let nextCollect = 1
-  const collections = new Map<number, { snapshots: MetricsSnapshot[]; expected: number; done: (s: MetricsSnapshot[]) => void }>()
+  const collections = new Map<number, { results: unknown[]; expected: number; done: () => void }>()
 
-  function collect(): Promise<MetricsSnapshot[]> {
+  function collect(request: NodeRequest): Promise<unknown[]> {
     const live = workers.filter((w): w is ChildProcess => w !== null && w.connected)
     return new Promise((resolve) => {
       const id = nextCollect++
-      const timer = setTimeout(() => finish(), METRICS_TIMEOUT_MS)
+      const entry = { results: [] as unknown[], expected: live.length, done: () => finish() }
+      const timer = setTimeout(() => finish(), NODE_QUERY_TIMEOUT_MS)
       const finish = () => {
         clearTimeout(timer)
-        const entry = collections.get(id)
         collections.delete(id)
-        resolve(entry?.snapshots ?? [])
+        resolve(entry.results)
       }
-      collections.set(id, { snapshots: [], expected: live.length, done: finish })
-      for (const w of live) w.send({ type: 'metrics-collect', id } satisfies PrimaryMessage)
+      collections.set(id, entry)
+      for (const w of live) w.send({ type: 'node-collect', id, request } satisfies PrimaryMessage)
       if (live.length === 0) finish()
     })
   }
 
   function start(index: number): void {
     const child = fork(process.argv[1]!, argv as string[], {
-      env: { ...process.env, [WORKER_ENV]: String(index) },
+      // Two malloc arenas: with one per helper thread, freed memory stays mapped and RSS grows
+      // by ~0.6 KB per connection (measured; see README, Performance).
+      env: { MALLOC_ARENA_MAX: '2', ...process.env, [WORKER_ENV]: String(index) },
       execArgv: process.execArgv,
     })
     workers[index] = child
     child.on('message', (message: WorkerMessage) => {
-      if (message.type === 'listening') {
-        listening++
-        if (!announced && listening >= config.workers) {
-          announced = true
-          announce(log, config, message.port, uwsDetail, 'redis', config.workers)
+      switch (message.type) {
+        case 'listening':
+          listening++
+          if (!announced && listening >= config.workers) {
+            announced = true
+            announce(log, config, message.port, uwsDetail, 'redis', config.workers)
+          }
+          break
+        case 'node-request':
+          void collect(message.request).then((results) => {
+            if (child.connected) child.send({ type: 'node-response', id: message.id, results } satisfies PrimaryMessage)
+          })
+          break
+        case 'node-reply': {
+          const entry = collections.get(message.id)
+          if (entry === undefined) break
+          entry.results.push(message.result)
+          if (entry.results.length >= entry.expected) entry.done()
+          break
         }
-      } else if (message.type === 'metrics-request') {
-        void collect().then((snapshots) => {
-          if (child.connected) child.send({ type: 'metrics-response', id: message.id, snapshots } satisfies PrimaryMessage)
-        })
-      } else if (message.type === 'metrics-snapshot') {
-        const entry = collections.get(message.id)
-        if (entry === undefined) return
-        entry.snapshots.push(message.snapshot)
-        if (entry.snapshots.length >= entry.expected) entry.done(entry.snapshots)
+        case 'admit': {
+          const result = admission.admit(message.request)
+          if (result.ok) {
+            const key = heldKey(message.request)
+            const entry = held[index]!.get(key) ?? { request: message.request, count: 0 }
+            entry.count++
+            held[index]!.set(key, entry)
+          }
+          if (child.connected) child.send({ type: 'admit-result', id: message.id, result } satisfies PrimaryMessage)
+          break
+        }
+        case 'release': {
+          const key = heldKey(message.request)
+          const entry = held[index]!.get(key)
+          if (entry === undefined) break
+          admission.release(message.request)
+          if (--entry.count === 0) held[index]!.delete(key)
+          break
+        }
       }
     })
     child.on('exit', (code, signal) => {
       workers[index] = null
+      for (const { request, count } of held[index]!.values()) for (let i = 0; i < count; i++) admission.release(request)
+      held[index]!.clear()
       if (stopping) return
       const now = Date.now()
       restarts.push(now)

@@ -6,12 +6,15 @@
 // continuation after an await checks `data.closed` first, and writes happen inside cork().
 
 import type { HttpRequest, HttpResponse, us_socket_context_t, WebSocket, WebSocketBehavior } from 'uWebSockets.js'
+import { TokenBucket, type Admission } from './admission.js'
+import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import { delivery } from './bridge.js'
+import type { Connections } from './connections.js'
 import { withDeadline } from './deadline.js'
 import { decodeClientMessage, RequestError } from './client-messages.js'
 import type { Config } from './config.js'
 import { encodeMessage, frameBytes, statusMessage } from './frames.js'
-import { respondJson } from './http.js'
+import { clientAddress, originAllowed, respondJson, trackAborted } from './http.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { CloseCode, ErrorCode, Subprotocol, type Encoding, type ServerMessage } from './protocol.js'
@@ -23,8 +26,16 @@ export interface SocketData {
   readonly id: number
   readonly encoding: Encoding
   readonly ip: string
-  /** The authenticated user, when access control is on. */
+  /** Who the token says this is; null when access control is off. */
+  readonly principal: Principal | null
   readonly userId: string | null
+  readonly connectedAt: number
+  /** Set when admission refused the connection: it is told why and closed with 1013 on open. */
+  readonly refusal: { reason: string; retryAfterMs: number } | null
+  /** Inbound message rate; null when unlimited. */
+  readonly bucket: TokenBucket | null
+  /** Messages refused by the rate limit since the last accepted one. */
+  strikes: number
   /** Jobs this socket asked for: 'pending' while its snapshot is being read, then 'subscribed'. */
   readonly jobs: Map<string, 'pending' | 'subscribed'>
   closed: boolean
@@ -37,8 +48,10 @@ export interface WsContext {
   readonly watched: WatchedJobs
   readonly metrics: Metrics
   readonly log: Logger
-  /** Every open socket, for shutdown and admin. */
-  readonly sockets: Set<JobSocket>
+  readonly auth: Authenticator
+  readonly admission: Admission
+  /** Every open socket, by user and by token expiry. */
+  readonly connections: Connections
   isClosing(): boolean
   /** Snapshot of one job; for a subscribe, called only once the job's channel is live. */
   readSnapshot(jobId: string): Promise<Snapshot>
@@ -60,9 +73,14 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
   return null
 }
 
+/** Repeated rate-limit refusals without a pause end the connection (1008). */
+const MAX_STRIKES = 20
+const FORBIDDEN = 'not allowed to watch this job'
+
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> {
-  const { config, watched, metrics, log } = ctx
+  const { config, watched, metrics, log, auth, admission } = ctx
   let nextSocketId = 1
+  const messageBurst = config.maxMessagesPerSec * 2 + config.maxSubscriptionsPerSocket
 
   function send(ws: JobSocket, data: SocketData, message: ServerMessage): void {
     if (data.closed) return
@@ -91,6 +109,11 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
     try {
       const snapshot = await liveSnapshot(job)
       if (data.closed || data.jobs.get(jobId) !== 'pending') return
+      if (!canWatch(data.principal, jobId, snapshot.owner)) {
+        // The same answer whether or not the job exists.
+        data.jobs.delete(jobId)
+        return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN, jobId)
+      }
       // Joining the topic and sending the snapshot happen in one synchronous step: every
       // message the channel delivers from here on reaches this socket after its job_status.
       data.jobs.set(jobId, 'subscribed')
@@ -127,6 +150,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
   async function status(ws: JobSocket, data: SocketData, jobId: string): Promise<void> {
     try {
       const snapshot = await ctx.readSnapshot(jobId)
+      if (!canWatch(data.principal, jobId, snapshot.owner)) return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN, jobId)
       send(ws, data, statusMessage(jobId, snapshot.data))
     } catch (err) {
       if (data.closed) return
@@ -146,40 +170,92 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
     sendPingsAutomatically: true,
 
     upgrade(res: HttpResponse, req: HttpRequest, context: us_socket_context_t) {
-      if (ctx.isClosing()) {
-        metrics.countRejectedUpgrade('shutting_down')
-        return respondJson(res, 503, { error: 'server is shutting down; reconnect' }, { 'retry-after': '1' })
-      }
+      // req is only valid during this call: copy everything out of it before any await.
+      const key = req.getHeader('sec-websocket-key')
+      const extensions = req.getHeader('sec-websocket-extensions')
+      const origin = req.getHeader('origin')
+      const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
+      const ip = clientAddress(res, config.trustProxy ? req.getHeader('x-forwarded-for') : '')
       const encoding = chooseSubprotocol(req.getHeader('sec-websocket-protocol'))
+      const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}) => {
+        metrics.countRejectedUpgrade(reason)
+        respondJson(res, status, body, headers)
+      }
+      if (ctx.isClosing()) return refuse(503, 'shutting_down', { error: 'server is shutting down; reconnect' }, { 'retry-after': '1' })
       if (encoding === null) {
-        metrics.countRejectedUpgrade('bad_subprotocol')
-        return respondJson(res, 400, { error: `unsupported subprotocol; offer ${Subprotocol.Json} or ${Subprotocol.Msgpack}` })
+        return refuse(400, 'bad_subprotocol', { error: `unsupported subprotocol; offer ${Subprotocol.Json} or ${Subprotocol.Msgpack}` })
       }
-      const data: SocketData = {
-        id: nextSocketId++,
-        encoding: encoding ?? 'json',
-        ip: Buffer.from(res.getRemoteAddressAsText()).toString(),
-        userId: null,
-        jobs: new Map(),
-        closed: false,
-      }
-      res.upgrade(
-        data,
-        req.getHeader('sec-websocket-key'),
-        encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack,
-        req.getHeader('sec-websocket-extensions'),
-        context,
-      )
+      if (!originAllowed(origin, config.allowedOrigins)) return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
+      const aborted = trackAborted(res)
+      void (async () => {
+        let principal: Principal | null = null
+        if (auth.enabled) {
+          try {
+            principal = await auth.verify(token)
+          } catch (err) {
+            const code = (err as { code?: string }).code ?? 'invalid'
+            if (!aborted.aborted) refuse(401, `token_${code}`, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
+            return
+          }
+        }
+        const userId = principal?.userId ?? null
+        const admitted = await admission.admit({ userId, ip })
+        if (aborted.aborted) {
+          if (admitted.ok) admission.release({ userId, ip })
+          return
+        }
+        const data: SocketData = {
+          id: nextSocketId++,
+          encoding: encoding ?? 'json',
+          ip,
+          principal,
+          userId,
+          connectedAt: Date.now(),
+          refusal: admitted.ok ? null : { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs },
+          bucket: config.maxMessagesPerSec > 0 ? new TokenBucket(config.maxMessagesPerSec, messageBurst, Date.now()) : null,
+          strikes: 0,
+          jobs: new Map(),
+          closed: false,
+        }
+        res.cork(() => {
+          res.upgrade(data, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
+        })
+      })()
     },
 
     open(ws) {
-      ctx.sockets.add(ws)
+      const data = ws.getUserData()
+      if (data.refusal !== null) {
+        // Refused by a connection cap: browsers cannot read an HTTP status, so the socket says
+        // why (error + retry hint) and closes with 1013, "try again later".
+        metrics.countRejectedUpgrade('connection_limit')
+        data.closed = true
+        const retry = data.refusal.retryAfterMs
+        ws.cork(() => {
+          ws.send(encodeMessage(data.encoding, { type: 'error', code: ErrorCode.RateLimited, message: data.refusal!.reason, retry_after_ms: retry }), data.encoding === 'msgpack')
+          ws.end(CloseCode.TryAgainLater, `retry-after-ms=${retry}`)
+        })
+        return
+      }
+      ctx.connections.add(ws, data)
       metrics.connectionsOpened++
       metrics.connections++
     },
 
     message(ws, message, isBinary) {
       const data = ws.getUserData()
+      if (data.closed) return
+      if (data.bucket !== null && !data.bucket.take(Date.now())) {
+        if (++data.strikes >= MAX_STRIKES) {
+          metrics.countClientError('rate_abuse')
+          ws.end(CloseCode.PolicyViolation, 'message rate limit exceeded repeatedly')
+          return
+        }
+        metrics.countClientError(ErrorCode.RateLimited)
+        send(ws, data, { type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: data.bucket.waitMs(Date.now()) })
+        return
+      }
+      data.strikes = 0
       if (message.byteLength > config.maxMessageBytes) {
         metrics.countClientError('message_too_big')
         ws.end(CloseCode.MessageTooBig, `message larger than ${config.maxMessageBytes} bytes`)
@@ -212,8 +288,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
 
     close(ws, code) {
       const data = ws.getUserData()
+      if (data.refusal !== null) return // never admitted, never counted
       data.closed = true
-      ctx.sockets.delete(ws)
+      ctx.connections.remove(ws, data)
+      admission.release({ userId: data.userId, ip: data.ip })
       metrics.connectionsClosed++
       metrics.connections--
       for (const state of data.jobs.values()) if (state === 'subscribed') metrics.subscriptions--

@@ -1,0 +1,120 @@
+// Connection admission: caps on open sockets per user and per client address, and a
+// connection-rate cap per address (token bucket). With --workers the primary process owns the
+// counts, so the caps hold for the whole node, not per worker (see serve.ts).
+
+export interface AdmissionRequest {
+  readonly userId: string | null
+  readonly ip: string
+}
+
+export type AdmissionResult =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly reason: string; readonly retryAfterMs: number }
+
+export interface Admission {
+  admit(request: AdmissionRequest): AdmissionResult | Promise<AdmissionResult>
+  /** Called once for every admitted connection when it closes. */
+  release(request: AdmissionRequest): void
+}
+
+export interface AdmissionLimits {
+  readonly maxConnectionsPerUser: number
+  readonly maxConnectionsPerIp: number
+  readonly connectRatePerIp: number
+}
+
+/** Refills `rate` tokens per second up to `capacity`; take() spends one. */
+export class TokenBucket {
+  private tokens: number
+  private last: number
+
+  constructor(private readonly rate: number, private readonly capacity: number, now: number) {
+    this.tokens = capacity
+    this.last = now
+  }
+
+  take(now: number): boolean {
+    this.refill(now)
+    if (this.tokens < 1) return false
+    this.tokens -= 1
+    return true
+  }
+
+  /** Milliseconds until one token is available. */
+  waitMs(now: number): number {
+    this.refill(now)
+    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / this.rate) * 1000)
+  }
+
+  full(now: number): boolean {
+    this.refill(now)
+    return this.tokens >= this.capacity
+  }
+
+  private refill(now: number): void {
+    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) / 1000) * this.rate)
+    this.last = now
+  }
+}
+
+/** How long a client refused by a connection cap should wait before trying again. */
+const CAP_RETRY_MS = 5000
+/** Buckets of addresses that went quiet are forgotten after this long. */
+const SWEEP_INTERVAL_MS = 30_000
+
+export class LocalAdmission implements Admission {
+  private readonly perUser = new Map<string, number>()
+  private readonly perIp = new Map<string, number>()
+  private readonly rates = new Map<string, TokenBucket>()
+  private readonly sweeper: NodeJS.Timeout
+
+  constructor(private readonly limits: AdmissionLimits, private readonly clock: () => number = Date.now) {
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
+  }
+
+  admit({ userId, ip }: AdmissionRequest): AdmissionResult {
+    const now = this.clock()
+    const { maxConnectionsPerUser, maxConnectionsPerIp, connectRatePerIp } = this.limits
+    if (connectRatePerIp > 0) {
+      let bucket = this.rates.get(ip)
+      if (bucket === undefined) {
+        bucket = new TokenBucket(connectRatePerIp, connectRatePerIp * 2, now)
+        this.rates.set(ip, bucket)
+      }
+      if (!bucket.take(now)) {
+        return { ok: false, reason: `more than ${connectRatePerIp} new connections per second from this address`, retryAfterMs: Math.max(1000, bucket.waitMs(now)) }
+      }
+    }
+    const ipCount = this.perIp.get(ip) ?? 0
+    if (maxConnectionsPerIp > 0 && ipCount >= maxConnectionsPerIp) {
+      return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }
+    }
+    const userCount = userId === null ? 0 : this.perUser.get(userId) ?? 0
+    if (userId !== null && maxConnectionsPerUser > 0 && userCount >= maxConnectionsPerUser) {
+      return { ok: false, reason: `at most ${maxConnectionsPerUser} connections per user`, retryAfterMs: CAP_RETRY_MS }
+    }
+    this.perIp.set(ip, ipCount + 1)
+    if (userId !== null) this.perUser.set(userId, userCount + 1)
+    return { ok: true }
+  }
+
+  release({ userId, ip }: AdmissionRequest): void {
+    decrement(this.perIp, ip)
+    if (userId !== null) decrement(this.perUser, userId)
+  }
+
+  dispose(): void {
+    clearInterval(this.sweeper)
+  }
+
+  private sweep(): void {
+    const now = this.clock()
+    for (const [ip, bucket] of this.rates) if (bucket.full(now)) this.rates.delete(ip)
+  }
+}
+
+function decrement(map: Map<string, number>, key: string): void {
+  const n = (map.get(key) ?? 0) - 1
+  if (n > 0) map.set(key, n)
+  else map.delete(key)
+}

@@ -1,0 +1,171 @@
+// Who is connecting, and what they may watch. Credentials are JWTs verified with jose: an HS256
+// secret, an RS256/ES256 public key (PEM), or a JWKS file. Each verifier accepts only its own
+// algorithms, so `alg: none` and algorithm-confusion tokens are refused by construction.
+//
+// Claims: `sub` (required) is the user id; `jobs` (optional) lists job ids, or prefixes
+// ending in `*`, that the holder may watch besides its own; `role: "admin"` or
+// `roles: ["admin"]` sees every job and the admin endpoints; `role`/`roles` containing
+// "producer" may use the producer API. `exp` ends the connection when it passes.
+
+import { createPublicKey, timingSafeEqual, type KeyObject } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
+import type { Config } from './config.js'
+import { ConfigError } from './config.js'
+import { MAX_JOB_ID_LENGTH } from './protocol.js'
+
+export interface Principal {
+  readonly userId: string
+  readonly admin: boolean
+  readonly producer: boolean
+  /** Job ids and `prefix*` patterns granted by the token, besides the user's own jobs. */
+  readonly jobs: readonly string[]
+  /** Expiry in ms since the epoch, or null for a token without `exp`. */
+  readonly expiresAt: number | null
+}
+
+export class AuthError extends Error {
+  override name = 'AuthError'
+  constructor(message: string, readonly code: 'missing' | 'invalid' | 'expired') {
+    super(message)
+  }
+}
+
+export interface Authenticator {
+  /** False when no verification key is configured: access control is off (loopback only). */
+  readonly enabled: boolean
+  verify(token: string): Promise<Principal>
+  /** A static producer or admin key, compared in constant time. */
+  isProducerKey(key: string): boolean
+  isAdminKey(key: string): boolean
+  readonly hasProducerKey: boolean
+  readonly hasAdminKey: boolean
+}
+
+const MAX_TOKEN_LENGTH = 8192
+
+function keyMatcher(expected: string): (key: string) => boolean {
+  if (expected === '') return () => false
+  const want = Buffer.from(expected)
+  return (key) => {
+    const got = Buffer.from(key)
+    return got.length === want.length && timingSafeEqual(got, want)
+  }
+}
+
+function principalFrom(payload: JWTPayload): Principal {
+  const sub = payload.sub
+  if (typeof sub !== 'string' || sub.length === 0 || sub.length > 256) throw new AuthError('token has no usable sub (user id)', 'invalid')
+  const roles = new Set<string>()
+  if (typeof payload.role === 'string') roles.add(payload.role)
+  if (Array.isArray(payload.roles)) for (const r of payload.roles) if (typeof r === 'string') roles.add(r)
+  let jobs: string[] = []
+  if (payload.jobs !== undefined) {
+    if (!Array.isArray(payload.jobs) || payload.jobs.length > 1000 ||
+        !payload.jobs.every((j) => typeof j === 'string' && j.length > 0 && j.length <= MAX_JOB_ID_LENGTH + 1)) {
+      throw new AuthError('token claim jobs must be a list of job ids or prefix* patterns', 'invalid')
+    }
+    jobs = payload.jobs as string[]
+  }
+  return {
+    userId: sub,
+    admin: roles.has('admin'),
+    producer: roles.has('producer'),
+    jobs,
+    expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
+  }
+}
+
+type Verifier = { key: Uint8Array | KeyObject | JWTVerifyGetKey; algorithms: string[] }
+
+function loadVerifier(config: Config): Verifier | null {
+  const sources = [config.jwtSecret !== '', config.jwtPublicKeyFile !== '', config.jwksFile !== ''].filter(Boolean).length
+  if (sources > 1) throw new ConfigError('use one of --jwt-secret, --jwt-public-key and --jwks-file, not several')
+  if (config.jwtSecret !== '') {
+    if (Buffer.byteLength(config.jwtSecret) < 32) {
+      throw new ConfigError('--jwt-secret must be at least 32 bytes (HS256 needs a key as long as its hash)')
+    }
+    return { key: new TextEncoder().encode(config.jwtSecret), algorithms: ['HS256'] }
+  }
+  if (config.jwtPublicKeyFile !== '') {
+    let key: KeyObject
+    try {
+      key = createPublicKey(readFileSync(config.jwtPublicKeyFile))
+    } catch (err) {
+      throw new ConfigError(`--jwt-public-key ${config.jwtPublicKeyFile}: not a readable PEM public key (${(err as Error).message})`)
+    }
+    if (key.asymmetricKeyType === 'rsa') return { key, algorithms: ['RS256'] }
+    if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return { key, algorithms: ['ES256'] }
+    throw new ConfigError(`--jwt-public-key ${config.jwtPublicKeyFile}: use an RSA key (RS256) or a P-256 EC key (ES256)`)
+  }
+  if (config.jwksFile !== '') {
+    let jwks: unknown
+    try {
+      jwks = JSON.parse(readFileSync(config.jwksFile, 'utf8'))
+    } catch (err) {
+      throw new ConfigError(`--jwks-file ${config.jwksFile}: not a readable JSON file (${(err as Error).message})`)
+    }
+    if (typeof jwks !== 'object' || jwks === null || !Array.isArray((jwks as { keys?: unknown }).keys)) {
+      throw new ConfigError(`--jwks-file ${config.jwksFile}: expected {"keys":[...]}`)
+    }
+    return { key: createLocalJWKSet(jwks as Parameters<typeof createLocalJWKSet>[0]), algorithms: ['RS256', 'ES256'] }
+  }
+  return null
+}
+
+export function createAuthenticator(config: Config): Authenticator {
+  const verifier = loadVerifier(config)
+  const isProducerKey = keyMatcher(config.producerKey)
+  const isAdminKey = keyMatcher(config.adminKey)
+  const keys = { isProducerKey, isAdminKey, hasProducerKey: config.producerKey !== '', hasAdminKey: config.adminKey !== '' }
+  if (verifier === null) {
+    return {
+      ...keys,
+      enabled: false,
+      verify: async () => {
+        throw new AuthError('access control is off', 'invalid')
+      },
+    }
+  }
+  const options = {
+    algorithms: verifier.algorithms,
+    ...(config.jwtIssuer ? { issuer: config.jwtIssuer } : {}),
+    ...(config.jwtAudience ? { audience: config.jwtAudience } : {}),
+  }
+  return {
+    ...keys,
+    enabled: true,
+    async verify(token) {
+      if (token === '') throw new AuthError('no token: pass ?token= or Authorization: Bearer', 'missing')
+      if (token.length > MAX_TOKEN_LENGTH) throw new AuthError('token too long', 'invalid')
+      try {
+        const { payload } = typeof verifier.key === 'function'
+          ? await jwtVerify(token, verifier.key, options) // a JWKS: the key is picked by kid
+          : await jwtVerify(token, verifier.key, options)
+        return principalFrom(payload)
+      } catch (err) {
+        if (err instanceof AuthError) throw err
+        if (err instanceof joseErrors.JWTExpired) throw new AuthError('token expired', 'expired')
+        throw new AuthError(`invalid token: ${(err as Error).message}`, 'invalid')
+      }
+    },
+  }
+}
+
+/** The token from `Authorization: Bearer <t>`, else from `?token=`. */
+export function tokenFrom(authorization: string, queryToken: string): string {
+  const match = /^Bearer\s+(.+)$/i.exec(authorization.trim())
+  return match ? match[1]!.trim() : queryToken
+}
+
+/** The access rule: a job is visible to its owner, to a token whose `jobs` claim covers it,
+ * and to admins. `principal` null means access control is off. */
+export function canWatch(principal: Principal | null, jobId: string, owner: string | null): boolean {
+  if (principal === null || principal.admin) return true
+  if (owner !== null && owner === principal.userId) return true
+  return principal.jobs.some((pattern) => pattern.endsWith('*') ? jobId.startsWith(pattern.slice(0, -1)) : pattern === jobId)
+}
+
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host)
+}
