@@ -29,6 +29,9 @@ publish fields:
   --owner <user>     record this user as the job's owner
   --plain            a plain PUBLISH (nothing stored, no seq), as pre-jobwire workers do
   --redis <url>      Redis to publish to [env REDIS_URL]
+  --gateway <url>    or a gateway's producer API, e.g. http://127.0.0.1:8080 (works with the
+                     embedded broker) [env JOBWIRE_GATEWAY]
+  --producer-key <k> credentials for --gateway [env JOBWIRE_PRODUCER_KEY]
   --channel-prefix, --key-prefix   as for serve
 `
 
@@ -67,7 +70,7 @@ async function runServe(args: readonly string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>
   try {
     const options: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } }
-    for (const o of OPTIONS) options[o.flag] = { type: 'string' }
+    for (const o of OPTIONS) options[o.flag] = { type: 'boolean' in o ? 'boolean' : 'string' }
     values = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }).values
   } catch (err) {
     return fail(`${(err as Error).message}\nsee jobwire serve --help`)
@@ -76,7 +79,8 @@ async function runServe(args: readonly string[]): Promise<number> {
     process.stdout.write(USAGE)
     return 0
   }
-  const { help: _help, ...flags } = values
+  const { help: _help, ...given } = values
+  const flags = Object.fromEntries(Object.entries(given).map(([k, v]) => [k, typeof v === 'boolean' ? String(v) : v]))
   try {
     const config = loadConfig(flags as Record<string, string>, process.env)
     await serve(config, ['serve', ...args])
@@ -100,6 +104,8 @@ async function runPublish(args: readonly string[]): Promise<number> {
         owner: { type: 'string' },
         plain: { type: 'boolean' },
         redis: { type: 'string' },
+        gateway: { type: 'string' },
+        'producer-key': { type: 'string' },
         'channel-prefix': { type: 'string' },
         'key-prefix': { type: 'string' },
       },
@@ -136,9 +142,14 @@ async function runPublish(args: readonly string[]): Promise<number> {
   }
   if (values.message !== undefined) payload.message = values.message
 
+  const gateway = values.gateway ?? process.env.JOBWIRE_GATEWAY
+  if (gateway && !values.redis) {
+    if (values.plain) return fail('--plain needs Redis (--redis); the producer API always stores state')
+    return publishViaGateway(gateway, jobId, payload, values.owner, values['producer-key'] ?? process.env.JOBWIRE_PRODUCER_KEY)
+  }
   const redisUrl = values.redis ?? process.env.REDIS_URL
   if (!redisUrl) {
-    return fail('publish needs Redis: pass --redis redis://host:port or set REDIS_URL')
+    return fail('publish needs Redis (--redis redis://host:port or REDIS_URL) or a gateway (--gateway http://host:port)')
   }
   const producer = new Producer({
     redis: redisUrl,
@@ -159,6 +170,30 @@ async function runPublish(args: readonly string[]): Promise<number> {
     return fail(`cannot publish: ${(err as Error).message}`)
   } finally {
     await producer.close().catch(() => undefined)
+  }
+}
+
+async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined): Promise<number> {
+  let url: URL
+  try {
+    url = new URL(`/jobs/${encodeURIComponent(jobId)}/progress`, gateway)
+  } catch {
+    return fail(`--gateway '${gateway}' is not a URL like http://127.0.0.1:8080`)
+  }
+  if (owner) url.searchParams.set('owner', owner)
+  try {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(key ? { authorization: `Bearer ${key}` } : {}) },
+      body: JSON.stringify(payload),
+      signal: AbortSignal.timeout(10_000),
+    })
+    const body = (await res.json().catch(() => ({}))) as { seq?: number; message?: string; error?: string }
+    if (!res.ok) return fail(`refused (${res.status}): ${body.message ?? body.error ?? res.statusText}`)
+    process.stdout.write(`published ${jobId} seq=${body.seq}\n`)
+    return 0
+  } catch (err) {
+    return fail(`cannot reach ${url.origin}: ${(err as Error).message}`)
   }
 }
 

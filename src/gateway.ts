@@ -47,6 +47,21 @@ export interface GatewayOptions {
 /** How often sockets whose token expired are told and closed. */
 const EXPIRY_SWEEP_MS = 1000
 
+/** The authenticator, after the secure-default rule: without a verification key, access
+ * control is off, which is allowed on loopback only, unless --insecure-no-auth says otherwise
+ * (and then every start says so in the log). Throws ConfigError. */
+export function accessControl(config: Config, log: Logger): Authenticator {
+  const auth = createAuthenticator(config)
+  if (!auth.enabled && !isLoopbackHost(config.host)) {
+    if (!config.insecureNoAuth) {
+      throw new ConfigError(`--host ${config.host} is reachable from other machines, and no token verification is configured: ` +
+        'set --jwt-secret, --jwt-public-key or --jwks-file, or pass --insecure-no-auth to let anyone who reaches it watch any job')
+    }
+    log.warn({ host: config.host }, 'INSECURE: access control is off on a non-loopback address (--insecure-no-auth); anyone who reaches it may watch any job')
+  }
+  return auth
+}
+
 export function createBroker(config: Config, log: Logger): Broker {
   const names = {
     channelPrefix: config.channelPrefix,
@@ -81,14 +96,7 @@ export class Gateway {
   constructor(private readonly options: GatewayOptions) {
     this.config = options.config
     this.log = options.log
-    this.auth = createAuthenticator(this.config)
-    if (!this.auth.enabled && !isLoopbackHost(this.config.host)) {
-      if (!this.config.insecureNoAuth) {
-        throw new ConfigError(`--host ${this.config.host} is reachable from other machines, and no token verification is configured: ` +
-          'set --jwt-secret, --jwt-public-key or --jwks-file, or pass --insecure-no-auth to let anyone who reaches it watch any job')
-      }
-      this.log.warn({ host: this.config.host }, 'INSECURE: access control is off on a non-loopback address (--insecure-no-auth); anyone who reaches it may watch any job')
-    }
+    this.auth = accessControl(this.config, this.log)
     this.admission = options.admission ?? new LocalAdmission(this.config)
     this.broker = options.broker ?? createBroker(this.config, this.log)
     this.watched = new WatchedJobs(this.broker, {

@@ -7,7 +7,7 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { LocalAdmission, type Admission, type AdmissionRequest, type AdmissionResult } from './admission.js'
 import { ConfigError, type Config } from './config.js'
-import { Gateway, WS_PATH, type NodeRequest } from './gateway.js'
+import { accessControl, Gateway, WS_PATH, type NodeRequest } from './gateway.js'
 import { createLogger, type Logger } from './log.js'
 import { detectUwsRuntime } from './uws.js'
 
@@ -152,6 +152,13 @@ function announce(log: Logger, config: Config, port: number, uwsDetail: string, 
 }
 
 async function runPrimary(config: Config, argv: readonly string[], log: Logger, uwsDetail: string): Promise<void> {
+  try {
+    accessControl(config, log) // fail here, once, rather than in every worker
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    process.stderr.write(`jobwire: bad configuration: ${err.message}\n`)
+    process.exit(2)
+  }
   if (config.port === 0) {
     log.fatal('--workers > 1 needs a fixed --port: workers share it, and port 0 would give each its own')
     process.exit(1)

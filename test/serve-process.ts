@@ -49,6 +49,13 @@ t.test('bad configuration fails fast with a message that says what to fix', asyn
     [['--terminal-ttl', '100', '--state-ttl', '10'], {}, /--terminal-ttl \(100\) must not exceed --state-ttl \(10\)/],
     [['--frobnicate', '1'], {}, /Unknown option '--frobnicate'/],
     [['--log-level', 'loud'], {}, /must be one of fatal, error/],
+    [['--host', '0.0.0.0'], {}, /--host 0.0.0.0 is reachable from other machines, and no token verification is configured/],
+    [['--jwt-secret', 'short'], {}, /--jwt-secret must be at least 32 bytes/],
+    [['--jwt-public-key', '/nonexistent.pem'], {}, /--jwt-public-key \/nonexistent.pem: not a readable PEM public key/],
+    [['--jwks-file', '/nonexistent.json'], {}, /--jwks-file \/nonexistent.json: not a readable JSON file/],
+    [['--allowed-origins', 'example.com'], {}, /is not an origin like https:\/\/app.example.com/],
+    [['--producer-key', 'abc'], {}, /--producer-key: use at least 16 characters/],
+    [['--host', '0.0.0.0', '--workers', '2'], { REDIS_URL: 'redis://127.0.0.1:1' }, /no token verification is configured/],
   ]
   for (const [args, env, message] of cases) {
     const err = await run('node', [CLI, 'serve', ...args], { env: { ...process.env, REDIS_URL: '', ...env }, timeout: 10_000 })
@@ -60,10 +67,11 @@ t.test('bad configuration fails fast with a message that says what to fix', asyn
 
 t.test('an address it cannot listen on is reported, and the process exits 1', async (t) => {
   // 203.0.113.1 (TEST-NET-3) is not an address of this machine, so bind() fails.
-  const served = serveProcess(['--port', String(await freePort()), '--host', '203.0.113.1'])
+  const served = serveProcess(['--port', String(await freePort()), '--host', '203.0.113.1', '--insecure-no-auth'])
   t.teardown(() => reap(served))
   t.match(await served.waitFor(/failed to start/), /cannot listen on 203.0.113.1/)
   t.equal((await served.exited).code, 1)
+  t.ok(served.lines.some((l) => /INSECURE: access control is off/.test(l)), 'the insecure mode is logged at every start')
 })
 
 t.test('help lists every option', async (t) => {
