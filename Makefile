@@ -6,7 +6,7 @@ NODE_BIN := node_modules/.bin
 # Debian packages the tests need, installed only when missing.
 APT_PACKAGES_TEST := redis-server python3-redis
 
-.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile clean
+.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile screenshots clean
 
 help:
 	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis)"
@@ -28,6 +28,7 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	/usr/bin/python3 -c 'import redis' 2>/dev/null || missing="$$missing python3-redis"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -37,13 +38,16 @@ deps:
 build: install
 	$(NODE_BIN)/tsc -p tsconfig.json
 	@chmod +x dist/src/cli.js
+	$(NODE_BIN)/tsc -p src/client/tsconfig.json
+	$(NODE_BIN)/esbuild src/client/index.ts --bundle --format=esm --minify --target=es2020 --sourcemap --log-level=warning --outfile=dist/client/jobwire-client.js
 
 typecheck: install
 	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
+	$(NODE_BIN)/tsc -p src/client/tsconfig.json --noEmit
 	$(NODE_BIN)/tsc -p test/tsconfig.json --noEmit
 
 run: build
-	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} node dist/src/cli.js serve $(ARGS)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} node dist/src/cli.js serve --demo $(ARGS)
 
 test: deps build native typecheck
 	$(NODE_BIN)/tap
@@ -68,6 +72,10 @@ bench-quick: deps build native
 
 bench-profile: deps build native
 	node dist/bench/run.js --size quick --profile
+
+# Pictures of both pages for the README, taken by the browser tests.
+screenshots: deps build
+	JOBWIRE_SCREENSHOTS=1 $(NODE_BIN)/tap test/e2e-browser.ts
 
 clean:
 	rm -rf dist .tap

@@ -35,15 +35,15 @@ export function createBridge(
     job.lastPayload = update.obj
     job.lastSeq = update.seq
 
+    const jsonSubscribers = app.numSubscribers(job.jsonTopic)
+    const jsonFrame = jsonSubscribers > 0 || job.sinks.size > 0 ? jsonUpdateFrame(job.id, job.heads, update) : null
     delivery.publishing = true
     try {
-      const jsonSubscribers = app.numSubscribers(job.jsonTopic)
-      if (jsonSubscribers > 0) {
-        const frame = jsonUpdateFrame(job.id, job.heads, update)
-        app.publish(job.jsonTopic, frame, false)
+      if (jsonFrame !== null && jsonSubscribers > 0) {
+        app.publish(job.jsonTopic, jsonFrame, false)
         metrics.updatesPublished++
         metrics.framesOut += jsonSubscribers
-        metrics.bytesOut += frameBytes(frame) * jsonSubscribers
+        metrics.bytesOut += frameBytes(jsonFrame) * jsonSubscribers
       }
       const msgpackSubscribers = app.numSubscribers(job.msgpackTopic)
       if (msgpackSubscribers > 0) {
@@ -56,8 +56,8 @@ export function createBridge(
     } finally {
       delivery.publishing = false
     }
+    if (jsonFrame !== null && job.sinks.size > 0) for (const sink of job.sinks) sink.update(jsonFrame, update.seq)
 
-    if (job.sinks.size > 0) for (const sink of job.sinks) sink.update(update)
     const ts = update.obj.ts
     if (typeof ts === 'number') metrics.observeLatency(ts, Date.now())
   }

@@ -42,6 +42,7 @@ export interface Config {
   readonly maxConnectionsPerIp: number
   readonly connectRatePerIp: number
   readonly maxMessagesPerSec: number
+  readonly demo: boolean
 }
 
 export class ConfigError extends Error {
@@ -207,6 +208,8 @@ export const OPTIONS = [
     parse: integer(0, 1_000_000), help: 'new sockets per second per client address, bursts of twice that (0: no limit)' },
   { key: 'maxMessagesPerSec', flag: 'max-messages-per-sec', env: ['JOBWIRE_MAX_MESSAGES_PER_SEC'], fallback: '20',
     parse: integer(0, 1_000_000), help: 'client messages per second per socket, bursts of 2x that + --max-subscriptions (0: no limit)' },
+  { key: 'demo', flag: 'demo', env: ['JOBWIRE_DEMO'], fallback: 'false', parse: switchValue, boolean: true,
+    help: 'serve POST /demo/jobs, which starts simulated video-download jobs (on in make run)' },
 ] as const satisfies readonly OptionSpec<keyof Config>[]
 
 export type FlagValues = Readonly<Record<string, string | undefined>>

@@ -16,7 +16,10 @@ import { encodeMessage, statusMessage } from './frames.js'
 import { addHttpRoutes, addNotFound } from './http-routes.js'
 import { rateLimitedLog, type Logger } from './log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './metrics.js'
+import { addDemoRoutes, DemoProducer } from './demo.js'
 import { addProducerRoute } from './producer-route.js'
+import { addSseRoute, SseStreams } from './sse.js'
+import { addStaticRoutes } from './static-routes.js'
 import { CloseCode, ErrorCode } from './protocol.js'
 import { SnapshotReader, type Snapshot } from './snapshot.js'
 import { uWS } from './uws.js'
@@ -92,6 +95,8 @@ export class Gateway {
   private resyncRun = 0
   private readyWaiters: Array<() => void> = []
   private expirySweep: NodeJS.Timeout | null = null
+  private readonly sse = new SseStreams()
+  private readonly demo: DemoProducer | null
 
   constructor(private readonly options: GatewayOptions) {
     this.config = options.config
@@ -125,7 +130,20 @@ export class Gateway {
       readSnapshot: (jobId) => this.readSnapshot(jobId),
       renderMetrics: () => this.renderMetrics(),
     })
+    addSseRoute(this.app, {
+      config: this.config,
+      auth: this.auth,
+      admission: this.admission,
+      watched: this.watched,
+      metrics: this.metrics,
+      log: this.log.child({ component: 'sse' }),
+      isClosing: () => this.closing,
+      readSnapshot: (jobId) => this.readSnapshot(jobId),
+    }, this.sse)
     addProducerRoute(this.app, { broker: this.broker, auth: this.auth, log: this.log })
+    this.demo = this.config.demo ? new DemoProducer({ broker: this.broker, auth: this.auth, log: this.log.child({ component: 'demo' }) }) : null
+    if (this.demo) addDemoRoutes(this.app, { broker: this.broker, auth: this.auth, log: this.log }, this.demo)
+    addStaticRoutes(this.app)
     addAdminRoutes(this.app, {
       auth: this.auth,
       log: this.log,
@@ -246,7 +264,7 @@ export class Gateway {
       this.app.publish(topic, encodeMessage(encoding, message), encoding === 'msgpack')
       this.metrics.framesOut += subscribers
     }
-    for (const sink of job.sinks) sink.resync(snapshot.data)
+    for (const sink of [...job.sinks]) sink.resync(snapshot.data)
   }
 
   readSnapshot(jobId: string): Promise<Snapshot> {
@@ -256,6 +274,7 @@ export class Gateway {
   /** Tells sockets whose token expired, then closes them with 1008; clients reconnect with a
    * fresh token (the browser client's getToken hook). */
   private closeExpired(): void {
+    this.sse.expire(Date.now())
     for (const ws of this.connections.takeExpired(Date.now())) {
       const data = ws.getUserData()
       if (data.closed) continue
@@ -309,7 +328,9 @@ export class Gateway {
       this.listenSocket = null
     }
     if (this.expirySweep !== null) clearInterval(this.expirySweep)
+    this.demo?.stop()
     for (const ws of [...this.connections.all]) ws.end(CloseCode.GoingAway, 'server shutting down')
+    this.sse.closeAll()
     this.watched.dispose()
     try {
       await withDeadline(this.broker.close(), this.config.shutdownTimeoutMs, 'broker close')

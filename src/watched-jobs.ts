@@ -7,15 +7,16 @@
 
 import type { Broker } from './broker/broker.js'
 import type { SubscriptionMode } from './config.js'
-import { updateHeads, type UpdateHeads } from './frames.js'
+import { updateHeads, type Frame, type UpdateHeads } from './frames.js'
 import type { Logger } from './log.js'
-import type { DecodedPayload } from './payload.js'
 import type { JobPayload } from './protocol.js'
 import { channelFor, topicFor } from './topics.js'
 
 /** Something besides WebSockets that receives a job's frames (an SSE stream). */
 export interface JobSink {
-  update(update: DecodedPayload): void
+  /** HOT PATH: the job_update frame in JSON, built once for all sinks and JSON sockets. */
+  update(jsonFrame: Frame, seq: number | undefined): void
+  /** The gateway resynchronised (broker came back): the job's snapshot. */
   resync(data: JobPayload | null): void
 }
 

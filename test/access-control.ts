@@ -98,7 +98,7 @@ t.test('HS256 gateway', async (t) => {
 
   t.test('producer API: credentials, atomic store + publish, bad bodies refused with nothing stored', async (t) => {
     const post = (id: string, body: string | Buffer, headers: Record<string, string> = {}, query = '') =>
-      fetch(`${gw.http}/jobs/${id}/progress${query}`, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } })
+      fetch(`${gw.http}/jobs/${id}/progress${query}`, { method: 'POST', body: typeof body === 'string' ? body : new Uint8Array(body), headers: { 'content-type': 'application/json', ...headers } })
     const key = { authorization: `Bearer ${PRODUCER_KEY}` }
     // The app records the job, with its owner, when it creates it; then the browser subscribes.
     const created = await post('api-1', '{"status":"queued"}', key, '?owner=alice')

@@ -1,0 +1,96 @@
+import type { JobPayload, ServerMessage } from '../protocol.js'
+
+/** Where fallback frames go: the same handler the WebSocket feeds. */
+export type FrameSink = (message: ServerMessage) => void
+
+export interface FallbackOptions {
+  /** http(s)://host[:port], without a trailing slash. */
+  readonly httpBase: string
+  readonly token: () => Promise<string | undefined>
+  readonly pollIntervalMs: number
+  readonly EventSource: typeof EventSource | undefined
+  readonly fetch: typeof fetch
+  /** An HTTP error the caller must hear about (401/403: stop; others: keep trying). */
+  readonly onHttpError: (jobId: string, status: number) => void
+}
+
+/** SSE errors in a row before a job falls back further, to polling. */
+const SSE_FAILURES_BEFORE_POLLING = 3
+
+/**
+ * One job watched without WebSocket: Server-Sent Events from GET /jobs/<id>/events, or, where
+ * EventSource is missing or keeps failing, polling GET /jobs/<id>. Both deliver the same
+ * messages the WebSocket would (job_status, job_update), so the caller sees no difference.
+ */
+export class FallbackWatch {
+  private source: EventSource | null = null
+  private pollTimer: ReturnType<typeof setTimeout> | null = null
+  private sseFailures = 0
+  private stopped = false
+
+  constructor(private readonly jobId: string, private readonly options: FallbackOptions, private readonly sink: FrameSink) {
+    if (options.EventSource) void this.openSse()
+    else this.poll()
+  }
+
+  stop(): void {
+    this.stopped = true
+    this.source?.close()
+    this.source = null
+    if (this.pollTimer !== null) clearTimeout(this.pollTimer)
+  }
+
+  private async openSse(): Promise<void> {
+    const token = await this.options.token()
+    if (this.stopped) return
+    const url = `${this.options.httpBase}/jobs/${encodeURIComponent(this.jobId)}/events${token ? `?token=${encodeURIComponent(token)}` : ''}`
+    const source = new this.options.EventSource!(url)
+    this.source = source
+    const forward = (event: MessageEvent) => {
+      this.sseFailures = 0
+      try {
+        this.sink(JSON.parse(event.data as string) as ServerMessage)
+      } catch {
+        // a malformed event: ignore it, the next one carries the whole state again
+      }
+    }
+    source.addEventListener('job_status', forward as EventListener)
+    source.addEventListener('job_update', forward as EventListener)
+    source.onerror = () => {
+      if (this.stopped || source !== this.source) return
+      // EventSource retries by itself; a stream that keeps failing (or was refused: the
+      // browser does not say with which status) moves this job to polling.
+      if (++this.sseFailures >= SSE_FAILURES_BEFORE_POLLING || source.readyState === 2) {
+        source.close()
+        this.source = null
+        this.poll()
+      }
+    }
+  }
+
+  private poll(): void {
+    if (this.stopped) return
+    void (async () => {
+      try {
+        const token = await this.options.token()
+        const res = await this.options.fetch(`${this.options.httpBase}/jobs/${encodeURIComponent(this.jobId)}`, {
+          headers: token ? { authorization: `Bearer ${token}` } : {},
+          cache: 'no-store',
+        })
+        if (this.stopped) return
+        if (res.status === 200) {
+          const body = (await res.json()) as { data: JobPayload | null }
+          this.sink({ type: 'job_status', job_id: this.jobId, data: body.data })
+        } else if (res.status === 404) {
+          this.sink({ type: 'job_status', job_id: this.jobId, data: null })
+        } else {
+          this.options.onHttpError(this.jobId, res.status)
+          if (res.status === 401 || res.status === 403) return
+        }
+      } catch {
+        // offline or refused: try again at the next interval
+      }
+      if (!this.stopped) this.pollTimer = setTimeout(() => this.poll(), this.options.pollIntervalMs)
+    })()
+  }
+}

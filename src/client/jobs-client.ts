@@ -1,0 +1,392 @@
+import { CloseCode, isValidJobId, type ClientMessage, type ErrorMessage, type JobPayload, type ServerMessage } from '../protocol.js'
+import { advisedDelay, backoff } from './backoff.js'
+import { FallbackWatch } from './fallback.js'
+import { JobView } from './job-view.js'
+
+export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'fallback' | 'closed'
+
+export interface JobHandlers {
+  /** A job_update newer than anything seen for the job. */
+  onUpdate?(data: JobPayload, jobId: string): void
+  /** The job's snapshot: on subscribe, after every reconnect or resynchronisation. */
+  onStatus?(data: JobPayload | null, jobId: string): void
+  /** The server refused something about this job (forbidden, too_many_subscriptions, ...). */
+  onError?(error: JobsClientError, jobId: string): void
+}
+
+export interface JobsClientOptions {
+  /** ws(s)://host[:port]/ws/jobs */
+  readonly url: string
+  /** A fixed token; or getToken, called before every connection and after token_expired. */
+  readonly token?: string
+  readonly getToken?: () => string | Promise<string>
+  readonly minReconnectDelayMs?: number
+  readonly maxReconnectDelayMs?: number
+  readonly pingIntervalMs?: number
+  /** No pong within this long after a ping: the connection is dead. */
+  readonly pongTimeoutMs?: number
+  /** Failed WebSocket attempts in a row (never opened) before falling back to SSE/polling. */
+  readonly fallbackAfterFailures?: number
+  /** While in fallback, how often to try WebSocket again. */
+  readonly wsRetryIntervalMs?: number
+  readonly pollIntervalMs?: number
+  readonly connect?: boolean
+  /** Injected for tests and unusual runtimes; default to the globals. */
+  readonly WebSocket?: typeof WebSocket
+  readonly EventSource?: typeof EventSource | null
+  readonly fetch?: typeof fetch
+}
+
+export class JobsClientError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message)
+    this.name = 'JobsClientError'
+  }
+}
+
+interface Watched {
+  readonly view: JobView
+  readonly handlers: Set<JobHandlers>
+  fallback: FallbackWatch | null
+}
+
+/**
+ * Watches jobs over one WebSocket, with reconnect (exponential backoff, full jitter),
+ * resubscription, heartbeat, the contract's close-code policy and a transparent SSE/polling
+ * fallback. Per job it keeps the latest state and applies frames by seq, so callers see a
+ * monotonic view. Events: `statechange` (detail {oldState, newState}), `error` (detail
+ * JobsClientError), `pong` (detail {rttMs}), `message` (detail: every frame received).
+ */
+export class JobsClient extends EventTarget {
+  private current: ClientState = 'closed'
+  private ws: WebSocket | null = null
+  private readonly jobs = new Map<string, Watched>()
+  private attempts = 0
+  private failedInARow = 0
+  private opened = false
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null
+  private pingTimer: ReturnType<typeof setInterval> | null = null
+  private pongTimer: ReturnType<typeof setTimeout> | null = null
+  private pingSent = new Map<number, number>()
+  private nextPing = 1
+  private lastError: ErrorMessage | null = null
+  private stopped = true
+  private inFallback = false
+  private tokenCache: string | undefined
+  private readonly o: Required<Omit<JobsClientOptions, 'token' | 'getToken' | 'WebSocket' | 'EventSource' | 'fetch' | 'connect'>>
+  private readonly onOnline = () => this.reconnectNow()
+  private readonly onOffline = () => this.ws?.close()
+
+  /** Round-trip time of the last ping, in ms. */
+  rttMs: number | undefined
+
+  constructor(private readonly options: JobsClientOptions) {
+    super()
+    this.o = {
+      url: options.url,
+      minReconnectDelayMs: options.minReconnectDelayMs ?? 500,
+      maxReconnectDelayMs: options.maxReconnectDelayMs ?? 20_000,
+      pingIntervalMs: options.pingIntervalMs ?? 25_000,
+      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+      fallbackAfterFailures: options.fallbackAfterFailures ?? 3,
+      wsRetryIntervalMs: options.wsRetryIntervalMs ?? 30_000,
+      pollIntervalMs: options.pollIntervalMs ?? 2000,
+    }
+    this.tokenCache = options.token
+    if (options.connect !== false) this.connect()
+  }
+
+  get state(): ClientState {
+    return this.current
+  }
+
+  /** The latest state known for a job, or undefined when it is not watched or not yet known. */
+  job(jobId: string): { data: JobPayload | null; seq: number | undefined } | undefined {
+    const w = this.jobs.get(jobId)
+    return w?.view.known ? { data: w.view.data, seq: w.view.seq } : undefined
+  }
+
+  /** Watches a job; returns the function that stops watching it. */
+  subscribe(jobId: string, handlers: JobHandlers = {}): () => void {
+    if (!isValidJobId(jobId)) throw new TypeError(`'${jobId}' is not a job id (1..128 of A-Z a-z 0-9 _ . : -)`)
+    let w = this.jobs.get(jobId)
+    if (w === undefined) {
+      w = { view: new JobView(), handlers: new Set(), fallback: null }
+      this.jobs.set(jobId, w)
+      if (this.current === 'open') this.send({ type: 'subscribe_job', job_id: jobId })
+      else if (this.inFallback) w.fallback = this.watchWithoutWebSocket(jobId)
+    } else if (w.view.known) {
+      handlers.onStatus?.(w.view.data, jobId)
+    }
+    w.handlers.add(handlers)
+    return () => this.unsubscribe(jobId, handlers)
+  }
+
+  connect(): void {
+    if (this.ws !== null) return
+    this.stopped = false
+    if (typeof addEventListener === 'function') {
+      addEventListener('online', this.onOnline)
+      addEventListener('offline', this.onOffline)
+    }
+    void this.open()
+  }
+
+  /** Stops everything: the socket, fallbacks, timers. Subscriptions are kept for connect(). */
+  close(): void {
+    this.stopped = true
+    this.clearTimers()
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('online', this.onOnline)
+      removeEventListener('offline', this.onOffline)
+    }
+    this.leaveFallback()
+    const ws = this.ws
+    this.ws = null
+    ws?.close(1000)
+    this.setState('closed')
+  }
+
+  /** Sends an application ping; its pong updates rttMs and fires a `pong` event. */
+  ping(): void {
+    const id = this.nextPing++
+    this.pingSent.set(id, now())
+    this.send({ type: 'ping', id })
+    if (this.pongTimer === null) {
+      this.pongTimer = setTimeout(() => this.dead('no pong within ' + this.o.pongTimeoutMs + ' ms'), this.o.pongTimeoutMs)
+    }
+  }
+
+  private setState(next: ClientState): void {
+    if (next === this.current) return
+    const oldState = this.current
+    this.current = next
+    this.dispatchEvent(new CustomEvent('statechange', { detail: { oldState, newState: next } }))
+  }
+
+  private async token(): Promise<string | undefined> {
+    if (this.options.getToken && this.tokenCache === undefined) this.tokenCache = await this.options.getToken()
+    return this.tokenCache
+  }
+
+  private async open(): Promise<void> {
+    this.clearTimers()
+    if (!this.inFallback) this.setState(this.attempts === 0 && !this.opened ? 'connecting' : 'reconnecting')
+    let token: string | undefined
+    try {
+      token = await this.token()
+    } catch (err) {
+      this.emitError(new JobsClientError('auth', `getToken failed: ${(err as Error).message}`))
+      return this.scheduleReconnect()
+    }
+    if (this.stopped) return
+    const Ws = this.options.WebSocket ?? globalThis.WebSocket
+    const url = token ? `${this.o.url}${this.o.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}` : this.o.url
+    let ws: WebSocket
+    try {
+      ws = new Ws(url, 'jobwire.json')
+    } catch (err) {
+      this.emitError(new JobsClientError('connect', (err as Error).message))
+      return this.scheduleReconnect()
+    }
+    this.ws = ws
+    let openedThis = false
+    // Every handler first checks that its socket is still the current one: events of a socket
+    // we replaced (after a dead heartbeat, say) must not touch the new one.
+    ws.onopen = () => {
+      if (ws !== this.ws) return
+      openedThis = true
+      this.opened = true
+      this.attempts = 0
+      this.failedInARow = 0
+      this.lastError = null
+      this.leaveFallback()
+      this.setState('open')
+      for (const jobId of this.jobs.keys()) this.send({ type: 'subscribe_job', job_id: jobId })
+      this.pingTimer = setInterval(() => this.ping(), this.o.pingIntervalMs)
+    }
+    ws.onmessage = (event: MessageEvent) => {
+      if (ws !== this.ws || typeof event.data !== 'string') return
+      let message: ServerMessage
+      try {
+        message = JSON.parse(event.data) as ServerMessage
+      } catch {
+        return
+      }
+      this.receive(message)
+    }
+    ws.onclose = (event: CloseEvent) => {
+      if (ws !== this.ws) return
+      this.ws = null
+      this.closed(event.code, event.reason, openedThis)
+    }
+  }
+
+  /** One frame from the server, by WebSocket or by a fallback transport. */
+  private receive(message: ServerMessage): void {
+    this.dispatchEvent(new CustomEvent('message', { detail: message }))
+    switch (message.type) {
+      case 'job_status':
+      case 'job_update': {
+        const w = this.jobs.get(message.job_id)
+        if (w === undefined) return
+        if (message.type === 'job_status') {
+          w.view.applyStatus(message.data)
+          for (const h of [...w.handlers]) h.onStatus?.(message.data, message.job_id)
+          return
+        }
+        const applied = w.view.applyUpdate(message.data)
+        if (applied === 'stale') return
+        for (const h of [...w.handlers]) h.onUpdate?.(message.data, message.job_id)
+        if (applied === 'gap' && this.current === 'open') this.send({ type: 'job_status', job_id: message.job_id })
+        return
+      }
+      case 'pong': {
+        if (this.pongTimer !== null) clearTimeout(this.pongTimer)
+        this.pongTimer = null
+        const sent = typeof message.id === 'number' ? this.pingSent.get(message.id) : undefined
+        this.pingSent.clear()
+        if (sent !== undefined) {
+          this.rttMs = now() - sent
+          this.dispatchEvent(new CustomEvent('pong', { detail: { rttMs: this.rttMs } }))
+        }
+        return
+      }
+      case 'error': {
+        this.lastError = message
+        const error = new JobsClientError(message.code, message.message)
+        const w = message.job_id === undefined ? undefined : this.jobs.get(message.job_id)
+        if (w !== undefined && w.handlers.size > 0) for (const h of [...w.handlers]) h.onError?.(error, message.job_id!)
+        else this.emitError(error)
+        return
+      }
+      default:
+        return // unknown types are ignored, as the contract asks
+    }
+  }
+
+  /** The reconnect decision ladder. */
+  private closed(code: number, reason: string, openedThis: boolean): void {
+    this.stopHeartbeat()
+    const last = this.lastError
+    this.lastError = null
+    if (this.stopped) return this.setState('closed')
+    if (code === CloseCode.PolicyViolation) {
+      if (last?.code === 'token_expired' || /token expired/.test(reason)) {
+        // A fresh token, then straight back.
+        this.tokenCache = undefined
+        if (this.options.getToken) return this.scheduleReconnect(0)
+      }
+      return this.stop(new JobsClientError('auth', reason || 'the server refused this connection (1008)'))
+    }
+    if (code === CloseCode.MessageTooBig) return this.stop(new JobsClientError('message_too_big', reason || 'message too big (1009)'))
+    // A refused upgrade (HTTP 401 for an expired token, say) reaches a browser only as 1006:
+    // ask for a fresh token before the next attempt.
+    if (!openedThis && this.options.getToken) this.tokenCache = undefined
+    if (!openedThis && !this.inFallback && ++this.failedInARow >= this.o.fallbackAfterFailures) this.enterFallback()
+    const advised = code === CloseCode.TryAgainLater ? advisedDelay(reason) ?? last?.retry_after_ms : undefined
+    this.scheduleReconnect(advised)
+  }
+
+  private stop(error: JobsClientError): void {
+    this.emitError(error)
+    for (const [jobId, w] of this.jobs) for (const h of [...w.handlers]) h.onError?.(error, jobId)
+    this.close()
+  }
+
+  private scheduleReconnect(delayMs?: number): void {
+    if (this.stopped) return
+    const wait = delayMs ?? (this.inFallback ? this.o.wsRetryIntervalMs : backoff(this.attempts++, this.o.minReconnectDelayMs, this.o.maxReconnectDelayMs))
+    if (!this.inFallback) this.setState('reconnecting')
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null
+      if (typeof navigator !== 'undefined' && navigator.onLine === false) return // 'online' will call us
+      void this.open()
+    }, wait)
+  }
+
+  private reconnectNow(): void {
+    if (this.stopped || this.current === 'open') return
+    this.attempts = 0
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = null
+    if (this.ws === null) void this.open()
+  }
+
+  /** The heartbeat saw no pong: the connection is dead even if the browser has not noticed. */
+  private dead(why: string): void {
+    this.pongTimer = null
+    const ws = this.ws
+    if (ws === null) return
+    this.ws = null
+    ws.close(4000, why)
+    this.closed(4000, why, true)
+  }
+
+  private enterFallback(): void {
+    this.inFallback = true
+    this.setState('fallback')
+    for (const [jobId, w] of this.jobs) w.fallback ??= this.watchWithoutWebSocket(jobId)
+  }
+
+  private leaveFallback(): void {
+    if (!this.inFallback) return
+    this.inFallback = false
+    for (const w of this.jobs.values()) {
+      w.fallback?.stop()
+      w.fallback = null
+    }
+  }
+
+  private watchWithoutWebSocket(jobId: string): FallbackWatch {
+    const http = this.o.url.replace(/^ws/, 'http').replace(/\/ws\/jobs.*$/, '')
+    return new FallbackWatch(jobId, {
+      httpBase: http,
+      token: () => this.token(),
+      pollIntervalMs: this.o.pollIntervalMs,
+      EventSource: this.options.EventSource === null ? undefined : this.options.EventSource ?? globalThis.EventSource,
+      fetch: this.options.fetch ?? globalThis.fetch.bind(globalThis),
+      onHttpError: (id, status) => {
+        const code = status === 401 ? 'auth' : status === 403 ? 'forbidden' : 'http'
+        const error = new JobsClientError(code, `GET /jobs/${id} answered ${status}`)
+        const w = this.jobs.get(id)
+        if (w) for (const h of [...w.handlers]) h.onError?.(error, id)
+      },
+    }, (message) => this.receive(message))
+  }
+
+  private unsubscribe(jobId: string, handlers: JobHandlers): void {
+    const w = this.jobs.get(jobId)
+    if (w === undefined || !w.handlers.delete(handlers) || w.handlers.size > 0) return
+    this.jobs.delete(jobId)
+    w.fallback?.stop()
+    if (this.current === 'open') this.send({ type: 'unsubscribe_job', job_id: jobId })
+  }
+
+  private send(message: ClientMessage): void {
+    if (this.ws !== null && this.ws.readyState === 1) this.ws.send(JSON.stringify(message))
+  }
+
+  private emitError(error: JobsClientError): void {
+    this.dispatchEvent(new CustomEvent('error', { detail: error }))
+  }
+
+  private stopHeartbeat(): void {
+    if (this.pingTimer !== null) clearInterval(this.pingTimer)
+    if (this.pongTimer !== null) clearTimeout(this.pongTimer)
+    this.pingTimer = null
+    this.pongTimer = null
+    this.pingSent.clear()
+  }
+
+  private clearTimers(): void {
+    this.stopHeartbeat()
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = null
+  }
+}
+
+function now(): number {
+  return typeof performance !== 'undefined' ? performance.now() : Date.now()
+}

@@ -1,0 +1,206 @@
+// GET /jobs/<id>/events: Server-Sent Events, the fallback for clients that cannot open a
+// WebSocket. The same messages as the socket (job_status, then job_update, each with `id:` =
+// seq), the same access rule, the same connection caps. A stream that cannot keep up is not
+// queued without bound: updates are skipped while it is congested and, once it drains, it gets
+// a job_status with the latest state (so it loses intermediate updates, never the latest state).
+
+import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
+import type { Admission } from './admission.js'
+import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import type { Config } from './config.js'
+import { withDeadline } from './deadline.js'
+import { frameBytes, statusMessage, type Frame } from './frames.js'
+import { clientAddress, respondJson, safeDecode, trackAborted } from './http.js'
+import type { Logger } from './log.js'
+import type { Metrics } from './metrics.js'
+import { ErrorCode, isValidJobId, type JobPayload } from './protocol.js'
+import type { Snapshot } from './snapshot.js'
+import type { JobSink, WatchedJob, WatchedJobs } from './watched-jobs.js'
+
+const HEARTBEAT_MS = 15_000
+/** A stream congested this long is closed; EventSource reconnects and resynchronises. */
+const MAX_CONGESTED_MS = 30_000
+
+export interface SseContext {
+  readonly config: Config
+  readonly auth: Authenticator
+  readonly admission: Admission
+  readonly watched: WatchedJobs
+  readonly metrics: Metrics
+  readonly log: Logger
+  isClosing(): boolean
+  readSnapshot(jobId: string): Promise<Snapshot>
+}
+
+/** SSE data lines cannot hold raw line breaks; in valid JSON they are only whitespace. */
+function oneLine(json: string): string {
+  return json.includes('\n') || json.includes('\r') ? json.replace(/[\r\n]+/g, ' ') : json
+}
+
+export class SseStream implements JobSink {
+  ended = false
+  private congestedSince = 0
+
+  constructor(
+    private readonly res: HttpResponse,
+    readonly job: WatchedJob,
+    readonly principal: Principal | null,
+    private readonly metrics: Metrics,
+    /** Called once when the stream ends, whichever side ends it. */
+    private readonly onEnd: () => void,
+  ) {}
+
+  /** HOT PATH (per SSE stream). */
+  update(jsonFrame: Frame, seq: number | undefined): void {
+    if (this.ended || this.congestedSince !== 0) return
+    this.write('job_update', typeof jsonFrame === 'string' ? jsonFrame : jsonFrame.toString('utf8'), seq)
+  }
+
+  resync(data: JobPayload | null): void {
+    if (this.ended || this.congestedSince !== 0) return
+    this.status(data)
+  }
+
+  status(data: JobPayload | null): void {
+    const seq = typeof data?.seq === 'number' ? data.seq : undefined
+    this.write('job_status', JSON.stringify(statusMessage(this.job.id, data)), seq)
+  }
+
+  heartbeat(now: number): void {
+    if (this.ended) return
+    if (this.congestedSince !== 0 && now - this.congestedSince > MAX_CONGESTED_MS) return this.end()
+    if (this.congestedSince === 0) this.res.cork(() => this.res.write(': ping\n\n'))
+  }
+
+  expire(): void {
+    if (this.ended) return
+    this.write('error', JSON.stringify({ type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), undefined)
+    this.end()
+  }
+
+  end(): void {
+    if (this.ended) return
+    this.ended = true
+    this.res.cork(() => this.res.end())
+    this.onEnd()
+  }
+
+  private write(event: string, json: string, seq: number | undefined): void {
+    const text = `event: ${event}\n${seq === undefined ? '' : `id: ${seq}\n`}data: ${oneLine(json)}\n\n`
+    let ok = true
+    this.res.cork(() => {
+      ok = this.res.write(text)
+    })
+    this.metrics.framesOut++
+    this.metrics.bytesOut += frameBytes(text)
+    if (!ok) {
+      this.congestedSince = Date.now()
+      this.res.onWritable(() => {
+        // Drained: skip what was missed, send where the job is now.
+        this.congestedSince = 0
+        this.status(this.job.lastPayload)
+        return true
+      })
+    }
+  }
+}
+
+export class SseStreams {
+  readonly all = new Set<SseStream>()
+  private readonly timer: NodeJS.Timeout
+
+  constructor() {
+    this.timer = setInterval(() => {
+      const now = Date.now()
+      for (const s of this.all) s.heartbeat(now)
+    }, HEARTBEAT_MS)
+    this.timer.unref()
+  }
+
+  /** Streams whose token has expired are told and ended. */
+  expire(now: number): void {
+    for (const s of this.all) {
+      const exp = s.principal?.expiresAt
+      if (exp != null && exp <= now) s.expire()
+    }
+  }
+
+  closeAll(): void {
+    clearInterval(this.timer)
+    for (const s of this.all) s.end()
+  }
+}
+
+export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStreams): void {
+  app.get('/jobs/:id/events', (res, req) => {
+    const jobId = safeDecode(req.getParameter(0))
+    const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
+    const ip = clientAddress(res, ctx.config.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
+    if (!isValidJobId(jobId)) return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
+    const aborted = trackAborted(res)
+    void (async () => {
+      let principal: Principal | null = null
+      if (ctx.auth.enabled) {
+        try {
+          principal = await ctx.auth.verify(token)
+        } catch (err) {
+          if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
+          return
+        }
+      }
+      const who = { userId: principal?.userId ?? null, ip }
+      const admitted = await ctx.admission.admit(who)
+      if (!admitted.ok) {
+        if (!aborted.aborted) respondJson(res, 429, { error: 'rate_limited', message: admitted.reason, retry_after_ms: admitted.retryAfterMs }, { 'retry-after': String(Math.ceil(admitted.retryAfterMs / 1000)) })
+        return
+      }
+      const job = ctx.watched.acquire(jobId)
+      let stream: SseStream | null = null
+      let released = false
+      const release = () => {
+        if (released) return
+        released = true
+        ctx.watched.release(job)
+        ctx.admission.release(who)
+        if (stream !== null) {
+          stream.ended = true
+          job.sinks.delete(stream)
+          streams.all.delete(stream)
+          ctx.metrics.sseStreams--
+        }
+      }
+      try {
+        await withDeadline(ctx.watched.whenLive(job), ctx.config.brokerTimeoutMs, 'broker subscription')
+        const snapshot = await ctx.readSnapshot(jobId)
+        if (aborted.aborted) return release()
+        if (!canWatch(principal, jobId, snapshot.owner)) {
+          release()
+          return respondJson(res, 403, { error: 'forbidden', message: 'not allowed to watch this job' })
+        }
+        stream = new SseStream(res, job, principal, ctx.metrics, release)
+        res.onAborted(() => {
+          aborted.aborted = true
+          release()
+        })
+        res.cork(() => {
+          res.writeStatus('200 OK')
+            .writeHeader('content-type', 'text/event-stream')
+            .writeHeader('cache-control', 'no-store')
+            .writeHeader('x-accel-buffering', 'no')
+            .write('retry: 2000\n\n')
+        })
+        // Joining the job's sinks and sending the snapshot in one synchronous step: nothing the
+        // channel delivers from now on can come before it.
+        job.sinks.add(stream)
+        streams.all.add(stream)
+        ctx.metrics.sseStreams++
+        stream.status(snapshot.data)
+      } catch (err) {
+        release()
+        ctx.log.warn({ job: jobId, err: (err as Error).message }, 'SSE subscribe failed')
+        if (!aborted.aborted) respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
+      }
+    })()
+  })
+}

@@ -1,0 +1,326 @@
+// The browser client's logic in Node, against fake WebSocket, EventSource and fetch: backoff,
+// seq ordering, the state machine, close-code policy, heartbeat, token refresh and fallback.
+
+import t from 'tap'
+import { advisedDelay, backoff } from '../src/client/backoff.js'
+import { BackgroundJobManager } from '../src/client/background-job-manager.js'
+import { JobView } from '../src/client/job-view.js'
+import { JobsClient, type ClientState, type JobsClientOptions } from '../src/client/jobs-client.js'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function until(check: () => boolean, what: string, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(2)
+  }
+}
+
+class FakeWebSocket {
+  static instances: FakeWebSocket[] = []
+  readyState = 0
+  sent: Array<Record<string, unknown>> = []
+  onopen: ((e: unknown) => void) | null = null
+  onmessage: ((e: { data: string }) => void) | null = null
+  onclose: ((e: { code: number; reason: string }) => void) | null = null
+  constructor(readonly url: string, readonly protocol: string) {
+    FakeWebSocket.instances.push(this)
+  }
+  send(text: string): void {
+    this.sent.push(JSON.parse(text) as Record<string, unknown>)
+  }
+  close(code = 1005, reason = ''): void {
+    if (this.readyState === 3) return
+    this.readyState = 3
+    setTimeout(() => this.onclose?.({ code, reason }), 0)
+  }
+  // the server's side
+  accept(): void {
+    this.readyState = 1
+    this.onopen?.({})
+  }
+  push(message: object): void {
+    this.onmessage?.({ data: JSON.stringify(message) })
+  }
+  drop(code: number, reason = ''): void {
+    this.readyState = 3
+    this.onclose?.({ code, reason })
+  }
+  static last(): FakeWebSocket {
+    return FakeWebSocket.instances.at(-1)!
+  }
+}
+
+function makeClient(options: Partial<JobsClientOptions> = {}): { client: JobsClient; states: ClientState[]; errors: string[] } {
+  FakeWebSocket.instances = []
+  const client = new JobsClient({
+    url: 'ws://gw.test/ws/jobs',
+    minReconnectDelayMs: 5,
+    maxReconnectDelayMs: 20,
+    WebSocket: FakeWebSocket as unknown as typeof WebSocket,
+    EventSource: null,
+    ...options,
+  })
+  const states: ClientState[] = [client.state]
+  const errors: string[] = []
+  client.addEventListener('statechange', (e) => states.push((e as CustomEvent).detail.newState))
+  client.addEventListener('error', (e) => errors.push((e as CustomEvent).detail.code))
+  return { client, states, errors }
+}
+
+t.test('backoff: full jitter within [0, min(max, min * 2^attempt)), growing, capped', (t) => {
+  t.equal(backoff(0, 100, 10_000, () => 0.999), 99)
+  t.equal(backoff(3, 100, 10_000, () => 0.999), 799)
+  t.equal(backoff(20, 100, 10_000, () => 0.999), 9990, 'capped at max')
+  t.equal(backoff(5, 100, 10_000, () => 0), 0, 'full jitter reaches 0')
+  for (let i = 0; i < 1000; i++) {
+    const d = backoff(i % 12, 50, 5000)
+    t.ok(d >= 0 && d < Math.min(5000, 50 * 2 ** (i % 12)), 'in range')
+  }
+  t.equal(backoff(-3, 100, 1000, () => 0.5), 50, 'negative attempts count as 0')
+  t.equal(advisedDelay('retry-after-ms=2500'), 2500)
+  t.equal(advisedDelay('going away'), undefined)
+  t.end()
+})
+
+t.test('JobView: snapshots replace, stale and duplicate updates drop, gaps are reported', (t) => {
+  const v = new JobView()
+  t.equal(v.applyStatus({ seq: 5, progress: 50 }), 'applied')
+  t.equal(v.applyUpdate({ seq: 5, progress: 50 }), 'stale', 'duplicate')
+  t.equal(v.applyUpdate({ seq: 3, progress: 30 }), 'stale', 'older')
+  t.equal(v.applyUpdate({ seq: 6, progress: 60 }), 'applied')
+  t.equal(v.applyUpdate({ seq: 9, progress: 90 }), 'gap', 'applied, and seq 7-8 were missed')
+  t.same(v.data, { seq: 9, progress: 90 })
+  t.equal(v.applyUpdate({ progress: 91 }), 'applied', 'updates without seq (plain PUBLISH) always apply')
+  t.equal(v.seq, 9)
+  t.equal(v.applyStatus({ seq: 1, progress: 1 }), 'applied', 'a snapshot is authoritative even when its seq is lower (state reset)')
+  t.equal(v.seq, 1)
+  t.equal(v.applyStatus(null), 'applied')
+  t.equal(v.seq, undefined)
+  t.end()
+})
+
+t.test('connects, subscribes, resubscribes everything after a reconnect', async (t) => {
+  const { client, states } = makeClient()
+  const seen: unknown[] = []
+  client.subscribe('a', { onStatus: (d) => seen.push(['status', d]), onUpdate: (d) => seen.push(['update', d]) })
+  client.subscribe('b')
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws1 = FakeWebSocket.last()
+  t.equal(ws1.protocol, 'jobwire.json')
+  ws1.accept()
+  t.same(ws1.sent, [{ type: 'subscribe_job', job_id: 'a' }, { type: 'subscribe_job', job_id: 'b' }])
+  ws1.push({ type: 'job_status', job_id: 'a', data: { seq: 1, progress: 10 } })
+  ws1.push({ type: 'job_update', job_id: 'a', data: { seq: 2, progress: 20 } })
+  ws1.push({ type: 'job_update', job_id: 'a', data: { seq: 2, progress: 20 } })
+  ws1.drop(1001, 'server shutting down')
+  await until(() => FakeWebSocket.instances.length === 2, 'reconnect')
+  const ws2 = FakeWebSocket.last()
+  ws2.accept()
+  t.same(ws2.sent.map((m) => m.job_id), ['a', 'b'], 'resubscribed')
+  ws2.push({ type: 'job_status', job_id: 'a', data: { seq: 3, progress: 30 } })
+  t.same(seen, [['status', { seq: 1, progress: 10 }], ['update', { seq: 2, progress: 20 }], ['status', { seq: 3, progress: 30 }]], 'the duplicate was dropped')
+  t.same(client.job('a'), { data: { seq: 3, progress: 30 }, seq: 3 })
+  t.same(states, ['connecting', 'open', 'reconnecting', 'open'], 'connecting starts in the constructor')
+  client.close()
+  t.equal(client.state, 'closed')
+})
+
+t.test('a gap in seq asks for a fresh snapshot', async (t) => {
+  const { client } = makeClient()
+  client.subscribe('g')
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  ws.push({ type: 'job_status', job_id: 'g', data: { seq: 1 } })
+  ws.push({ type: 'job_update', job_id: 'g', data: { seq: 4 } })
+  t.same(ws.sent.at(-1), { type: 'job_status', job_id: 'g' })
+  client.close()
+})
+
+t.test('events from a replaced socket are ignored', async (t) => {
+  const { client } = makeClient({ pingIntervalMs: 20, pongTimeoutMs: 30 })
+  const updates: unknown[] = []
+  client.subscribe('s', { onUpdate: (d) => updates.push(d) })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const old = FakeWebSocket.last()
+  old.accept()
+  // no pong: after ping + timeout the connection is declared dead and replaced
+  await until(() => FakeWebSocket.instances.length === 2, 'replacement after a missed pong', 3000)
+  t.ok(old.sent.some((m) => m.type === 'ping'), 'pings were sent')
+  old.push({ type: 'job_update', job_id: 's', data: { seq: 99 } })
+  old.onclose?.({ code: 1006, reason: '' })
+  t.same(updates, [], 'the dead socket cannot deliver')
+  const fresh = FakeWebSocket.last()
+  fresh.accept()
+  fresh.push({ type: 'ping' })
+  t.equal(client.state, 'open')
+  client.close()
+})
+
+t.test('ping/pong measures the round trip', async (t) => {
+  const { client } = makeClient()
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  const rtt = new Promise<number>((resolve) => client.addEventListener('pong', (e) => resolve((e as CustomEvent).detail.rttMs)))
+  client.ping()
+  const ping = ws.sent.at(-1)!
+  await sleep(5)
+  ws.push({ type: 'pong', id: ping.id })
+  t.ok((await rtt) >= 4)
+  t.equal(client.rttMs, await rtt)
+  client.close()
+})
+
+t.test('1013 waits for the advised delay before reconnecting', async (t) => {
+  const { client } = makeClient()
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  const closedAt = Date.now()
+  ws.push({ type: 'error', code: 'rate_limited', message: 'at most 2 connections per user', retry_after_ms: 150 })
+  ws.drop(1013, 'retry-after-ms=150')
+  await until(() => FakeWebSocket.instances.length === 2, 'reconnect', 2000)
+  t.ok(Date.now() - closedAt >= 140, `waited ${Date.now() - closedAt} ms`)
+  client.close()
+})
+
+t.test('1008 stops and reports an auth error; 1009 reports and stops', async (t) => {
+  for (const [code, kind] of [[1008, 'auth'], [1009, 'message_too_big']] as const) {
+    const { client, errors } = makeClient()
+    const jobErrors: string[] = []
+    client.subscribe('x', { onError: (e) => jobErrors.push(e.code) })
+    await until(() => FakeWebSocket.instances.length === 1, 'socket')
+    FakeWebSocket.last().accept()
+    FakeWebSocket.last().drop(code, 'policy')
+    await sleep(60)
+    t.equal(client.state, 'closed', `${code}: closed`)
+    t.equal(FakeWebSocket.instances.length, 1, `${code}: no reconnect`)
+    t.same(errors, [kind])
+    t.same(jobErrors, [kind], 'every job hears about it')
+  }
+})
+
+t.test('token_expired: a fresh token from getToken, then straight back', async (t) => {
+  let issued = 0
+  const { client, states } = makeClient({ getToken: async () => `tok-${++issued}` })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  t.match(FakeWebSocket.last().url, /token=tok-1$/)
+  FakeWebSocket.last().accept()
+  FakeWebSocket.last().push({ type: 'error', code: 'token_expired', message: 'token expired' })
+  FakeWebSocket.last().drop(1008, 'token expired')
+  await until(() => FakeWebSocket.instances.length === 2, 'reconnect')
+  t.match(FakeWebSocket.last().url, /token=tok-2$/)
+  FakeWebSocket.last().accept()
+  t.equal(client.state, 'open')
+  t.notOk(states.includes('closed' as ClientState) && states.lastIndexOf('closed') > 0, 'never closed')
+  client.close()
+})
+
+t.test('falls back to polling when WebSocket never opens, and returns when it does', async (t) => {
+  const polled: string[] = []
+  const fakeFetch = (async (url: string) => {
+    polled.push(url)
+    return new Response(JSON.stringify({ job_id: 'p1', data: { seq: 7, progress: 70 } }), { status: 200 })
+  }) as unknown as typeof fetch
+  const { client, states } = makeClient({ fallbackAfterFailures: 2, wsRetryIntervalMs: 80, pollIntervalMs: 20, fetch: fakeFetch })
+  const seen: unknown[] = []
+  client.subscribe('p1', { onStatus: (d) => seen.push(d) })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().drop(1006)
+  await until(() => FakeWebSocket.instances.length === 2, 'second attempt')
+  FakeWebSocket.last().drop(1006)
+  await until(() => client.state === 'fallback', 'fallback')
+  await until(() => seen.length > 0, 'a polled status')
+  t.equal(polled[0], 'http://gw.test/jobs/p1')
+  t.same(seen[0], { seq: 7, progress: 70 })
+  await until(() => FakeWebSocket.instances.length === 3, 'WebSocket retried while in fallback', 3000)
+  FakeWebSocket.last().accept()
+  t.equal(client.state, 'open')
+  const pollsAtOpen = polled.length
+  await sleep(80)
+  t.ok(polled.length <= pollsAtOpen + 1, 'polling stopped once WebSocket works')
+  t.same(states, ['connecting', 'reconnecting', 'fallback', 'open'])
+  client.close()
+})
+
+t.test('fallback prefers SSE where EventSource exists', async (t) => {
+  const opened: string[] = []
+  class FakeEventSource extends EventTarget {
+    readyState = 1
+    onerror: (() => void) | null = null
+    constructor(readonly url: string) {
+      super()
+      opened.push(url)
+      setTimeout(() => this.dispatchEvent(Object.assign(new Event('job_status'), { data: JSON.stringify({ type: 'job_status', job_id: 'e1', data: { seq: 2 } }) })), 5)
+    }
+    close(): void {}
+  }
+  const { client } = makeClient({ fallbackAfterFailures: 1, wsRetryIntervalMs: 10_000, EventSource: FakeEventSource as unknown as typeof EventSource, token: 'tk' })
+  const seen: unknown[] = []
+  client.subscribe('e1', { onStatus: (d) => seen.push(d) })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().drop(1006)
+  await until(() => seen.length === 1, 'an SSE status')
+  t.same(opened, ['http://gw.test/jobs/e1/events?token=tk'])
+  client.close()
+})
+
+t.test('the browser coming back online reconnects at once', async (t) => {
+  const win = new EventTarget()
+  const g = globalThis as unknown as { addEventListener?: unknown; removeEventListener?: unknown }
+  g.addEventListener = win.addEventListener.bind(win)
+  g.removeEventListener = win.removeEventListener.bind(win)
+  t.teardown(() => {
+    delete g.addEventListener
+    delete g.removeEventListener
+  })
+  const { client } = makeClient({ minReconnectDelayMs: 5000, maxReconnectDelayMs: 5000 })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().accept()
+  FakeWebSocket.last().drop(1006)
+  await sleep(20)
+  t.equal(FakeWebSocket.instances.length, 1, 'waiting out a long backoff')
+  win.dispatchEvent(new Event('online'))
+  await until(() => FakeWebSocket.instances.length === 2, 'reconnect on online')
+  client.close()
+})
+
+t.test('subscribe validates job ids; a second subscriber gets the known state at once', async (t) => {
+  const { client } = makeClient()
+  t.throws(() => client.subscribe('bad id'), TypeError)
+  client.subscribe('k')
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().accept()
+  FakeWebSocket.last().push({ type: 'job_status', job_id: 'k', data: { seq: 1, p: 1 } })
+  let got: unknown
+  const off = client.subscribe('k', { onStatus: (d) => (got = d) })
+  t.same(got, { seq: 1, p: 1 })
+  off()
+  t.equal(FakeWebSocket.last().sent.filter((m) => m.type === 'unsubscribe_job').length, 0, 'the first subscriber still watches')
+  client.close()
+})
+
+t.test('BackgroundJobManager: the original API, with DOM events', async (t) => {
+  FakeWebSocket.instances = []
+  const manager = new BackgroundJobManager({ url: 'ws://gw.test/ws/jobs', WebSocket: FakeWebSocket as unknown as typeof WebSocket, EventSource: null })
+  const events: string[] = []
+  for (const type of ['progress', 'status']) manager.addEventListener(type, (e) => events.push(`${type}:${JSON.stringify((e as CustomEvent).detail)}`))
+  manager.subscribeToJob('m1')
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().accept()
+  FakeWebSocket.last().push({ type: 'job_status', job_id: 'm1', data: { seq: 1, status: 'queued' } })
+  FakeWebSocket.last().push({ type: 'job_update', job_id: 'm1', data: { seq: 2, status: 'processing', progress: 5 } })
+  FakeWebSocket.last().push({ type: 'job_update', job_id: 'm1', data: { seq: 3, status: 'processing', progress: 6 } })
+  t.same(events, [
+    'status:{"jobId":"m1","data":{"seq":1,"status":"queued"}}',
+    'progress:{"jobId":"m1","data":{"seq":2,"status":"processing","progress":5}}',
+    'status:{"jobId":"m1","data":{"seq":2,"status":"processing","progress":5}}',
+    'progress:{"jobId":"m1","data":{"seq":3,"status":"processing","progress":6}}',
+  ])
+  manager.unsubscribeFromJob('m1')
+  t.same(FakeWebSocket.last().sent.at(-1), { type: 'unsubscribe_job', job_id: 'm1' })
+  manager.disconnect()
+})
