@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline'
 import * as hdr from 'hdr-histogram-js'
 import { projectPath } from '../src/paths.js'
 import { PROGRESS_SCRIPT_PATH } from '../src/producer/script.js'
-import { cpuMicros, rssBytes, sum } from './procstat.js'
+import { cpuMicros, cpuSplit, rssBytes, sum } from './procstat.js'
 import type { Running } from './targets.js'
 
 export interface LatencySummary {
@@ -36,6 +36,8 @@ export interface WindowResult {
   latencyMs: LatencySummary
   /** Percent of one core. */
   cpu: { gateway: number; generator: number; publisher: number; redis: number }
+  /** Share of the gateway's CPU time spent in the kernel (its socket writes), in percent. */
+  gatewayKernelShare: number
   gatewayUsPerDelivery: number
   publisherLagMs: number
   histogram: string
@@ -154,6 +156,7 @@ export class Fleet {
   async measure(target: Running, redis: Running, publisher: Publisher, run: PublishRun): Promise<WindowResult> {
     await Promise.all(this.gens.map((g) => g.request('reset')))
     const gatewayPids = target.pids()
+    const kernel0 = sum(gatewayPids, (pid) => cpuSplit(pid)[1])
     const cpu0 = { gw: sum(gatewayPids, cpuMicros), gen: sum(this.pids(), cpuMicros), pub: cpuMicros(publisher.proc.pid!), redis: sum(redis.pids(), cpuMicros) }
     const t0 = performance.now()
     const published = await publisher.run(run)
@@ -176,6 +179,7 @@ export class Fleet {
       reports = await this.reports()
     }
     const wallMs = performance.now() - t0
+    const kernel1 = sum(gatewayPids, (pid) => cpuSplit(pid)[1])
     const cpu1 = { gw: sum(gatewayPids, cpuMicros), gen: sum(this.pids(), cpuMicros), pub: cpuMicros(publisher.proc.pid!), redis: sum(redis.pids(), cpuMicros) }
     const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 })
     for (const r of reports) for (const [value, count] of r.histogram) histogram.recordValueWithCount(value, count)
@@ -201,6 +205,7 @@ export class Fleet {
         samples: histogram.totalCount,
       },
       cpu: { gateway: pct(cpu1.gw - cpu0.gw), generator: pct(cpu1.gen - cpu0.gen), publisher: pct(cpu1.pub - cpu0.pub), redis: pct(cpu1.redis - cpu0.redis) },
+      gatewayKernelShare: cpu1.gw > cpu0.gw ? ((kernel1 - kernel0) / (cpu1.gw - cpu0.gw)) * 100 : 0,
       gatewayUsPerDelivery: delivered > 0 ? (cpu1.gw - cpu0.gw) / delivered : 0,
       publisherLagMs: published.lagMs,
       histogram: hdr.encodeIntoCompressedBase64(histogram),

@@ -6,12 +6,18 @@ const TICKS_PER_SECOND = 100 // USER_HZ on Linux
 
 /** utime + stime of a process, in microseconds; 0 when it is gone. */
 export function cpuMicros(pid: number): number {
+  const [user, kernel] = cpuSplit(pid)
+  return user + kernel
+}
+
+/** [utime, stime] of a process in microseconds: time in user space and in the kernel. */
+export function cpuSplit(pid: number): [number, number] {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / TICKS_PER_SECOND
+    return [(Number(fields[11]) * 1e6) / TICKS_PER_SECOND, (Number(fields[12]) * 1e6) / TICKS_PER_SECOND]
   } catch {
-    return 0
+    return [0, 0]
   }
 }
 
