@@ -182,6 +182,9 @@ async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running 
   const settle = () => new Promise((r) => setTimeout(r, plan.size === 'tiny' ? 1000 : 12_000))
   const fleets: Fleet[] = []
   try {
+    // The empty gateway's startup garbage is given back first too, so both readings are of a
+    // settled heap.
+    await settle()
     const rss0 = gatewayRss(target)
     const jobs = Math.max(1, Math.round(sockets / 50))
     // Batch A: connected (upgrade included) on their own, timed; then all subscribe at once.

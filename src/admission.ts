@@ -13,7 +13,8 @@ export type AdmissionResult =
 
 export interface Admission {
   admit(request: AdmissionRequest): AdmissionResult | Promise<AdmissionResult>
-  /** Called once for every admitted connection when it closes. */
+  /** Called once for every admitted connection when it closes, with the very object that was
+   * passed to admit(): it is the connection's ticket. */
   release(request: AdmissionRequest): void
 }
 

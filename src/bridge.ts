@@ -8,9 +8,24 @@ import type { Metrics } from './metrics.js'
 import { decodePayload, MalformedPayload } from './payload.js'
 import type { WatchedJobs } from './watched-jobs.js'
 
-/** Set while uWS runs a publish: a socket that closes during it was cut by uWS for exceeding
- * its backpressure limit (closeOnBackpressureLimit), the only way a close happens there. */
-export const delivery = { publishing: false }
+/** uWS does not send inside publish(): it writes the queued frames right after the current
+ * callback returns, and cuts sockets over their backpressure limit there
+ * (closeOnBackpressureLimit). `window` is open from a publish until the next setImmediate,
+ * which covers that pass: an abnormal close inside it is a socket that could not take its
+ * frames (too slow, or gone). */
+export const delivery = { window: false }
+let closeScheduled = false
+function closeWindow(): void {
+  delivery.window = false
+  closeScheduled = false
+}
+function openWindow(): void {
+  delivery.window = true
+  if (!closeScheduled) {
+    closeScheduled = true
+    setImmediate(closeWindow)
+  }
+}
 
 export function createBridge(
   app: TemplatedApp,
@@ -36,26 +51,22 @@ export function createBridge(
     job.lastSeq = update.seq
 
     const jsonSubscribers = app.numSubscribers(job.jsonTopic)
+    const msgpackSubscribers = app.numSubscribers(job.msgpackTopic)
     const jsonFrame = jsonSubscribers > 0 || job.sinks.size > 0 ? jsonUpdateFrame(job.id, job.heads, update) : null
-    delivery.publishing = true
-    try {
-      if (jsonFrame !== null && jsonSubscribers > 0) {
-        app.publish(job.jsonTopic, jsonFrame, false)
-        metrics.updatesPublished++
-        metrics.framesOut += jsonSubscribers
-        metrics.bytesOut += frameBytes(jsonFrame) * jsonSubscribers
-      }
-      const msgpackSubscribers = app.numSubscribers(job.msgpackTopic)
-      if (msgpackSubscribers > 0) {
-        const frame = msgpackUpdateFrame(job.id, job.heads, update)
-        app.publish(job.msgpackTopic, frame, true)
-        metrics.updatesPublished++
-        metrics.framesOut += msgpackSubscribers
-        metrics.bytesOut += frame.length * msgpackSubscribers
-      }
-    } finally {
-      delivery.publishing = false
+    if (jsonFrame !== null && jsonSubscribers > 0) {
+      app.publish(job.jsonTopic, jsonFrame, false)
+      metrics.updatesPublished++
+      metrics.framesOut += jsonSubscribers
+      metrics.bytesOut += frameBytes(jsonFrame) * jsonSubscribers
     }
+    if (msgpackSubscribers > 0) {
+      const frame = msgpackUpdateFrame(job.id, job.heads, update)
+      app.publish(job.msgpackTopic, frame, true)
+      metrics.updatesPublished++
+      metrics.framesOut += msgpackSubscribers
+      metrics.bytesOut += frame.length * msgpackSubscribers
+    }
+    if (jsonSubscribers + msgpackSubscribers > 0) openWindow()
     if (jsonFrame !== null && job.sinks.size > 0) for (const sink of job.sinks) sink.update(jsonFrame, update.seq)
 
     const ts = update.obj.ts

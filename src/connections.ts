@@ -6,6 +6,7 @@ import type { JobSocket, SocketData } from './ws-handlers.js'
 
 export interface ConnectionInfo {
   readonly id: number
+  readonly transport: 'websocket' | 'sse'
   readonly user: string | null
   readonly ip: string
   readonly encoding: string
@@ -60,6 +61,7 @@ export class Connections {
       const d = ws.getUserData()
       out.push({
         id: d.id,
+        transport: 'websocket',
         user: d.userId,
         ip: d.ip,
         encoding: d.encoding,

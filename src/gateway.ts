@@ -292,11 +292,13 @@ export class Gateway {
       case 'metrics':
         return this.metricsSnapshot()
       case 'connections':
-        return this.connections.list(request.user)
+        return [...this.connections.list(request.user), ...this.sse.list(request.user)]
       case 'disconnect': {
         const sockets = this.connections.ofUser(request.user)
+        const streams = this.sse.ofUser(request.user)
         for (const ws of sockets) ws.end(CloseCode.PolicyViolation, 'disconnected by an administrator')
-        return sockets.length
+        for (const stream of streams) stream.end()
+        return sockets.length + streams.length
       }
     }
   }

@@ -39,16 +39,17 @@ export function respond(
   body: string | Buffer,
   contentType: string,
   headers: Record<string, string> = {},
+  closeConnection = false,
 ): void {
   res.cork(() => {
     res.writeStatus(statusLine(status)).writeHeader('content-type', contentType)
     for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v)
-    res.end(body)
+    res.end(body, closeConnection)
   })
 }
 
-export function respondJson(res: HttpResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  respond(res, status, JSON.stringify(body), 'application/json', { 'cache-control': 'no-store', ...headers })
+export function respondJson(res: HttpResponse, status: number, body: unknown, headers: Record<string, string> = {}, closeConnection = false): void {
+  respond(res, status, JSON.stringify(body), 'application/json', { 'cache-control': 'no-store', ...headers }, closeConnection)
 }
 
 /** The client's address: the socket's peer, or with a trusted proxy the last entry of its
@@ -79,13 +80,14 @@ export function originAllowed(origin: string, allowed: readonly string[]): boole
  * past the limit (the connection is then closed, nothing more is read). */
 export class BodyTooLarge extends Error {}
 
-export function readBody(res: HttpResponse, limit: number, aborted: { aborted: boolean }): Promise<Buffer | null> {
+export function readBody(res: HttpResponse, limit: number, aborted: { aborted: boolean; abandoned?: boolean }): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     let size = 0
     let done = false
     res.onData((chunk, isLast) => {
-      if (done) return
+      // Abandoned: the request was already answered (refused); keep nothing more.
+      if (done || aborted.abandoned) return
       size += chunk.byteLength
       if (size > limit) {
         done = true

@@ -130,7 +130,7 @@ const HELP: Record<string, string> = {
   updates_published_total: 'job_update frames handed to uWS (one per encoding with subscribers)',
   frames_out_total: 'frames sent to sockets (publishes times subscribers, plus direct sends)',
   bytes_out_total: 'payload bytes of frames sent to sockets',
-  slow_consumer_closes_total: 'sockets cut because they fell more than max-backpressure-bytes behind',
+  slow_consumer_closes_total: 'sockets cut while frames were being delivered to them (over max-backpressure-bytes, or gone)',
   snapshot_reads_total: 'job snapshots read from the broker',
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',

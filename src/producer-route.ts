@@ -7,7 +7,7 @@ import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Authenticator } from './auth.js'
 import { tokenFrom } from './auth.js'
 import type { Broker } from './broker/broker.js'
-import { BodyTooLarge, readBody, respondJson, trackAborted } from './http.js'
+import { BodyTooLarge, readBody, respondJson } from './http.js'
 import type { Logger } from './log.js'
 import { isMsgpackMapStart } from './payload.js'
 import { checkProducerPayload, ProducerError } from './producer/merge.js'
@@ -44,7 +44,6 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const authorization = req.getHeader('authorization')
     const queryToken = req.getQuery('token') ?? ''
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
-    const aborted = trackAborted(res)
     if (!isValidJobId(jobId)) {
       return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
     }
@@ -53,20 +52,28 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     if (!msgpack && contentType !== 'application/json' && contentType !== '') {
       return respondJson(res, 415, { error: 'unsupported_media_type', message: 'send application/json or application/msgpack' })
     }
+    const aborted = { aborted: false, abandoned: false }
+    res.onAborted(() => {
+      aborted.aborted = true
+    })
     const body = readBody(res, MAX_PRODUCER_BODY, aborted)
+    // Credentials first: an unauthenticated client must not make us buffer its upload.
+    const authorized = mayProduce(ctx.auth, authorization, queryToken)
     void (async () => {
+      if (!(await authorized)) {
+        aborted.abandoned = true
+        body.catch(() => undefined)
+        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: 'producer credentials required: Authorization: Bearer <producer key or producer token>' }, { 'www-authenticate': 'Bearer' }, true)
+        return
+      }
       let payload: Buffer | null
       try {
         payload = await body
       } catch (err) {
-        if (err instanceof BodyTooLarge && !aborted.aborted) respondJson(res, 413, { error: 'too_large', message: err.message }, { connection: 'close' })
+        if (err instanceof BodyTooLarge && !aborted.aborted) respondJson(res, 413, { error: 'too_large', message: err.message }, {}, true)
         return
       }
       if (payload === null) return
-      if (!(await mayProduce(ctx.auth, authorization, queryToken))) {
-        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: 'producer credentials required: Authorization: Bearer <producer key or producer token>' }, { 'www-authenticate': 'Bearer' })
-        return
-      }
       try {
         if (msgpack !== (payload.length > 0 && isMsgpackMapStart(payload[0]!))) {
           throw new ProducerError(msgpack ? 'content-type is msgpack but the body is not a msgpack map' : 'body is not a JSON object (for msgpack, say content-type: application/msgpack)')

@@ -22,7 +22,7 @@ type WorkerMessage =
   | { type: 'node-request'; id: number; request: NodeRequest }
   | { type: 'node-reply'; id: number; result: unknown }
   | { type: 'admit'; id: number; request: AdmissionRequest }
-  | { type: 'release'; request: AdmissionRequest }
+  | { type: 'release'; id: number }
 type PrimaryMessage =
   | { type: 'node-collect'; id: number; request: NodeRequest }
   | { type: 'node-response'; id: number; results: unknown[] }
@@ -72,13 +72,22 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
   const send = (message: WorkerMessage) => process.send!(message)
   // In a worker, connection caps are counted by the primary for the whole node; if it does not
   // answer in time the connection is let in (availability over a cap) and the miss is logged.
+  // Each admission has an id, its ticket: a release frees exactly what the primary counted
+  // for that id, and nothing when the primary had refused it.
+  const ticketIds = new WeakMap<AdmissionRequest, number>()
   const admission: Admission | undefined = isWorker
     ? {
-        admit: (request) => admits.ask((id) => send({ type: 'admit', id, request }), ADMIT_TIMEOUT_MS, () => {
+        admit: (request) => admits.ask((id) => {
+          ticketIds.set(request, id)
+          send({ type: 'admit', id, request })
+        }, ADMIT_TIMEOUT_MS, () => {
           log.error('the primary did not answer an admission request; admitting')
           return { ok: true }
         }),
-        release: (request) => send({ type: 'release', request }),
+        release: (request) => {
+          const id = ticketIds.get(request)
+          if (id !== undefined) send({ type: 'release', id })
+        },
       }
     : undefined
   const nodeQuery = isWorker
@@ -169,9 +178,9 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
   let announced = false
   let listening = 0
   const admission = new LocalAdmission(config)
-  // What each worker holds admitted, so a worker that dies gives its connections back.
-  const held = workers.map(() => new Map<string, { request: AdmissionRequest; count: number }>())
-  const heldKey = (r: AdmissionRequest) => `${r.userId ?? ''}\u0000${r.ip}`
+  // What each worker holds admitted, by admission id, so a worker that dies gives its
+  // connections back.
+  const held = workers.map(() => new Map<number, AdmissionRequest>())
   let nextCollect = 1
   const collections = new Map<number, { results: unknown[]; expected: number; done: () => void }>()
 
@@ -223,28 +232,22 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
         }
         case 'admit': {
           const result = admission.admit(message.request)
-          if (result.ok) {
-            const key = heldKey(message.request)
-            const entry = held[index]!.get(key) ?? { request: message.request, count: 0 }
-            entry.count++
-            held[index]!.set(key, entry)
-          }
+          if (result.ok) held[index]!.set(message.id, message.request)
           if (child.connected) child.send({ type: 'admit-result', id: message.id, result } satisfies PrimaryMessage)
           break
         }
         case 'release': {
-          const key = heldKey(message.request)
-          const entry = held[index]!.get(key)
-          if (entry === undefined) break
-          admission.release(message.request)
-          if (--entry.count === 0) held[index]!.delete(key)
+          const request = held[index]!.get(message.id)
+          if (request === undefined) break
+          held[index]!.delete(message.id)
+          admission.release(request)
           break
         }
       }
     })
     child.on('exit', (code, signal) => {
       workers[index] = null
-      for (const { request, count } of held[index]!.values()) for (let i = 0; i < count; i++) admission.release(request)
+      for (const request of held[index]!.values()) admission.release(request)
       held[index]!.clear()
       if (stopping) return
       const now = Date.now()

@@ -8,6 +8,7 @@ import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Admission } from './admission.js'
 import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import type { Config } from './config.js'
+import type { ConnectionInfo } from './connections.js'
 import { withDeadline } from './deadline.js'
 import { frameBytes, statusMessage, type Frame } from './frames.js'
 import { clientAddress, respondJson, safeDecode, trackAborted } from './http.js'
@@ -37,17 +38,24 @@ function oneLine(json: string): string {
   return json.includes('\n') || json.includes('\r') ? json.replace(/[\r\n]+/g, ' ') : json
 }
 
+let nextStreamId = 1
+
 export class SseStream implements JobSink {
   ended = false
+  readonly id = nextStreamId++
+  readonly connectedAt = Date.now()
   private congestedSince = 0
 
   constructor(
     private readonly res: HttpResponse,
     readonly job: WatchedJob,
     readonly principal: Principal | null,
+    readonly ip: string,
     private readonly metrics: Metrics,
     /** Called once when the stream ends, whichever side ends it. */
     private readonly onEnd: () => void,
+    /** The job's current snapshot, for a stream that drained after missing updates. */
+    private readonly snapshot: () => Promise<Snapshot>,
   ) {}
 
   /** HOT PATH (per SSE stream). */
@@ -74,7 +82,8 @@ export class SseStream implements JobSink {
 
   expire(): void {
     if (this.ended) return
-    this.write('error', JSON.stringify({ type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), undefined)
+    // Not `event: error`: EventSource reports its own connection failures as 'error' events.
+    this.write('jobwire_error', JSON.stringify({ type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), undefined)
     this.end()
   }
 
@@ -86,6 +95,7 @@ export class SseStream implements JobSink {
   }
 
   private write(event: string, json: string, seq: number | undefined): void {
+    if (this.ended) return
     const text = `event: ${event}\n${seq === undefined ? '' : `id: ${seq}\n`}data: ${oneLine(json)}\n\n`
     let ok = true
     this.res.cork(() => {
@@ -96,9 +106,15 @@ export class SseStream implements JobSink {
     if (!ok) {
       this.congestedSince = Date.now()
       this.res.onWritable(() => {
-        // Drained: skip what was missed, send where the job is now.
-        this.congestedSince = 0
-        this.status(this.job.lastPayload)
+        // Drained: skip what was missed, send where the job is now (read afresh: the stored
+        // state, or what the channel delivered since).
+        this.snapshot().then(
+          (s) => {
+            this.congestedSince = 0
+            this.status(s.data)
+          },
+          () => this.end(), // the client reconnects and gets its snapshot then
+        )
         return true
       })
     }
@@ -107,6 +123,31 @@ export class SseStream implements JobSink {
 
 export class SseStreams {
   readonly all = new Set<SseStream>()
+
+  add(stream: SseStream): void {
+    this.all.add(stream)
+  }
+
+  remove(stream: SseStream): void {
+    this.all.delete(stream)
+  }
+
+  ofUser(userId: string): SseStream[] {
+    return [...this.all].filter((s) => s.principal?.userId === userId)
+  }
+
+  /** For the admin endpoint: SSE streams look like connections with one subscription. */
+  list(userId?: string): ConnectionInfo[] {
+    return [...this.all].filter((s) => userId === undefined || s.principal?.userId === userId).map((s) => ({
+      id: s.id,
+      transport: 'sse' as const,
+      user: s.principal?.userId ?? null,
+      ip: s.ip,
+      encoding: 'json',
+      connectedAt: new Date(s.connectedAt).toISOString(),
+      subscriptions: [s.job.id],
+    }))
+  }
   private readonly timer: NodeJS.Timeout
 
   constructor() {
@@ -166,7 +207,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStre
         if (stream !== null) {
           stream.ended = true
           job.sinks.delete(stream)
-          streams.all.delete(stream)
+          streams.remove(stream)
           ctx.metrics.sseStreams--
         }
       }
@@ -178,7 +219,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStre
           release()
           return respondJson(res, 403, { error: 'forbidden', message: 'not allowed to watch this job' })
         }
-        stream = new SseStream(res, job, principal, ctx.metrics, release)
+        stream = new SseStream(res, job, principal, ip, ctx.metrics, release, () => ctx.readSnapshot(jobId))
         res.onAborted(() => {
           aborted.aborted = true
           release()
@@ -193,7 +234,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStre
         // Joining the job's sinks and sending the snapshot in one synchronous step: nothing the
         // channel delivers from now on can come before it.
         job.sinks.add(stream)
-        streams.all.add(stream)
+        streams.add(stream)
         ctx.metrics.sseStreams++
         stream.status(snapshot.data)
       } catch (err) {

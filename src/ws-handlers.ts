@@ -6,7 +6,7 @@
 // continuation after an await checks `data.closed` first, and writes happen inside cork().
 
 import type { HttpRequest, HttpResponse, us_socket_context_t, WebSocket, WebSocketBehavior } from 'uWebSockets.js'
-import { TokenBucket, type Admission } from './admission.js'
+import { TokenBucket, type Admission, type AdmissionRequest } from './admission.js'
 import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import { delivery } from './bridge.js'
 import type { Connections } from './connections.js'
@@ -32,6 +32,8 @@ export interface SocketData {
   readonly connectedAt: number
   /** Set when admission refused the connection: it is told why and closed with 1013 on open. */
   readonly refusal: { reason: string; retryAfterMs: number } | null
+  /** The admission ticket, released when the socket closes. */
+  readonly ticket: AdmissionRequest
   /** Inbound message rate; null when unlimited. */
   readonly bucket: TokenBucket | null
   /** Messages refused by the rate limit since the last accepted one. */
@@ -199,9 +201,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
           }
         }
         const userId = principal?.userId ?? null
-        const admitted = await admission.admit({ userId, ip })
+        const ticket: AdmissionRequest = { userId, ip }
+        const admitted = await admission.admit(ticket)
         if (aborted.aborted) {
-          if (admitted.ok) admission.release({ userId, ip })
+          if (admitted.ok) admission.release(ticket)
           return
         }
         const data: SocketData = {
@@ -212,6 +215,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
           userId,
           connectedAt: Date.now(),
           refusal: admitted.ok ? null : { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs },
+          ticket,
           bucket: config.maxMessagesPerSec > 0 ? new TokenBucket(config.maxMessagesPerSec, messageBurst, Date.now()) : null,
           strikes: 0,
           jobs: new Map(),
@@ -291,13 +295,13 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
       if (data.refusal !== null) return // never admitted, never counted
       data.closed = true
       ctx.connections.remove(ws, data)
-      admission.release({ userId: data.userId, ip: data.ip })
+      admission.release(data.ticket)
       metrics.connectionsClosed++
       metrics.connections--
       for (const state of data.jobs.values()) if (state === 'subscribed') metrics.subscriptions--
-      if (delivery.publishing) {
+      if (delivery.window && code === CloseCode.Abnormal) {
         metrics.slowConsumerCloses++
-        log.debug({ socket: data.id, ip: data.ip }, 'closed a slow consumer over its backpressure limit')
+        log.debug({ socket: data.id, ip: data.ip }, 'cut a socket that could not take its frames (over its backpressure limit, or gone)')
       } else {
         log.trace({ socket: data.id, code }, 'socket closed')
       }

@@ -109,6 +109,8 @@ for (const kind of ['embedded', 'redis'] as const) {
       }
       await t.rejects(broker.publishProgress('c4', Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xc3, 0x28, 0x22, 0x7d])), ProducerError, 'refuses invalid UTF-8')
       await t.rejects(broker.publishProgress('c4', Buffer.concat([pack({ a: 1 }), Buffer.from([1])])), ProducerError, 'refuses trailing bytes')
+      await t.rejects(broker.publishProgress('c4', pack({ seq: null, a: 1 })), /nil values or repeated keys/, 'a nil seq cannot hide from the check')
+      await t.rejects(broker.publishProgress('c4', Buffer.from([0x82, 0xa1, 0x61, 0x01, 0xa1, 0x61, 0x02])), /nil values or repeated keys/, 'refuses repeated keys')
       t.same(await broker.readJobs(['c4']), [{ state: null, owner: null }])
     })
 

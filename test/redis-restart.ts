@@ -71,3 +71,28 @@ for (const mode of ['per-job', 'pattern'] as const) {
     t.ok(counters.resyncs_total! >= 1)
   })
 }
+
+for (const mode of ['per-job', 'pattern'] as const) {
+  t.test(`${mode} mode: only the command connection drops (Redis timeout, CLIENT KILL)`, async (t) => {
+    const redis = await startRedis()
+    t.teardown(() => redis.stop())
+    const gw = await startGateway({ redis: redis.url, 'subscription-mode': mode, 'broker-timeout-ms': '3000' })
+    t.teardown(() => gw.stop())
+    const admin = redis.client()
+    const a = await gw.connect()
+    await a.subscribe('cmd-1')
+    // Kills every normal (non pub/sub) client but the caller: the gateway's command connection.
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')
+    for (let i = 0; i < 100 && (await fetch(`${gw.http}/readyz`)).status === 200; i++) await sleep(5)
+    for (let i = 0; i < 200 && (await fetch(`${gw.http}/readyz`)).status !== 200; i++) await sleep(25)
+    t.equal((await fetch(`${gw.http}/readyz`)).status, 200, 'ready again')
+    const b = await gw.connect()
+    t.match(await b.subscribe('cmd-2'), { type: 'job_status', job_id: 'cmd-2' }, 'new subscribes are served')
+    const producer = new Producer({ redis: redis.url })
+    t.teardown(() => producer.close())
+    await producer.progress('cmd-1', { progress: 5 })
+    t.match((await a.nextOfType('job_update', 'cmd-1')).data, { progress: 5 }, 'the old subscription streams')
+    await producer.progress('cmd-2', { progress: 6 })
+    t.match((await b.nextOfType('job_update', 'cmd-2')).data, { progress: 6 })
+  })
+}

@@ -99,7 +99,6 @@ export class RedisBroker implements Broker {
     }
     this.log.info({ channels: channels.length, pattern: this.pattern }, 'redis subscriptions restored')
     this.updateState()
-    this.listener?.restored()
   }
 
   private updateState(): void {
@@ -107,9 +106,13 @@ export class RedisBroker implements Broker {
     const ready = this.cmd.status === 'ready' && this.sub.status === 'ready' && !this.subLost
     const next: BrokerState = ready ? 'ready' : this.current === 'connecting' ? 'connecting' : 'down'
     if (next === this.current) return
+    const previous = this.current
     this.current = next
     this.log.info({ state: next }, `redis ${next}`)
     this.listener?.state(next)
+    // Back from any outage (either connection; subscriptions already replayed if the
+    // subscriber was the one lost): the gateway re-marks its jobs live and resynchronises.
+    if (previous === 'down' && next === 'ready') this.listener?.restored()
   }
 
   async subscribe(channels: readonly string[]): Promise<void> {
@@ -125,9 +128,12 @@ export class RedisBroker implements Broker {
     for (const channel of channels) this.channels.delete(channel)
     // A fresh connection after an outage holds none of them: nothing to undo there.
     if (this.sub.status !== 'ready') return
+    // Every batch is written now, in order, so a SUBSCRIBE issued later cannot be overtaken.
+    const pending: Promise<unknown>[] = []
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      await this.sub.unsubscribe(...channels.slice(i, i + SUBSCRIBE_BATCH))
+      pending.push(this.sub.unsubscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
     }
+    await Promise.all(pending)
   }
 
   async psubscribe(pattern: string): Promise<void> {

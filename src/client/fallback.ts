@@ -7,6 +7,8 @@ export interface FallbackOptions {
   /** http(s)://host[:port], without a trailing slash. */
   readonly httpBase: string
   readonly token: () => Promise<string | undefined>
+  /** Forgets the token so the next token() asks getToken again; null without getToken. */
+  readonly refreshToken: (() => void) | null
   readonly pollIntervalMs: number
   readonly EventSource: typeof EventSource | undefined
   readonly fetch: typeof fetch
@@ -56,6 +58,15 @@ export class FallbackWatch {
     }
     source.addEventListener('job_status', forward as EventListener)
     source.addEventListener('job_update', forward as EventListener)
+    source.addEventListener('jobwire_error', ((event: MessageEvent) => {
+      forward(event)
+      // The stream ends after token_expired: reopen it with a fresh token.
+      if (this.options.refreshToken && /"token_expired"/.test(String(event.data))) {
+        this.options.refreshToken()
+        source.close()
+        if (source === this.source) void this.openSse()
+      }
+    }) as EventListener)
     source.onerror = () => {
       if (this.stopped || source !== this.source) return
       // EventSource retries by itself; a stream that keeps failing (or was refused: the
@@ -83,6 +94,8 @@ export class FallbackWatch {
           this.sink({ type: 'job_status', job_id: this.jobId, data: body.data })
         } else if (res.status === 404) {
           this.sink({ type: 'job_status', job_id: this.jobId, data: null })
+        } else if (res.status === 401 && this.options.refreshToken) {
+          this.options.refreshToken() // expired, probably: the next poll asks getToken again
         } else {
           this.options.onHttpError(this.jobId, res.status)
           if (res.status === 401 || res.status === 403) return

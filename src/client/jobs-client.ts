@@ -71,6 +71,8 @@ export class JobsClient extends EventTarget {
   private nextPing = 1
   private lastError: ErrorMessage | null = null
   private stopped = true
+  /** An attempt is between its start and the creation of its socket (getToken may be slow). */
+  private opening = false
   private inFallback = false
   private tokenCache: string | undefined
   private readonly o: Required<Omit<JobsClientOptions, 'token' | 'getToken' | 'WebSocket' | 'EventSource' | 'fetch' | 'connect'>>
@@ -123,8 +125,8 @@ export class JobsClient extends EventTarget {
   }
 
   connect(): void {
-    if (this.ws !== null) return
-    this.stopped = false
+    this.stopped = false // an attempt still awaiting getToken goes ahead with this
+    if (this.ws !== null || this.opening) return
     if (typeof addEventListener === 'function') {
       addEventListener('online', this.onOnline)
       addEventListener('offline', this.onOffline)
@@ -170,15 +172,19 @@ export class JobsClient extends EventTarget {
   }
 
   private async open(): Promise<void> {
+    if (this.ws !== null || this.opening) return // one attempt at a time
+    this.opening = true
     this.clearTimers()
     if (!this.inFallback) this.setState(this.attempts === 0 && !this.opened ? 'connecting' : 'reconnecting')
     let token: string | undefined
     try {
       token = await this.token()
     } catch (err) {
+      this.opening = false
       this.emitError(new JobsClientError('auth', `getToken failed: ${(err as Error).message}`))
       return this.scheduleReconnect()
     }
+    this.opening = false
     if (this.stopped) return
     const Ws = this.options.WebSocket ?? globalThis.WebSocket
     const url = token ? `${this.o.url}${this.o.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}` : this.o.url
@@ -311,7 +317,7 @@ export class JobsClient extends EventTarget {
     this.attempts = 0
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
     this.reconnectTimer = null
-    if (this.ws === null) void this.open()
+    if (this.ws === null && !this.opening) void this.open()
   }
 
   /** The heartbeat saw no pong: the connection is dead even if the browser has not noticed. */
@@ -344,6 +350,7 @@ export class JobsClient extends EventTarget {
     return new FallbackWatch(jobId, {
       httpBase: http,
       token: () => this.token(),
+      refreshToken: this.options.getToken ? () => (this.tokenCache = undefined) : null,
       pollIntervalMs: this.o.pollIntervalMs,
       EventSource: this.options.EventSource === null ? undefined : this.options.EventSource ?? globalThis.EventSource,
       fetch: this.options.fetch ?? globalThis.fetch.bind(globalThis),

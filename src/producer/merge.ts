@@ -17,6 +17,13 @@ export function checkProducerPayload(payload: Buffer): DecodedPayload {
   if (decoded instanceof MalformedPayload) {
     throw new ProducerError(decoded.reason)
   }
+  if (decoded.format === 'msgpack') {
+    // As progress.lua: Lua cannot see nil-valued keys, so such maps are refused everywhere.
+    const values = Object.values(decoded.obj)
+    if (values.length !== readMapHeader(decoded.bytes)[0] || values.some((v) => v === null || v === undefined)) {
+      throw new ProducerError('msgpack payload has nil values or repeated keys at the top level; leave such keys out')
+    }
+  }
   if (decoded.obj.seq !== undefined) {
     throw new ProducerError('payload must not set seq; the script assigns it')
   }

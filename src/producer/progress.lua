@@ -69,6 +69,17 @@ if is_msgpack then
   if not ok or next_offset ~= -1 or type(value) ~= 'table' then
     return redis.error_reply('jobwire: payload is not one well-formed msgpack map')
   end
+  -- Lua tables drop nil values, so a key such as `seq` with a nil value would be invisible to
+  -- the checks below: refuse maps whose key count does not match what Lua sees.
+  local declared
+  if b0 <= 0x8f then declared = b0 - 0x80
+  elseif b0 == 0xde then local h1, h2 = payload:byte(2, 3); declared = h1 * 256 + h2
+  else local h1, h2, h3, h4 = payload:byte(2, 5); declared = ((h1 * 256 + h2) * 256 + h3) * 256 + h4 end
+  local seen = 0
+  for _ in pairs(value) do seen = seen + 1 end
+  if seen ~= declared then
+    return redis.error_reply('jobwire: msgpack payload has nil values or repeated keys at the top level; leave such keys out')
+  end
   decoded = value
 else
   local open = select(2, payload:find('^%s*{'))
