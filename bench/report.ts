@@ -35,7 +35,7 @@ function sweepVerdict(r: SweepResult): string {
 }
 
 function idleVerdict(r: IdleResult): string {
-  const ok = r.marginalPerConnection < r.scenario.aim.bytesPerConnection && r.probeConnectMs < r.scenario.aim.connectMs
+  const ok = r.rssPerConnection < r.scenario.aim.bytesPerConnection && r.probeConnectMs < r.scenario.aim.connectMs
   return `${ok ? 'met' : 'MISSED'} (< ${r.scenario.aim.bytesPerConnection} B/conn, ${int(r.scenario.connectProbe)} in < ${r.scenario.aim.connectMs} ms)`
 }
 
@@ -70,7 +70,7 @@ function ratios(b: BenchResults): string[] {
   }
   const idleBase = idles(b).find((r) => r.target.kind === 'baseline')
   for (const j of idles(b).filter((r) => r.target.kind === 'jobwire')) {
-    if (idleBase) lines.push(`idle: ${j.target.name} ${int(j.marginalPerConnection)} B per extra connection vs baseline ${int(idleBase.marginalPerConnection)} B (${compare(j.marginalPerConnection, idleBase.marginalPerConnection, 'less', 'more')})`)
+    if (idleBase) lines.push(`idle: ${j.target.name} ${int(j.rssPerConnection)} B per connection vs baseline ${int(idleBase.rssPerConnection)} B (${compare(j.rssPerConnection, idleBase.rssPerConnection, 'less', 'more')})`)
   }
   return lines
 }
@@ -102,8 +102,8 @@ export function printTable(b: BenchResults): string {
   const i = idles(b)
   if (i.length > 0) {
     out += pad([
-      ['idle', 'target', 'sockets', 'connect ms', 'subscribe ms', 'RSS MB', 'B/conn marginal', 'B/conn total', 'aim'],
-      ...i.map((r) => [r.scenario.id, r.target.name, int(r.connected), `${int(r.probeConnectMs)} (${int(Math.min(r.scenario.connectProbe, r.connected))})`, int(r.subscribeMs), mb(r.rssBytes), int(r.marginalPerConnection), int(r.rssPerConnection), idleVerdict(r).split(' ')[0]!]),
+      ['idle', 'target', 'sockets', 'connect ms', 'subscribe ms', 'RSS MB', 'B/conn', 'aim'],
+      ...i.map((r) => [r.scenario.id, r.target.name, int(r.connected), `${int(r.probeConnectMs)} (${int(Math.min(r.scenario.connectProbe, r.connected))})`, int(r.subscribeMs), mb(r.rssBytes), int(r.rssPerConnection), idleVerdict(r).split(' ')[0]!]),
     ]) + '\n'
   }
   for (const line of ratios(b)) out += `${line}\n`
@@ -123,13 +123,14 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
   let md = `# jobwire benchmark (${b.size})\n\n`
   md += `Command: \`${b.command}\`, ${b.date}, commit \`${b.commit}\`. Machine: ${m.cpus} cores (${m.model}), ${m.memoryGiB} GiB, ` +
     `Linux ${m.kernel}, Node ${m.node}, ${int(m.fdLimit)} open files per process. Everything on loopback: Redis, the gateway, the ` +
-    `load generators (Node, raw TCP, bound to 127.0.0.10+) and the publisher share the same ${m.cpus} cores. Latency is end to end: ` +
+    `load generators (bench/native/loadgen.c: epoll, each process on its own 127.0.x.y source address, SCHED_BATCH) and the publisher ` +
+    `(bench/native/publisher.c: EVALSHA of the producer script at the scheduled times) share the same ${m.cpus} cores. Latency is end to end: ` +
     `the publisher's CLOCK_MONOTONIC stamp, through the producer script in Redis and the gateway, to the probe socket's read. ` +
     `Measured windows: ${b.windowMs / 1000} s after a warm-up. The gateway's per-address connection and message caps are off (the load comes from a few loopback addresses).\n\n`
   md += `![latency](${svgName})\n\n`
   const s = streams(b)
   if (s.length > 0) {
-    md += '## Streaming scenarios\n\n"Kernel %" is the share of the gateway\'s CPU time spent in the kernel (mostly its loopback socket writes, which on one machine include the receiving side\'s TCP work).\n\n| scenario | target | sockets | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | gateway CPU % | kernel % | us CPU/delivery | generator CPU % | publisher CPU % | Redis CPU % | gateway RSS MB | KB/connection | aim |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+    md += '## Streaming scenarios\n\n"Kernel %" is the share of the gateway\'s CPU time spent in the kernel (mostly its loopback socket writes, which on one machine include the receiving side\'s TCP work), from /proc\'s tick-based accounting (10 ms resolution: rough at low load).\n\n| scenario | target | sockets | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | gateway CPU % | kernel % | us CPU/delivery | generator CPU % | publisher CPU % | Redis CPU % | gateway RSS MB | KB/connection | aim |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
     for (const r of s) {
       const w = r.window
       md += `| ${r.scenario.title} (${int(r.scenario.jobs)} jobs, ${int(r.scenario.ratePerSec)} updates/s) | ${r.target.name} | ${int(r.connected)} | ${int(w.deliveriesPerSec)} | ${f2(w.latencyMs.p50)} | ${f2(w.latencyMs.p90)} | ${f2(w.latencyMs.p99)} | ${f2(w.latencyMs.p999)} | ${f2(w.latencyMs.max)} | ${int(w.lost)} of ${int(w.expected)} | ${f1(w.cpu.gateway)} | ${f1(w.gatewayKernelShare)} | ${f1(w.gatewayUsPerDelivery)} | ${f1(w.cpu.generator)} | ${f1(w.cpu.publisher)} | ${f1(w.cpu.redis)} | ${mb(r.rssBytes)} | ${f1(r.rssPerConnection / 1024)} | ${streamVerdict(r)} |\n`
@@ -147,14 +148,16 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
   }
   const i = idles(b)
   if (i.length > 0) {
-    md += '## Idle density\n\nBatch A (the first sockets) connects and upgrades, timed on its own, then subscribes all at once, one job per socket (50 sockets per job). Batch B (the rest) connects and subscribes. Every socket then stays idle. Memory is the gateway processes\' RSS: "marginal" is its growth per batch-B socket (what one more connection costs), "total" its growth over an empty gateway per socket, including fixed costs such as V8\'s young-generation reservation (up to 48 MB per process). Kernel socket buffers are not in RSS. Both figures move by several hundred bytes between runs, as V8 and glibc give memory back on their own schedule; with a forced GC, a subscribed jobwire connection retains about 1.1 KB (embedded broker) to 1.8 KB (Redis).\n\n| target | sockets held | batch A connected | batch A subscribed | batch B connected + subscribed | gateway RSS MB | bytes per connection, marginal | bytes per connection, total | aim |\n|---|---|---|---|---|---|---|---|---|\n'
+    md += '## Idle density\n\nBatch A (the first sockets) connects and upgrades, timed on its own, then subscribes all at once, one job per socket (50 sockets per job). Batch B (the rest) connects and subscribes. Every socket then stays idle. "Bytes per connection" is the growth of the gateway processes\' RSS over the empty gateway, divided by the sockets held, both read after V8 and glibc have had 12 s to give back what they no longer use (kernel socket buffers are not in RSS). It still moves by several hundred bytes between runs; with a forced GC, a subscribed jobwire connection retains about 1.1 KB (embedded broker) to 1.8 KB (Redis).\n\n| target | sockets held | batch A connected | batch A subscribed | batch B connected + subscribed | gateway RSS MB | bytes per connection | aim |\n|---|---|---|---|---|---|---|---|\n'
     for (const r of i) {
-      md += `| ${r.target.name} | ${int(r.connected)}${r.failed ? ` (${int(r.failed)} failed)` : ''} | ${int(Math.min(r.scenario.connectProbe, r.connected))} in ${int(r.probeConnectMs)} ms | ${int(r.subscribeMs)} ms | ${int(r.connected - Math.min(r.scenario.connectProbe, r.connected))} in ${int(r.restConnectMs)} ms | ${mb(r.rssBytes)} | ${int(r.marginalPerConnection)} | ${int(r.rssPerConnection)} | ${idleVerdict(r)} |\n`
+      md += `| ${r.target.name} | ${int(r.connected)}${r.failed ? ` (${int(r.failed)} failed)` : ''} | ${int(Math.min(r.scenario.connectProbe, r.connected))} in ${int(r.probeConnectMs)} ms | ${int(r.subscribeMs)} ms | ${int(r.connected - Math.min(r.scenario.connectProbe, r.connected))} in ${int(r.restConnectMs)} ms | ${mb(r.rssBytes)} | ${int(r.rssPerConnection)} | ${idleVerdict(r)} |\n`
     }
     md += '\nA single process holds at most ~18,000 sockets here (20,000 open files per process), so the 1-process targets stop there.\n\n'
   }
   const lines = ratios(b)
   if (lines.length > 0) md += '## jobwire against the baseline\n\n' + lines.map((l) => `- ${l}`).join('\n') + '\n\n'
+  const why = missedAims(b)
+  if (why.length > 0) md += '## Why an aim was missed\n\n' + why.map((l) => `- ${l}`).join('\n') + '\n\n'
   if (b.polling) {
     const p = b.polling
     md += '## Push vs polling\n\n'
@@ -168,6 +171,35 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
     md += '\n'
   }
   return md
+}
+
+/** For each missed jobwire aim, what the measurements themselves say about it. */
+function missedAims(b: BenchResults): string[] {
+  const out: string[] = []
+  for (const r of streams(b)) {
+    const w = r.window
+    if (r.target.kind !== 'jobwire' || (w.latencyMs.p99 < r.scenario.aim.p99Ms && w.lost === 0)) continue
+    const fanout = r.connected / r.scenario.jobs
+    const perWorker = fanout / r.target.workers
+    const lastMs = (perWorker * w.gatewayUsPerDelivery) / 1000
+    out.push(`${r.scenario.title}, ${r.target.name}: p99 ${f2(w.latencyMs.p99)} ms against ${r.scenario.aim.p99Ms} ms. One update fans out to ${int(fanout)} sockets ` +
+      `(${int(perWorker)} per worker), sent one after another at ${f1(w.gatewayUsPerDelivery)} us of gateway CPU each, ${f1(w.gatewayKernelShare)}% of it in the kernel's ` +
+      `socket writes: the last socket of a fan-out waits about ${f1(lastMs)} ms for the gateway alone, before the load generator, which shares the same ` +
+      `${b.machine.cpus} cores (${f1(w.cpu.generator)}% CPU), reads it. With several workers, the cores are shared with them too.`)
+  }
+  for (const r of sweeps(b)) {
+    if (r.target.kind !== 'jobwire') continue
+    const last = r.steps.at(-1)
+    if (r.best !== null && perCore(r.best) >= r.scenario.aim.deliveriesPerCore) continue
+    if (last === undefined) continue
+    const fanout = r.connected / r.scenario.jobs
+    out.push(`${r.scenario.title}, ${r.target.name}: ${r.best ? `best ${int(r.best.deliveriesPerSec)}/s (${int(perCore(r.best))} per gateway core)` : 'no step passed'}; the step that stopped it ran ` +
+      `${int(last.deliveriesPerSec)}/s with p99 ${f1(last.latencyMs.p99)} ms, ${int(last.lost)} lost, gateway ${f1(last.cpu.gateway)}% CPU (${f1(last.gatewayKernelShare)}% kernel), ` +
+      `generator ${f1(last.cpu.generator)}%, Redis ${f1(last.cpu.redis)}%. ` +
+      (fanout >= 100 ? `At fan-out ${int(fanout)} the fan-out time alone (${f1((fanout / r.target.workers) * last.gatewayUsPerDelivery / 1000)} ms per update) eats the 10 ms budget.`
+        : `Per delivery the gateway spends ${f1(last.gatewayUsPerDelivery)} us, most of it in the kernel.`))
+  }
+  return out
 }
 
 export function renderSvg(b: BenchResults): string {

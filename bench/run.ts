@@ -4,7 +4,7 @@
 //
 //   node dist/bench/run.js [--size full|quick|tiny] [--only seed,edge] [--out DIR] [--profile]
 
-import { mkdirSync, writeFileSync, copyFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus, totalmem, release } from 'node:os'
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
@@ -84,10 +84,11 @@ const { values } = parseArgs({
     only: { type: 'string' },
     out: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    render: { type: 'string' },
   },
 })
 const size = values.size as Size
-if (!['full', 'quick', 'tiny'].includes(size)) {
+if (!values.render && !['full', 'quick', 'tiny'].includes(size)) {
   console.error(`--size must be full, quick or tiny, not '${size}'`)
   process.exit(2)
 }
@@ -278,5 +279,15 @@ async function main(): Promise<void> {
   log(`wrote ${json} and latest-${size}.{json,md,svg} in ${outDir}`)
 }
 
-await main()
+/** --render FILE: print and write the report of an earlier run again, measuring nothing. */
+function rerender(file: string): void {
+  const bench = JSON.parse(readFileSync(file, 'utf8')) as BenchResults
+  mkdirSync(outDir, { recursive: true })
+  writeFileSync(join(outDir, `latest-${bench.size}.md`), renderMarkdown(bench, `latest-${bench.size}.svg`))
+  writeFileSync(join(outDir, `latest-${bench.size}.svg`), renderSvg(bench))
+  process.stdout.write(printTable(bench))
+}
+
+if (values.render) rerender(values.render)
+else await main()
 process.exit(0)
