@@ -158,6 +158,15 @@ export function tokenFrom(authorization: string, queryToken: string): string {
   return match ? match[1]!.trim() : queryToken
 }
 
+/** The request's principal: null with access control off; rejects AuthError without a valid
+ * token. */
+export async function principalFor(auth: Authenticator, token: string): Promise<Principal | null> {
+  return auth.enabled ? auth.verify(token) : null
+}
+
+/** The refusal for a job the principal may not watch: the same whether or not it exists. */
+export const FORBIDDEN_MESSAGE = 'not allowed to watch this job'
+
 /** The access rule: a job is visible to its owner, to a token whose `jobs` claim covers it,
  * and to admins. `principal` null means access control is off. */
 export function canWatch(principal: Principal | null, jobId: string, owner: string | null): boolean {

@@ -8,7 +8,7 @@ import { configHelp, ConfigError, loadConfig, OPTIONS } from './config.js'
 import { projectPath } from './paths.js'
 import { ProducerError } from './producer/merge.js'
 import { Producer } from './producer/producer.js'
-import { isValidJobId, type JobPayload } from './protocol.js'
+import { isValidJobId, JOB_ID_RULE, type JobPayload } from './protocol.js'
 import { serve } from './serve.js'
 
 const USAGE = `jobwire: streams background-job progress from Redis to browsers
@@ -118,7 +118,7 @@ async function runPublish(args: readonly string[]): Promise<number> {
   const { values, positionals } = parsed
   if (positionals.length !== 1) return fail('publish takes exactly one job id: jobwire publish <job_id> [--progress N] ...')
   const jobId = positionals[0]!
-  if (!isValidJobId(jobId)) return fail(`'${jobId}' is not a job id: 1..128 characters of A-Z a-z 0-9 _ . : -`)
+  if (!isValidJobId(jobId)) return fail(`'${jobId}' is not a job id (${JOB_ID_RULE})`)
 
   let payload: JobPayload = {}
   if (values.data !== undefined) {

@@ -4,7 +4,7 @@
 
 import { Unpackr } from 'msgpackr'
 import { isPlainObject } from './payload.js'
-import { ErrorCode, isValidJobId, type ClientMessage, type Encoding } from './protocol.js'
+import { ErrorCode, isValidJobId, JOB_ID_RULE, type ClientMessage, type Encoding } from './protocol.js'
 
 export class RequestError {
   constructor(readonly code: ErrorCode, readonly message: string, readonly jobId?: string) {}
@@ -44,7 +44,7 @@ export function validateClientMessage(value: unknown): ClientMessage | RequestEr
       const jobId = value.job_id
       if (typeof jobId !== 'string') return new RequestError(ErrorCode.BadMessage, `${type} needs a string 'job_id'`)
       if (!isValidJobId(jobId)) {
-        return new RequestError(ErrorCode.BadJobId, 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -')
+        return new RequestError(ErrorCode.BadJobId, JOB_ID_RULE)
       }
       return { type, job_id: jobId }
     }

@@ -4,7 +4,7 @@
 
 import { randomBytes } from 'node:crypto'
 import type { TemplatedApp } from 'uWebSockets.js'
-import { tokenFrom, type Authenticator } from './auth.js'
+import { principalFor, tokenFrom, type Authenticator } from './auth.js'
 import type { Broker } from './broker/broker.js'
 import { respondJson, trackAborted } from './http.js'
 import type { Logger } from './log.js'
@@ -97,13 +97,11 @@ export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoPro
     void (async () => {
       // With access control on, the job belongs to the caller, who may then watch it.
       let owner: string | undefined
-      if (ctx.auth.enabled) {
-        try {
-          owner = (await ctx.auth.verify(token)).userId
-        } catch (err) {
-          if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message })
-          return
-        }
+      try {
+        owner = (await principalFor(ctx.auth, token))?.userId
+      } catch (err) {
+        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message })
+        return
       }
       try {
         const jobId = await demo.start(owner, outcome, stepMs)

@@ -4,7 +4,7 @@
 
 import { pack } from 'msgpackr'
 import type { DecodedPayload } from './payload.js'
-import type { Encoding, JobPayload, ServerMessage } from './protocol.js'
+import { ErrorCode, type Encoding, type JobPayload, type ServerMessage } from './protocol.js'
 
 export type Frame = string | Buffer
 
@@ -44,6 +44,9 @@ export function frameBytes(frame: Frame): number {
 export function encodeMessage(encoding: Encoding, message: ServerMessage): Frame {
   return encoding === 'json' ? JSON.stringify(message) : pack(message)
 }
+
+/** Sent to a socket or SSE stream whose token has expired, before it is closed. */
+export const TOKEN_EXPIRED_MESSAGE: ServerMessage = { type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }
 
 export function statusMessage(jobId: string, data: JobPayload | null): ServerMessage {
   return { type: 'job_status', job_id: jobId, data }

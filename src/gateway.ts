@@ -12,7 +12,7 @@ import { createBridge } from './bridge.js'
 import { ConfigError, type Config } from './config.js'
 import { Connections, type ConnectionInfo } from './connections.js'
 import { withDeadline } from './deadline.js'
-import { encodeMessage, statusMessage } from './frames.js'
+import { encodeMessage, statusMessage, TOKEN_EXPIRED_MESSAGE } from './frames.js'
 import { addHttpRoutes, addNotFound } from './http-routes.js'
 import { rateLimitedLog, type Logger } from './log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './metrics.js'
@@ -121,6 +121,7 @@ export class Gateway {
       connections: this.connections,
       isClosing: () => this.closing,
       readSnapshot: (jobId) => this.readSnapshot(jobId),
+      readLiveSnapshot: (job) => this.snapshots.readLive(job),
     }))
     addHttpRoutes(this.app, {
       log: this.log,
@@ -139,6 +140,7 @@ export class Gateway {
       log: this.log.child({ component: 'sse' }),
       isClosing: () => this.closing,
       readSnapshot: (jobId) => this.readSnapshot(jobId),
+      readLiveSnapshot: (job) => this.snapshots.readLive(job),
     }, this.sse)
     addProducerRoute(this.app, { broker: this.broker, auth: this.auth, log: this.log })
     this.demo = this.config.demo ? new DemoProducer({ broker: this.broker, auth: this.auth, log: this.log.child({ component: 'demo' }) }) : null
@@ -242,7 +244,7 @@ export class Gateway {
       for (let attempt = 1; ; attempt++) {
         if (run !== this.resyncRun || this.closing) return
         try {
-          const snapshots = await this.snapshots.readMany(batch)
+          const snapshots = await this.snapshots.readBatch(batch)
           batch.forEach((jobId, k) => this.publishStatus(jobId, snapshots[k]!))
           break
         } catch (err) {
@@ -280,7 +282,7 @@ export class Gateway {
       if (data.closed) continue
       this.metrics.countClientError(ErrorCode.TokenExpired)
       ws.cork(() => {
-        ws.send(encodeMessage(data.encoding, { type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), data.encoding === 'msgpack')
+        ws.send(encodeMessage(data.encoding, TOKEN_EXPIRED_MESSAGE), data.encoding === 'msgpack')
         ws.end(CloseCode.PolicyViolation, 'token expired')
       })
     }

@@ -2,8 +2,8 @@
 // fallback). Async handlers register onAborted before their first await.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import { AuthError, canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
-import { respond, respondJson, safeDecode, trackAborted } from './http.js'
+import { AuthError, canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator } from './auth.js'
+import { respond, respondBadJobId, respondJson, safeDecode, trackAborted } from './http.js'
 import type { Logger } from './log.js'
 import { isValidJobId } from './protocol.js'
 import type { Snapshot } from './snapshot.js'
@@ -38,11 +38,11 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
     const jobId = safeDecode(req.getParameter(0))
     const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
     if (!isValidJobId(jobId)) {
-      return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
+      return respondBadJobId(res)
     }
     const state = trackAborted(res)
     void (async () => {
-      const principal = await authenticate(ctx.auth, token).catch((err: AuthError) => err)
+      const principal = await principalFor(ctx.auth, token).catch((err: AuthError) => err)
       if (principal instanceof AuthError) {
         if (!state.aborted) respondJson(res, 401, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
         return
@@ -51,7 +51,7 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
         const snapshot = await ctx.readSnapshot(jobId)
         if (state.aborted) return
         // The same answer whether or not the job exists.
-        if (!canWatch(principal, jobId, snapshot.owner)) return respondJson(res, 403, { error: 'forbidden', message: 'not allowed to watch this job' })
+        if (!canWatch(principal, jobId, snapshot.owner)) return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
         if (snapshot.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
         respondJson(res, 200, { job_id: jobId, data: snapshot.data })
       } catch (err) {
@@ -60,11 +60,6 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
       }
     })()
   })
-}
-
-/** The request's principal: null with access control off; AuthError without a valid token. */
-export async function authenticate(auth: Authenticator, token: string): Promise<Principal | null> {
-  return auth.enabled ? auth.verify(token) : null
 }
 
 /** Registered last: everything no other route took. */

@@ -2,6 +2,7 @@
 // immediate request callback, and must not be touched once aborted.
 
 import type { HttpResponse } from 'uWebSockets.js'
+import { JOB_ID_RULE } from './protocol.js'
 
 const STATUS: Record<number, string> = {
   200: '200 OK',
@@ -101,6 +102,10 @@ export function readBody(res: HttpResponse, limit: number, aborted: { aborted: b
       }
     })
   })
+}
+
+export function respondBadJobId(res: HttpResponse): void {
+  respondJson(res, 400, { error: 'bad_job_id', message: JOB_ID_RULE })
 }
 
 /** decodeURIComponent that answers undefined instead of throwing on a bad % escape. */

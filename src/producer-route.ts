@@ -7,7 +7,7 @@ import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Authenticator } from './auth.js'
 import { tokenFrom } from './auth.js'
 import type { Broker } from './broker/broker.js'
-import { BodyTooLarge, readBody, respondJson } from './http.js'
+import { BodyTooLarge, readBody, respondBadJobId, respondJson } from './http.js'
 import type { Logger } from './log.js'
 import { isMsgpackMapStart } from './payload.js'
 import { checkProducerPayload, ProducerError } from './producer/merge.js'
@@ -45,7 +45,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const queryToken = req.getQuery('token') ?? ''
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
     if (!isValidJobId(jobId)) {
-      return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
+      return respondBadJobId(res)
     }
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'

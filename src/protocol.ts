@@ -15,6 +15,9 @@ export type Encoding = 'json' | 'msgpack'
 export const JOB_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/
 export const MAX_JOB_ID_LENGTH = 128
 
+/** How the rule reads in error messages. */
+export const JOB_ID_RULE = 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -'
+
 export function isValidJobId(value: unknown): value is string {
   return typeof value === 'string' && JOB_ID_PATTERN.test(value)
 }

@@ -16,7 +16,7 @@ import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { decodePayload, MalformedPayload } from './payload.js'
 import type { JobPayload } from './protocol.js'
-import type { WatchedJobs } from './watched-jobs.js'
+import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 export interface Snapshot {
   readonly data: JobPayload | null
@@ -81,11 +81,16 @@ export class SnapshotReader {
     })
   }
 
-  /** Many snapshots in order, in batches (the resync after an outage). */
-  async readMany(jobIds: readonly string[]): Promise<Snapshot[]> {
-    const out: Snapshot[] = []
-    for (let i = 0; i < jobIds.length; i += BATCH) out.push(...(await this.fetch(jobIds.slice(i, i + BATCH))))
-    return out
+  /** The snapshot a new watcher starts from: read only once the job's channel is live, so
+   * nothing published later can be missing from snapshot + stream. */
+  async readLive(job: WatchedJob): Promise<Snapshot> {
+    await withDeadline(this.watched.whenLive(job), this.timeoutMs, 'broker subscription')
+    return this.read(job.id)
+  }
+
+  /** Snapshots of several jobs in one round trip (the resync after an outage, in batches). */
+  readBatch(jobIds: readonly string[]): Promise<Snapshot[]> {
+    return this.fetch(jobIds)
   }
 
   private flush(): void {

@@ -6,15 +6,14 @@
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import type { Admission } from './admission.js'
-import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import { canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import type { Config } from './config.js'
 import type { ConnectionInfo } from './connections.js'
-import { withDeadline } from './deadline.js'
-import { frameBytes, statusMessage, type Frame } from './frames.js'
-import { clientAddress, respondJson, safeDecode, trackAborted } from './http.js'
+import { frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE, type Frame } from './frames.js'
+import { clientAddress, respondBadJobId, respondJson, safeDecode, trackAborted } from './http.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
-import { ErrorCode, isValidJobId, type JobPayload } from './protocol.js'
+import { isValidJobId, type JobPayload } from './protocol.js'
 import type { Snapshot } from './snapshot.js'
 import type { JobSink, WatchedJob, WatchedJobs } from './watched-jobs.js'
 
@@ -31,6 +30,8 @@ export interface SseContext {
   readonly log: Logger
   isClosing(): boolean
   readSnapshot(jobId: string): Promise<Snapshot>
+  /** Snapshot for a new watcher: waits until the job's channel is live. */
+  readLiveSnapshot(job: WatchedJob): Promise<Snapshot>
 }
 
 /** SSE data lines cannot hold raw line breaks; in valid JSON they are only whitespace. */
@@ -83,7 +84,7 @@ export class SseStream implements JobSink {
   expire(): void {
     if (this.ended) return
     // Not `event: error`: EventSource reports its own connection failures as 'error' events.
-    this.write('jobwire_error', JSON.stringify({ type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }), undefined)
+    this.write('jobwire_error', JSON.stringify(TOKEN_EXPIRED_MESSAGE), undefined)
     this.end()
   }
 
@@ -178,17 +179,15 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStre
     const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
     const ip = clientAddress(res, ctx.config.trustProxy ? req.getHeader('x-forwarded-for') : '')
     if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
-    if (!isValidJobId(jobId)) return respondJson(res, 400, { error: 'bad_job_id', message: 'job ids are 1..128 characters of A-Z a-z 0-9 _ . : -' })
+    if (!isValidJobId(jobId)) return respondBadJobId(res)
     const aborted = trackAborted(res)
     void (async () => {
-      let principal: Principal | null = null
-      if (ctx.auth.enabled) {
-        try {
-          principal = await ctx.auth.verify(token)
-        } catch (err) {
-          if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
-          return
-        }
+      let principal: Principal | null
+      try {
+        principal = await principalFor(ctx.auth, token)
+      } catch (err) {
+        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
+        return
       }
       const who = { userId: principal?.userId ?? null, ip }
       const admitted = await ctx.admission.admit(who)
@@ -212,12 +211,11 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext, streams: SseStre
         }
       }
       try {
-        await withDeadline(ctx.watched.whenLive(job), ctx.config.brokerTimeoutMs, 'broker subscription')
-        const snapshot = await ctx.readSnapshot(jobId)
+        const snapshot = await ctx.readLiveSnapshot(job)
         if (aborted.aborted) return release()
         if (!canWatch(principal, jobId, snapshot.owner)) {
           release()
-          return respondJson(res, 403, { error: 'forbidden', message: 'not allowed to watch this job' })
+          return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
         }
         stream = new SseStream(res, job, principal, ip, ctx.metrics, release, () => ctx.readSnapshot(jobId))
         res.onAborted(() => {

@@ -7,10 +7,9 @@
 
 import type { HttpRequest, HttpResponse, us_socket_context_t, WebSocket, WebSocketBehavior } from 'uWebSockets.js'
 import { TokenBucket, type Admission, type AdmissionRequest } from './admission.js'
-import { canWatch, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import { canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import { delivery } from './bridge.js'
 import type { Connections } from './connections.js'
-import { withDeadline } from './deadline.js'
 import { decodeClientMessage, RequestError } from './client-messages.js'
 import type { Config } from './config.js'
 import { encodeMessage, frameBytes, statusMessage } from './frames.js'
@@ -55,8 +54,10 @@ export interface WsContext {
   /** Every open socket, by user and by token expiry. */
   readonly connections: Connections
   isClosing(): boolean
-  /** Snapshot of one job; for a subscribe, called only once the job's channel is live. */
+  /** Snapshot of one job, for a one-off status request. */
   readSnapshot(jobId: string): Promise<Snapshot>
+  /** Snapshot for a new watcher: waits until the job's channel is live. */
+  readLiveSnapshot(job: WatchedJob): Promise<Snapshot>
 }
 
 /** uWS cuts frames above this without a close frame; between maxMessageBytes and this we
@@ -77,7 +78,6 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
 
 /** Repeated rate-limit refusals without a pause end the connection (1008). */
 const MAX_STRIKES = 20
-const FORBIDDEN = 'not allowed to watch this job'
 
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> {
   const { config, watched, metrics, log, auth, admission } = ctx
@@ -109,12 +109,12 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
     // Hold the job while its snapshot is read, so the channel stays subscribed throughout.
     const job = watched.acquire(jobId)
     try {
-      const snapshot = await liveSnapshot(job)
+      const snapshot = await ctx.readLiveSnapshot(job)
       if (data.closed || data.jobs.get(jobId) !== 'pending') return
       if (!canWatch(data.principal, jobId, snapshot.owner)) {
         // The same answer whether or not the job exists.
         data.jobs.delete(jobId)
-        return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN, jobId)
+        return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
       }
       // Joining the topic and sending the snapshot happen in one synchronous step: every
       // message the channel delivers from here on reaches this socket after its job_status.
@@ -134,11 +134,6 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
     }
   }
 
-  async function liveSnapshot(job: WatchedJob): Promise<Snapshot> {
-    await withDeadline(watched.whenLive(job), config.brokerTimeoutMs, 'broker subscription')
-    return ctx.readSnapshot(job.id)
-  }
-
   function unsubscribe(ws: JobSocket, data: SocketData, jobId: string): void {
     const state = data.jobs.get(jobId)
     data.jobs.delete(jobId)
@@ -152,7 +147,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
   async function status(ws: JobSocket, data: SocketData, jobId: string): Promise<void> {
     try {
       const snapshot = await ctx.readSnapshot(jobId)
-      if (!canWatch(data.principal, jobId, snapshot.owner)) return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN, jobId)
+      if (!canWatch(data.principal, jobId, snapshot.owner)) return sendError(ws, data, ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
       send(ws, data, statusMessage(jobId, snapshot.data))
     } catch (err) {
       if (data.closed) return
@@ -190,15 +185,13 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketData> 
       if (!originAllowed(origin, config.allowedOrigins)) return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
       const aborted = trackAborted(res)
       void (async () => {
-        let principal: Principal | null = null
-        if (auth.enabled) {
-          try {
-            principal = await auth.verify(token)
-          } catch (err) {
-            const code = (err as { code?: string }).code ?? 'invalid'
-            if (!aborted.aborted) refuse(401, `token_${code}`, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
-            return
-          }
+        let principal: Principal | null
+        try {
+          principal = await principalFor(auth, token)
+        } catch (err) {
+          const code = (err as { code?: string }).code ?? 'invalid'
+          if (!aborted.aborted) refuse(401, `token_${code}`, { error: 'unauthorized', message: (err as Error).message }, { 'www-authenticate': 'Bearer' })
+          return
         }
         const userId = principal?.userId ?? null
         const ticket: AdmissionRequest = { userId, ip }

@@ -8,7 +8,7 @@ import { pack } from 'msgpackr'
 import { Redis } from 'ioredis'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
 import { isPlainObject } from '../payload.js'
-import { isValidJobId, type JobPayload } from '../protocol.js'
+import { isValidJobId, JOB_ID_RULE, type JobPayload } from '../protocol.js'
 import { channelFor } from '../topics.js'
 import { ProducerError } from './merge.js'
 import { runProgressScript } from './script.js'
@@ -72,6 +72,6 @@ export class Producer {
 }
 
 function checkJobId(jobId: string): string {
-  if (!isValidJobId(jobId)) throw new ProducerError(`'${String(jobId).slice(0, 140)}' is not a job id: 1..128 characters of A-Z a-z 0-9 _ . : -`)
+  if (!isValidJobId(jobId)) throw new ProducerError(`'${String(jobId).slice(0, 140)}' is not a job id (${JOB_ID_RULE})`)
   return jobId
 }
