@@ -6,7 +6,7 @@ import type { TemplatedApp } from 'uWebSockets.js'
 import { frameBytes, jsonUpdateFrame, msgpackUpdateFrame } from './frames.js'
 import type { Metrics } from './metrics.js'
 import { decodePayload, MalformedPayload } from './payload.js'
-import type { WatchedJobs } from './watched-jobs.js'
+import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 /** uWS does not send inside publish(): it writes the queued frames right after the current
  * callback returns, and cuts sockets over their backpressure limit there
@@ -41,6 +41,17 @@ export function createBridge(
       metrics.unwatchedMessages++
       return
     }
+    // decodePayload refuses what the encoders below cannot write; this catch is the last line
+    // so that nothing a producer sends can ever end the process.
+    try {
+      forward(job, payload)
+    } catch (err) {
+      metrics.malformedPayloads++
+      onMalformed(job.id, `failed in the hot path: ${(err as Error).message}`)
+    }
+  }
+
+  function forward(job: WatchedJob, payload: Buffer): void {
     const update = decodePayload(payload)
     if (update instanceof MalformedPayload) {
       metrics.malformedPayloads++

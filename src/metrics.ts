@@ -126,7 +126,7 @@ const HELP: Record<string, string> = {
   connections_closed_total: 'WebSocket connections closed',
   broker_messages_total: 'messages received from the broker',
   broker_messages_unwatched_total: 'broker messages for jobs nobody on this node watches',
-  producer_malformed_total: 'producer payloads dropped because they were not a JSON object or msgpack map',
+  producer_malformed_total: 'producer payloads dropped: not a JSON object or msgpack map of JSON values, too deep, too large, or failed in the hot path',
   updates_published_total: 'job_update frames handed to uWS (one per encoding with subscribers)',
   frames_out_total: 'frames sent to sockets (publishes times subscribers, plus direct sends)',
   bytes_out_total: 'payload bytes of frames sent to sockets',

@@ -14,8 +14,12 @@ import { detectUwsRuntime } from './uws.js'
 const WORKER_ENV = 'JOBWIRE_WORKER_INDEX'
 const NODE_QUERY_TIMEOUT_MS = 1000
 const ADMIT_TIMEOUT_MS = 1000
-const RESTART_WINDOW_MS = 60_000
-const MAX_RESTARTS_IN_WINDOW = 5
+/** A worker that ran this long before dying is restarted at once; one that dies sooner waits
+ * longer each time (capped), so a burst of fatal input costs a worker's capacity for a while
+ * but never takes the node down. */
+const HEALTHY_RUN_MS = 60_000
+const RESTART_MIN_DELAY_MS = 250
+const RESTART_MAX_DELAY_MS = 30_000
 
 type WorkerMessage =
   | { type: 'listening'; port: number }
@@ -173,7 +177,8 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
     process.exit(1)
   }
   const workers: Array<ChildProcess | null> = new Array<ChildProcess | null>(config.workers).fill(null)
-  const restarts: number[] = []
+  const quickDeaths = new Array<number>(config.workers).fill(0)
+  const startedAt = new Array<number>(config.workers).fill(0)
   let stopping = false
   let announced = false
   let listening = 0
@@ -209,6 +214,7 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
       execArgv: process.execArgv,
     })
     workers[index] = child
+    startedAt[index] = Date.now()
     child.on('message', (message: WorkerMessage) => {
       switch (message.type) {
         case 'listening':
@@ -250,16 +256,13 @@ async function runPrimary(config: Config, argv: readonly string[], log: Logger, 
       for (const request of held[index]!.values()) admission.release(request)
       held[index]!.clear()
       if (stopping) return
-      const now = Date.now()
-      restarts.push(now)
-      while (restarts.length > 0 && restarts[0]! < now - RESTART_WINDOW_MS) restarts.shift()
-      if (restarts.length > MAX_RESTARTS_IN_WINDOW) {
-        log.fatal({ worker: index, code, signal }, `workers died ${restarts.length} times within a minute; giving up`)
-        void stopAll(1)
-        return
-      }
-      log.error({ worker: index, code, signal }, 'worker exited; restarting it')
-      setTimeout(() => start(index), 250 * restarts.length)
+      quickDeaths[index] = Date.now() - startedAt[index]! >= HEALTHY_RUN_MS ? 0 : quickDeaths[index]! + 1
+      const delayMs = quickDeaths[index] === 0 ? 0
+        : Math.min(RESTART_MAX_DELAY_MS, RESTART_MIN_DELAY_MS * 2 ** Math.min(quickDeaths[index]! - 1, 16))
+      log.error({ worker: index, code, signal, restartInMs: delayMs, quickDeaths: quickDeaths[index] }, 'worker exited; restarting it')
+      setTimeout(() => {
+        if (!stopping) start(index)
+      }, delayMs)
     })
   }
 

@@ -8,6 +8,7 @@ import { RedisBroker } from '../src/broker/redis.js'
 import { ProducerError } from '../src/producer/merge.js'
 import { createLogger } from '../src/log.js'
 import { startRedis } from './fixtures/redis.js'
+import { HOSTILE } from './fixtures/hostile-payloads.js'
 
 const names = { channelPrefix: 'progress:', keyPrefix: 'jobwire:', stateTtlSec: 100, terminalTtlSec: 10 }
 
@@ -111,6 +112,9 @@ for (const kind of ['embedded', 'redis'] as const) {
       await t.rejects(broker.publishProgress('c4', Buffer.concat([pack({ a: 1 }), Buffer.from([1])])), ProducerError, 'refuses trailing bytes')
       await t.rejects(broker.publishProgress('c4', pack({ seq: null, a: 1 })), /nil values or repeated keys/, 'a nil seq cannot hide from the check')
       await t.rejects(broker.publishProgress('c4', Buffer.from([0x82, 0xa1, 0x61, 0x01, 0xa1, 0x61, 0x02])), /nil values or repeated keys/, 'refuses repeated keys')
+      for (const [name, payload] of HOSTILE) {
+        await t.rejects(broker.publishProgress('c4', payload), ProducerError, `refuses ${name}`)
+      }
       t.same(await broker.readJobs(['c4']), [{ state: null, owner: null }])
     })
 

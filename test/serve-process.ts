@@ -78,3 +78,35 @@ t.test('help lists every option', async (t) => {
   const { stdout } = await run('node', [CLI, 'serve', '--help'])
   for (const flag of ['--port', '--redis', '--subscription-mode', '--max-message-bytes', '--workers']) t.match(stdout, flag)
 })
+
+t.test('workers that keep dying are restarted with backoff; the node never gives up', async (t) => {
+  const { startRedis } = await import('./fixtures/redis.js')
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const port = await freePort()
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url])
+  t.teardown(() => reap(served))
+  await served.waitFor(/jobwire listening/, 20_000)
+  const workerPids = () => served.lines
+    .filter((l) => /"msg":"worker listening"/.test(l))
+    .map((l) => JSON.parse(l) as { pid: number; worker: number })
+  // The workers' own lines may reach the pipe after the primary's announcement.
+  for (const worker of [0, 1]) await served.waitFor(new RegExp(`"worker":${worker}.*"msg":"worker listening"`))
+  // Six quick deaths in a row: the old policy gave up (and took the node down) after five.
+  for (let kill = 1; kill <= 6; kill++) {
+    const listening = workerPids()
+    // Alternate between the two workers, so the test waits through three backoffs each.
+    const victim = listening.filter((w) => w.worker === kill % 2).at(-1)!
+    process.kill(victim.pid, 'SIGKILL')
+    const restarted = (l: string) => /"msg":"worker listening"/.test(l) && JSON.parse(l).pid !== victim.pid &&
+      !listening.some((w) => w.pid === JSON.parse(l).pid)
+    await served.waitFor(new RegExp(`"worker":${victim.worker}.*"restartInMs"`))
+    const deadline = Date.now() + 20_000
+    while (!served.lines.some(restarted) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    t.ok(served.lines.some(restarted), `restarted after kill ${kill}`)
+  }
+  const delays = served.lines.filter((l) => /"restartInMs"/.test(l)).map((l) => JSON.parse(l).restartInMs as number)
+  t.ok(delays.some((d) => d >= 500), `later restarts wait longer (${delays.join(', ')} ms)`)
+  t.equal(served.proc.exitCode, null, 'the node is still running')
+  t.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200)
+})

@@ -59,12 +59,86 @@ local function valid_utf8(s)
   return true
 end
 
+-- The payload rules of src/payload.ts: only what JSON can carry, finite numbers, nesting at
+-- most MAX_DEPTH deep, at most MAX_BYTES. The gateway drops anything else, so refuse it here.
+local MAX_DEPTH, MAX_BYTES = 64, 262144
+
+-- Walks a msgpack value's bytes: JSON's types only (no bin, ext or timestamp), string map keys.
+-- cmsgpack would turn bin into a string and integer keys into a table, hiding both.
+local function msgpack_refusal(s)
+  local n, pos, depth = #s, 1, 0
+  local remaining, is_map = {}, {}
+  while true do
+    if pos > n then return 'payload is not one well-formed msgpack map' end
+    local b = s:byte(pos)
+    if depth > 0 and is_map[depth] and remaining[depth] % 2 == 0 then
+      if not ((b >= 0xa0 and b <= 0xbf) or b == 0xd9 or b == 0xda or b == 0xdb) then
+        return 'msgpack payload has a map key that is not a string'
+      end
+    end
+    pos = pos + 1
+    local skip, open, open_map = 0, -1, false
+    if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3 then skip = 0
+    elseif b >= 0xa0 and b <= 0xbf then skip = b - 0xa0
+    elseif b >= 0x90 and b <= 0x9f then open = b - 0x90
+    elseif b >= 0x80 and b <= 0x8f then open, open_map = b - 0x80, true
+    elseif b == 0xcc or b == 0xd0 then skip = 1
+    elseif b == 0xcd or b == 0xd1 then skip = 2
+    elseif b == 0xce or b == 0xd2 or b == 0xca then skip = 4
+    elseif b == 0xcf or b == 0xd3 or b == 0xcb then skip = 8
+    elseif b == 0xd9 then skip = 1 + (s:byte(pos) or 0)
+    elseif b == 0xda then local h1, h2 = s:byte(pos, pos + 1); skip = 2 + (h1 or 0) * 256 + (h2 or 0)
+    elseif b == 0xdb then local h1, h2, h3, h4 = s:byte(pos, pos + 3); skip = 4 + (((h1 or 0) * 256 + (h2 or 0)) * 256 + (h3 or 0)) * 256 + (h4 or 0)
+    elseif b == 0xdc or b == 0xde then local h1, h2 = s:byte(pos, pos + 1); open, open_map = (h1 or 0) * 256 + (h2 or 0), b == 0xde; pos = pos + 2
+    elseif b == 0xdd or b == 0xdf then local h1, h2, h3, h4 = s:byte(pos, pos + 3); open, open_map = (((h1 or 0) * 256 + (h2 or 0)) * 256 + (h3 or 0)) * 256 + (h4 or 0), b == 0xdf; pos = pos + 4
+    elseif b == 0xc1 then return 'payload is not one well-formed msgpack map'
+    else return 'msgpack payload uses a type JSON cannot carry (extension, binary or timestamp)' end
+    pos = pos + skip
+    if pos > n + 1 then return 'payload is not one well-formed msgpack map' end
+    if depth > 0 then remaining[depth] = remaining[depth] - 1 end
+    if open >= 0 then
+      if depth >= MAX_DEPTH then return 'payload is nested deeper than ' .. MAX_DEPTH .. ' levels' end
+      local items = open_map and open * 2 or open
+      if items > n + 1 - pos then return 'payload is not one well-formed msgpack map' end
+      depth = depth + 1
+      remaining[depth], is_map[depth] = items, open_map
+    end
+    while depth > 0 and remaining[depth] == 0 do depth = depth - 1 end
+    if depth == 0 then
+      if pos == n + 1 then return nil end
+      return 'payload is not one well-formed msgpack map'
+    end
+  end
+end
+
+-- Finite numbers and bounded nesting, on the decoded value (cjson reads 1e400 as inf).
+local function value_refusal(v, depth)
+  local t = type(v)
+  if t == 'number' then
+    if v ~= v or v == math.huge or v == -math.huge then
+      return 'payload has a number that is not finite (NaN or Infinity)'
+    end
+  elseif t == 'table' then
+    if depth > MAX_DEPTH then return 'payload is nested deeper than ' .. MAX_DEPTH .. ' levels' end
+    for _, x in pairs(v) do
+      local refusal = value_refusal(x, depth + 1)
+      if refusal then return refusal end
+    end
+  end
+  return nil
+end
+
 local b0 = payload:byte(1)
 if b0 == nil then return redis.error_reply('jobwire: empty payload') end
+if #payload > MAX_BYTES then
+  return redis.error_reply('jobwire: payload is larger than ' .. MAX_BYTES .. ' bytes')
+end
 local is_msgpack = (b0 >= 0x80 and b0 <= 0x8f) or b0 == 0xde or b0 == 0xdf
 
 local decoded
 if is_msgpack then
+  local refusal = msgpack_refusal(payload)
+  if refusal then return redis.error_reply('jobwire: ' .. refusal) end
   local ok, next_offset, value = pcall(cmsgpack.unpack_one, payload)
   if not ok or next_offset ~= -1 or type(value) ~= 'table' then
     return redis.error_reply('jobwire: payload is not one well-formed msgpack map')
@@ -98,6 +172,11 @@ else
     return redis.error_reply('jobwire: payload is not a valid JSON object')
   end
   decoded = value
+end
+
+do
+  local refusal = value_refusal(decoded, 1)
+  if refusal then return redis.error_reply('jobwire: ' .. refusal) end
 end
 
 if decoded.seq ~= nil then
