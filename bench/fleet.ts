@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import * as hdr from 'hdr-histogram-js'
-import { projectPath } from '../src/paths.js'
+import { projectPath } from '../src/support/paths.js'
 import { PROGRESS_SCRIPT_PATH } from '../src/producer/script.js'
 import { cpuMicros, cpuSplit, rssBytes, sum } from './procstat.js'
 import type { Running } from './targets.js'

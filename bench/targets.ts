@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
-import { projectPath } from '../src/paths.js'
+import { projectPath } from '../src/support/paths.js'
 import { childPids } from './procstat.js'
 
 export interface Running {

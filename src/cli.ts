@@ -4,12 +4,12 @@
 
 import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
-import { configHelp, ConfigError, loadConfig, OPTIONS } from './config.js'
-import { projectPath } from './paths.js'
+import { configHelp, ConfigError, loadConfig, OPTIONS } from './support/config.js'
+import { projectPath } from './support/paths.js'
 import { ProducerError } from './producer/merge.js'
 import { Producer } from './producer/producer.js'
-import { isValidJobId, JOB_ID_RULE, type JobPayload } from './protocol.js'
-import { serve } from './serve.js'
+import { isValidJobId, JOB_ID_RULE, type JobPayload } from './wire/protocol.js'
+import { serve } from './node/serve.js'
 
 const USAGE = `jobwire: streams background-job progress from Redis to browsers
 

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { projectPath } from '../src/paths.js'
+import { projectPath } from '../src/support/paths.js'
 import type { BenchResults } from '../bench/run.js'
 
 const run = promisify(execFile)

@@ -6,7 +6,7 @@ import type { Broker, BrokerListener } from '../src/broker/broker.js'
 import { EmbeddedBroker } from '../src/broker/embedded.js'
 import { RedisBroker } from '../src/broker/redis.js'
 import { ProducerError } from '../src/producer/merge.js'
-import { createLogger } from '../src/log.js'
+import { createLogger } from '../src/support/log.js'
 import { startRedis } from './fixtures/redis.js'
 import { HOSTILE } from './fixtures/hostile-payloads.js'
 

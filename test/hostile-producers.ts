@@ -13,7 +13,7 @@ process.on('uncaughtException', (err) => crashes.push(err))
 process.on('unhandledRejection', (err) => crashes.push(err as Error))
 
 t.test('limits are inclusive: 64 levels of nesting pass', async (t) => {
-  const { decodePayload, MalformedPayload } = await import('../src/payload.js')
+  const { decodePayload, MalformedPayload } = await import('../src/wire/payload.js')
   t.notOk(decodePayload(deepMsgpack(63)) instanceof MalformedPayload, 'msgpack, 64 levels')
   t.notOk(decodePayload(Buffer.from(deepJson(63))) instanceof MalformedPayload, 'JSON, 64 levels')
   for (const [name, payload] of HOSTILE) t.ok(decodePayload(payload) instanceof MalformedPayload, `refuses ${name}`)

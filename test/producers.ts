@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { Producer } from '../src/producer/producer.js'
 import { PROGRESS_SCRIPT_PATH } from '../src/producer/script.js'
-import { projectPath } from '../src/paths.js'
+import { projectPath } from '../src/support/paths.js'
 import { startGateway } from './fixtures/gateway.js'
 import { startRedis } from './fixtures/redis.js'
 

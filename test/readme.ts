@@ -3,8 +3,8 @@
 
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { OPTIONS } from '../src/config.js'
-import { projectPath } from '../src/paths.js'
+import { OPTIONS } from '../src/support/config.js'
+import { projectPath } from '../src/support/paths.js'
 
 const readme = readFileSync(projectPath('README.md'), 'utf8')
 

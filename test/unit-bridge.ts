@@ -5,10 +5,10 @@ import t from 'tap'
 import { pack, unpack } from 'msgpackr'
 import type { TemplatedApp } from 'uWebSockets.js'
 import type { Broker } from '../src/broker/broker.js'
-import { createBridge } from '../src/bridge.js'
-import { createLogger } from '../src/log.js'
-import { Metrics } from '../src/metrics.js'
-import { WatchedJobs } from '../src/watched-jobs.js'
+import { createBridge } from '../src/stream/bridge.js'
+import { createLogger } from '../src/support/log.js'
+import { Metrics } from '../src/support/metrics.js'
+import { WatchedJobs } from '../src/stream/watched-jobs.js'
 
 function setup(subscribers: Record<string, number>) {
   const published: Array<{ topic: string; frame: string | Buffer; binary: boolean }> = []

@@ -2,7 +2,7 @@
 // seq ordering, the state machine, close-code policy, heartbeat, token refresh and fallback.
 
 import t from 'tap'
-import { advisedDelay, backoff } from '../src/client/backoff.js'
+import { advisedDelay, backoff } from '../src/support/backoff.js'
 import { BackgroundJobManager } from '../src/client/background-job-manager.js'
 import { JobView } from '../src/client/job-view.js'
 import { JobsClient, type ClientState, type JobsClientOptions } from '../src/client/jobs-client.js'

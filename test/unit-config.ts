@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ConfigError, loadConfig, OPTIONS } from '../src/config.js'
+import { ConfigError, loadConfig, OPTIONS } from '../src/support/config.js'
 
 t.test('defaults', (t) => {
   const c = loadConfig({}, {})

@@ -3,8 +3,8 @@
 
 import t from 'tap'
 import type { Broker } from '../src/broker/broker.js'
-import { createLogger } from '../src/log.js'
-import { WatchedJobs } from '../src/watched-jobs.js'
+import { createLogger } from '../src/support/log.js'
+import { WatchedJobs } from '../src/stream/watched-jobs.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 

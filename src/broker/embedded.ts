@@ -3,7 +3,7 @@
 // `make run` needs nothing but Node. Messages are delivered asynchronously and in order, as
 // they would arrive from Redis.
 
-import { channelFor } from '../topics.js'
+import { channelFor } from '../wire/topics.js'
 import { checkProducerPayload, isTerminalPayload, mergeProducerFields } from '../producer/merge.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
 

@@ -3,9 +3,9 @@
 // know the moment they are live again and can tell the gateway to resynchronise snapshots.
 
 import { Redis, type RedisOptions } from 'ioredis'
-import type { Logger } from '../log.js'
-import { rateLimitedLog } from '../log.js'
-import { jobKey } from '../topics.js'
+import type { Logger } from '../support/log.js'
+import { rateLimitedLog } from '../support/log.js'
+import { jobKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
 

@@ -1,4 +1,4 @@
-import type { JobPayload } from '../protocol.js'
+import type { JobPayload } from '../wire/protocol.js'
 import { JobsClient, type JobsClientOptions } from './jobs-client.js'
 
 export interface JobEventDetail {

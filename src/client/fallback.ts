@@ -1,4 +1,4 @@
-import type { JobPayload, ServerMessage } from '../protocol.js'
+import type { JobPayload, ServerMessage } from '../wire/protocol.js'
 
 /** Where fallback frames go: the same handler the WebSocket feeds. */
 export type FrameSink = (message: ServerMessage) => void

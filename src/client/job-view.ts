@@ -1,4 +1,4 @@
-import type { JobPayload } from '../protocol.js'
+import type { JobPayload } from '../wire/protocol.js'
 
 /** What applying a frame did to a job's view. */
 export type Applied = 'applied' | 'stale' | 'gap'

@@ -1,5 +1,5 @@
-import { CloseCode, isValidJobId, type ClientMessage, type ErrorMessage, type JobPayload, type ServerMessage } from '../protocol.js'
-import { advisedDelay, backoff } from './backoff.js'
+import { CloseCode, isValidJobId, type ClientMessage, type ErrorMessage, type JobPayload, type ServerMessage } from '../wire/protocol.js'
+import { advisedDelay, backoff } from '../support/backoff.js'
 import { FallbackWatch } from './fallback.js'
 import { JobView } from './job-view.js'
 

@@ -3,8 +3,8 @@
 // broker test suite runs the same cases against the Lua script and this file.
 
 import { pack } from 'msgpackr'
-import { decodePayload, MalformedPayload, type DecodedPayload } from '../payload.js'
-import { isTerminalStatus } from '../protocol.js'
+import { decodePayload, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
+import { isTerminalStatus } from '../wire/protocol.js'
 
 /** A payload the producer path refuses; nothing was stored or published. */
 export class ProducerError extends Error {

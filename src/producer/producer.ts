@@ -7,9 +7,9 @@
 import { pack } from 'msgpackr'
 import { Redis } from 'ioredis'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
-import { isPlainObject } from '../payload.js'
-import { isValidJobId, JOB_ID_RULE, type JobPayload } from '../protocol.js'
-import { channelFor } from '../topics.js'
+import { isPlainObject } from '../wire/payload.js'
+import { isValidJobId, JOB_ID_RULE, type JobPayload } from '../wire/protocol.js'
+import { channelFor } from '../wire/topics.js'
 import { ProducerError } from './merge.js'
 import { runProgressScript } from './script.js'
 

@@ -3,8 +3,8 @@
 
 import { readFileSync } from 'node:fs'
 import type { Redis } from 'ioredis'
-import { projectPath } from '../paths.js'
-import { channelFor, jobKey } from '../topics.js'
+import { projectPath } from '../support/paths.js'
+import { channelFor, jobKey } from '../wire/topics.js'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
 import { ProducerError } from './merge.js'
 

@@ -3,8 +3,8 @@
 
 import { existsSync, readFileSync } from 'node:fs'
 import type { TemplatedApp } from 'uWebSockets.js'
-import { respond, respondJson } from './http.js'
-import { projectPath } from './paths.js'
+import { respond, respondJson } from './respond.js'
+import { projectPath } from '../support/paths.js'
 
 interface Asset {
   readonly body: Buffer

@@ -3,9 +3,9 @@
 // Nothing is encoded for an encoding nobody on this node receives.
 
 import type { TemplatedApp } from 'uWebSockets.js'
-import { frameBytes, jsonUpdateFrame, msgpackUpdateFrame } from './frames.js'
-import type { Metrics } from './metrics.js'
-import { decodePayload, MalformedPayload } from './payload.js'
+import { frameBytes, jsonUpdateFrame, msgpackUpdateFrame } from '../wire/frames.js'
+import type { Metrics } from '../support/metrics.js'
+import { decodePayload, MalformedPayload } from '../wire/payload.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 /** uWS does not send inside publish(): it writes the queued frames right after the current

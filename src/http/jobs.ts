@@ -2,11 +2,11 @@
 // fallback). Async handlers register onAborted before their first await.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import { AuthError, canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator } from './auth.js'
-import { respond, respondBadJobId, respondJson, safeDecode, trackAborted } from './http.js'
-import type { Logger } from './log.js'
-import { isValidJobId } from './protocol.js'
-import type { Snapshot } from './snapshot.js'
+import { AuthError, canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator } from '../access/auth.js'
+import { respond, respondBadJobId, respondJson, safeDecode, trackAborted } from './respond.js'
+import type { Logger } from '../support/log.js'
+import { isValidJobId } from '../wire/protocol.js'
+import type { Snapshot } from '../stream/snapshot.js'
 
 export interface HttpContext {
   readonly log: Logger

@@ -4,11 +4,11 @@
 //   POST /admin/users/<user>/disconnect    closes every connection of that user (1008)
 
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import type { Authenticator } from './auth.js'
-import { tokenFrom } from './auth.js'
-import type { ConnectionInfo } from './connections.js'
-import { respondJson, safeDecode, trackAborted } from './http.js'
-import type { Logger } from './log.js'
+import type { Authenticator } from '../access/auth.js'
+import { tokenFrom } from '../access/auth.js'
+import type { ConnectionInfo } from '../access/connections.js'
+import { respondJson, safeDecode, trackAborted } from './respond.js'
+import type { Logger } from '../support/log.js'
 
 export interface AdminContext {
   readonly auth: Authenticator

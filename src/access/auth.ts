@@ -10,9 +10,9 @@
 import { createPublicKey, timingSafeEqual, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
-import type { Config } from './config.js'
-import { ConfigError } from './config.js'
-import { MAX_JOB_ID_LENGTH } from './protocol.js'
+import type { Config } from '../support/config.js'
+import { ConfigError } from '../support/config.js'
+import { MAX_JOB_ID_LENGTH } from '../wire/protocol.js'
 
 export interface Principal {
   readonly userId: string

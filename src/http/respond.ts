@@ -2,7 +2,7 @@
 // immediate request callback, and must not be touched once aborted.
 
 import type { HttpResponse } from 'uWebSockets.js'
-import { JOB_ID_RULE } from './protocol.js'
+import { JOB_ID_RULE } from '../wire/protocol.js'
 
 const STATUS: Record<number, string> = {
   200: '200 OK',

@@ -10,12 +10,12 @@
 // costs a handful of pipelines, not thousands (coalescing keeps the ordering guarantee: a
 // read is still issued after the request that asked for it).
 
-import type { Broker } from './broker/broker.js'
-import { withDeadline } from './deadline.js'
-import type { Logger } from './log.js'
-import type { Metrics } from './metrics.js'
-import { decodePayload, MalformedPayload } from './payload.js'
-import type { JobPayload } from './protocol.js'
+import type { Broker } from '../broker/broker.js'
+import { withDeadline } from '../support/deadline.js'
+import type { Logger } from '../support/log.js'
+import type { Metrics } from '../support/metrics.js'
+import { decodePayload, MalformedPayload } from '../wire/payload.js'
+import type { JobPayload } from '../wire/protocol.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 export interface Snapshot {

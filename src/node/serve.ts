@@ -5,11 +5,11 @@
 // caps so they hold for the node, and stops the workers on SIGTERM/SIGINT.
 
 import { fork, type ChildProcess } from 'node:child_process'
-import { LocalAdmission, type Admission, type AdmissionRequest, type AdmissionResult } from './admission.js'
-import { ConfigError, type Config } from './config.js'
-import { accessControl, Gateway, WS_PATH, type NodeRequest } from './gateway.js'
-import { createLogger, type Logger } from './log.js'
-import { detectUwsRuntime } from './uws.js'
+import { LocalAdmission, type Admission, type AdmissionRequest, type AdmissionResult } from '../access/admission.js'
+import { ConfigError, type Config } from '../support/config.js'
+import { accessControl, Gateway, WS_PATH, type NodeRequest } from '../gateway.js'
+import { createLogger, type Logger } from '../support/log.js'
+import { detectUwsRuntime } from '../support/uws.js'
 
 const WORKER_ENV = 'JOBWIRE_WORKER_INDEX'
 const NODE_QUERY_TIMEOUT_MS = 1000

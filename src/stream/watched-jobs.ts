@@ -5,12 +5,12 @@
 // UNSUBSCRIBEs it after a delay, re-checked so a quick re-subscribe does not flap. Requests
 // arriving in one event-loop turn share one SUBSCRIBE command.
 
-import type { Broker } from './broker/broker.js'
-import type { SubscriptionMode } from './config.js'
-import { updateHeads, type Frame, type UpdateHeads } from './frames.js'
-import type { Logger } from './log.js'
-import type { JobPayload } from './protocol.js'
-import { channelFor, topicFor } from './topics.js'
+import type { Broker } from '../broker/broker.js'
+import type { SubscriptionMode } from '../support/config.js'
+import { updateHeads, type Frame, type UpdateHeads } from '../wire/frames.js'
+import type { Logger } from '../support/log.js'
+import type { JobPayload } from '../wire/protocol.js'
+import { channelFor, topicFor } from '../wire/topics.js'
 
 /** Something besides WebSockets that receives a job's frames (an SSE stream). */
 export interface JobSink {

@@ -4,11 +4,11 @@
 
 import { randomBytes } from 'node:crypto'
 import type { TemplatedApp } from 'uWebSockets.js'
-import { principalFor, tokenFrom, type Authenticator } from './auth.js'
-import type { Broker } from './broker/broker.js'
-import { respondJson, trackAborted } from './http.js'
-import type { Logger } from './log.js'
-import type { JobPayload } from './protocol.js'
+import { principalFor, tokenFrom, type Authenticator } from '../access/auth.js'
+import type { Broker } from '../broker/broker.js'
+import { respondJson, trackAborted } from './respond.js'
+import type { Logger } from '../support/log.js'
+import type { JobPayload } from '../wire/protocol.js'
 
 const MAX_RUNNING = 50
 const TITLES = ['Conference keynote (1080p)', 'Cat compilation vol. 7', 'Drone flight over the fjord', 'Lecture 12: distributed systems', 'Product launch livestream']

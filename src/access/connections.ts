@@ -2,7 +2,7 @@
 // endpoints and per-user disconnects), and by the second their token expires (so expiry is
 // one bucket lookup per second instead of a timer per socket).
 
-import type { JobSocket, SocketData } from './ws-handlers.js'
+import type { JobSocket, SocketData } from '../ws/behavior.js'
 
 export interface ConnectionInfo {
   readonly id: number

@@ -5,17 +5,17 @@
 // a job_status with the latest state (so it loses intermediate updates, never the latest state).
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import type { Admission } from './admission.js'
-import { canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
-import type { Config } from './config.js'
-import type { ConnectionInfo } from './connections.js'
-import { frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE, type Frame } from './frames.js'
-import { clientAddress, respondBadJobId, respondJson, safeDecode, trackAborted } from './http.js'
-import type { Logger } from './log.js'
-import type { Metrics } from './metrics.js'
-import { isValidJobId, type JobPayload } from './protocol.js'
-import type { Snapshot } from './snapshot.js'
-import type { JobSink, WatchedJob, WatchedJobs } from './watched-jobs.js'
+import type { Admission } from '../access/admission.js'
+import { canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator, type Principal } from '../access/auth.js'
+import type { Config } from '../support/config.js'
+import type { ConnectionInfo } from '../access/connections.js'
+import { frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE, type Frame } from '../wire/frames.js'
+import { clientAddress, respondBadJobId, respondJson, safeDecode, trackAborted } from '../http/respond.js'
+import type { Logger } from '../support/log.js'
+import type { Metrics } from '../support/metrics.js'
+import { isValidJobId, type JobPayload } from '../wire/protocol.js'
+import type { Snapshot } from '../stream/snapshot.js'
+import type { JobSink, WatchedJob, WatchedJobs } from '../stream/watched-jobs.js'
 
 const HEARTBEAT_MS = 15_000
 /** A stream congested this long is closed; EventSource reconnects and resynchronises. */

@@ -4,14 +4,14 @@
 // anything is written.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import type { Authenticator } from './auth.js'
-import { tokenFrom } from './auth.js'
-import type { Broker } from './broker/broker.js'
-import { BodyTooLarge, readBody, respondBadJobId, respondJson } from './http.js'
-import type { Logger } from './log.js'
-import { isMsgpackMapStart } from './payload.js'
-import { checkProducerPayload, ProducerError } from './producer/merge.js'
-import { isValidJobId } from './protocol.js'
+import type { Authenticator } from '../access/auth.js'
+import { tokenFrom } from '../access/auth.js'
+import type { Broker } from '../broker/broker.js'
+import { BodyTooLarge, readBody, respondBadJobId, respondJson } from './respond.js'
+import type { Logger } from '../support/log.js'
+import { isMsgpackMapStart } from '../wire/payload.js'
+import { checkProducerPayload, ProducerError } from '../producer/merge.js'
+import { isValidJobId } from '../wire/protocol.js'
 
 export const MAX_PRODUCER_BODY = 256 * 1024
 const OWNER_PATTERN = /^[^\s]{1,256}$/
