@@ -46,6 +46,6 @@ t.test('metrics reflect what happened', async (t) => {
   t.ok(buckets.length >= 10 && buckets.every((b, i) => i === 0 || b >= buckets[i - 1]!), 'cumulative buckets')
   t.equal(buckets.at(-1), 1, '+Inf holds every observation')
   for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) {
-    t.match(line, /^jobwire_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[\d.e+-]+$/, `well-formed: ${line}`)
+    t.match(line, /^jobwire_[a-z_]+(\{[a-z]+="[^"]*"(,[a-z]+="[^"]*")*\})? -?[\d.e+-]+$/, `well-formed: ${line}`)
   }
 })

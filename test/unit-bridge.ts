@@ -6,6 +6,7 @@ import { pack, unpack } from 'msgpackr'
 import type { TemplatedApp } from 'uWebSockets.js'
 import type { Broker } from '../src/broker/broker.js'
 import { createBridge } from '../src/stream/bridge.js'
+import { Fanout } from '../src/stream/fanout.js'
 import { createLogger } from '../src/support/log.js'
 import { Metrics } from '../src/support/metrics.js'
 import { WatchedJobs } from '../src/stream/watched-jobs.js'
@@ -23,7 +24,7 @@ function setup(subscribers: Record<string, number>) {
   const watched = new WatchedJobs(broker, { mode: 'pattern', channelPrefix: 'progress:', unsubscribeDelayMs: 10 }, createLogger('silent'))
   const metrics = new Metrics()
   const malformed: string[] = []
-  const bridge = createBridge(app, watched, metrics, 'progress:'.length, (_job, reason) => malformed.push(reason))
+  const bridge = createBridge(watched, new Fanout(app, metrics), metrics, 'progress:'.length, (_job, reason) => malformed.push(reason))
   return { published, watched, metrics, malformed, bridge }
 }
 
@@ -79,4 +80,33 @@ t.test('the last payload and its seq are kept for snapshots; ts feeds the latenc
   t.same(job.lastPayload, { seq: 7, ts: job.lastPayload!.ts, p: 1 })
   t.equal(job.lastSeq, 7)
   t.equal(metrics.latencyCount, 1)
+})
+
+t.test('SSE sinks get the update as one finished event text, the same for every sink', async (t) => {
+  const { watched, bridge } = setup({})
+  const job = watched.acquire('f1')
+  const got: string[][] = [[], []]
+  for (const list of got) job.sinks.add({ send: (event) => list.push(event), resync: () => undefined })
+  bridge(Buffer.from('progress:f1'), Buffer.from('{"seq":3,\n"p":1}'))
+  const expected = 'event: job_update\nid: 3\ndata: {"type":"job_update","job_id":"f1","data":{"seq":3, "p":1}}\n\n'
+  t.same(got, [[expected], [expected]], 'line breaks folded, id is the seq')
+})
+
+t.test('anything that still throws in the hot path costs one message, not the process', async (t) => {
+  const { watched, bridge, metrics, malformed, published } = setup({ 'j:g1': 1 })
+  watched.acquire('g1')
+  let explode = true
+  const original = watched.get('g1')!.see.bind(watched.get('g1')!)
+  watched.get('g1')!.see = (payload, seq) => {
+    if (explode) {
+      explode = false
+      throw new Error('boom')
+    }
+    original(payload, seq)
+  }
+  bridge(Buffer.from('progress:g1'), Buffer.from('{"p":1}'))
+  bridge(Buffer.from('progress:g1'), Buffer.from('{"p":2}'))
+  t.equal(metrics.malformedPayloads, 1)
+  t.match(malformed, [/failed in the hot path: boom/])
+  t.equal(published.length, 1, 'the next message went out')
 })

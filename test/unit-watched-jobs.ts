@@ -70,11 +70,11 @@ t.test('a failed SUBSCRIBE rejects the waiters; a later restore marks the job li
   broker.failNext = true
   const a = jobs.acquire('a')
   await t.rejects(jobs.whenLive(a), /boom/)
-  t.equal(a.live, false)
+  t.equal(jobs.isLive(a), false)
   const waiting = jobs.whenLive(a)
   jobs.markAllLive()
   await waiting
-  t.equal(a.live, true)
+  t.equal(jobs.isLive(a), true)
 })
 
 t.test('broker down: jobs are not live until restored', async (t) => {
@@ -99,10 +99,10 @@ t.test('a job acquired but not yet subscribed is not marked live by a restore', 
   await sleep(5) // first SUBSCRIBE in flight, gated
   const late = jobs.acquire('late') // queued for the next flush
   jobs.markAllLive()
-  t.equal(late.live, false, 'its SUBSCRIBE was not part of the replay')
+  t.equal(jobs.isLive(late), false, 'its SUBSCRIBE was not part of the replay')
   open()
   await jobs.whenLive(late)
-  t.equal(late.live, true)
+  t.equal(jobs.isLive(late), true)
 })
 
 t.test('release without acquire is logged, not fatal', async (t) => {
@@ -110,6 +110,6 @@ t.test('release without acquire is logged, not fatal', async (t) => {
   const a = jobs.acquire('a')
   jobs.release(a)
   jobs.release(a)
-  t.equal(a.refs, 0)
+  t.equal(jobs.holders(a), 0)
 })
 

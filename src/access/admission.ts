@@ -2,6 +2,8 @@
 // connection-rate cap per address (token bucket). With --workers the primary process owns the
 // counts, so the caps hold for the whole node, not per worker (see serve.ts).
 
+import { TokenBucket } from './token-bucket.js'
+
 export interface AdmissionRequest {
   readonly userId: string | null
   readonly ip: string
@@ -24,40 +26,6 @@ export interface AdmissionLimits {
   readonly connectRatePerIp: number
 }
 
-/** Refills `rate` tokens per second up to `capacity`; take() spends one. */
-export class TokenBucket {
-  private tokens: number
-  private last: number
-
-  constructor(private readonly rate: number, private readonly capacity: number, now: number) {
-    this.tokens = capacity
-    this.last = now
-  }
-
-  take(now: number): boolean {
-    this.refill(now)
-    if (this.tokens < 1) return false
-    this.tokens -= 1
-    return true
-  }
-
-  /** Milliseconds until one token is available. */
-  waitMs(now: number): number {
-    this.refill(now)
-    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / this.rate) * 1000)
-  }
-
-  full(now: number): boolean {
-    this.refill(now)
-    return this.tokens >= this.capacity
-  }
-
-  private refill(now: number): void {
-    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) / 1000) * this.rate)
-    this.last = now
-  }
-}
-
 /** How long a client refused by a connection cap should wait before trying again. */
 const CAP_RETRY_MS = 5000
 /** Buckets of addresses that went quiet are forgotten after this long. */
@@ -67,10 +35,9 @@ export class LocalAdmission implements Admission {
   private readonly perUser = new Map<string, number>()
   private readonly perIp = new Map<string, number>()
   private readonly rates = new Map<string, TokenBucket>()
-  private readonly sweeper: NodeJS.Timeout
 
   constructor(private readonly limits: AdmissionLimits, private readonly clock: () => number = Date.now) {
-    this.sweeper = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
+    setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
   }
 
   admit({ userId, ip }: AdmissionRequest): AdmissionResult {
@@ -102,10 +69,6 @@ export class LocalAdmission implements Admission {
   release({ userId, ip }: AdmissionRequest): void {
     decrement(this.perIp, ip)
     if (userId !== null) decrement(this.perUser, userId)
-  }
-
-  dispose(): void {
-    clearInterval(this.sweeper)
   }
 
   private sweep(): void {

@@ -1,12 +1,34 @@
-// The open sockets of this process: all of them (for shutdown), by user (for the admin
-// endpoints and per-user disconnects), and by the second their token expires (so expiry is
-// one bucket lookup per second instead of a timer per socket).
+// Every open connection of this process, WebSocket and SSE alike, with ids from one counter:
+// all of them (for shutdown), by user (for the admin endpoints and per-user disconnects), and
+// by the second their token expires (so expiry is one bucket lookup per second instead of a
+// timer per connection).
 
-import type { JobSocket, SocketData } from '../ws/behavior.js'
+import type { Encoding } from '../wire/protocol.js'
+import type { Principal } from './auth.js'
+
+export type ConnectionTransport = 'websocket' | 'sse'
+
+/** What the registry needs of a connection; each transport implements it. */
+export interface Connection {
+  readonly id: number
+  readonly transport: ConnectionTransport
+  readonly principal: Principal | null
+  readonly ip: string
+  readonly encoding: Encoding
+  readonly connectedAt: number
+  /** Job ids it receives. */
+  subscriptions(): string[]
+  /** Its token expired: tell the client why, then close. */
+  expire(): void
+  /** An administrator disconnected its user. */
+  disconnect(): void
+  /** The gateway is stopping: the client should reconnect elsewhere. */
+  shutdown(): void
+}
 
 export interface ConnectionInfo {
   readonly id: number
-  readonly transport: 'websocket' | 'sse'
+  readonly transport: ConnectionTransport
   readonly user: string | null
   readonly ip: string
   readonly encoding: string
@@ -15,58 +37,69 @@ export interface ConnectionInfo {
 }
 
 export class Connections {
-  readonly all = new Set<JobSocket>()
-  private readonly byUser = new Map<string, Set<JobSocket>>()
-  private readonly expiring = new Map<number, Set<JobSocket>>()
+  private lastId = 0
+  private readonly open = new Set<Connection>()
+  private readonly byUser = new Map<string, Set<Connection>>()
+  private readonly expiring = new Map<number, Set<Connection>>()
 
-  add(ws: JobSocket, data: SocketData): void {
-    this.all.add(ws)
-    if (data.userId !== null) setOf(this.byUser, data.userId).add(ws)
-    const expires = data.principal?.expiresAt
-    if (expires != null) setOf(this.expiring, Math.ceil(expires / 1000)).add(ws)
+  /** The next connection id, unique across transports. */
+  nextId(): number {
+    return ++this.lastId
   }
 
-  remove(ws: JobSocket, data: SocketData): void {
-    this.all.delete(ws)
-    if (data.userId !== null) removeFrom(this.byUser, data.userId, ws)
-    const expires = data.principal?.expiresAt
-    if (expires != null) removeFrom(this.expiring, Math.ceil(expires / 1000), ws)
+  add(connection: Connection): void {
+    this.open.add(connection)
+    const userId = connection.principal?.userId
+    if (userId !== undefined) setOf(this.byUser, userId).add(connection)
+    const expires = connection.principal?.expiresAt
+    if (expires != null) setOf(this.expiring, Math.ceil(expires / 1000)).add(connection)
+  }
+
+  remove(connection: Connection): void {
+    if (!this.open.delete(connection)) return
+    const userId = connection.principal?.userId
+    if (userId !== undefined) removeFrom(this.byUser, userId, connection)
+    const expires = connection.principal?.expiresAt
+    if (expires != null) removeFrom(this.expiring, Math.ceil(expires / 1000), connection)
   }
 
   get size(): number {
-    return this.all.size
+    return this.open.size
   }
 
-  ofUser(userId: string): JobSocket[] {
+  all(): Connection[] {
+    return [...this.open]
+  }
+
+  ofUser(userId: string): Connection[] {
     return [...(this.byUser.get(userId) ?? [])]
   }
 
-  /** Sockets whose token has expired by `nowMs`; they leave the expiry index. */
-  takeExpired(nowMs: number): JobSocket[] {
-    const due: JobSocket[] = []
+  /** Connections whose token has expired by `nowMs`; they leave the expiry index. */
+  takeExpired(nowMs: number): Connection[] {
+    const due: Connection[] = []
     const now = Math.floor(nowMs / 1000)
-    for (const [second, sockets] of this.expiring) {
+    for (const [second, connections] of this.expiring) {
       if (second > now) continue
-      due.push(...sockets)
+      due.push(...connections)
       this.expiring.delete(second)
     }
     return due
   }
 
   list(userId?: string, limit = 10_000): ConnectionInfo[] {
-    const sockets = userId === undefined ? this.all : this.byUser.get(userId) ?? new Set<JobSocket>()
+    const connections = userId === undefined ? this.open : this.byUser.get(userId) ?? new Set<Connection>()
     const out: ConnectionInfo[] = []
-    for (const ws of sockets) {
+    for (const c of connections) {
       if (out.length >= limit) break
-      const d = ws.getUserData()
       out.push({
-        id: d.id,
-        transport: 'websocket',
-        user: d.userId,
-        ip: d.ip,
-        encoding: d.encoding,
-        connectedAt: new Date(d.connectedAt).toISOString(),
-        subscriptions: [...d.jobs.entries()].filter(([, state]) => state === 'subscribed').map(([job]) => job),
+        id: c.id,
+        transport: c.transport,
+        user: c.principal?.userId ?? null,
+        ip: c.ip,
+        encoding: c.encoding,
+        connectedAt: new Date(c.connectedAt).toISOString(),
+        subscriptions: c.subscriptions(),
       })
     }
     return out

@@ -4,42 +4,26 @@
 //   POST /admin/users/<user>/disconnect    closes every connection of that user (1008)
 
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import type { Authenticator } from '../access/auth.js'
-import { tokenFrom } from '../access/auth.js'
+import { credentialsOf, type Access } from '../access/access.js'
 import type { ConnectionInfo } from '../access/connections.js'
-import { respondJson, safeDecode, trackAborted } from './respond.js'
 import type { Logger } from '../support/log.js'
+import { respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface AdminContext {
-  readonly auth: Authenticator
+  readonly access: Access
   readonly log: Logger
   connections(user: string | undefined): Promise<ConnectionInfo[]>
   disconnectUser(user: string): Promise<number>
 }
 
-async function isAdmin(auth: Authenticator, authorization: string, queryToken: string): Promise<boolean> {
-  const token = tokenFrom(authorization, queryToken)
-  if (auth.isAdminKey(token)) return true
-  if (!auth.enabled) return !auth.hasAdminKey
-  try {
-    return (await auth.verify(token)).admin
-  } catch {
-    return false
-  }
-}
-
 function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { aborted: boolean }, param: string, user: string) => Promise<void>) {
   return (res: HttpResponse, req: HttpRequest) => {
-    const authorization = req.getHeader('authorization')
-    const queryToken = req.getQuery('token') ?? ''
+    const credentials = credentialsOf(req)
     const param = req.getParameter(0) ?? ''
     const user = req.getQuery('user') ?? ''
     const aborted = trackAborted(res)
     void (async () => {
-      if (!(await isAdmin(ctx.auth, authorization, queryToken))) {
-        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: 'admin credentials required' }, { 'www-authenticate': 'Bearer' })
-        return
-      }
+      if (!(await ctx.access.hasRole(credentials, 'admin'))) return aborted.aborted || respondUnauthorized(res, 'admin credentials required')
       try {
         await handler(res, aborted, param, user)
       } catch (err) {

@@ -4,9 +4,10 @@
 
 import { randomBytes } from 'node:crypto'
 import type { TemplatedApp } from 'uWebSockets.js'
-import { principalFor, tokenFrom, type Authenticator } from '../access/auth.js'
+import { credentialsOf, type Access } from '../access/access.js'
+import { AuthError } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
-import { respondJson, trackAborted } from './respond.js'
+import { respondJson, respondUnauthorized, trackAborted } from './respond.js'
 import type { Logger } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
 
@@ -38,7 +39,7 @@ export function demoSteps(outcome: 'success' | 'fail', random: () => number = Ma
 
 export interface DemoContext {
   readonly broker: Broker
-  readonly auth: Authenticator
+  readonly access: Access
   readonly log: Logger
 }
 
@@ -87,7 +88,7 @@ export class DemoProducer {
 
 export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoProducer): void {
   app.post('/demo/jobs', (res, req) => {
-    const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
+    const credentials = credentialsOf(req)
     const outcome = (req.getQuery('outcome') || 'random') as Outcome
     const stepMs = Math.min(5000, Math.max(20, Number(req.getQuery('step_ms') || 450)))
     const aborted = trackAborted(res)
@@ -96,13 +97,9 @@ export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoPro
     if (demo.running >= MAX_RUNNING) return respondJson(res, 429, { error: 'busy', message: `at most ${MAX_RUNNING} demo jobs at once` })
     void (async () => {
       // With access control on, the job belongs to the caller, who may then watch it.
-      let owner: string | undefined
-      try {
-        owner = (await principalFor(ctx.auth, token))?.userId
-      } catch (err) {
-        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: (err as Error).message })
-        return
-      }
+      const principal = await ctx.access.authenticate(credentials, 'http')
+      if (principal instanceof AuthError) return aborted.aborted || respondUnauthorized(res, principal.message)
+      const owner = principal?.userId
       try {
         const jobId = await demo.start(owner, outcome, stepMs)
         if (!aborted.aborted) respondJson(res, 200, { job_id: jobId })

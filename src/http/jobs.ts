@@ -2,18 +2,17 @@
 // fallback). Async handlers register onAborted before their first await.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import { AuthError, canWatch, FORBIDDEN_MESSAGE, principalFor, tokenFrom, type Authenticator } from '../access/auth.js'
-import { respond, respondBadJobId, respondJson, safeDecode, trackAborted } from './respond.js'
-import type { Logger } from '../support/log.js'
+import { credentialsOf, type Access } from '../access/access.js'
+import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
+import type { Watches } from '../stream/watch.js'
 import { isValidJobId } from '../wire/protocol.js'
-import type { Snapshot } from '../stream/snapshot.js'
+import { respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface HttpContext {
-  readonly log: Logger
-  readonly auth: Authenticator
+  readonly access: Access
+  readonly watches: Watches
   isReady(): boolean
   brokerState(): string
-  readSnapshot(jobId: string): Promise<Snapshot>
   /** The node's metrics in Prometheus text format. */
   renderMetrics(): Promise<string>
 }
@@ -36,28 +35,20 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
 
   app.get('/jobs/:id', (res, req) => {
     const jobId = safeDecode(req.getParameter(0))
-    const token = tokenFrom(req.getHeader('authorization'), req.getQuery('token') ?? '')
-    if (!isValidJobId(jobId)) {
-      return respondBadJobId(res)
-    }
+    const credentials = credentialsOf(req)
+    if (!isValidJobId(jobId)) return respondBadJobId(res)
     const state = trackAborted(res)
     void (async () => {
-      const principal = await principalFor(ctx.auth, token).catch((err: AuthError) => err)
-      if (principal instanceof AuthError) {
-        if (!state.aborted) respondJson(res, 401, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
-        return
+      const principal = await ctx.access.authenticate(credentials, 'http')
+      if (principal instanceof AuthError) return state.aborted || respondUnauthorized(res, principal.message)
+      const result = await ctx.watches.read(principal, jobId, 'http')
+      if (state.aborted) return
+      if (result.ok) {
+        if (result.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
+        return respondJson(res, 200, { job_id: jobId, data: result.data })
       }
-      try {
-        const snapshot = await ctx.readSnapshot(jobId)
-        if (state.aborted) return
-        // The same answer whether or not the job exists.
-        if (!canWatch(principal, jobId, snapshot.owner)) return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
-        if (snapshot.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
-        respondJson(res, 200, { job_id: jobId, data: snapshot.data })
-      } catch (err) {
-        ctx.log.warn({ job: jobId, err: (err as Error).message }, 'GET /jobs snapshot failed')
-        if (!state.aborted) respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
-      }
+      if (result.refusal === 'forbidden') return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
+      respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
     })()
   })
 }

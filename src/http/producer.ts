@@ -4,49 +4,29 @@
 // anything is written.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import type { Authenticator } from '../access/auth.js'
-import { tokenFrom } from '../access/auth.js'
+import { credentialsOf, type Access } from '../access/access.js'
 import type { Broker } from '../broker/broker.js'
-import { BodyTooLarge, readBody, respondBadJobId, respondJson } from './respond.js'
-import type { Logger } from '../support/log.js'
-import { isMsgpackMapStart } from '../wire/payload.js'
 import { checkProducerPayload, ProducerError } from '../producer/merge.js'
+import type { Logger } from '../support/log.js'
+import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
+import { BodyTooLarge, readBody, respondBadJobId, respondJson, respondUnauthorized, safeDecode } from './respond.js'
 
-export const MAX_PRODUCER_BODY = 256 * 1024
 const OWNER_PATTERN = /^[^\s]{1,256}$/
 
 export interface ProducerRouteContext {
   readonly broker: Broker
-  readonly auth: Authenticator
+  readonly access: Access
   readonly log: Logger
-}
-
-/** Producer credentials: the static producer key, or a token with the producer (or admin)
- * role. With access control off (loopback only) and no producer key set, anyone on the
- * machine may produce. */
-async function mayProduce(auth: Authenticator, authorization: string, queryToken: string): Promise<boolean> {
-  const token = tokenFrom(authorization, queryToken)
-  if (auth.isProducerKey(token)) return true
-  if (!auth.enabled) return !auth.hasProducerKey
-  try {
-    const principal = await auth.verify(token)
-    return principal.producer || principal.admin
-  } catch {
-    return false
-  }
 }
 
 export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): void {
   app.post('/jobs/:id/progress', (res: HttpResponse, req) => {
-    const jobId = req.getParameter(0)
+    const jobId = safeDecode(req.getParameter(0))
     const contentType = req.getHeader('content-type').split(';')[0]!.trim().toLowerCase()
-    const authorization = req.getHeader('authorization')
-    const queryToken = req.getQuery('token') ?? ''
+    const credentials = credentialsOf(req)
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
-    if (!isValidJobId(jobId)) {
-      return respondBadJobId(res)
-    }
+    if (!isValidJobId(jobId)) return respondBadJobId(res)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'
     if (!msgpack && contentType !== 'application/json' && contentType !== '') {
@@ -56,14 +36,14 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     res.onAborted(() => {
       aborted.aborted = true
     })
-    const body = readBody(res, MAX_PRODUCER_BODY, aborted)
+    const body = readBody(res, MAX_PAYLOAD_BYTES, aborted)
     // Credentials first: an unauthenticated client must not make us buffer its upload.
-    const authorized = mayProduce(ctx.auth, authorization, queryToken)
+    const authorized = ctx.access.hasRole(credentials, 'producer')
     void (async () => {
       if (!(await authorized)) {
         aborted.abandoned = true
         body.catch(() => undefined)
-        if (!aborted.aborted) respondJson(res, 401, { error: 'unauthorized', message: 'producer credentials required: Authorization: Bearer <producer key or producer token>' }, { 'www-authenticate': 'Bearer' }, true)
+        if (!aborted.aborted) respondUnauthorized(res, 'producer credentials required: Authorization: Bearer <producer key or producer token>', true)
         return
       }
       let payload: Buffer | null

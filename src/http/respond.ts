@@ -1,35 +1,26 @@
 // Small helpers for uWS HTTP responses. uWS responses must be corked when written outside the
 // immediate request callback, and must not be touched once aborted.
 
+import { STATUS_CODES } from 'node:http'
 import type { HttpResponse } from 'uWebSockets.js'
 import { JOB_ID_RULE } from '../wire/protocol.js'
 
-const STATUS: Record<number, string> = {
-  200: '200 OK',
-  202: '202 Accepted',
-  204: '204 No Content',
-  400: '400 Bad Request',
-  401: '401 Unauthorized',
-  403: '403 Forbidden',
-  404: '404 Not Found',
-  405: '405 Method Not Allowed',
-  413: '413 Payload Too Large',
-  415: '415 Unsupported Media Type',
-  426: '426 Upgrade Required',
-  429: '429 Too Many Requests',
-  500: '500 Internal Server Error',
-  503: '503 Service Unavailable',
+export function statusLine(status: number): string {
+  return `${status} ${STATUS_CODES[status] ?? 'Status'}`
 }
 
-export function statusLine(status: number): string {
-  return STATUS[status] ?? `${status} Status`
+export interface RequestState {
+  aborted: boolean
+  /** Called once if the peer goes away; uWS takes one onAborted handler per response. */
+  onAbort: (() => void) | null
 }
 
 /** Tracks whether the peer went away; async handlers check it before writing. */
-export function trackAborted(res: HttpResponse): { aborted: boolean } {
-  const state = { aborted: false }
+export function trackAborted(res: HttpResponse): RequestState {
+  const state: RequestState = { aborted: false, onAbort: null }
   res.onAborted(() => {
     state.aborted = true
+    state.onAbort?.()
   })
   return state
 }
@@ -102,6 +93,11 @@ export function readBody(res: HttpResponse, limit: number, aborted: { aborted: b
       }
     })
   })
+}
+
+/** 401 with the reason; the same shape on every route that takes credentials. */
+export function respondUnauthorized(res: HttpResponse, message: string, closeConnection = false): void {
+  respondJson(res, 401, { error: 'unauthorized', message }, { 'www-authenticate': 'Bearer' }, closeConnection)
 }
 
 export function respondBadJobId(res: HttpResponse): void {

@@ -1,39 +1,37 @@
 // Jobs this process watches, and the broker subscriptions that follow them. A job is watched
 // while anything holds a reference: a socket subscribed to one of its uWS topics (counted
-// from uWS's subscription handler), a subscribe request still fetching its snapshot, or an
+// from uWS's subscription handler), a watch being opened (while its snapshot is read), or an
 // SSE stream. In per-job mode the first reference SUBSCRIBEs its channel and the last one
 // UNSUBSCRIBEs it after a delay, re-checked so a quick re-subscribe does not flap. Requests
 // arriving in one event-loop turn share one SUBSCRIBE command.
 
 import type { Broker } from '../broker/broker.js'
 import type { SubscriptionMode } from '../support/config.js'
-import { updateHeads, type Frame, type UpdateHeads } from '../wire/frames.js'
 import type { Logger } from '../support/log.js'
+import { updateHeads, type UpdateHeads } from '../wire/frames.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { channelFor, topicFor } from '../wire/topics.js'
 
-/** Something besides WebSockets that receives a job's frames (an SSE stream). */
+/** Something besides WebSockets that receives a job's frames (an SSE stream). Events arrive
+ * as finished text, built once per broker message for every sink of the job. */
 export interface JobSink {
-  /** HOT PATH: the job_update frame in JSON, built once for all sinks and JSON sockets. */
-  update(jsonFrame: Frame, seq: number | undefined): void
-  /** The gateway resynchronised (broker came back): the job's snapshot. */
-  resync(data: JobPayload | null): void
+  /** HOT PATH: a job_update event. */
+  send(event: string): void
+  /** The job's state after the broker came back: a job_status event. */
+  resync(event: string): void
 }
 
+/** One watched job as the stream sees it: names and frame prefixes fixed at creation, the
+ * newest payload seen on its channel, and its SSE sinks. How many hold it and whether its
+ * channel is live belong to WatchedJobs alone. */
 export class WatchedJob {
   readonly channel: string
   readonly jsonTopic: string
   readonly msgpackTopic: string
   readonly heads: UpdateHeads
   readonly sinks = new Set<JobSink>()
-  refs = 0
-  /** The newest payload seen on the channel while watched: the snapshot of jobs whose
-   * producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
-  lastPayload: JobPayload | null = null
-  lastSeq: number | undefined = undefined
-  live = false
-  waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = []
-  releaseTimer: NodeJS.Timeout | null = null
+  private seenPayload: JobPayload | null = null
+  private seenSeq: number | undefined = undefined
 
   constructor(readonly id: string, channelPrefix: string) {
     this.channel = channelFor(channelPrefix, id)
@@ -41,6 +39,29 @@ export class WatchedJob {
     this.msgpackTopic = topicFor('msgpack', id)
     this.heads = updateHeads(id)
   }
+
+  /** HOT PATH: the newest payload seen on the channel while watched: the snapshot of jobs
+   * whose producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
+  see(payload: JobPayload, seq: number | undefined): void {
+    this.seenPayload = payload
+    this.seenSeq = seq
+  }
+
+  get lastPayload(): JobPayload | null {
+    return this.seenPayload
+  }
+
+  get lastSeq(): number | undefined {
+    return this.seenSeq
+  }
+}
+
+interface Hold {
+  readonly job: WatchedJob
+  refs: number
+  live: boolean
+  waiters: Array<{ resolve: () => void; reject: (err: Error) => void }>
+  releaseTimer: NodeJS.Timeout | null
 }
 
 export interface WatchedJobsOptions {
@@ -50,11 +71,11 @@ export interface WatchedJobsOptions {
 }
 
 export class WatchedJobs {
-  private readonly jobs = new Map<string, WatchedJob>()
-  private toSubscribe = new Set<WatchedJob>()
+  private readonly holds = new Map<string, Hold>()
+  private toSubscribe = new Set<Hold>()
   private toUnsubscribe = new Set<string>()
   private flushScheduled = false
-  private patternLive = false
+  private patternIsLive = false
   private disposed = false
 
   constructor(
@@ -64,100 +85,120 @@ export class WatchedJobs {
   ) {}
 
   get size(): number {
-    return this.jobs.size
+    return this.holds.size
+  }
+
+  /** Pattern mode: whether the node-wide PSUBSCRIBE is live. */
+  get patternLive(): boolean {
+    return this.patternIsLive
   }
 
   get(jobId: string): WatchedJob | undefined {
-    return this.jobs.get(jobId)
+    return this.holds.get(jobId)?.job
   }
 
-  values(): IterableIterator<WatchedJob> {
-    return this.jobs.values()
+  *values(): IterableIterator<WatchedJob> {
+    for (const hold of this.holds.values()) yield hold.job
   }
 
   acquire(jobId: string): WatchedJob {
-    let job = this.jobs.get(jobId)
-    if (job === undefined) {
-      job = new WatchedJob(jobId, this.options.channelPrefix)
-      this.jobs.set(jobId, job)
+    let hold = this.holds.get(jobId)
+    if (hold === undefined) {
+      hold = { job: new WatchedJob(jobId, this.options.channelPrefix), refs: 0, live: false, waiters: [], releaseTimer: null }
+      this.holds.set(jobId, hold)
       if (this.options.mode === 'pattern') {
-        job.live = this.patternLive
+        hold.live = this.patternIsLive
       } else {
-        this.toUnsubscribe.delete(job.channel)
-        this.toSubscribe.add(job)
+        this.toUnsubscribe.delete(hold.job.channel)
+        this.toSubscribe.add(hold)
         this.scheduleFlush()
       }
     }
-    if (job.releaseTimer !== null) {
-      clearTimeout(job.releaseTimer)
-      job.releaseTimer = null
+    if (hold.releaseTimer !== null) {
+      clearTimeout(hold.releaseTimer)
+      hold.releaseTimer = null
     }
-    job.refs++
-    return job
+    hold.refs++
+    return hold.job
   }
 
   release(job: WatchedJob): void {
-    if (job.refs <= 0) {
+    const hold = this.holds.get(job.id)
+    if (hold === undefined || hold.job !== job || hold.refs <= 0) {
       this.log.error({ job: job.id }, 'watched job released more often than acquired')
       return
     }
-    if (--job.refs > 0 || this.disposed) return
-    job.releaseTimer = setTimeout(() => {
-      job.releaseTimer = null
-      if (job.refs > 0 || this.jobs.get(job.id) !== job) return
-      this.jobs.delete(job.id)
-      this.fail(job, new Error('job no longer watched'))
+    if (--hold.refs > 0 || this.disposed) return
+    hold.releaseTimer = setTimeout(() => {
+      hold.releaseTimer = null
+      if (hold.refs > 0 || this.holds.get(job.id) !== hold) return
+      this.holds.delete(job.id)
+      this.fail(hold, new Error('job no longer watched'))
       if (this.options.mode === 'per-job') {
-        this.toSubscribe.delete(job)
+        this.toSubscribe.delete(hold)
         this.toUnsubscribe.add(job.channel)
         this.scheduleFlush()
       }
     }, this.options.unsubscribeDelayMs)
-    job.releaseTimer.unref()
+    hold.releaseTimer.unref()
+  }
+
+  /** Whether messages for the job are flowing from the broker. */
+  isLive(job: WatchedJob): boolean {
+    return this.holds.get(job.id)?.live ?? false
+  }
+
+  /** How many hold the job: subscribed sockets, SSE streams and watches being opened. */
+  holders(job: WatchedJob): number {
+    return this.holds.get(job.id)?.refs ?? 0
   }
 
   /** Resolves once messages for the job are flowing from the broker. */
   whenLive(job: WatchedJob): Promise<void> {
-    if (job.live) return Promise.resolve()
-    return new Promise((resolve, reject) => job.waiters.push({ resolve, reject }))
+    const hold = this.holds.get(job.id)
+    if (hold === undefined || hold.job !== job) return Promise.reject(new Error('job no longer watched'))
+    if (hold.live) return Promise.resolve()
+    return new Promise((resolve, reject) => hold.waiters.push({ resolve, reject }))
   }
 
   /** Pattern mode: the node-wide PSUBSCRIBE is live (or not). */
   setPatternLive(live: boolean): void {
-    this.patternLive = live
-    for (const job of this.jobs.values()) live ? this.markLive(job) : (job.live = false)
+    this.patternIsLive = live
+    for (const hold of this.holds.values()) live ? this.markLive(hold) : (hold.live = false)
   }
 
   /** The broker connection is down: no job receives messages until it is restored. */
   markAllDown(): void {
-    for (const job of this.jobs.values()) job.live = false
+    this.patternIsLive = false
+    for (const hold of this.holds.values()) hold.live = false
   }
 
   /** The broker restored every subscription after an outage. */
   markAllLive(): void {
+    if (this.options.mode === 'pattern') return this.setPatternLive(true)
     // A job whose SUBSCRIBE has not been sent yet was not part of the replay.
-    for (const job of this.jobs.values()) if (!this.toSubscribe.has(job)) this.markLive(job)
+    for (const hold of this.holds.values()) if (!this.toSubscribe.has(hold)) this.markLive(hold)
   }
 
   dispose(): void {
     this.disposed = true
-    for (const job of this.jobs.values()) {
-      if (job.releaseTimer !== null) clearTimeout(job.releaseTimer)
-      this.fail(job, new Error('gateway stopping'))
+    for (const hold of this.holds.values()) {
+      if (hold.releaseTimer !== null) clearTimeout(hold.releaseTimer)
+      this.fail(hold, new Error('gateway stopping'))
     }
-    this.jobs.clear()
+    this.holds.clear()
   }
 
-  private markLive(job: WatchedJob): void {
-    job.live = true
-    const waiters = job.waiters
-    job.waiters = []
+  private markLive(hold: Hold): void {
+    hold.live = true
+    const waiters = hold.waiters
+    hold.waiters = []
     for (const w of waiters) w.resolve()
   }
 
-  private fail(job: WatchedJob, err: Error): void {
-    const waiters = job.waiters
-    job.waiters = []
+  private fail(hold: Hold, err: Error): void {
+    const waiters = hold.waiters
+    hold.waiters = []
     for (const w of waiters) w.reject(err)
   }
 
@@ -181,14 +222,14 @@ export class WatchedJobs {
       })
     }
     if (subscribe.length > 0) {
-      this.broker.subscribe(subscribe.map((job) => job.channel)).then(
+      this.broker.subscribe(subscribe.map((hold) => hold.job.channel)).then(
         () => {
-          for (const job of subscribe) if (this.jobs.get(job.id) === job) this.markLive(job)
+          for (const hold of subscribe) if (this.holds.get(hold.job.id) === hold) this.markLive(hold)
         },
         (err: Error) => {
           // The broker replays its channel set when it reconnects, which marks these live.
           this.log.warn({ channels: subscribe.length, err: err.message }, 'broker subscribe failed')
-          for (const job of subscribe) this.fail(job, err)
+          for (const hold of subscribe) this.fail(hold, err)
         },
       )
     }

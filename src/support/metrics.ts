@@ -21,6 +21,8 @@ export class Metrics {
   resyncs = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
+  /** Requests refused on any transport, keyed `transport="…",reason="…"`. */
+  refusals: Record<string, number> = {}
   // gauges
   connections = 0
   subscriptions = 0
@@ -42,6 +44,11 @@ export class Metrics {
 
   countClientError(code: string): void {
     this.clientErrors[code] = (this.clientErrors[code] ?? 0) + 1
+  }
+
+  countRefusal(transport: string, reason: string): void {
+    const key = `transport="${transport}",reason="${reason}"`
+    this.refusals[key] = (this.refusals[key] ?? 0) + 1
   }
 
   countRejectedUpgrade(reason: string): void {
@@ -83,6 +90,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
     labelled: {
       client_errors_total: { ...m.clientErrors },
       upgrades_rejected_total: { ...m.rejectedUpgrades },
+      requests_refused_total: { ...m.refusals },
     },
     gauges: {
       connections: m.connections,
@@ -137,6 +145,7 @@ const HELP: Record<string, string> = {
   broker_reconnects_total: 'times the broker connection came back after an outage',
   client_errors_total: 'error replies sent to clients, by code',
   upgrades_rejected_total: 'WebSocket upgrades refused, by reason',
+  requests_refused_total: 'requests refused (bad or missing token, missing role, forbidden job), by transport and reason',
   connections: 'open WebSocket connections',
   subscriptions: 'socket-to-job subscriptions',
   sse_streams: 'open Server-Sent Events streams',
@@ -156,8 +165,10 @@ export function renderPrometheus(s: MetricsSnapshot, prefix = 'jobwire_'): strin
   }
   for (const [name, byLabel] of Object.entries(s.labelled)) {
     head(name, 'counter')
-    const label = name === 'client_errors_total' ? 'code' : 'reason'
-    for (const [value, count] of Object.entries(byLabel)) lines.push(`${prefix}${name}{${label}="${value}"} ${count}`)
+    // requests_refused_total's keys are already label sets; the others name one label's value.
+    const labels = (value: string) => name === 'requests_refused_total' ? value
+      : `${name === 'client_errors_total' ? 'code' : 'reason'}="${value}"`
+    for (const [value, count] of Object.entries(byLabel)) lines.push(`${prefix}${name}{${labels(value)}} ${count}`)
   }
   for (const [name, value] of Object.entries(s.gauges)) {
     head(name, 'gauge')

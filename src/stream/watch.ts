@@ -1,0 +1,73 @@
+// One flow for every transport: how a request to watch a job becomes a watcher, and how a
+// one-off read answers. WebSocket subscribes and SSE streams open watches; job_status
+// requests and GET /jobs/<id> read. The access rule, the ordering guarantee and the refusal
+// counts live here once.
+
+import { canWatch, type Principal } from '../access/auth.js'
+import type { Transport } from '../access/access.js'
+import type { Logger } from '../support/log.js'
+import type { Metrics } from '../support/metrics.js'
+import type { JobPayload } from '../wire/protocol.js'
+import type { Snapshot, SnapshotReader } from './snapshot.js'
+import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
+
+/** Why a watch or read did not happen. `gone`: the receiver left while the snapshot was read. */
+export type Refusal = 'forbidden' | 'unavailable' | 'gone'
+
+export type ReadResult = { readonly ok: true; readonly data: JobPayload | null } | { readonly ok: false; readonly refusal: Refusal }
+
+export class Watches {
+  constructor(
+    private readonly watched: WatchedJobs,
+    private readonly snapshots: SnapshotReader,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Holds the job while its snapshot is read (only once its channel is live, so nothing
+   * published later can be missing from snapshot + stream), applies the access rule, then
+   * calls `attach` in the same synchronous step: the receiver joins the job's stream and
+   * sends the snapshot before any later message can reach it. `attach` holds the job on its
+   * own (a uWS topic subscription, or an SSE stream's acquire) and returns false when the
+   * receiver has gone.
+   */
+  async open(
+    principal: Principal | null,
+    jobId: string,
+    transport: Transport,
+    attach: (job: WatchedJob, snapshot: Snapshot) => boolean,
+  ): Promise<ReadResult> {
+    const job = this.watched.acquire(jobId)
+    try {
+      const snapshot = await this.snapshots.readLive(job)
+      if (!canWatch(principal, jobId, snapshot.owner)) return this.refuse(transport, 'forbidden')
+      if (!attach(job, snapshot)) return { ok: false, refusal: 'gone' }
+      return { ok: true, data: snapshot.data }
+    } catch (err) {
+      this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: snapshot unavailable')
+      return this.refuse(transport, 'unavailable')
+    } finally {
+      this.watched.release(job)
+    }
+  }
+
+  /** The job's current state for whoever may see it (job_status requests, GET /jobs/<id>). */
+  async read(principal: Principal | null, jobId: string, transport: Transport): Promise<ReadResult> {
+    let snapshot: Snapshot
+    try {
+      snapshot = await this.snapshots.read(jobId)
+    } catch (err) {
+      this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'read failed: snapshot unavailable')
+      return this.refuse(transport, 'unavailable')
+    }
+    // The same answer whether or not the job exists.
+    if (!canWatch(principal, jobId, snapshot.owner)) return this.refuse(transport, 'forbidden')
+    return { ok: true, data: snapshot.data }
+  }
+
+  private refuse(transport: Transport, refusal: Refusal): ReadResult {
+    this.metrics.countRefusal(transport, refusal)
+    return { ok: false, refusal }
+  }
+}

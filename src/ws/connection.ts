@@ -1,0 +1,96 @@
+// One /ws/jobs socket's state, kept as uWS's user data. A class, so its behaviour lives once on
+// the prototype rather than as closures per socket. It is also the socket's admission ticket:
+// admission.release() gets the very object admit() got.
+
+import type { WebSocket } from 'uWebSockets.js'
+import type { Principal } from '../access/auth.js'
+import type { Connection } from '../access/connections.js'
+import type { TokenBucket } from '../access/token-bucket.js'
+import type { Metrics } from '../support/metrics.js'
+import { encodeMessage, frameBytes, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
+import { CloseCode, ErrorCode, type Encoding, type ServerMessage } from '../wire/protocol.js'
+
+/** uWS copies the user data given to upgrade() into an object of its own, keeping own fields
+ * and losing the prototype: the connection travels as the one field of a holder. */
+export interface SocketHolder {
+  readonly conn: SocketConnection
+}
+
+export type JobSocket = WebSocket<SocketHolder>
+
+export interface Refused {
+  readonly reason: string
+  readonly retryAfterMs: number
+}
+
+export class SocketConnection implements Connection {
+  /** Set in the open handler; uWS forbids touching it after its close handler ran. */
+  ws: JobSocket | null = null
+  /** Set when admission refused the connection: it is told why and closed with 1013 on open. */
+  refused: Refused | null = null
+  /** Messages refused by the rate limit since the last accepted one. */
+  strikes = 0
+  closed = false
+  /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed'. */
+  readonly jobs = new Map<string, 'pending' | 'subscribed'>()
+
+  constructor(
+    readonly id: number,
+    readonly encoding: Encoding,
+    readonly ip: string,
+    /** Who the token says this is; null when access control is off. */
+    readonly principal: Principal | null,
+    readonly connectedAt: number,
+    /** Inbound message rate; null when unlimited. */
+    readonly bucket: TokenBucket | null,
+    private readonly metrics: Metrics,
+  ) {}
+
+  get transport(): 'websocket' {
+    return 'websocket'
+  }
+
+  get userId(): string | null {
+    return this.principal?.userId ?? null
+  }
+
+  subscriptions(): string[] {
+    const out: string[] = []
+    for (const [job, state] of this.jobs) if (state === 'subscribed') out.push(job)
+    return out
+  }
+
+  send(message: ServerMessage): void {
+    const ws = this.ws
+    if (this.closed || ws === null) return
+    const frame = encodeMessage(this.encoding, message)
+    ws.cork(() => ws.send(frame, this.encoding === 'msgpack'))
+    this.metrics.framesOut++
+    this.metrics.bytesOut += frameBytes(frame)
+  }
+
+  sendError(code: ErrorCode, message: string, jobId?: string): void {
+    this.metrics.countClientError(code)
+    this.send(jobId === undefined ? { type: 'error', code, message } : { type: 'error', code, message, job_id: jobId })
+  }
+
+  /** Clients reconnect with a fresh token (the browser client's getToken hook). */
+  expire(): void {
+    if (this.closed) return
+    this.metrics.countClientError(ErrorCode.TokenExpired)
+    this.send(TOKEN_EXPIRED_MESSAGE)
+    this.end(CloseCode.PolicyViolation, 'token expired')
+  }
+
+  disconnect(): void {
+    this.end(CloseCode.PolicyViolation, 'disconnected by an administrator')
+  }
+
+  shutdown(): void {
+    this.end(CloseCode.GoingAway, 'server shutting down')
+  }
+
+  end(code: number, reason: string): void {
+    if (!this.closed && this.ws !== null) this.ws.end(code, reason)
+  }
+}
