@@ -7,14 +7,13 @@ import { LocalAdmission, type Admission } from './access/admission.js'
 import { Connections } from './access/connections.js'
 import { accessControl } from './access/policy.js'
 import type { Broker } from './broker/broker.js'
-import { EmbeddedBroker } from './broker/embedded.js'
-import { RedisBroker } from './broker/redis.js'
+import { createBroker } from './broker/create.js'
 import { addAdminRoutes } from './http/admin.js'
 import { addDemoRoutes, DemoProducer } from './http/demo.js'
 import { addHttpRoutes, addNotFound } from './http/jobs.js'
 import { addProducerRoute } from './http/producer.js'
 import { addStaticRoutes } from './http/static.js'
-import { connectionsOf, disconnectedOf, metricsOf, type NodeAnswer, type NodeQuery, type NodeRequest } from './node/node-request.js'
+import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, type NodeAnswer, type NodeQuery, type NodeRequest } from './node/node-request.js'
 import { Readiness } from './node/readiness.js'
 import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
@@ -43,11 +42,6 @@ export interface GatewayOptions {
   readonly admission?: Admission
   /** Asks every process of the node; defaults to asking only this one. */
   readonly nodeQuery?: NodeQuery
-}
-
-export function createBroker(config: Config, log: Logger): Broker {
-  const names = { channelPrefix: config.channelPrefix, keyPrefix: config.keyPrefix, stateTtlSec: config.stateTtlSec, terminalTtlSec: config.terminalTtlSec }
-  return config.redisUrl === '' ? new EmbeddedBroker(names) : new RedisBroker(config.redisUrl, names, log.child({ component: 'redis' }))
 }
 
 export class Gateway {
@@ -137,13 +131,8 @@ export class Gateway {
       },
     })
     if (this.config.subscriptionMode === 'pattern') {
-      this.broker.psubscribe(`${this.config.channelPrefix}*`).then(
-        () => {
-          this.watched.setPatternLive(true)
-          this.readiness.check()
-        },
-        (err: Error) => this.log.error({ err: err.message }, 'pattern subscription failed'),
-      )
+      this.watched.subscribePattern().then(() => this.readiness.check(),
+        (err: Error) => this.log.error({ err: err.message }, 'pattern subscription failed'))
     }
     this.listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
       this.app.listen(this.config.host, this.config.port, (token) => {
@@ -163,17 +152,7 @@ export class Gateway {
 
   /** This process's answer to a node-wide question. */
   handleNodeRequest(request: NodeRequest): NodeAnswer {
-    switch (request.kind) {
-      case 'metrics':
-        return { kind: 'metrics', metrics: this.metricsSnapshot() }
-      case 'connections':
-        return { kind: 'connections', connections: this.connections.list(request.user) }
-      case 'disconnect': {
-        const connections = this.connections.ofUser(request.user)
-        for (const c of connections) c.disconnect()
-        return { kind: 'disconnect', disconnected: connections.length }
-      }
-    }
+    return answerNodeRequest(request, this.connections, () => this.metricsSnapshot())
   }
 
   metricsSnapshot(): MetricsSnapshot {

@@ -2,7 +2,7 @@
 // each worker; see serve.ts), and their answers, typed per kind so nobody casts what crosses
 // the IPC channel.
 
-import type { ConnectionInfo } from '../access/connections.js'
+import type { ConnectionInfo, Connections } from '../access/connections.js'
 import type { MetricsSnapshot } from '../support/metrics.js'
 
 export type NodeRequest =
@@ -28,4 +28,19 @@ export function connectionsOf(answers: readonly NodeAnswer[]): ConnectionInfo[] 
 
 export function disconnectedOf(answers: readonly NodeAnswer[]): number {
   return answers.reduce((n, a) => n + (a.kind === 'disconnect' ? a.disconnected : 0), 0)
+}
+
+/** One process's answer. */
+export function answerNodeRequest(request: NodeRequest, connections: Connections, metrics: () => MetricsSnapshot): NodeAnswer {
+  switch (request.kind) {
+    case 'metrics':
+      return { kind: 'metrics', metrics: metrics() }
+    case 'connections':
+      return { kind: 'connections', connections: connections.list(request.user) }
+    case 'disconnect': {
+      const ofUser = connections.ofUser(request.user)
+      for (const c of ofUser) c.disconnect()
+      return { kind: 'disconnect', disconnected: ofUser.length }
+    }
+  }
 }

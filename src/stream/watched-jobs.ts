@@ -161,6 +161,12 @@ export class WatchedJobs {
     return new Promise((resolve, reject) => hold.waiters.push({ resolve, reject }))
   }
 
+  /** Pattern mode: one PSUBSCRIBE for every job channel; every job is live once it is. */
+  async subscribePattern(): Promise<void> {
+    await this.broker.psubscribe(`${this.options.channelPrefix}*`)
+    this.setPatternLive(true)
+  }
+
   /** Pattern mode: the node-wide PSUBSCRIBE is live (or not). */
   setPatternLive(live: boolean): void {
     this.patternIsLive = live
