@@ -24,7 +24,7 @@ import { Watches } from './stream/watch.js'
 import { WatchedJobs } from './stream/watched-jobs.js'
 import type { Config } from './support/config.js'
 import { withDeadline } from './support/deadline.js'
-import { rateLimitedLog, type Logger } from './support/log.js'
+import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
 import { uWS } from './support/uws.js'
 import { createWsBehavior } from './ws/behavior.js'
@@ -160,6 +160,7 @@ export class Gateway {
       jobsWatched: this.watched.size,
       brokerUp: this.broker.state === 'ready' ? 1 : 0,
       brokerReconnects: this.broker.reconnects,
+      logLinesDropped: droppedLogLines(),
     })
   }
 
@@ -180,7 +181,8 @@ export class Gateway {
     this.stopSse()
     this.watched.dispose()
     try {
-      await withDeadline(this.broker.close(), this.config.shutdownTimeoutMs, 'broker close')
+      // Leaves a second of the bound for closing what is left and exiting.
+      await withDeadline(this.broker.close(), Math.max(100, this.config.shutdownTimeoutMs - 1000), 'broker close')
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'broker did not close in time')
     }

@@ -7,7 +7,7 @@ import { LocalAdmission, type AdmissionRequest } from '../access/admission.js'
 import { accessControl } from '../access/policy.js'
 import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, type Config } from '../support/config.js'
-import type { Logger } from '../support/log.js'
+import { flushLogs, type Logger } from '../support/log.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
 import { announce } from './serve.js'
@@ -100,8 +100,11 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
     })
   }
 
-  async function stopAll(exitCode: number): Promise<void> {
+  /** Every worker gets SIGTERM and stops within its own bound; whatever is still alive at
+   * --shutdown-timeout-ms is killed, so the node as a whole ends within it. */
+  async function stopAll(): Promise<void> {
     stopping = true
+    const deadline = Date.now() + config.shutdownTimeoutMs - 200
     const alive = workers.filter((w): w is ChildProcess => w !== null)
     const exited = alive.map((w) => new Promise<void>((resolve) => {
       if (w.exitCode !== null || w.signalCode !== null) return resolve()
@@ -110,11 +113,12 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
     for (const w of alive) w.kill('SIGTERM')
     const hardStop = setTimeout(() => {
       for (const w of alive) w.kill('SIGKILL')
-    }, config.shutdownTimeoutMs + 1000)
+    }, Math.max(0, deadline - Date.now()))
     await Promise.all(exited)
     clearTimeout(hardStop)
     log.info('all workers stopped')
-    process.exit(exitCode)
+    await flushLogs(Math.max(0, Math.min(150, deadline + 150 - Date.now())))
+    process.exit(0)
   }
 
   let signalled = false
@@ -125,7 +129,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
     }
     signalled = true
     log.info({ signal }, 'stopping workers')
-    void stopAll(0)
+    void stopAll()
   }
   process.on('SIGTERM', () => onSignal('SIGTERM'))
   process.on('SIGINT', () => onSignal('SIGINT'))

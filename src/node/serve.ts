@@ -5,18 +5,23 @@
 import type { Admission, AdmissionRequest, AdmissionResult } from '../access/admission.js'
 import { ConfigError, type Config } from '../support/config.js'
 import { Gateway, WS_PATH } from '../gateway.js'
-import { createLogger, type Logger } from '../support/log.js'
+import { createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { runPrimary, WORKER_ENV } from './primary.js'
 import { Calls, isPrimaryMessage, type WorkerMessage } from './rpc.js'
 
 const NODE_QUERY_TIMEOUT_MS = 2000
+/** Part of --shutdown-timeout-ms kept for exiting itself (and, in a worker, for the primary,
+ * which kills what is left at the bound). */
+export const EXIT_MARGIN_MS = 500
+/** How long the last log lines may take to reach stdout before exit. */
+const LOG_FLUSH_MS = 200
 const ADMIT_TIMEOUT_MS = 1000
 
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
-  const log = createLogger(config.logLevel, workerIndex === undefined ? {} : { worker: Number(workerIndex) })
+  const log = createLogger(config.logLevel, workerIndex === undefined ? {} : { worker: Number(workerIndex) }, config.logBufferBytes)
   const uws = detectUwsRuntime()
   if (!uws.native) {
     log.fatal({ detail: uws.detail }, 'uWebSockets.js native binary did not load; refusing to run on its slow JavaScript fallback')
@@ -89,13 +94,17 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
     }
     stopping = true
     log.info({ reason }, 'shutting down')
+    // Whatever is stuck (a hung Redis, a stalled stdout), the process ends within the bound:
+    // nothing on this path waits without a deadline, and logging never blocks.
+    const deadline = Date.now() + config.shutdownTimeoutMs - EXIT_MARGIN_MS
     const hardStop = setTimeout(() => {
       log.error('graceful shutdown overran its bound; exiting')
       process.exit(1)
-    }, config.shutdownTimeoutMs + 2000)
+    }, Math.max(0, deadline - Date.now()))
     hardStop.unref()
     await gateway.stop()
     log.info('stopped')
+    await flushLogs(Math.max(0, Math.min(LOG_FLUSH_MS, deadline - Date.now())))
     process.exit(0)
   }
   process.on('SIGTERM', () => void shutdown('SIGTERM'))

@@ -26,6 +26,7 @@ export interface Config {
   readonly shutdownTimeoutMs: number
   readonly workers: number
   readonly logLevel: LogLevel
+  readonly logBufferBytes: number
   // access control (see src/auth.ts)
   readonly jwtSecret: string
   readonly jwtPublicKeyFile: string
@@ -180,6 +181,8 @@ export const OPTIONS = [
     help: 'gateway processes sharing the port (auto: one per core with Redis, 1 embedded)' },
   { key: 'logLevel', flag: 'log-level', env: ['LOG_LEVEL', 'JOBWIRE_LOG_LEVEL'], fallback: 'info',
     parse: oneOf(LOG_LEVELS), help: 'fatal, error, warn, info, debug, trace or silent' },
+  { key: 'logBufferBytes', flag: 'log-buffer-bytes', env: ['JOBWIRE_LOG_BUFFER_BYTES'], fallback: '1048576',
+    parse: integer(4096, 1_073_741_824), help: 'log bytes held while stdout does not take them; more are dropped and counted' },
   { key: 'jwtSecret', flag: 'jwt-secret', env: ['JOBWIRE_JWT_SECRET'], fallback: '', parse: text,
     help: 'HS256 secret verifying client tokens (prefer the environment variable to the flag)' },
   { key: 'jwtPublicKeyFile', flag: 'jwt-public-key', env: ['JOBWIRE_JWT_PUBLIC_KEY'], fallback: '', parse: text,

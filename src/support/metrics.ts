@@ -68,6 +68,7 @@ export interface LiveGauges {
   jobsWatched: number
   brokerUp: number
   brokerReconnects: number
+  logLinesDropped: number
 }
 
 export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
@@ -86,6 +87,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
       broker_reconnects_total: live.brokerReconnects,
+      log_lines_dropped_total: live.logLinesDropped,
     },
     labelled: {
       client_errors_total: { ...m.clientErrors },
@@ -143,6 +145,7 @@ const HELP: Record<string, string> = {
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',
   broker_reconnects_total: 'times the broker connection came back after an outage',
+  log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',
   client_errors_total: 'error replies sent to clients, by code',
   upgrades_rejected_total: 'WebSocket upgrades refused, by reason',
   requests_refused_total: 'requests refused (bad or missing token, missing role, forbidden job), by transport and reason',
