@@ -72,7 +72,7 @@ export class Gateway {
     const admission = options.admission ?? new LocalAdmission(config)
     this.broker = options.broker ?? createBroker(config, log)
     this.watched = new WatchedJobs(this.broker, { mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs }, log.child({ component: 'subscriptions' }))
-    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs)
+    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs)
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
     this.fanout = new Fanout(this.app, this.metrics)
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log)

@@ -11,6 +11,7 @@
 // read is still issued after the request that asked for it).
 
 import type { Broker } from '../broker/broker.js'
+import { backoff } from '../support/backoff.js'
 import { withDeadline } from '../support/deadline.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
@@ -55,6 +56,8 @@ export async function readSnapshots(
 
 /** Jobs per broker round trip. */
 const BATCH = 500
+const RETRY_MIN_MS = 100
+const RETRY_MAX_MS = 2000
 
 export class SnapshotReader {
   private queued = new Map<string, Array<{ resolve: (s: Snapshot) => void; reject: (e: Error) => void }>>()
@@ -66,6 +69,8 @@ export class SnapshotReader {
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly timeoutMs: number,
+    /** How long a new watcher waits out a broker outage before giving up. */
+    private readonly holdMs: number,
   ) {}
 
   /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
@@ -82,10 +87,21 @@ export class SnapshotReader {
   }
 
   /** The snapshot a new watcher starts from: read only once the job's channel is live, so
-   * nothing published later can be missing from snapshot + stream. */
+   * nothing published later can be missing from snapshot + stream. A watcher that arrives
+   * during a broker outage is held (up to holdMs) and completes when the broker returns: the
+   * channel goes live when the subscriptions are replayed, and a failed read is retried. */
   async readLive(job: WatchedJob): Promise<Snapshot> {
-    await withDeadline(this.watched.whenLive(job), this.timeoutMs, 'broker subscription')
-    return this.read(job.id)
+    const deadline = Date.now() + this.holdMs
+    for (let attempt = 0; ; attempt++) {
+      await withDeadline(this.watched.whenLive(job), Math.max(1, deadline - Date.now()), 'broker subscription')
+      try {
+        return await this.read(job.id)
+      } catch (err) {
+        const wait = RETRY_MIN_MS + backoff(attempt, RETRY_MIN_MS, RETRY_MAX_MS)
+        if (Date.now() + wait >= deadline) throw err
+        await new Promise((resolve) => setTimeout(resolve, wait))
+      }
+    }
   }
 
   /** Snapshots of several jobs in one round trip (the resync after an outage, in batches). */

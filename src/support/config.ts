@@ -21,6 +21,7 @@ export interface Config {
   readonly maxBackpressureBytes: number
   readonly idleTimeoutSec: number
   readonly brokerTimeoutMs: number
+  readonly outageHoldMs: number
   readonly stateTtlSec: number
   readonly terminalTtlSec: number
   readonly shutdownTimeoutMs: number
@@ -170,7 +171,9 @@ export const OPTIONS = [
   { key: 'idleTimeoutSec', flag: 'idle-timeout', env: ['JOBWIRE_IDLE_TIMEOUT'], fallback: '60', parse: integer(8, 960),
     help: 'seconds without traffic before a socket is closed (the server pings before that)' },
   { key: 'brokerTimeoutMs', flag: 'broker-timeout-ms', env: ['JOBWIRE_BROKER_TIMEOUT_MS'], fallback: '5000',
-    parse: integer(100, 600_000), help: 'how long a subscribe or snapshot waits for the broker before failing' },
+    parse: integer(100, 600_000), help: 'how long one snapshot read waits for the broker before failing' },
+  { key: 'outageHoldMs', flag: 'outage-hold-ms', env: ['JOBWIRE_OUTAGE_HOLD_MS'], fallback: '30000',
+    parse: integer(100, 3_600_000), help: 'how long a subscribe made during a broker outage is held, waiting for the broker, before it is answered unavailable' },
   { key: 'stateTtlSec', flag: 'state-ttl', env: ['JOBWIRE_STATE_TTL'], fallback: '86400', parse: integer(1, 31_536_000),
     help: 'seconds a job state is kept after its last update (producer default)' },
   { key: 'terminalTtlSec', flag: 'terminal-ttl', env: ['JOBWIRE_TERMINAL_TTL'], fallback: '3600',

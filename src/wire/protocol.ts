@@ -37,6 +37,9 @@ export const ErrorCode = {
   TooManySubscriptions: 'too_many_subscriptions',
   RateLimited: 'rate_limited',
   Internal: 'internal',
+  /** jobwire extension: the broker is down and did not return within --outage-hold-ms; retry
+   * after retry_after_ms (the client library does, with backoff). */
+  Unavailable: 'unavailable',
   /** jobwire extension: the connection's token expired; 1008 follows. */
   TokenExpired: 'token_expired',
 } as const

@@ -58,7 +58,9 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
 
 /** Repeated rate-limit refusals without a pause end the connection (1008). */
 const MAX_STRIKES = 20
-const UNAVAILABLE_MESSAGE = 'job state is unavailable right now; retry shortly'
+const UNAVAILABLE_MESSAGE = 'job state is unavailable right now (the broker is down); retry shortly'
+/** What an unavailable answer advises waiting before the retry. */
+const UNAVAILABLE_RETRY_MS = 1000
 
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder> {
   const { config, watched, watches, metrics, log, access, admission } = ctx
@@ -66,7 +68,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
 
   function refused(conn: SocketConnection, refusal: Refusal, jobId: string): void {
     if (refusal === 'forbidden') conn.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
-    else if (refusal === 'unavailable') conn.sendError(ErrorCode.Internal, UNAVAILABLE_MESSAGE, jobId)
+    else if (refusal === 'unavailable') {
+      metrics.countClientError(ErrorCode.Unavailable)
+      conn.send({ type: 'error', code: ErrorCode.Unavailable, message: UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS })
+    }
   }
 
   async function subscribe(conn: SocketConnection, jobId: string): Promise<void> {
