@@ -56,7 +56,7 @@ test-unit: install
 	$(NODE_BIN)/tap test/unit-*.ts
 
 # The bench's load generator and publisher are small C programs (cc from Debian's gcc).
-NATIVE := dist/bench/native/loadgen dist/bench/native/publisher
+NATIVE := dist/bench/native/loadgen dist/bench/native/publisher dist/bench/native/floor
 dist/bench/native/%: bench/native/%.c bench/native/common.h
 	@mkdir -p $(@D)
 	cc -O2 -Wall -Wextra -o $@ $<

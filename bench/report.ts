@@ -1,6 +1,8 @@
 // Turns bench results into the printed table, the markdown report and the SVG latency chart.
 
-import type { BenchResults, IdleResult, StreamResult, SweepResult } from './run.js'
+import type { WindowResult } from './fleet.js'
+import type { BenchResults, IdleResult, StreamResult, SweepResult, TargetSpec } from './run.js'
+import { fanout, floorAim, type FloorAim, type StreamScenario, type SweepScenario } from './scenarios.js'
 
 const f1 = (n: number) => n.toFixed(1)
 const f2 = (n: number) => n.toFixed(2)
@@ -39,6 +41,13 @@ function idleVerdict(r: IdleResult): string {
   return `${ok ? 'met' : 'MISSED'} (< ${r.scenario.aim.bytesPerConnection} B/conn, ${int(r.scenario.connectProbe)} in < ${r.scenario.aim.connectMs} ms)`
 }
 
+/** How lines and tables name a scenario: by its fan-out, computed from its sockets and jobs.
+ * (Sweep ids name their job count: "sweep-10" is the fan-out 1,000 sweep, so an id next to a
+ * figure reads as the wrong sweep.) */
+export function scenarioLabel(s: StreamScenario | SweepScenario): string {
+  return s.kind === 'sweep' ? `sweep at fan-out ${int(fanout(s))}` : `${s.id} (fan-out ${int(fanout(s))})`
+}
+
 /** "2.1x lower" when ours is below theirs, "1.3x higher" when above (lower is better). */
 function compare(ours: number, theirs: number, better: string, worse: string): string {
   if (ours <= 0 || theirs <= 0) return 'n/a'
@@ -50,22 +59,22 @@ function ratios(b: BenchResults): string[] {
   const lines: string[] = []
   const byScenario = new Map<string, StreamResult[]>()
   for (const r of streams(b)) byScenario.set(r.scenario.id, [...(byScenario.get(r.scenario.id) ?? []), r])
-  for (const [id, rs] of byScenario) {
+  for (const rs of byScenario.values()) {
     const base = rs.find((r) => r.target.kind === 'baseline')
     if (!base) continue
     for (const j of rs.filter((r) => r.target.kind === 'jobwire')) {
-      lines.push(`${id}: ${j.target.name} vs baseline: p99 ${f2(j.window.latencyMs.p99)} vs ${f2(base.window.latencyMs.p99)} ms (${compare(j.window.latencyMs.p99, base.window.latencyMs.p99, 'lower', 'higher')}), ` +
+      lines.push(`${scenarioLabel(j.scenario)}: ${j.target.name} vs baseline: p99 ${f2(j.window.latencyMs.p99)} vs ${f2(base.window.latencyMs.p99)} ms (${compare(j.window.latencyMs.p99, base.window.latencyMs.p99, 'lower', 'higher')}), ` +
         `CPU per delivery ${f1(j.window.gatewayUsPerDelivery)} vs ${f1(base.window.gatewayUsPerDelivery)} us (${compare(j.window.gatewayUsPerDelivery, base.window.gatewayUsPerDelivery, 'less', 'more')})`)
     }
   }
   const sweepBy = new Map<string, SweepResult[]>()
   for (const r of sweeps(b)) sweepBy.set(r.scenario.id, [...(sweepBy.get(r.scenario.id) ?? []), r])
-  for (const [id, rs] of sweepBy) {
+  for (const rs of sweepBy.values()) {
     const base = rs.find((r) => r.target.kind === 'baseline')
     for (const j of rs.filter((r) => r.target.kind === 'jobwire')) {
       const jb = j.best?.deliveriesPerSec ?? 0
       const bb = base?.best?.deliveriesPerSec ?? 0
-      lines.push(`${id}: ${j.target.name} sustains ${int(jb)} deliveries/s at p99 <= 10 ms vs baseline ${int(bb)}/s` + (bb > 0 ? ` (${f1(jb / bb)}x)` : ''))
+      lines.push(`${scenarioLabel(j.scenario)}: ${j.target.name} sustains ${int(jb)} deliveries/s at p99 <= 10 ms vs baseline ${int(bb)}/s` + (bb > 0 ? ` (${f1(jb / bb)}x)` : ''))
     }
   }
   const idleBase = idles(b).find((r) => r.target.kind === 'baseline')
@@ -74,6 +83,75 @@ function ratios(b: BenchResults): string[] {
   }
   return lines
 }
+
+/** One target measured against the floor in the same scenario: at the same offered load
+ * (a stream's window; for a sweep, the highest step both ran). */
+export interface FloorComparison {
+  readonly scenario: StreamScenario | SweepScenario
+  readonly target: TargetSpec
+  readonly window: WindowResult
+  readonly floor: WindowResult
+  /** Gateway CPU per delivery over the floor's; null when either measured no CPU. */
+  readonly cpuRatio: number | null
+  readonly p99Ratio: number | null
+  /** The issue's aim for this fan-out; jobwire targets only. */
+  readonly aim: FloorAim | null
+  /** null: no aim, or nothing to compare. */
+  readonly cpuMet: boolean | null
+  readonly p99Met: boolean | null
+}
+
+const ratio = (ours: number, floor: number) => (ours > 0 && floor > 0 ? ours / floor : null)
+const times = (x: number | null) => (x === null ? 'n/a' : `${f2(x)}x`)
+
+export function floorComparisons(b: BenchResults): FloorComparison[] {
+  const pairs: Array<{ scenario: StreamScenario | SweepScenario; target: TargetSpec; window: WindowResult; floor: WindowResult }> = []
+  const streamBy = new Map<string, StreamResult[]>()
+  for (const r of streams(b)) streamBy.set(r.scenario.id, [...(streamBy.get(r.scenario.id) ?? []), r])
+  for (const rs of streamBy.values()) {
+    const floor = rs.find((r) => r.target.kind === 'floor')
+    if (!floor) continue
+    for (const r of rs) if (r !== floor) pairs.push({ scenario: r.scenario, target: r.target, window: r.window, floor: floor.window })
+  }
+  const sweepBy = new Map<string, SweepResult[]>()
+  for (const r of sweeps(b)) sweepBy.set(r.scenario.id, [...(sweepBy.get(r.scenario.id) ?? []), r])
+  for (const rs of sweepBy.values()) {
+    const floor = rs.find((r) => r.target.kind === 'floor')
+    if (!floor) continue
+    for (const r of rs) {
+      if (r === floor) continue
+      // The steps are the same offered rates in the same order: compare like with like.
+      const i = Math.min(r.steps.length, floor.steps.length) - 1
+      if (i >= 0) pairs.push({ scenario: r.scenario, target: r.target, window: r.steps[i]!, floor: floor.steps[i]! })
+    }
+  }
+  return pairs.map((p) => {
+    const cpuRatio = ratio(p.window.gatewayUsPerDelivery, p.floor.gatewayUsPerDelivery)
+    const p99Ratio = ratio(p.window.latencyMs.p99, p.floor.latencyMs.p99)
+    const aim = p.target.kind === 'jobwire' ? floorAim(fanout(p.scenario)) : null
+    return {
+      ...p, cpuRatio, p99Ratio, aim,
+      cpuMet: aim && cpuRatio !== null ? cpuRatio <= aim.cpuPerDelivery : null,
+      p99Met: aim?.p99 !== undefined && p99Ratio !== null ? p99Ratio <= aim.p99 : null,
+    }
+  })
+}
+
+function aimCell(met: boolean | null, limit: number | undefined): string {
+  if (limit === undefined) return '-'
+  return `${met === null ? 'n/a' : met ? 'met' : 'MISSED'} (<= ${limit}x)`
+}
+
+function floorRows(b: BenchResults): string[][] {
+  return floorComparisons(b).map((c) => [
+    c.scenario.kind === 'sweep' ? `${scenarioLabel(c.scenario)}, step ${int(c.window.deliveriesPerSec)}/s` : scenarioLabel(c.scenario),
+    c.target.name, int(c.window.deliveriesPerSec),
+    f1(c.window.gatewayUsPerDelivery), f1(c.floor.gatewayUsPerDelivery), times(c.cpuRatio), aimCell(c.cpuMet, c.aim?.cpuPerDelivery),
+    f2(c.window.latencyMs.p99), f2(c.floor.latencyMs.p99), times(c.p99Ratio), aimCell(c.p99Met, c.aim?.p99),
+  ])
+}
+
+const FLOOR_HEAD = ['against the floor', 'target', 'deliv/s', 'us/deliv', 'floor us', 'CPU/deliv vs floor', 'aim', 'p99 ms', 'floor p99', 'p99 vs floor', 'aim']
 
 function pad(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
@@ -95,7 +173,7 @@ export function printTable(b: BenchResults): string {
   if (w.length > 0) {
     out += pad([
       ['sweep', 'target', 'best deliv/s', 'p99 ms', 'lost', 'gw CPU%', 'per gw core/s', 'gen CPU%', 'aim'],
-      ...w.map((r) => [r.scenario.id, r.target.name, int(r.best?.deliveriesPerSec ?? 0), r.best ? f2(r.best.latencyMs.p99) : '-', r.best ? int(r.best.lost) : '-',
+      ...w.map((r) => [`fan-out ${int(fanout(r.scenario))}`, r.target.name, int(r.best?.deliveriesPerSec ?? 0), r.best ? f2(r.best.latencyMs.p99) : '-', r.best ? int(r.best.lost) : '-',
         r.best ? f1(r.best.cpu.gateway) : '-', r.best ? int(perCore(r.best)) : '-', r.best ? f1(r.best.cpu.generator) : '-', sweepVerdict(r).split(' ')[0]!]),
     ]) + '\n'
   }
@@ -106,6 +184,8 @@ export function printTable(b: BenchResults): string {
       ...i.map((r) => [r.scenario.id, r.target.name, int(r.connected), `${int(r.probeConnectMs)} (${int(Math.min(r.scenario.connectProbe, r.connected))})`, int(r.subscribeMs), mb(r.rssBytes), int(r.rssPerConnection), idleVerdict(r).split(' ')[0]!]),
     ]) + '\n'
   }
+  const fl = floorRows(b)
+  if (fl.length > 0) out += pad([FLOOR_HEAD, ...fl]) + '\n'
   for (const line of ratios(b)) out += `${line}\n`
   if (b.polling) {
     const p = b.polling
@@ -154,6 +234,17 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
     }
     md += '\nA single process holds at most ~18,000 sockets here (20,000 open files per process), so the 1-process targets stop there.\n\n'
   }
+  const fl = floorRows(b)
+  if (fl.length > 0) {
+    md += '## Against the floor\n\nThe floor (bench/native/floor.c) is the least a Redis -> WebSocket fan-out can do: one C thread, one epoll loop, per-job SUBSCRIBE, ' +
+      'each message made into one frame once and written with one write() per subscribed socket, no validation, no snapshots. It runs in every scenario the baseline ' +
+      'runs in, on the same machine and load. Each target\'s gateway CPU per delivery and p99 are shown as multiples of the floor\'s, for a sweep at the highest step ' +
+      'both ran. The aims (issue 12) are for jobwire: at most 1.1x the floor\'s CPU per delivery and 1.3x its p99 at fan-out 1,000, at most 1.3x its CPU per delivery ' +
+      'at fan-out 10. CPU comes from /proc\'s 10 ms ticks, so ratios of short, light windows are rough.\n\n'
+    md += `| ${FLOOR_HEAD.join(' | ')} |\n|${FLOOR_HEAD.map(() => '---').join('|')}|\n`
+    for (const row of fl) md += `| ${row.join(' | ')} |\n`
+    md += '\n'
+  }
   const lines = ratios(b)
   if (lines.length > 0) md += '## jobwire against the baseline\n\n' + lines.map((l) => `- ${l}`).join('\n') + '\n\n'
   const why = missedAims(b)
@@ -199,6 +290,29 @@ function missedAims(b: BenchResults): string[] {
       (fanout >= 100 ? `At fan-out ${int(fanout)} the fan-out time alone (${f1((fanout / r.target.workers) * last.gatewayUsPerDelivery / 1000)} ms per update) eats the 10 ms budget.`
         : `Per delivery the gateway spends ${f1(last.gatewayUsPerDelivery)} us, most of it in the kernel.`))
   }
+  for (const c of floorComparisons(b)) {
+    if (c.aim === null || (c.cpuMet !== false && c.p99Met !== false)) continue
+    const w = c.window
+    const fl = c.floor
+    const where = `${scenarioLabel(c.scenario)}, ${c.target.name}` + (c.scenario.kind === 'sweep' ? `, at the ${int(w.deliveriesPerSec)}/s step` : '')
+    if (c.cpuMet === false) {
+      const user = (x: WindowResult) => x.gatewayUsPerDelivery * (1 - x.gatewayKernelShare / 100)
+      const kernel = (x: WindowResult) => x.gatewayUsPerDelivery * (x.gatewayKernelShare / 100)
+      const signed = (n: number) => `${n >= 0 ? '+' : ''}${f1(n)}`
+      out.push(`${where}: ${f1(w.gatewayUsPerDelivery)} us of gateway CPU per delivery against the floor's ${f1(fl.gatewayUsPerDelivery)} us ` +
+        `(${times(c.cpuRatio)}, aim <= ${c.aim.cpuPerDelivery}x). Per delivery, user space ${f1(user(w))} us against the floor's ${f1(user(fl))} us ` +
+        `(${signed(user(w) - user(fl))} us: JavaScript, V8 and uWS against the floor's whole program) and kernel ${f1(kernel(w))} us against ` +
+        `${f1(kernel(fl))} us (${signed(kernel(w) - kernel(fl))} us: system calls and the loopback TCP work they carry).`)
+    }
+    if (c.p99Met === false) {
+      const perProcess = fanout(c.scenario) / c.target.workers
+      out.push(`${where}: p99 ${f2(w.latencyMs.p99)} ms against the floor's ${f2(fl.latencyMs.p99)} ms (${times(c.p99Ratio)}, aim <= ${c.aim.p99}x); ` +
+        `p50 ${f2(w.latencyMs.p50)} against ${f2(fl.latencyMs.p50)} ms. One update goes to ${int(perProcess)} sockets per gateway process at ` +
+        `${f1(w.gatewayUsPerDelivery)} us each, about ${f1((perProcess * w.gatewayUsPerDelivery) / 1000)} ms of gateway CPU per update, against ` +
+        `${f1((fanout(c.scenario) * fl.gatewayUsPerDelivery) / 1000)} ms for the floor; the load generator used ${f1(w.cpu.generator)}% CPU ` +
+        `(${f1(fl.cpu.generator)}% with the floor).`)
+    }
+  }
   return out
 }
 
@@ -211,7 +325,7 @@ export function renderSvg(b: BenchResults): string {
   for (const r of sweeps(b)) {
     if (!r.best) continue
     const l = r.best.latencyMs
-    groups.push({ label: `${r.scenario.id} @${Math.round(r.best.deliveriesPerSec / 1000)}k/s`, sub: r.target.name, values: [l.p50, l.p90, l.p99, l.p999] })
+    groups.push({ label: `fan-out ${int(fanout(r.scenario))} @${Math.round(r.best.deliveriesPerSec / 1000)}k/s`, sub: r.target.name, values: [l.p50, l.p90, l.p99, l.p999] })
   }
   const colors = ['#9ecae1', '#6baed6', '#2171b5', '#08306b']
   const names = ['p50', 'p90', 'p99', 'p99.9']

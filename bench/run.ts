@@ -1,6 +1,6 @@
-// `make bench`: runs every scenario against jobwire (1 worker and one per core) and the
-// baseline, back to back on the same machine, then prints a table and writes
-// bench/results/<stamp>.json, latest.json, latest.md and latest.svg.
+// `make bench`: runs every scenario against jobwire (1 worker and one per core), the
+// baseline and the floor (bench/native/floor.c), back to back on the same machine, then
+// prints a table and writes bench/results/<stamp>.json, latest.json, latest.md and latest.svg.
 //
 //   node dist/bench/run.js [--size full|quick|tiny] [--only seed,edge] [--out DIR] [--profile]
 
@@ -14,11 +14,11 @@ import { Fleet, gatewayRss, jobIds, Publisher, type WindowResult } from './fleet
 import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
-import { startBaseline, startJobwire, startRedis, type Running } from './targets.js'
+import { startBaseline, startFloor, startJobwire, startRedis, type Running } from './targets.js'
 
 export interface TargetSpec {
   readonly name: string
-  readonly kind: 'jobwire' | 'baseline'
+  readonly kind: 'jobwire' | 'baseline' | 'floor'
   readonly workers: number
 }
 
@@ -101,6 +101,9 @@ function log(message: string): void {
   process.stderr.write(`[bench] ${message}\n`)
 }
 
+/** Runs wherever the baseline runs: what jobwire's CPU per delivery and p99 are compared with. */
+const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
+
 function targetsFor(scenario: Scenario): TargetSpec[] {
   if (scenario.kind === 'idle') {
     const workers = Math.max(cores, Math.ceil(scenario.sockets / FD_SAFE))
@@ -108,17 +111,21 @@ function targetsFor(scenario: Scenario): TargetSpec[] {
       { name: `jobwire ${workers}w`, kind: 'jobwire', workers },
       { name: 'jobwire', kind: 'jobwire', workers: 1 },
       { name: 'baseline (ws)', kind: 'baseline', workers: 1 },
+      FLOOR,
     ]
   }
   return [
     { name: 'jobwire', kind: 'jobwire', workers: 1 },
     ...(cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire' as const, workers: cores }] : []),
     { name: 'baseline (ws)', kind: 'baseline', workers: 1 },
+    FLOOR,
   ]
 }
 
 async function start(spec: TargetSpec, redisUrl: string): Promise<Running> {
-  return spec.kind === 'baseline' ? startBaseline(redisUrl) : startJobwire(redisUrl, spec.workers, [], values.profile)
+  if (spec.kind === 'baseline') return startBaseline(redisUrl)
+  if (spec.kind === 'floor') return startFloor(redisUrl)
+  return startJobwire(redisUrl, spec.workers, [], values.profile)
 }
 
 function loadgensFor(sockets: number): number {

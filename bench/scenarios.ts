@@ -36,6 +36,25 @@ export interface IdleScenario {
 
 export type Scenario = StreamScenario | SweepScenario | IdleScenario
 
+/** Sockets per job: how many sockets one update goes to (loadgen.c spreads socket i over job
+ * i % jobs). Sweeps and reports are labelled by it, never by the job count in their id. */
+export function fanout(s: StreamScenario | SweepScenario): number {
+  return s.sockets / s.jobs
+}
+
+/** jobwire against the floor (bench/native/floor.c, issue 12): at most these multiples of the
+ * floor's gateway CPU per delivery and p99, measured in the same scenario on the same machine. */
+export interface FloorAim {
+  readonly cpuPerDelivery: number
+  readonly p99?: number
+}
+
+export function floorAim(fanoutSockets: number): FloorAim | null {
+  if (Math.round(fanoutSockets) === 1000) return { cpuPerDelivery: 1.1, p99: 1.3 }
+  if (Math.round(fanoutSockets) === 10) return { cpuPerDelivery: 1.3 }
+  return null
+}
+
 export interface BenchPlan {
   readonly size: Size
   readonly windowMs: number

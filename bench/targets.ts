@@ -114,3 +114,14 @@ export async function startBaseline(redisUrl: string): Promise<Running> {
   await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
   return { name: 'baseline (ws)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
 }
+
+/** The floor: bench/native/floor.c, the least a Redis -> WebSocket fan-out can do (one epoll
+ * thread, one prebuilt frame and one write() per subscriber), to measure the others against. */
+export async function startFloor(redisUrl: string): Promise<Running> {
+  const port = await freePort()
+  const redis = new URL(redisUrl)
+  const proc = spawn(projectPath('dist', 'bench', 'native', 'floor'), [String(port), redis.hostname, redis.port || '6379'],
+    { stdio: ['ignore', 'ignore', 'inherit'] })
+  await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
+  return { name: 'floor (C)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
+}

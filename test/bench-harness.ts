@@ -1,6 +1,7 @@
 // `make bench` at tiny size, so the harness cannot rot: every scenario kind runs against
-// jobwire and the baseline, and the results account for every frame. No figure is asserted
-// beyond "nothing was lost": performance is shown by make bench, not by unit tests.
+// jobwire, the baseline and the floor, and the results account for every frame. No figure is
+// asserted beyond "nothing was lost": performance is shown by make bench, not by unit tests.
+// The report itself is checked on made-up results: each figure under its own scenario's name.
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
@@ -9,7 +10,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { projectPath } from '../src/support/paths.js'
-import type { BenchResults } from '../bench/run.js'
+import type { WindowResult } from '../bench/fleet.js'
+import { floorComparisons, printTable, renderMarkdown } from '../bench/report.js'
+import type { BenchResults, SweepResult, TargetSpec } from '../bench/run.js'
+import type { StreamScenario, SweepScenario } from '../bench/scenarios.js'
 
 const run = promisify(execFile)
 
@@ -23,6 +27,9 @@ t.test('bench harness at tiny size', async (t) => {
   const results = JSON.parse(readFileSync(join(out, 'latest-tiny.json'), 'utf8')) as BenchResults
   const targets = new Set(results.scenarios.map((s) => s.result.target.name))
   t.ok(targets.has('jobwire') && targets.has('baseline (ws)'), 'both gateways measured')
+  const kinds = new Map<string, Set<string>>()
+  for (const s of results.scenarios) kinds.set(s.result.scenario.id, (kinds.get(s.result.scenario.id) ?? new Set()).add(s.result.target.kind))
+  for (const [id, k] of kinds) if (k.has('baseline')) t.ok(k.has('floor'), `${id}: the floor ran beside the baseline`)
   for (const s of results.scenarios) {
     if (s.kind === 'stream') {
       t.equal(s.result.window.lost, 0, `${s.result.scenario.id} ${s.result.target.name}: nothing lost`)
@@ -36,4 +43,102 @@ t.test('bench harness at tiny size', async (t) => {
   }
   t.ok(results.polling && results.polling.pushFrameBytes > 0 && results.polling.pollResponseBytes > 0, 'polling comparison measured')
   t.match(readFileSync(join(out, 'latest-tiny.svg'), 'utf8'), /^<svg/)
+})
+
+// --- the report, on made-up results ---------------------------------------------------------
+
+function win(deliveriesPerSec: number, usPerDelivery: number, p99: number, kernelShare = 80): WindowResult {
+  return {
+    ratePerSec: 1, durationMs: 10_000, published: 1, expected: deliveriesPerSec * 10, delivered: deliveriesPerSec * 10, lost: 0, otherFrames: 0,
+    closedByServer: 0, deliveriesPerSec,
+    latencyMs: { p50: p99 / 4, p90: p99 / 2, p99, p999: p99 * 1.5, max: p99 * 2, samples: 1000 },
+    cpu: { gateway: (deliveriesPerSec * usPerDelivery) / 1e4, generator: 20, publisher: 1, redis: 1 },
+    gatewayKernelShare: kernelShare, gatewayUsPerDelivery: usPerDelivery, publisherLagMs: 0, histogram: '',
+  }
+}
+
+const JOBWIRE: TargetSpec = { name: 'jobwire', kind: 'jobwire', workers: 1 }
+const BASELINE: TargetSpec = { name: 'baseline (ws)', kind: 'baseline', workers: 1 }
+const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
+
+// As in the full plan: the ids name the job count, so "sweep-10" is the fan-out 1,000 sweep.
+const SWEEP_WIDE: SweepScenario = { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, fan-out 1,000', sockets: 10_000, jobs: 10, steps: [20_000, 40_000], aim: { p99Ms: 10, deliveriesPerCore: 100_000 } }
+const SWEEP_NARROW: SweepScenario = { kind: 'sweep', id: 'sweep-1000', title: 'throughput sweep, fan-out 10', sockets: 10_000, jobs: 1000, steps: [20_000, 40_000, 60_000], aim: { p99Ms: 10, deliveriesPerCore: 100_000 } }
+const BROADCAST: StreamScenario = { kind: 'stream', id: 'broadcast', title: 'broadcast', sockets: 10_000, jobs: 10, ratePerSec: 50, aim: { p99Ms: 10 } }
+const SEED: StreamScenario = { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } }
+
+function sweep(scenario: SweepScenario, target: TargetSpec, steps: WindowResult[], passed: number): { kind: 'sweep'; result: SweepResult } {
+  return { kind: 'sweep', result: { scenario, target, connected: scenario.sockets, steps, best: passed > 0 ? steps[passed - 1]! : null } }
+}
+
+function stream(scenario: StreamScenario, target: TargetSpec, window: WindowResult): BenchResults['scenarios'][number] {
+  return { kind: 'stream', result: { scenario, target, connected: scenario.sockets, connectMs: 100, rssBytes: 50 * 2 ** 20, rssPerConnection: 1000, window } }
+}
+
+const made: BenchResults = {
+  size: 'full', date: '2026-01-01T00:00:00.000Z', command: 'make bench', commit: 'abc1234',
+  machine: { cpus: 2, model: 'test', memoryGiB: 8, node: 'v20', kernel: '6', fdLimit: 20_000 }, windowMs: 10_000, polling: null,
+  scenarios: [
+    stream(SEED, JOBWIRE, win(10_000, 16, 1.5, 20)),
+    stream(SEED, BASELINE, win(10_000, 20, 1, 20)),
+    stream(SEED, FLOOR, win(10_000, 10, 0.5, 20)),
+    stream(BROADCAST, JOBWIRE, win(50_000, 8.4, 13.5, 90)),
+    stream(BROADCAST, BASELINE, win(50_000, 12, 27.6, 70)),
+    stream(BROADCAST, FLOOR, win(50_000, 8, 9, 95)),
+    // fan-out 1,000: no step passes; fan-out 10: 39,999/s passes, 59,998 does not.
+    sweep(SWEEP_WIDE, JOBWIRE, [win(19_998, 9, 12.5)], 0),
+    sweep(SWEEP_WIDE, BASELINE, [win(19_998, 12, 18.1)], 0),
+    sweep(SWEEP_WIDE, FLOOR, [win(19_998, 6, 7.1), win(39_998, 6.2, 9.5)], 2),
+    sweep(SWEEP_NARROW, JOBWIRE, [win(20_000, 15, 2.2), win(39_999, 15, 7.5), win(59_998, 16, 36.8)], 2),
+    sweep(SWEEP_NARROW, BASELINE, [win(19_999, 18, 2.6), win(39_999, 18, 4.1), win(59_999, 18, 36)], 2),
+    sweep(SWEEP_NARROW, FLOOR, [win(20_000, 11.5, 1.1), win(40_000, 11.5, 1.5), win(60_000, 12, 3)], 3),
+  ],
+}
+
+t.test('the report names every sweep figure by its own fan-out', async (t) => {
+  const md = renderMarkdown(made, 'x.svg')
+  const table = printTable(made)
+  const lines = [...md.split('\n'), ...table.split('\n')].filter((l) => l.includes('sustains'))
+  t.equal(lines.length, 4, 'a sweep line per jobwire target, in the markdown and the console')
+  for (const l of lines) {
+    if (/fan-out 1,000\b/.test(l)) t.match(l, /sustains 0 deliveries/, `fan-out 1,000 passed no step: ${l}`)
+    else t.match(l, /fan-out 10: jobwire sustains 39,999 deliveries\/s .* vs baseline 39,999\/s/, `fan-out 10 reached 39,999/s: ${l}`)
+  }
+  // The id that names the job count never stands next to a figure as if it were the fan-out.
+  t.notMatch(md, /sweep-10\b/)
+  t.notMatch(table, /sweep-10\b/)
+  t.match(table, /fan-out 1,000 +jobwire +0 /)
+  t.match(table, /fan-out 10 +jobwire +39,999 /)
+})
+
+t.test('the report shows jobwire as multiples of the floor, with the aims computed', async (t) => {
+  const all = floorComparisons(made)
+  const pick = (label: string, target: string) => all.find((c) => c.scenario.id === label && c.target.name === target)!
+  const broadcast = pick('broadcast', 'jobwire')
+  t.equal(broadcast.cpuRatio!.toFixed(2), '1.05', '8.4 us against 8')
+  t.equal(broadcast.cpuMet, true, '1.05x meets <= 1.1x')
+  t.equal(broadcast.p99Met, false, '13.5 ms against 9 ms misses <= 1.3x')
+  const seed = pick('seed', 'jobwire')
+  t.equal(seed.cpuMet, false, '16 us against 10 misses <= 1.3x at fan-out 10')
+  t.equal(seed.p99Met, null, 'no p99 aim at fan-out 10')
+  t.equal(pick('seed', 'baseline (ws)').aim, null, 'the aims are jobwire\'s')
+  // Sweeps: the highest step both ran, the same offered load.
+  const wide = pick('sweep-10', 'jobwire')
+  t.equal(wide.window.deliveriesPerSec, 19_998)
+  t.equal(wide.floor.deliveriesPerSec, 19_998)
+  t.equal(wide.cpuRatio!.toFixed(2), '1.50')
+  const narrow = pick('sweep-1000', 'jobwire')
+  t.equal(narrow.floor.deliveriesPerSec, 60_000)
+
+  const table = printTable(made)
+  t.match(table, /CPU\/deliv vs floor/)
+  t.match(table, /broadcast \(fan-out 1,000\) +jobwire +50,000 +8\.4 +8\.0 +1\.05x +met \(<= 1\.1x\) +13\.50 +9\.00 +1\.50x +MISSED \(<= 1\.3x\)/)
+  const md = renderMarkdown(made, 'x.svg')
+  t.match(md, /## Against the floor/)
+  t.match(md, /\| seed \(fan-out 10\) \| jobwire \| 10,000 \| 16\.0 \| 10\.0 \| 1\.60x \| MISSED \(<= 1\.3x\) \|/)
+  // Why: from the measurements, not canned.
+  const why = md.slice(md.indexOf('## Why an aim was missed'))
+  t.match(why, /seed \(fan-out 10\), jobwire: 16\.0 us of gateway CPU per delivery against the floor's 10\.0 us \(1\.60x, aim <= 1\.3x\)\. Per delivery, user space 12\.8 us against the floor's 8\.0 us \(\+4\.8 us/)
+  t.match(why, /broadcast \(fan-out 1,000\), jobwire: p99 13\.50 ms against the floor's 9\.00 ms \(1\.50x, aim <= 1\.3x\)/)
+  t.notMatch(why, /broadcast \(fan-out 1,000\), jobwire: 8\.4 us/, 'the CPU aim met there is not listed')
 })
