@@ -75,21 +75,40 @@ for (const kind of ['embedded', 'redis'] as const) {
       const obj = JSON.parse(msg.payload.toString())
       t.match(obj, { seq: 1, progress: 5 })
       t.ok(Math.abs(obj.ts - Date.now()) < 5000, 'ts is now')
-      t.ok(msg.payload.toString().startsWith('{"seq":1,"ts":'), 'fields merged first, producer bytes kept')
+      t.ok(/^\{"seq":1,"epoch":\d+,"ts":\d+,"progress":5\}$/.test(msg.payload.toString()), 'fields merged first, producer bytes kept')
+      t.ok(Math.abs(obj.epoch - Date.now()) < 5000, 'the epoch is when the job began')
       const [record] = await broker.readJobs(['c1'])
       t.same(record!.state, msg.payload, 'stored = published')
       t.equal(record!.owner, null)
       t.equal(await broker.publishProgress('c1', Buffer.from('{}')), 2)
-      t.equal((await sink.next()).payload.toString().replace(/"ts":\d+/, '"ts":T'), '{"seq":2,"ts":T}')
+      const second = (await sink.next()).payload.toString()
+      t.equal(second.replace(/"ts":\d+/, '"ts":T'), `{"seq":2,"epoch":${obj.epoch},"ts":T}`, 'same epoch while the job lives')
     })
 
     t.test('a producer ts is kept, and the owner is recorded', async (t) => {
       await broker.publishProgress('c2', Buffer.from(' {"ts":123,"a":[]} '), { owner: 'user-1' })
       const [record] = await broker.readJobs(['c2'])
-      t.same(JSON.parse(record!.state!.toString()), { seq: 1, ts: 123, a: [] })
+      t.match(JSON.parse(record!.state!.toString()), { seq: 1, epoch: Number, ts: 123, a: [] })
       t.equal(record!.owner, 'user-1')
       await broker.publishProgress('c2', Buffer.from('{"x":1}'))
       t.equal((await broker.readJobs(['c2']))[0]!.owner, 'user-1', 'owner kept when not given')
+    })
+
+    t.test('another owner is refused unless replacing is asked for; replacing begins a new epoch', async (t) => {
+      await broker.publishProgress('c7', Buffer.from('{"p":1}'), { owner: 'alice' })
+      const before = JSON.parse((await broker.readJobs(['c7']))[0]!.state!.toString())
+      await t.rejects(broker.publishProgress('c7', Buffer.from('{"p":2}'), { owner: 'mallory' }), /belongs to another owner/)
+      t.equal((await broker.readJobs(['c7']))[0]!.owner, 'alice', 'nothing written')
+      t.equal(await broker.publishProgress('c7', Buffer.from('{"p":3}'), { owner: 'alice' }), 2, 'the same owner may write')
+      await new Promise((r) => setTimeout(r, 2))
+      t.equal(await broker.publishProgress('c7', Buffer.from('{"p":4}'), { owner: 'bob', replaceOwner: true }), 3)
+      const [record] = await broker.readJobs(['c7'])
+      t.equal(record!.owner, 'bob')
+      t.ok(JSON.parse(record!.state!.toString()).epoch > before.epoch, 'a new epoch')
+    })
+
+    t.test('a payload may not set epoch', async (t) => {
+      await t.rejects(broker.publishProgress('c8', Buffer.from('{"epoch":5}')), /must not set epoch/)
     })
 
     t.test('msgpack payloads are merged as msgpack', async (t) => {

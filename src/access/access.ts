@@ -5,6 +5,7 @@
 import type { HttpRequest } from 'uWebSockets.js'
 import type { Metrics } from '../support/metrics.js'
 import { AuthError, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import { TokenBucket } from './token-bucket.js'
 
 export type Transport = 'websocket' | 'sse' | 'http'
 
@@ -19,8 +20,27 @@ export function credentialsOf(req: HttpRequest): Credentials {
   return { authorization: req.getHeader('authorization'), queryToken: req.getQuery('token') ?? '' }
 }
 
+/** What a producer credential allows: `jobs` null means any job; `admin` may also replace a
+ * job's recorded owner. */
+export interface ProducerGrant {
+  readonly admin: boolean
+  readonly jobs: readonly string[] | null
+}
+
+/** Failed producer/admin credentials per address: a burst of this many, then one a second. */
+const FAILURE_BURST = 10
+const FAILURES_PER_SEC = 1
+
 export class Access {
-  constructor(readonly auth: Authenticator, private readonly metrics: Metrics) {}
+  private readonly failures = new Map<string, TokenBucket>()
+
+  constructor(readonly auth: Authenticator, private readonly metrics: Metrics) {
+    // Addresses that stopped failing are forgotten.
+    setInterval(() => {
+      const now = Date.now()
+      for (const [ip, bucket] of this.failures) if (bucket.full(now)) this.failures.delete(ip)
+    }, 30_000).unref()
+  }
 
   get enabled(): boolean {
     return this.auth.enabled
@@ -37,24 +57,63 @@ export class Access {
     }
   }
 
-  /** The static key of the role, or a token carrying it (admin implies producer). With access
-   * control off and no static key set, anyone who reaches the gateway (loopback only) has it. */
-  async hasRole(credentials: Credentials, role: 'producer' | 'admin'): Promise<boolean> {
-    const token = tokenFrom(credentials.authorization, credentials.queryToken)
-    const isKey = role === 'admin' ? this.auth.isAdminKey(token) : this.auth.isProducerKey(token)
-    if (isKey) return true
-    const granted = await this.grants(token, role)
-    if (!granted) this.metrics.countRefusal('http', `not_${role}`)
-    return granted
+  /** An address that keeps presenting bad producer/admin credentials is refused for a while
+   * before anything is checked, so keys cannot be guessed at speed. */
+  throttled(ip: string): boolean {
+    const bucket = this.failures.get(ip)
+    return bucket !== undefined && bucket.waitMs(Date.now()) > 0
   }
 
-  private async grants(token: string, role: 'producer' | 'admin'): Promise<boolean> {
-    if (!this.auth.enabled) return !(role === 'admin' ? this.auth.hasAdminKey : this.auth.hasProducerKey)
+  /** The static admin key (Authorization header only: keys must not sit in URLs and logs), or
+   * a token with the admin role. With access control off and no admin key set, anyone who
+   * reaches the gateway (loopback only) is admin. */
+  async isAdmin(credentials: Credentials, ip: string): Promise<boolean> {
+    const key = headerToken(credentials)
+    if (this.auth.isAdminKey(key)) return true
+    const principal = await this.verified(credentials, !this.auth.hasAdminKey)
+    return principal?.admin === true || this.failed(ip, 'not_admin')
+  }
+
+  /** What the caller may produce: the static producer or admin key (header only), or a token
+   * with the producer or admin role, whose `jobs` claim, when present, scopes what it may write. */
+  async producerGrant(credentials: Credentials, ip: string): Promise<ProducerGrant | null> {
+    const key = headerToken(credentials)
+    if (this.auth.isAdminKey(key)) return { admin: true, jobs: null }
+    if (this.auth.isProducerKey(key)) return { admin: false, jobs: null }
+    if (!this.auth.enabled && !this.auth.hasProducerKey) return { admin: false, jobs: null }
+    const principal = await this.verified(credentials, false)
+    if (principal?.admin) return { admin: true, jobs: null }
+    if (principal?.producer) return { admin: false, jobs: principal.jobs.length > 0 ? principal.jobs : null }
+    this.failed(ip, 'not_producer')
+    return null
+  }
+
+  /** A verified token's principal; with access control off, an admin-like principal when
+   * `openWhenOff` (nothing to verify against), else null. */
+  private async verified(credentials: Credentials, openWhenOff: boolean): Promise<Principal | null> {
+    if (!this.auth.enabled) return openWhenOff ? OPEN_ADMIN : null
     try {
-      const principal = await this.auth.verify(token)
-      return principal.admin || (role === 'producer' && principal.producer)
+      return await this.auth.verify(tokenFrom(credentials.authorization, credentials.queryToken))
     } catch {
-      return false
+      return null
     }
   }
+
+  private failed(ip: string, reason: string): false {
+    this.metrics.countRefusal('http', reason)
+    let bucket = this.failures.get(ip)
+    if (bucket === undefined) {
+      bucket = new TokenBucket(FAILURES_PER_SEC, FAILURE_BURST, Date.now())
+      this.failures.set(ip, bucket)
+    }
+    bucket.take(Date.now())
+    return false
+  }
+}
+
+const OPEN_ADMIN: Principal = { userId: 'local', admin: true, producer: true, jobs: [], expiresAt: null }
+
+/** A static key is read from the Authorization header only. */
+function headerToken(credentials: Credentials): string {
+  return tokenFrom(credentials.authorization, '')
 }

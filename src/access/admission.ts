@@ -1,6 +1,8 @@
-// Connection admission: caps on open sockets per user and per client address, and a
-// connection-rate cap per address (token bucket). With --workers the primary process owns the
-// counts, so the caps hold for the whole node, not per worker (see serve.ts).
+// Connection admission, in two steps: the connection rate per address (a token bucket),
+// charged before the credentials are verified, so an unauthenticated flood costs a bucket
+// lookup and not a signature check; then, once the user is known, the caps on open
+// connections per user and per address. With --workers the primary process owns the counts,
+// so the limits hold for the whole node, not per worker (see node/primary.ts).
 
 import { TokenBucket } from './token-bucket.js'
 
@@ -14,6 +16,9 @@ export type AdmissionResult =
   | { readonly ok: false; readonly reason: string; readonly retryAfterMs: number }
 
 export interface Admission {
+  /** Spends one new connection from the address's rate; before anything else is checked. */
+  charge(ip: string): AdmissionResult | Promise<AdmissionResult>
+  /** The caps on open connections. */
   admit(request: AdmissionRequest): AdmissionResult | Promise<AdmissionResult>
   /** Called once for every admitted connection when it closes, with the very object that was
    * passed to admit(): it is the connection's ticket. */
@@ -26,6 +31,7 @@ export interface AdmissionLimits {
   readonly connectRatePerIp: number
 }
 
+const ADMITTED: AdmissionResult = { ok: true }
 /** How long a client refused by a connection cap should wait before trying again. */
 const CAP_RETRY_MS = 5000
 /** Buckets of addresses that went quiet are forgotten after this long. */
@@ -40,19 +46,21 @@ export class LocalAdmission implements Admission {
     setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
   }
 
-  admit({ userId, ip }: AdmissionRequest): AdmissionResult {
+  charge(ip: string): AdmissionResult {
+    const { connectRatePerIp } = this.limits
+    if (connectRatePerIp <= 0) return ADMITTED
     const now = this.clock()
-    const { maxConnectionsPerUser, maxConnectionsPerIp, connectRatePerIp } = this.limits
-    if (connectRatePerIp > 0) {
-      let bucket = this.rates.get(ip)
-      if (bucket === undefined) {
-        bucket = new TokenBucket(connectRatePerIp, connectRatePerIp * 2, now)
-        this.rates.set(ip, bucket)
-      }
-      if (!bucket.take(now)) {
-        return { ok: false, reason: `more than ${connectRatePerIp} new connections per second from this address`, retryAfterMs: Math.max(1000, bucket.waitMs(now)) }
-      }
+    let bucket = this.rates.get(ip)
+    if (bucket === undefined) {
+      bucket = new TokenBucket(connectRatePerIp, connectRatePerIp * 2, now)
+      this.rates.set(ip, bucket)
     }
+    if (bucket.take(now)) return ADMITTED
+    return { ok: false, reason: `more than ${connectRatePerIp} new connections per second from this address`, retryAfterMs: Math.max(1000, bucket.waitMs(now)) }
+  }
+
+  admit({ userId, ip }: AdmissionRequest): AdmissionResult {
+    const { maxConnectionsPerUser, maxConnectionsPerIp } = this.limits
     const ipCount = this.perIp.get(ip) ?? 0
     if (maxConnectionsPerIp > 0 && ipCount >= maxConnectionsPerIp) {
       return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }
@@ -63,7 +71,7 @@ export class LocalAdmission implements Admission {
     }
     this.perIp.set(ip, ipCount + 1)
     if (userId !== null) this.perUser.set(userId, userCount + 1)
-    return { ok: true }
+    return ADMITTED
   }
 
   release({ userId, ip }: AdmissionRequest): void {

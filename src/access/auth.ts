@@ -5,7 +5,8 @@
 // Claims: `sub` (required) is the user id; `jobs` (optional) lists job ids, or prefixes
 // ending in `*`, that the holder may watch besides its own; `role: "admin"` or
 // `roles: ["admin"]` sees every job and the admin endpoints; `role`/`roles` containing
-// "producer" may use the producer API. `exp` ends the connection when it passes.
+// "producer" may use the producer API. `exp` is required and ends the connection when it
+// passes.
 
 import { createPublicKey, timingSafeEqual, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -20,7 +21,7 @@ export interface Principal {
   readonly producer: boolean
   /** Job ids and `prefix*` patterns granted by the token, besides the user's own jobs. */
   readonly jobs: readonly string[]
-  /** Expiry in ms since the epoch, or null for a token without `exp`. */
+  /** Expiry in ms since the epoch; null only where nothing was verified (access control off). */
   readonly expiresAt: number | null
 }
 
@@ -127,8 +128,12 @@ export function createAuthenticator(config: Config): Authenticator {
       },
     }
   }
+  // Every token must expire: one without exp would be a credential for ever. --jwt-max-age
+  // also bounds how long ago it may have been issued (it then needs iat).
   const options = {
     algorithms: verifier.algorithms,
+    requiredClaims: ['exp'],
+    ...(config.jwtMaxAgeSec > 0 ? { maxTokenAge: config.jwtMaxAgeSec } : {}),
     ...(config.jwtIssuer ? { issuer: config.jwtIssuer } : {}),
     ...(config.jwtAudience ? { audience: config.jwtAudience } : {}),
   }
@@ -172,7 +177,12 @@ export const FORBIDDEN_MESSAGE = 'not allowed to watch this job'
 export function canWatch(principal: Principal | null, jobId: string, owner: string | null): boolean {
   if (principal === null || principal.admin) return true
   if (owner !== null && owner === principal.userId) return true
-  return principal.jobs.some((pattern) => pattern.endsWith('*') ? jobId.startsWith(pattern.slice(0, -1)) : pattern === jobId)
+  return claimCovers(principal.jobs, jobId)
+}
+
+/** Whether a token's `jobs` claim (ids, or prefixes ending in `*`) covers the job. */
+export function claimCovers(patterns: readonly string[], jobId: string): boolean {
+  return patterns.some((pattern) => pattern.endsWith('*') ? jobId.startsWith(pattern.slice(0, -1)) : pattern === jobId)
 }
 
 export function isLoopbackHost(host: string): boolean {

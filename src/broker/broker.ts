@@ -4,7 +4,16 @@
 // same suite against both.
 
 export type BrokerKind = 'redis' | 'embedded'
-export type BrokerState = 'connecting' | 'ready' | 'down' | 'closed'
+/**
+ * Where the broker stands, from the gateway's point of view:
+ * - `connecting`: has never been ready since start().
+ * - `ready`: commands work and every subscription is live.
+ * - `down`: a connection was lost after having been ready; messages may be missed.
+ * - `replaying`: both connections are back; the subscriptions are being re-sent and are not
+ *   all acknowledged yet, so messages may still be missed (Redis only; embedded never is).
+ * - `closed`: close() was called; the listener is not told (its owner asked for it).
+ */
+export type BrokerState = 'connecting' | 'ready' | 'down' | 'replaying' | 'closed'
 
 /** A job's stored record, as the producer script left it. */
 export interface JobRecord {
@@ -14,8 +23,11 @@ export interface JobRecord {
 }
 
 export interface ProgressOptions {
-  /** The user id to record as the job's owner. */
+  /** The user id to record as the job's owner, when it has none. */
   readonly owner?: string
+  /** Replace an owner already recorded (admins only); otherwise a different owner is refused
+   * with ProducerError and nothing is written. */
+  readonly replaceOwner?: boolean
   readonly ttlSec?: number
   readonly terminalTtlSec?: number
 }
@@ -24,9 +36,10 @@ export interface BrokerListener {
   /** HOT PATH: one message on a subscribed channel. Both buffers are only valid during the
    * call. */
   message(channel: Buffer, payload: Buffer): void
+  /** Every change of state but to `closed`. */
   state(state: BrokerState): void
-  /** After an outage: every subscription is live again, and stored state may have moved on
-   * while messages could not arrive. */
+  /** Once per outage, right after the state is back to `ready`: every subscription is live
+   * again, and stored state may have moved on while messages could not arrive. */
   restored(): void
 }
 
@@ -37,7 +50,8 @@ export interface Broker {
   readonly reconnects: number
   /** Connects in the background; `state` reports progress. */
   start(listener: BrokerListener): void
-  /** Resolves once messages on every channel are being received. */
+  /** Resolves once messages on every channel are being received; while the broker is out of
+   * reach, that is once it is back (rejects only on a refusal or close()). */
   subscribe(channels: readonly string[]): Promise<void>
   unsubscribe(channels: readonly string[]): Promise<void>
   /** Resolves once the pattern subscription is live. */

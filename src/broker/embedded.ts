@@ -4,11 +4,13 @@
 // they would arrive from Redis.
 
 import { channelFor } from '../wire/topics.js'
-import { checkProducerPayload, isTerminalPayload, mergeProducerFields } from '../producer/merge.js'
+import { checkProducerPayload, isTerminalPayload, mergeProducerFields, OwnerConflict } from '../producer/merge.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
 
 interface StoredJob {
   seq: number
+  /** The generation: new when the job is created and when its owner is replaced. */
+  epoch: number
   state: Buffer | null
   owner: string | null
   expiresAt: number
@@ -68,9 +70,12 @@ export class EmbeddedBroker implements Broker {
   async publishProgress(jobId: string, payload: Buffer, options: ProgressOptions = {}): Promise<number> {
     const decoded = checkProducerPayload(payload)
     const now = Date.now()
-    const job = this.live(jobId, now) ?? { seq: 0, state: null, owner: null, expiresAt: 0 }
+    const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: null, expiresAt: 0 }
+    const replacing = options.owner !== undefined && options.owner !== '' && job.owner !== null && job.owner !== options.owner
+    if (replacing && !options.replaceOwner) throw new OwnerConflict()
+    if (job.epoch === 0 || replacing) job.epoch = Math.max(now, job.epoch + 1)
     job.seq++
-    job.state = mergeProducerFields(decoded, job.seq, now)
+    job.state = mergeProducerFields(decoded, job.seq, job.epoch, now)
     if (options.owner) job.owner = options.owner
     const ttlSec = isTerminalPayload(decoded)
       ? options.terminalTtlSec ?? this.names.terminalTtlSec

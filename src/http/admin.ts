@@ -7,11 +7,12 @@ import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import type { ConnectionInfo } from '../access/connections.js'
 import type { Logger } from '../support/log.js'
-import { respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
+import { clientAddress, respondJson, respondThrottled, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface AdminContext {
   readonly access: Access
   readonly log: Logger
+  readonly trustProxy: boolean
   connections(user: string | undefined): Promise<ConnectionInfo[]>
   disconnectUser(user: string): Promise<number>
 }
@@ -21,9 +22,11 @@ function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { abor
     const credentials = credentialsOf(req)
     const param = req.getParameter(0) ?? ''
     const user = req.getQuery('user') ?? ''
+    const ip = clientAddress(res, ctx.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    if (ctx.access.throttled(ip)) return respondThrottled(res)
     const aborted = trackAborted(res)
     void (async () => {
-      if (!(await ctx.access.hasRole(credentials, 'admin'))) return aborted.aborted || respondUnauthorized(res, 'admin credentials required')
+      if (!(await ctx.access.isAdmin(credentials, ip))) return aborted.aborted || respondUnauthorized(res, 'admin credentials required: Authorization: Bearer <admin key or admin token>')
       try {
         await handler(res, aborted, param, user)
       } catch (err) {

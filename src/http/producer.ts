@@ -5,12 +5,13 @@
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
+import { claimCovers } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
-import { checkProducerPayload, ProducerError } from '../producer/merge.js'
+import { checkProducerPayload, OwnerConflict, ProducerError } from '../producer/merge.js'
 import type { Logger } from '../support/log.js'
 import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
-import { BodyTooLarge, readBody, respondBadJobId, respondJson, respondUnauthorized, safeDecode } from './respond.js'
+import { BodyTooLarge, clientAddress, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
 
 const OWNER_PATTERN = /^[^\s]{1,256}$/
 
@@ -18,6 +19,7 @@ export interface ProducerRouteContext {
   readonly broker: Broker
   readonly access: Access
   readonly log: Logger
+  readonly trustProxy: boolean
 }
 
 export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): void {
@@ -26,6 +28,9 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const contentType = req.getHeader('content-type').split(';')[0]!.trim().toLowerCase()
     const credentials = credentialsOf(req)
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
+    const replaceOwner = (req.getQuery('replace_owner') ?? '') === '1'
+    const ip = clientAddress(res, ctx.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    if (ctx.access.throttled(ip)) return respondThrottled(res)
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'
@@ -38,12 +43,19 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     })
     const body = readBody(res, MAX_PAYLOAD_BYTES, aborted)
     // Credentials first: an unauthenticated client must not make us buffer its upload.
-    const authorized = ctx.access.hasRole(credentials, 'producer')
+    const granted = ctx.access.producerGrant(credentials, ip)
     void (async () => {
-      if (!(await authorized)) {
+      const grant = await granted
+      const refusal = grant === null ? 'producer credentials required: Authorization: Bearer <producer key or producer token>'
+        : grant.jobs !== null && !claimCovers(grant.jobs, jobId) ? `this producer token may not write job ${jobId} (its jobs claim)`
+          : replaceOwner && !grant.admin ? 'replace_owner=1 needs admin credentials'
+            : null
+      if (refusal !== null) {
         aborted.abandoned = true
         body.catch(() => undefined)
-        if (!aborted.aborted) respondUnauthorized(res, 'producer credentials required: Authorization: Bearer <producer key or producer token>', true)
+        if (aborted.aborted) return
+        if (grant === null) respondUnauthorized(res, refusal, true)
+        else respondJson(res, 403, { error: 'forbidden', message: refusal }, {}, true)
         return
       }
       let payload: Buffer | null
@@ -59,10 +71,11 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
           throw new ProducerError(msgpack ? 'content-type is msgpack but the body is not a msgpack map' : 'body is not a JSON object (for msgpack, say content-type: application/msgpack)')
         }
         checkProducerPayload(payload)
-        const seq = await ctx.broker.publishProgress(jobId, payload, owner ? { owner } : {})
+        const seq = await ctx.broker.publishProgress(jobId, payload, { ...(owner ? { owner } : {}), ...(replaceOwner ? { replaceOwner } : {}) })
         if (!aborted.aborted) respondJson(res, 200, { job_id: jobId, seq })
       } catch (err) {
         if (aborted.aborted) return
+        if (err instanceof OwnerConflict) return respondJson(res, 409, { error: 'owner_conflict', message: err.message })
         if (err instanceof ProducerError) return respondJson(res, 400, { error: 'bad_payload', message: err.message })
         ctx.log.warn({ job: jobId, err: (err as Error).message }, 'producer API publish failed')
         respondJson(res, 503, { error: 'unavailable', message: 'the broker is unavailable; retry' }, { 'retry-after': '1' })

@@ -100,6 +100,11 @@ export function respondUnauthorized(res: HttpResponse, message: string, closeCon
   respondJson(res, 401, { error: 'unauthorized', message }, { 'www-authenticate': 'Bearer' }, closeConnection)
 }
 
+/** 429 for an address refused after repeated bad credentials. */
+export function respondThrottled(res: HttpResponse): void {
+  respondJson(res, 429, { error: 'rate_limited', message: 'too many failed attempts from this address; wait and retry' }, { 'retry-after': '1' }, true)
+}
+
 export function respondBadJobId(res: HttpResponse): void {
   respondJson(res, 400, { error: 'bad_job_id', message: JOB_ID_RULE })
 }

@@ -73,6 +73,8 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
           return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: all }))
         case 'node-answer':
           return answers.answer(message.id, message.answer)
+        case 'charge':
+          return reply({ type: 'admit-result', id: message.id, result: admission.charge(message.ip) })
         case 'admit': {
           const result = admission.admit(message.request)
           if (result.ok) held[index]!.set(message.id, message.request)

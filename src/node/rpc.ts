@@ -10,6 +10,7 @@ export type WorkerMessage =
   /** A question for the whole node, asked by the worker that received it over HTTP. */
   | { readonly type: 'node-query'; readonly id: number; readonly request: NodeRequest }
   | { readonly type: 'node-answer'; readonly id: number; readonly answer: NodeAnswer }
+  | { readonly type: 'charge'; readonly id: number; readonly ip: string }
   | { readonly type: 'admit'; readonly id: number; readonly request: AdmissionRequest }
   | { readonly type: 'release'; readonly id: number }
 
@@ -18,7 +19,7 @@ export type PrimaryMessage =
   | { readonly type: 'node-answers'; readonly id: number; readonly answers: NodeAnswer[] }
   | { readonly type: 'admit-result'; readonly id: number; readonly result: AdmissionResult }
 
-const WORKER_TYPES = new Set(['listening', 'node-query', 'node-answer', 'admit', 'release'])
+const WORKER_TYPES = new Set(['listening', 'node-query', 'node-answer', 'charge', 'admit', 'release'])
 const PRIMARY_TYPES = new Set(['node-request', 'node-answers', 'admit-result'])
 
 function hasType(message: unknown, types: ReadonlySet<string>): boolean {

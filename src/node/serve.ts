@@ -18,6 +18,7 @@ export const EXIT_MARGIN_MS = 500
 /** How long the last log lines may take to reach stdout before exit. */
 const LOG_FLUSH_MS = 200
 const ADMIT_TIMEOUT_MS = 1000
+const ADMIT_RETRY_MS = 1000
 
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
@@ -39,17 +40,27 @@ function primaryLink(log: Logger, local: () => Gateway) {
   // Each admission has an id, its ticket: a release frees exactly what the primary counted
   // for that id, and nothing when the primary had refused it.
   const ticketIds = new WeakMap<AdmissionRequest, number>()
+  // If the primary does not answer in time the connection is refused (the limits must hold;
+  // the client retries), and a late count is given back.
+  const failClosed = (): AdmissionResult => {
+    log.error('the primary did not answer an admission request in time; refusing the connection')
+    return { ok: false, reason: 'the node is busy; retry shortly', retryAfterMs: ADMIT_RETRY_MS }
+  }
   const admission: Admission = {
-    // If the primary does not answer in time the connection is let in (availability over a
-    // cap) and the miss is logged.
-    admit: (request) => admits.ask((id) => {
-      ticketIds.set(request, id)
-      // A plain copy: the request may be a class instance whose fields IPC would not carry.
-      send({ type: 'admit', id, request: { userId: request.userId, ip: request.ip } })
-    }, ADMIT_TIMEOUT_MS, () => {
-      log.error('the primary did not answer an admission request; admitting')
-      return { ok: true }
-    }),
+    charge: (ip) => admits.ask((id) => send({ type: 'charge', id, ip }), ADMIT_TIMEOUT_MS, failClosed),
+    admit: async (request) => {
+      let ticket = 0
+      const result = await admits.ask((id) => {
+        ticket = id
+        // A plain copy: the request may be a class instance whose fields IPC would not carry.
+        send({ type: 'admit', id, request: { userId: request.userId, ip: request.ip } })
+      }, ADMIT_TIMEOUT_MS, () => {
+        send({ type: 'release', id: ticket })
+        return failClosed()
+      })
+      if (result.ok) ticketIds.set(request, ticket)
+      return result
+    },
     release: (request) => {
       const id = ticketIds.get(request)
       if (id !== undefined) send({ type: 'release', id })

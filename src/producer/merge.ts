@@ -11,6 +11,16 @@ export class ProducerError extends Error {
   override name = 'ProducerError'
 }
 
+export const OWNER_CONFLICT = 'the job belongs to another owner; only an admin may change it'
+
+/** The job has another recorded owner and replacing it was not asked for (or allowed). */
+export class OwnerConflict extends ProducerError {
+  override name = 'OwnerConflict'
+  constructor() {
+    super(OWNER_CONFLICT)
+  }
+}
+
 /** Checks a payload against the producer rules; throws ProducerError with the reason. */
 export function checkProducerPayload(payload: Buffer): DecodedPayload {
   const decoded = decodePayload(payload)
@@ -27,6 +37,9 @@ export function checkProducerPayload(payload: Buffer): DecodedPayload {
   if (decoded.obj.seq !== undefined) {
     throw new ProducerError('payload must not set seq; the script assigns it')
   }
+  if (decoded.obj.epoch !== undefined) {
+    throw new ProducerError('payload must not set epoch; the script assigns it')
+  }
   if (decoded.obj.ts !== undefined && typeof decoded.obj.ts !== 'number') {
     throw new ProducerError('ts must be a number (milliseconds since the epoch)')
   }
@@ -37,21 +50,29 @@ export function isTerminalPayload(decoded: DecodedPayload): boolean {
   return isTerminalStatus(decoded.obj.status)
 }
 
-/** The stored/published bytes: the payload with `seq` (and `ts`, when absent) merged in
- * first, the producer's own bytes kept as they are. */
-export function mergeProducerFields(decoded: DecodedPayload, seq: number, nowMs: number): Buffer {
+/** The stored/published bytes: the payload with `seq`, `epoch` (and `ts`, when absent) merged
+ * in first, the producer's own bytes kept as they are. */
+export function mergeProducerFields(decoded: DecodedPayload, seq: number, epoch: number, nowMs: number): Buffer {
   const addTs = decoded.obj.ts === undefined
   const bytes = decoded.bytes
   if (decoded.format === 'json') {
     const open = bytes.indexOf(0x7b) // '{', after optional JSON whitespace
     const empty = Object.keys(decoded.obj).length === 0
-    const fields = `{"seq":${seq}${addTs ? `,"ts":${nowMs}` : ''}${empty ? '' : ','}`
+    const fields = `{"seq":${seq},"epoch":${epoch}${addTs ? `,"ts":${nowMs}` : ''}${empty ? '' : ','}`
     return Buffer.concat([Buffer.from(fields), bytes.subarray(open + 1)])
   }
   const [count, bodyStart] = readMapHeader(bytes)
-  const added = addTs ? 2 : 1
-  const fields = addTs ? [pack('seq'), pack(seq), pack('ts'), pack(nowMs)] : [pack('seq'), pack(seq)]
-  return Buffer.concat([mapHeader(count + added), ...fields, bytes.subarray(bodyStart)])
+  // epoch and ts as float64, as progress.lua writes them.
+  const fields = [pack('seq'), pack(seq), pack('epoch'), float64(epoch)]
+  if (addTs) fields.push(pack('ts'), float64(nowMs))
+  return Buffer.concat([mapHeader(count + fields.length / 2), ...fields, bytes.subarray(bodyStart)])
+}
+
+function float64(value: number): Buffer {
+  const b = Buffer.alloc(9)
+  b[0] = 0xcb
+  b.writeDoubleBE(value, 1)
+  return b
 }
 
 function readMapHeader(bytes: Buffer): [count: number, bodyStart: number] {

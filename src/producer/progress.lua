@@ -8,17 +8,21 @@
 -- ARGV[3]  owner (user id) to record; '' leaves the recorded owner as it is
 -- ARGV[4]  TTL in seconds while the job runs (default 86400)
 -- ARGV[5]  TTL in seconds once its status is completed, failed or cancelled (default 3600)
+-- ARGV[6]  '1' to replace an owner already recorded (admins only); otherwise a different
+--          owner is refused and the recorded one stays
 --
--- Effects: increments the job's seq, stores the payload with seq and ts merged in as the
--- job's state, records the owner, refreshes the TTL and PUBLISHes the stored bytes on the
--- channel. Returns the new seq. A bad payload is refused with an error before anything is
--- written.
+-- Effects: increments the job's seq, stores the payload with seq, epoch and ts merged in as
+-- the job's state, records the owner, refreshes the TTL and PUBLISHes the stored bytes on the
+-- channel. Returns the new seq. A bad payload, or another owner than the recorded one, is
+-- refused with an error before anything is written.
 --
--- State key layout (a hash): seq = integer, state = the payload bytes as published,
--- owner = user id. The gateway reads it with HMGET <key> state owner.
+-- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
+-- it began), state = the payload bytes as published, owner = user id. The gateway reads it
+-- with HMGET <key> state owner.
 
 local key, channel, payload = KEYS[1], ARGV[1], ARGV[2]
 local owner = ARGV[3] or ''
+local replace_owner = ARGV[6] or ''
 local ttl = tonumber(ARGV[4] or '') or 86400
 local terminal_ttl = tonumber(ARGV[5] or '') or 3600
 
@@ -182,14 +186,33 @@ end
 if decoded.seq ~= nil then
   return redis.error_reply('jobwire: payload must not set seq; the script assigns it')
 end
+if decoded.epoch ~= nil then
+  return redis.error_reply('jobwire: payload must not set epoch; the script assigns it')
+end
 if decoded.ts ~= nil and type(decoded.ts) ~= 'number' then
   return redis.error_reply('jobwire: ts must be a number (milliseconds since the epoch)')
+end
+
+-- The owner is set when the job has none; replacing another owner takes the admin flag.
+local recorded = redis.call('HGET', key, 'owner')
+local replacing = owner ~= '' and recorded and recorded ~= owner
+if replacing and replace_owner ~= '1' then
+  return redis.error_reply('jobwire: the job belongs to another owner; only an admin may change it')
 end
 
 local seq = redis.call('HINCRBY', key, 'seq', 1)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local add_ts = decoded.ts == nil
+
+-- The epoch names this generation of the job: new when the key is created (first write, or
+-- after it expired or Redis lost it) and when its owner is replaced. Readers order states by
+-- (epoch, seq) and take a new epoch as the new truth.
+local epoch = tonumber(redis.call('HGET', key, 'epoch'))
+if epoch == nil or replacing then
+  epoch = math.max(now_ms, (epoch or 0) + 1)
+  redis.call('HSET', key, 'epoch', epoch)
+end
 
 local state
 if is_msgpack then
@@ -203,14 +226,14 @@ if is_msgpack then
     local h1, h2, h3, h4 = payload:byte(2, 5)
     count, body = ((h1 * 256 + h2) * 256 + h3) * 256 + h4, payload:sub(6)
   end
-  local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq)
+  -- epoch and ts as float64, as JavaScript's own msgpack encoders write such numbers:
+  -- cmsgpack would write uint64, which many decoders turn into BigInt.
+  local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq) .. cmsgpack.pack('epoch') .. '\203' .. struct.pack('>d', epoch)
   if add_ts then
-    count = count + 2
-    -- float64, as JavaScript's own msgpack encoders write such numbers: cmsgpack would
-    -- write uint64, which many decoders turn into BigInt.
+    count = count + 3
     fields = fields .. cmsgpack.pack('ts') .. '\203' .. struct.pack('>d', now_ms)
   else
-    count = count + 1
+    count = count + 2
   end
   local header
   if count < 16 then
@@ -224,7 +247,7 @@ if is_msgpack then
   state = header .. fields .. body
 else
   local open = select(2, payload:find('^%s*{'))
-  local fields = string.format('"seq":%d', seq)
+  local fields = string.format('"seq":%d,"epoch":%d', seq, epoch)
   if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
   if next(decoded) ~= nil then fields = fields .. ',' end
   state = '{' .. fields .. payload:sub(open + 1)

@@ -6,13 +6,13 @@ import type { Redis } from 'ioredis'
 import { projectPath } from '../support/paths.js'
 import { channelFor, jobKey } from '../wire/topics.js'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
-import { ProducerError } from './merge.js'
+import { OWNER_CONFLICT, OwnerConflict, ProducerError } from './merge.js'
 
 export const PROGRESS_SCRIPT_PATH = projectPath('src', 'producer', 'progress.lua')
 export const PROGRESS_SCRIPT = readFileSync(PROGRESS_SCRIPT_PATH, 'utf8')
 
 const COMMAND = 'jobwireProgress'
-type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number) => Promise<number>
+type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string) => Promise<number>
 
 export function defineProgressScript(redis: Redis): void {
   if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 1, lua: PROGRESS_SCRIPT })
@@ -35,10 +35,12 @@ export async function runProgressScript(
       options.owner ?? '',
       options.ttlSec ?? names.stateTtlSec,
       options.terminalTtlSec ?? names.terminalTtlSec,
+      options.replaceOwner ? '1' : '',
     )
   } catch (err) {
     // The script refuses bad payloads with 'jobwire: <reason>'; nothing was written.
     const match = /jobwire: (.*)$/.exec((err as Error).message)
+    if (match?.[1] === OWNER_CONFLICT) throw new OwnerConflict()
     if (match) throw new ProducerError(match[1]!)
     throw err
   }

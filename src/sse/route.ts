@@ -46,16 +46,19 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
+    const refuse = (refusal: { reason: string; retryAfterMs: number }) => {
+      ctx.metrics.countRefusal('sse', 'rate_limited')
+      if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: refusal.reason, retry_after_ms: refusal.retryAfterMs }, { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)) })
+    }
     void (async () => {
+      // The connection rate before the credentials, as for WebSocket upgrades.
+      const charged = await ctx.admission.charge(ip)
+      if (!charged.ok) return refuse(charged)
       const principal = await ctx.access.authenticate(credentials, 'sse')
       if (principal instanceof AuthError) return request.aborted || respondUnauthorized(res, principal.message)
       const ticket: AdmissionRequest = { userId: principal?.userId ?? null, ip }
       const admitted = await ctx.admission.admit(ticket)
-      if (!admitted.ok) {
-        ctx.metrics.countRefusal('sse', 'rate_limited')
-        if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: admitted.reason, retry_after_ms: admitted.retryAfterMs }, { 'retry-after': String(Math.ceil(admitted.retryAfterMs / 1000)) })
-        return
-      }
+      if (!admitted.ok) return refuse(admitted)
       const result = await ctx.watches.open(principal, jobId, 'sse', (job, snapshot) => {
         if (request.aborted) return false
         const stream = new SseStream(ctx.connections.nextId(), res, jobId, principal, ip, ctx.metrics, () => {

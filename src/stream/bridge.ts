@@ -21,7 +21,7 @@ export function createBridge(
       onMalformed(job.id, update.reason)
       return
     }
-    job.see(update.obj, update.seq)
+    job.see(update.obj, update.seq, update.epoch)
     fanout.update(job, update)
     const ts = update.obj.ts
     if (typeof ts === 'number') metrics.observeLatency(ts, Date.now())

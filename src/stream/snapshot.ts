@@ -1,8 +1,9 @@
 // A job's snapshot: what job_status, GET /jobs/<id> and SSE report as its current state.
 // The stored state (written by the producer script) is read only after the job's channel is
 // live, so nothing published later can be missing from snapshot + stream. Whatever the
-// channel delivered since then is compared by seq, so a stored state read a moment before a
-// newer message arrived does not win over it. Jobs whose producers only PUBLISH have no stored
+// channel delivered since then is compared by (epoch, seq), so a stored state read a moment
+// before a newer message arrived does not win over it, and a new generation of the job (the
+// key expired, or Redis lost it and the producer began again) wins over an old one. Jobs whose producers only PUBLISH have no stored
 // state: their snapshot is the last payload this node saw while watching them, or null.
 //
 // Reads are coalesced: every read asked for in one event-loop turn goes to the broker as one
@@ -15,7 +16,7 @@ import { backoff } from '../support/backoff.js'
 import { withDeadline } from '../support/deadline.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
-import { decodePayload, MalformedPayload } from '../wire/payload.js'
+import { compareVersions, decodePayload, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
 import type { JobPayload } from '../wire/protocol.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
@@ -33,24 +34,21 @@ export async function readSnapshots(
   const records = await broker.readJobs(jobIds)
   return records.map((record, i) => {
     const jobId = jobIds[i]!
-    let stored: JobPayload | null = null
-    let storedSeq: number | undefined
+    let stored: DecodedPayload | null = null
     if (record.state !== null) {
       const decoded = decodePayload(record.state)
       if (decoded instanceof MalformedPayload) {
         log.warn({ job: jobId, reason: decoded.reason }, 'stored job state is malformed; ignoring it')
       } else {
-        stored = decoded.obj
-        storedSeq = decoded.seq
+        stored = decoded
       }
     }
     const job = watched.get(jobId)
     const seen = job?.lastPayload ?? null
-    let data = stored ?? seen
-    if (stored !== null && seen !== null && job!.lastSeq !== undefined && storedSeq !== undefined && job!.lastSeq > storedSeq) {
-      data = seen
-    }
-    return { data, owner: record.owner }
+    if (stored === null) return { data: seen, owner: record.owner }
+    // What the channel delivered after the read was issued may be newer than what it read.
+    const seenIsNewer = seen !== null && compareVersions(job!.lastEpoch, job!.lastSeq, stored.epoch, stored.seq) > 0
+    return { data: seenIsNewer ? seen : stored.obj, owner: record.owner }
   })
 }
 

@@ -32,6 +32,7 @@ export class WatchedJob {
   readonly sinks = new Set<JobSink>()
   private seenPayload: JobPayload | null = null
   private seenSeq: number | undefined = undefined
+  private seenEpoch: number | undefined = undefined
 
   constructor(readonly id: string, channelPrefix: string) {
     this.channel = channelFor(channelPrefix, id)
@@ -42,9 +43,18 @@ export class WatchedJob {
 
   /** HOT PATH: the newest payload seen on the channel while watched: the snapshot of jobs
    * whose producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
-  see(payload: JobPayload, seq: number | undefined): void {
+  see(payload: JobPayload, seq: number | undefined, epoch: number | undefined): void {
     this.seenPayload = payload
     this.seenSeq = seq
+    this.seenEpoch = epoch
+  }
+
+  /** The broker lost its data (it restarted empty, or failed over): what was seen before
+   * says nothing about the job now. */
+  forget(): void {
+    this.seenPayload = null
+    this.seenSeq = undefined
+    this.seenEpoch = undefined
   }
 
   get lastPayload(): JobPayload | null {
@@ -53,6 +63,10 @@ export class WatchedJob {
 
   get lastSeq(): number | undefined {
     return this.seenSeq
+  }
+
+  get lastEpoch(): number | undefined {
+    return this.seenEpoch
   }
 }
 
@@ -171,6 +185,11 @@ export class WatchedJobs {
   setPatternLive(live: boolean): void {
     this.patternIsLive = live
     for (const hold of this.holds.values()) live ? this.markLive(hold) : (hold.live = false)
+  }
+
+  /** The broker lost its data: forget every payload seen before. */
+  forgetSeen(): void {
+    for (const hold of this.holds.values()) hold.job.forget()
   }
 
   /** The broker connection is down: no job receives messages until it is restored. */

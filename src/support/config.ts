@@ -34,6 +34,7 @@ export interface Config {
   readonly jwksFile: string
   readonly jwtIssuer: string
   readonly jwtAudience: string
+  readonly jwtMaxAgeSec: number
   readonly producerKey: string
   readonly adminKey: string
   readonly insecureNoAuth: boolean
@@ -196,6 +197,8 @@ export const OPTIONS = [
     help: 'required iss claim, when set' },
   { key: 'jwtAudience', flag: 'jwt-audience', env: ['JOBWIRE_JWT_AUDIENCE'], fallback: '', parse: text,
     help: 'required aud claim, when set' },
+  { key: 'jwtMaxAgeSec', flag: 'jwt-max-age', env: ['JOBWIRE_JWT_MAX_AGE'], fallback: '0', parse: integer(0, 31_536_000),
+    help: 'refuse tokens issued (iat) longer ago than this many seconds; 0: exp alone bounds them' },
   { key: 'producerKey', flag: 'producer-key', env: ['JOBWIRE_PRODUCER_KEY'], fallback: '', parse: secretKey(16),
     help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>)' },
   { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16),

@@ -26,6 +26,8 @@ export interface DecodedPayload {
   readonly obj: JobPayload
   /** `seq` when the payload carries an integer one. */
   readonly seq: number | undefined
+  /** `epoch` when the payload carries an integer one. */
+  readonly epoch: number | undefined
 }
 
 export class MalformedPayload {
@@ -83,8 +85,14 @@ export function decodePayload(bytes: Buffer): DecodedPayload | MalformedPayload 
     const refused = checkJsonValue(obj, 1)
     if (refused !== null) return refused
   }
-  const seq = (obj as JobPayload).seq
-  return { format, bytes, obj: obj as JobPayload, seq: Number.isSafeInteger(seq) ? (seq as number) : undefined }
+  const { seq, epoch } = obj as JobPayload
+  return {
+    format,
+    bytes,
+    obj: obj as JobPayload,
+    seq: Number.isSafeInteger(seq) ? seq : undefined,
+    epoch: Number.isSafeInteger(epoch) ? epoch : undefined,
+  }
 }
 
 function checkJsonValue(value: unknown, depth: number): MalformedPayload | null {
@@ -103,6 +111,15 @@ function checkJsonValue(value: unknown, depth: number): MalformedPayload | null 
     if (refused !== null) return refused
   }
   return null
+}
+
+/** Orders two states of one job by (epoch, seq): positive when `a` is newer. A different
+ * epoch is a new generation of the job; epochs are the times their generations began. States
+ * without a seq (plain PUBLISHes) are never newer than one with it. */
+export function compareVersions(aEpoch: number | undefined, aSeq: number | undefined, bEpoch: number | undefined, bSeq: number | undefined): number {
+  if (aSeq === undefined || bSeq === undefined) return aSeq === undefined ? (bSeq === undefined ? 0 : -1) : 1
+  if ((aEpoch ?? 0) !== (bEpoch ?? 0)) return (aEpoch ?? 0) - (bEpoch ?? 0)
+  return aSeq - bSeq
 }
 
 /** Walks one msgpack value's bytes without building it: only JSON's types, string map keys,

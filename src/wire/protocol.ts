@@ -1,8 +1,6 @@
 // The wire contract (docs/protocol.md), as types and constants shared by the gateway and the
 // browser client. No Node imports: the client bundle includes this file.
 
-export const PROTOCOL_VERSION = 1
-
 export const Subprotocol = {
   Json: 'jobwire.json',
   Msgpack: 'jobwire.msgpack',
@@ -45,8 +43,7 @@ export const ErrorCode = {
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
-/** Close codes. 1001 and 1013 (and abnormal closes such as 1006) mean "reconnect";
- * 1008 and 1009 are terminal until the client changes something. */
+/** Close codes. closeDecision below is the policy that goes with them. */
 export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
@@ -57,12 +54,37 @@ export const CloseCode = {
 } as const
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 
+/** 1008 and 1009 are terminal: reconnecting would be refused again until the client changes
+ * something (its credentials, its messages). */
 export function isTerminalCloseCode(code: number): boolean {
   return code === CloseCode.PolicyViolation || code === CloseCode.MessageTooBig
 }
 
-/** A producer payload: any JSON object / msgpack map. `seq` and `ts` are set by jobwire's
- * producer script; plain PUBLISHes may lack them. */
+/** The reason the gateway gives with the 1008 that follows `token_expired`, so that the close
+ * alone tells a client to renew its token rather than give up. */
+export const TOKEN_EXPIRED_REASON = 'token expired'
+
+/** What a client does once its connection closed. */
+export type CloseDecision = 'reconnect' | 'renew_token' | 'stop'
+
+/**
+ * The contract's close policy, the one place it is decided. Terminal codes stop, except the
+ * 1008 of an expired token, which a fresh token answers (`renew_token`). Every other code
+ * reconnects: 1001 and 1013 by definition (1013 after the delay the server advised), abnormal
+ * closes such as 1006, the 4000-4999 codes a client uses for its own reasons, and 1000 too,
+ * since the gateway never ends a watching client normally: whoever did, the jobs are still
+ * wanted.
+ */
+export function closeDecision(code: number, reason: string, lastError?: ErrorCode): CloseDecision {
+  if (!isTerminalCloseCode(code)) return 'reconnect'
+  // A literal the ErrorCode type still checks: ErrorCode.TokenExpired would pull the whole
+  // ErrorCode table into the browser bundle, which needs nothing else from it.
+  const tokenExpired = lastError === 'token_expired' || reason === TOKEN_EXPIRED_REASON
+  return code === CloseCode.PolicyViolation && tokenExpired ? 'renew_token' : 'stop'
+}
+
+/** A producer payload: any JSON object / msgpack map. `seq`, `epoch` and `ts` are set by
+ * jobwire's producer script; plain PUBLISHes may lack them. */
 export interface JobPayload {
   status?: JobStatusName | string
   progress?: number
@@ -70,6 +92,10 @@ export interface JobPayload {
   result?: unknown
   error?: unknown
   seq?: number
+  /** jobwire extension: the job's generation, set by the producer script with seq. States
+   * are ordered by (epoch, seq); a different epoch is a new truth (the state was lost and
+   * begun again, or the owner changed). */
+  epoch?: number
   ts?: number
   [field: string]: unknown
 }

@@ -144,7 +144,19 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       }
       if (!originAllowed(origin, config.allowedOrigins)) return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
       const aborted = trackAborted(res)
+      const upgrade = (conn: SocketConnection) => res.cork(() => {
+        res.upgrade<SocketHolder>({ conn }, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
+      })
       void (async () => {
+        // The connection rate first: a flood of upgrades costs a bucket lookup each, not a
+        // signature check.
+        const charged = await admission.charge(ip)
+        if (aborted.aborted) return
+        if (!charged.ok) {
+          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, null, Date.now(), null, metrics)
+          conn.refused = { reason: charged.reason, retryAfterMs: charged.retryAfterMs }
+          return upgrade(conn)
+        }
         const principal = await access.authenticate(credentials, 'websocket')
         if (principal instanceof AuthError) {
           if (!aborted.aborted) refuse(401, `token_${principal.code}`, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
@@ -158,9 +170,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
           return
         }
         if (!admitted.ok) conn.refused = { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs }
-        res.cork(() => {
-          res.upgrade<SocketHolder>({ conn }, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
-        })
+        upgrade(conn)
       })()
     },
 

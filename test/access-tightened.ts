@@ -1,0 +1,120 @@
+// Access control's loose ends, tightened: owners are not taken over, a producer token's jobs
+// claim scopes its writes, tokens must expire, keys live in headers only and cannot be guessed
+// at speed, the connect rate is charged before any signature check, and a worker whose
+// primary does not answer refuses rather than admits.
+
+import t from 'tap'
+import { SignJWT } from 'jose'
+import { freePort } from './fixtures/ports.js'
+import { reap, serveProcess } from './fixtures/process.js'
+import { startGateway } from './fixtures/gateway.js'
+import { startRedis } from './fixtures/redis.js'
+import { SECRET, token } from './fixtures/tokens.js'
+import { connect } from './fixtures/ws-client.js'
+
+const PRODUCER_KEY = 'producer-key-0123456789'
+const ADMIN_KEY = 'admin-key-0123456789abc'
+
+t.test('producer API', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET, 'producer-key': PRODUCER_KEY, 'admin-key': ADMIN_KEY })
+  t.teardown(() => gw.stop())
+  const post = (job: string, bearer: string, query = '', body = '{"status":"processing"}') =>
+    fetch(`${gw.http}/jobs/${job}/progress${query}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${bearer}` }, body })
+
+  t.test('an owner is set once; only an admin replaces it', async (t) => {
+    t.equal((await post('own-1', PRODUCER_KEY, '?owner=alice')).status, 200)
+    const takeover = await post('own-1', PRODUCER_KEY, '?owner=mallory')
+    t.equal(takeover.status, 409)
+    t.match(await takeover.json(), { error: 'owner_conflict' })
+    t.equal((await post('own-1', PRODUCER_KEY, '?owner=mallory&replace_owner=1')).status, 403, 'a producer may not ask to replace')
+    t.equal((await post('own-1', PRODUCER_KEY, '?owner=alice')).status, 200, 'the owner itself may go on')
+    const alice = await gw.connectAs(await token('alice'))
+    const before = (await alice.subscribe('own-1')).data as { epoch: number }
+    t.equal((await post('own-1', ADMIN_KEY, '?owner=bob&replace_owner=1')).status, 200, 'an admin may')
+    t.equal((await gw.gateway.broker.readJobs(['own-1']))[0]!.owner, 'bob')
+    const bob = await gw.connectAs(await token('bob'))
+    t.ok(((await bob.subscribe('own-1')).data as { epoch: number }).epoch > before.epoch, 'the new owner begins a new epoch')
+  })
+
+  t.test("a producer token's jobs claim scopes what it may write", async (t) => {
+    const scoped = await token('worker-1', { role: 'producer', jobs: ['video-*'] })
+    t.equal((await post('video-9', scoped)).status, 200)
+    const outside = await post('invoice-9', scoped)
+    t.equal(outside.status, 403)
+    t.match(await outside.json(), { error: 'forbidden', message: /jobs claim/ })
+    t.equal((await post('invoice-9', await token('worker-2', { role: 'producer' }))).status, 200, 'no claim: any job')
+  })
+
+  t.test('static keys count only in the Authorization header', async (t) => {
+    const res = await fetch(`${gw.http}/jobs/key-1/progress?token=${PRODUCER_KEY}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    t.equal(res.status, 401)
+    t.equal((await fetch(`${gw.http}/admin/connections?token=${ADMIN_KEY}`)).status, 401)
+    t.equal((await fetch(`${gw.http}/admin/connections`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).status, 200)
+  })
+
+  t.test('failed attempts are throttled per address', async (t) => {
+    // A gateway of its own: the attempts above already spent some of this address's burst.
+    const fresh = await startGateway({ 'jwt-secret': SECRET, 'admin-key': ADMIN_KEY })
+    t.teardown(() => fresh.stop())
+    const statuses: number[] = []
+    for (let i = 0; i < 14; i++) {
+      statuses.push((await fetch(`${fresh.http}/admin/connections`, { headers: { authorization: `Bearer wrong-key-${i}` } })).status)
+    }
+    t.same(statuses.slice(0, 10), new Array(10).fill(401), 'a burst of ten is answered')
+    t.ok(statuses.slice(10).every((s) => s === 429), `then refused before checking: ${statuses.slice(10).join(', ')}`)
+    t.equal((await fetch(`${fresh.http}/admin/connections`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).status, 429, 'even the right key, until the address calms down')
+  })
+})
+
+t.test('tokens must carry exp; --jwt-max-age bounds their age', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET, 'jwt-max-age': '60' })
+  t.teardown(() => gw.stop())
+  const key = new TextEncoder().encode(SECRET)
+  const noExp = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('alice').setIssuedAt().sign(key)
+  await t.rejects(gw.connectAs(noExp), { message: /401/ }, 'no exp: refused')
+  const old = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('alice')
+    .setIssuedAt(Math.floor(Date.now() / 1000) - 120).setExpirationTime('1h').sign(key)
+  await t.rejects(gw.connectAs(old), { message: /401/ }, 'issued two minutes ago: refused')
+  const fresh = await gw.connectAs(await token('alice'))
+  t.ok(fresh, 'a fresh token with exp works')
+})
+
+t.test('the connect rate is charged before the token is verified', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET, 'connect-rate-per-ip': '5' })
+  t.teardown(() => gw.stop())
+  const outcomes = await Promise.all(Array.from({ length: 30 }, () =>
+    gw.connectAs('not-a-token').then(async (c) => `closed ${await c.closed}`, (err: { status?: number }) => `http ${err.status}`)))
+  const rateLimited = outcomes.filter((o) => o === 'closed 1013').length
+  const verified = outcomes.filter((o) => o === 'http 401').length
+  t.ok(verified <= 10, `at most a burst (10) reached token verification (${verified})`)
+  t.equal(rateLimited + verified, 30, 'the rest were refused by the rate, unverified')
+})
+
+t.test('a worker whose primary does not answer refuses new connections (fails closed)', async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const port = await freePort()
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url])
+  t.teardown(async () => {
+    served.proc.kill('SIGCONT')
+    await reap(served)
+  })
+  await served.waitFor(/jobwire listening/, 20_000)
+  served.proc.kill('SIGSTOP')
+  const c = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  const error = await c.nextOfType('error', undefined, 5000)
+  t.match(error, { code: 'rate_limited', message: /busy/ })
+  t.equal(await c.closed, 1013, 'closed with try-again-later')
+  served.proc.kill('SIGCONT')
+  const after = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  after.send({ type: 'ping', id: 1 })
+  t.match(await after.nextOfType('pong'), { id: 1 }, 'admitted again once the primary answers')
+  await after.close()
+})
+
+t.test('with access control off, the startup warning names every open endpoint', async (t) => {
+  const served = serveProcess(['--port', String(await freePort())])
+  t.teardown(() => reap(served))
+  const line = await served.waitFor(/access control is off/)
+  for (const endpoint of ['/ws/jobs', 'GET /jobs/<id>', 'POST /jobs/<id>/progress', '/admin/*']) t.match(line, endpoint)
+})
