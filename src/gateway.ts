@@ -28,6 +28,7 @@ import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
 import { uWS } from './support/uws.js'
 import { createWsBehavior } from './ws/behavior.js'
+import { CatchUp } from './ws/catch-up.js'
 
 export const WS_PATH = '/ws/jobs'
 /** How often connections whose token expired are told and closed. */
@@ -59,6 +60,7 @@ export class Gateway {
   private readonly access: Access
   private readonly demo: DemoProducer | null
   private readonly stopSse: () => void
+  private readonly catchUp: CatchUp
   private listenSocket: us_listen_socket | null = null
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
@@ -80,7 +82,8 @@ export class Gateway {
     const isClosing = () => this.readiness.closing
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
 
-    this.app.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery }))
+    this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes)
+    this.app.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp }))
     addHttpRoutes(this.app, {
       access,
       watches,
@@ -180,6 +183,7 @@ export class Gateway {
     this.resync.stop()
     for (const connection of this.connections.all()) connection.shutdown()
     this.stopSse()
+    this.catchUp.stop()
     this.watched.dispose()
     try {
       // Leaves a second of the bound for closing what is left and exiting.

@@ -62,7 +62,10 @@ export class SseStream implements JobSink, Connection {
 
   heartbeat(now: number): void {
     if (this.ended) return
-    if (this.congestedSince !== 0 && now - this.congestedSince > MAX_CONGESTED_MS) return this.end()
+    if (this.congestedSince !== 0 && now - this.congestedSince > MAX_CONGESTED_MS) {
+      this.metrics.slowConsumerCloses++
+      return this.end()
+    }
     if (this.congestedSince === 0) this.res.cork(() => this.res.write(': ping\n\n'))
   }
 
@@ -105,12 +108,16 @@ export class SseStream implements JobSink, Connection {
     this.metrics.bytesOut += Buffer.byteLength(text)
     if (!ok && this.congestedSince === 0) {
       this.congestedSince = Date.now()
+      this.metrics.slowConsumersParked++
       this.res.onWritable(() => {
         // Drained: skip what was missed, send where the job is now (read afresh: the stored
         // state, or what the channel delivered since).
         this.snapshot().then(
           (s) => {
+            if (this.ended) return
             this.congestedSince = 0
+            this.metrics.slowConsumersCaughtUp++
+            this.metrics.catchUpStatuses++
             this.status(s.data)
           },
           () => this.end(), // the client reconnects and gets its snapshot then

@@ -19,6 +19,7 @@ export interface Config {
   readonly maxMessageBytes: number
   readonly maxSubscriptionsPerSocket: number
   readonly maxBackpressureBytes: number
+  readonly catchUpBytes: number
   readonly idleTimeoutSec: number
   readonly brokerTimeoutMs: number
   readonly outageHoldMs: number
@@ -166,9 +167,12 @@ export const OPTIONS = [
     parse: integer(64, 1_048_576), help: 'largest client message; larger ones close the socket with 1009' },
   { key: 'maxSubscriptionsPerSocket', flag: 'max-subscriptions', env: ['JOBWIRE_MAX_SUBSCRIPTIONS'], fallback: '100',
     parse: integer(1, 100_000), help: 'jobs one socket may watch at once' },
+  { key: 'catchUpBytes', flag: 'catch-up-bytes', env: ['JOBWIRE_CATCH_UP_BYTES'],
+    fallback: '262144', parse: integer(1024, 1_073_741_824),
+    help: 'unsent bytes past which a socket stops getting updates until it drains, then gets each job\'s latest state' },
   { key: 'maxBackpressureBytes', flag: 'max-backpressure-bytes', env: ['JOBWIRE_MAX_BACKPRESSURE_BYTES'],
-    fallback: '1048576', parse: integer(4096, 1_073_741_824),
-    help: 'unsent bytes a socket may queue before it is cut as a slow consumer' },
+    fallback: '4194304', parse: integer(4096, 1_073_741_824),
+    help: 'hard cap on a socket\'s unsent bytes; past it the socket is closed' },
   { key: 'idleTimeoutSec', flag: 'idle-timeout', env: ['JOBWIRE_IDLE_TIMEOUT'], fallback: '60', parse: integer(8, 960),
     help: 'seconds without traffic before a socket is closed (the server pings before that)' },
   { key: 'brokerTimeoutMs', flag: 'broker-timeout-ms', env: ['JOBWIRE_BROKER_TIMEOUT_MS'], fallback: '5000',

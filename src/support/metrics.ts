@@ -16,6 +16,9 @@ export class Metrics {
   framesOut = 0
   bytesOut = 0
   slowConsumerCloses = 0
+  slowConsumersParked = 0
+  slowConsumersCaughtUp = 0
+  catchUpStatuses = 0
   snapshotReads = 0
   snapshotFailures = 0
   resyncs = 0
@@ -83,6 +86,9 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       frames_out_total: m.framesOut,
       bytes_out_total: m.bytesOut,
       slow_consumer_closes_total: m.slowConsumerCloses,
+      slow_consumers_parked_total: m.slowConsumersParked,
+      slow_consumers_caught_up_total: m.slowConsumersCaughtUp,
+      catch_up_statuses_total: m.catchUpStatuses,
       snapshot_reads_total: m.snapshotReads,
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
@@ -140,7 +146,10 @@ const HELP: Record<string, string> = {
   updates_published_total: 'job_update frames handed to uWS (one per encoding with subscribers)',
   frames_out_total: 'frames sent to sockets (publishes times subscribers, plus direct sends)',
   bytes_out_total: 'payload bytes of frames sent to sockets',
-  slow_consumer_closes_total: 'sockets cut while frames were being delivered to them (over max-backpressure-bytes, or gone)',
+  slow_consumer_closes_total: 'slow sockets and SSE streams closed: past --max-backpressure-bytes, or congested SSE streams after 30 s',
+  slow_consumers_parked_total: 'times a socket or SSE stream fell behind (past --catch-up-bytes) and stopped getting updates until it drained',
+  slow_consumers_caught_up_total: 'times a parked socket or SSE stream drained and was sent the latest state of its jobs',
+  catch_up_statuses_total: 'job_status frames sent to catch up parked sockets and streams',
   snapshot_reads_total: 'job snapshots read from the broker',
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',

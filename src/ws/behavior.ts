@@ -10,12 +10,12 @@
 import type { HttpRequest, HttpResponse, us_socket_context_t, WebSocketBehavior } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission } from '../access/admission.js'
-import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
+import { AuthError } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenBucket } from '../access/token-bucket.js'
 import { clientAddress, originAllowed, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow } from '../stream/fanout.js'
-import type { Refusal, Watches } from '../stream/watch.js'
+import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Config } from '../support/config.js'
 import type { Logger } from '../support/log.js'
@@ -24,6 +24,7 @@ import { decodeClientMessage, RequestError } from '../wire/client-messages.js'
 import { statusMessage } from '../wire/frames.js'
 import { CloseCode, ErrorCode, Subprotocol, type Encoding } from '../wire/protocol.js'
 import { parseTopic, topicFor } from '../wire/topics.js'
+import type { CatchUp } from './catch-up.js'
 import { SocketConnection, type SocketHolder } from './connection.js'
 
 export interface WsContext {
@@ -37,6 +38,8 @@ export interface WsContext {
   readonly connections: Connections
   /** Open from a publish until uWS has written it: an abnormal close inside is a slow socket. */
   readonly delivery: DeliveryWindow
+  /** Parks sockets that fall behind and catches them up. */
+  readonly catchUp: CatchUp
   isClosing(): boolean
 }
 
@@ -58,26 +61,14 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
 
 /** Repeated rate-limit refusals without a pause end the connection (1008). */
 const MAX_STRIKES = 20
-const UNAVAILABLE_MESSAGE = 'job state is unavailable right now (the broker is down); retry shortly'
-/** What an unavailable answer advises waiting before the retry. */
-const UNAVAILABLE_RETRY_MS = 1000
-
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder> {
   const { config, watched, watches, metrics, log, access, admission } = ctx
   const messageBurst = config.maxMessagesPerSec * 2 + config.maxSubscriptionsPerSocket
 
-  function refused(conn: SocketConnection, refusal: Refusal, jobId: string): void {
-    if (refusal === 'forbidden') conn.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
-    else if (refusal === 'unavailable') {
-      metrics.countClientError(ErrorCode.Unavailable)
-      conn.send({ type: 'error', code: ErrorCode.Unavailable, message: UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS })
-    }
-  }
-
   async function subscribe(conn: SocketConnection, jobId: string): Promise<void> {
     const state = conn.jobs.get(jobId)
     if (state === 'pending') return // the first request will answer
-    if (state === 'subscribed') return status(conn, jobId)
+    if (state === 'subscribed' || state === 'parked') return status(conn, jobId)
     if (conn.jobs.size >= config.maxSubscriptionsPerSocket) {
       return conn.sendError(ErrorCode.TooManySubscriptions, `at most ${config.maxSubscriptionsPerSocket} jobs per connection`, jobId)
     }
@@ -97,7 +88,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     })
     if (result.ok) return
     if (conn.jobs.get(jobId) === 'pending') conn.jobs.delete(jobId)
-    refused(conn, result.refusal, jobId)
+    conn.refuse(result.refusal, jobId)
   }
 
   function unsubscribe(conn: SocketConnection, jobId: string): void {
@@ -106,6 +97,9 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     if (state === 'subscribed') {
       conn.ws?.unsubscribe(topicFor(conn.encoding, jobId))
       metrics.subscriptions--
+    } else if (state === 'parked') {
+      ctx.catchUp.release(conn, jobId)
+      metrics.subscriptions--
     }
     conn.send({ type: 'unsubscribed', job_id: jobId })
   }
@@ -113,15 +107,17 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
   async function status(conn: SocketConnection, jobId: string): Promise<void> {
     const result = await watches.read(conn.principal, jobId, 'websocket')
     if (result.ok) conn.send(statusMessage(jobId, result.data))
-    else refused(conn, result.refusal, jobId)
+    else conn.refuse(result.refusal, jobId)
   }
 
   return {
     compression: 0, // uWS.DISABLED: progress frames are small; deflate would cost more than it saves
     maxPayloadLength: uwsPayloadCeiling(config.maxMessageBytes),
+    // The hard cap: a socket is parked (catch-up.ts) long before this, so only one whose
+    // buffer still grows (a huge frame, a burst between samples) reaches it. Past it uWS
+    // closes the socket rather than silently skipping frames; the client reconnects and its
+    // job_status brings it to the latest state.
     maxBackpressure: config.maxBackpressureBytes,
-    // A socket this far behind is cut rather than silently skipped: its client reconnects and
-    // its job_status brings it to the latest state, so no job's latest state is ever lost.
     closeOnBackpressureLimit: 1,
     idleTimeout: config.idleTimeoutSec,
     sendPingsAutomatically: true,
@@ -245,8 +241,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       admission.release(conn)
       metrics.connectionsClosed++
       metrics.connections--
-      for (const state of conn.jobs.values()) if (state === 'subscribed') metrics.subscriptions--
-      if (ctx.delivery.open && code === CloseCode.Abnormal) {
+      for (const state of conn.jobs.values()) if (state !== 'pending') metrics.subscriptions--
+      const parked = conn.held !== null
+      if (parked) ctx.catchUp.release(conn)
+      if (code === CloseCode.Abnormal && (parked || ctx.delivery.open)) {
         metrics.slowConsumerCloses++
         log.debug({ socket: conn.id, ip: conn.ip }, 'cut a socket that could not take its frames (over its backpressure limit, or gone)')
       } else {

@@ -3,9 +3,10 @@
 // admission.release() gets the very object admit() got.
 
 import type { WebSocket } from 'uWebSockets.js'
-import type { Principal } from '../access/auth.js'
+import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
 import type { TokenBucket } from '../access/token-bucket.js'
+import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
 import { CloseCode, ErrorCode, type Encoding, type ServerMessage } from '../wire/protocol.js'
@@ -17,6 +18,10 @@ export interface SocketHolder {
 }
 
 export type JobSocket = WebSocket<SocketHolder>
+
+const UNAVAILABLE_MESSAGE = 'job state is unavailable right now (the broker is down); retry shortly'
+/** What an unavailable answer advises waiting before the retry. */
+const UNAVAILABLE_RETRY_MS = 1000
 
 export interface Refused {
   readonly reason: string
@@ -31,8 +36,12 @@ export class SocketConnection implements Connection {
   /** Messages refused by the rate limit since the last accepted one. */
   strikes = 0
   closed = false
-  /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed'. */
-  readonly jobs = new Map<string, 'pending' | 'subscribed'>()
+  /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed';
+   * 'parked' while it is too far behind to be sent updates (catch-up.ts). */
+  readonly jobs = new Map<string, 'pending' | 'subscribed' | 'parked'>()
+  /** While parked: the jobs held for it until it has caught up. */
+  held: Set<string> | null = null
+  catchingUp = false
 
   constructor(
     readonly id: number,
@@ -56,7 +65,7 @@ export class SocketConnection implements Connection {
 
   subscriptions(): string[] {
     const out: string[] = []
-    for (const [job, state] of this.jobs) if (state === 'subscribed') out.push(job)
+    for (const [job, state] of this.jobs) if (state !== 'pending') out.push(job)
     return out
   }
 
@@ -72,6 +81,15 @@ export class SocketConnection implements Connection {
   sendError(code: ErrorCode, message: string, jobId?: string): void {
     this.metrics.countClientError(code)
     this.send(jobId === undefined ? { type: 'error', code, message } : { type: 'error', code, message, job_id: jobId })
+  }
+
+  /** The answer to a watch or read that did not happen (a `gone` receiver gets none). */
+  refuse(refusal: Refusal, jobId: string): void {
+    if (refusal === 'forbidden') this.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
+    else if (refusal === 'unavailable') {
+      this.metrics.countClientError(ErrorCode.Unavailable)
+      this.send({ type: 'error', code: ErrorCode.Unavailable, message: UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS })
+    }
   }
 
   /** Clients reconnect with a fresh token (the browser client's getToken hook). */

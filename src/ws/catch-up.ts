@@ -1,0 +1,124 @@
+// Slow readers are caught up, not cut. For progress only the latest state matters, so a
+// socket whose unsent bytes pass --catch-up-bytes is parked: taken off its jobs' uWS topics
+// (it stops costing memory), its jobs held. Once it has drained below a quarter of that, each
+// parked job is sent its current state as a job_status and the socket rejoins the topic in the
+// same synchronous step (the watch flow), so nothing is lost and terminal states are never
+// skipped. Only a socket past the hard cap (--max-backpressure-bytes, uWS closes it) or that
+// takes nothing for --idle-timeout is closed.
+//
+// uWS has no per-socket signal for "this socket is falling behind" (no dropped handler in
+// 20.30), so sockets are sampled: a round-robin pass over the open sockets every PASS_MS,
+// skipped entirely while nothing was sent, and parked sockets every tick.
+
+import type { Connections } from '../access/connections.js'
+import type { Watches } from '../stream/watch.js'
+import type { WatchedJobs } from '../stream/watched-jobs.js'
+import type { Metrics } from '../support/metrics.js'
+import { statusMessage } from '../wire/frames.js'
+import { topicFor } from '../wire/topics.js'
+import { SocketConnection } from './connection.js'
+
+const TICK_MS = 50
+/** A full pass over the open sockets takes at most this long while frames flow. */
+const PASS_MS = 250
+
+export class CatchUp {
+  private pass: SocketConnection[] = []
+  private cursor = 0
+  private lastFramesOut = -1
+  private readonly parked = new Set<SocketConnection>()
+  private readonly timer: NodeJS.Timeout
+
+  constructor(
+    private readonly connections: Connections,
+    private readonly watched: WatchedJobs,
+    private readonly watches: Watches,
+    private readonly metrics: Metrics,
+    private readonly thresholdBytes: number,
+  ) {
+    this.timer = setInterval(() => this.tick(), TICK_MS)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    clearInterval(this.timer)
+  }
+
+  /** A parked socket closed, or left a parked job: its holds go. */
+  release(conn: SocketConnection, jobId?: string): void {
+    for (const id of jobId === undefined ? [...(conn.held ?? [])] : [jobId]) {
+      if (!conn.held?.delete(id)) continue
+      const job = this.watched.get(id)
+      if (job !== undefined) this.watched.release(job)
+    }
+    if (jobId === undefined || conn.held?.size === 0) {
+      conn.held = null
+      this.parked.delete(conn)
+    }
+  }
+
+  private tick(): void {
+    for (const conn of this.parked) this.check(conn)
+    if (this.cursor >= this.pass.length) {
+      // Nothing sent since the last pass: no socket can have fallen further behind.
+      if (this.metrics.framesOut === this.lastFramesOut) return
+      this.lastFramesOut = this.metrics.framesOut
+      this.pass = []
+      for (const c of this.connections.all()) if (c instanceof SocketConnection) this.pass.push(c)
+      this.cursor = 0
+    }
+    const chunk = Math.max(64, Math.ceil((this.pass.length * TICK_MS) / PASS_MS))
+    const end = Math.min(this.pass.length, this.cursor + chunk)
+    for (; this.cursor < end; this.cursor++) this.check(this.pass[this.cursor]!)
+  }
+
+  private check(conn: SocketConnection): void {
+    const ws = conn.ws
+    if (conn.closed || ws === null) return
+    const buffered = ws.getBufferedAmount()
+    if (conn.held === null && buffered > this.thresholdBytes) this.park(conn)
+    else if (conn.held !== null && !conn.catchingUp && buffered < this.thresholdBytes / 4) void this.catchUp(conn)
+  }
+
+  private park(conn: SocketConnection): void {
+    const ws = conn.ws!
+    conn.held = new Set()
+    for (const [jobId, state] of conn.jobs) {
+      if (state !== 'subscribed') continue
+      conn.jobs.set(jobId, 'parked')
+      this.watched.acquire(jobId)
+      conn.held.add(jobId)
+      ws.unsubscribe(topicFor(conn.encoding, jobId))
+    }
+    this.parked.add(conn)
+    this.metrics.slowConsumersParked++
+  }
+
+  private async catchUp(conn: SocketConnection): Promise<void> {
+    conn.catchingUp = true
+    const jobs = [...conn.jobs].filter(([, state]) => state === 'parked').map(([jobId]) => jobId)
+    await Promise.all(jobs.map(async (jobId) => {
+      const result = await this.watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
+        const ws = conn.ws
+        if (conn.closed || ws === null || conn.jobs.get(jobId) !== 'parked') return false
+        conn.jobs.set(jobId, 'subscribed')
+        ws.cork(() => {
+          ws.subscribe(topicFor(conn.encoding, jobId))
+          conn.send(statusMessage(jobId, snapshot.data))
+        })
+        this.metrics.catchUpStatuses++
+        return true
+      })
+      // Forbidden now (the owner changed) or unavailable: the job is dropped for this socket,
+      // which is told why (a client retries an unavailable job).
+      if (conn.jobs.get(jobId) === 'parked') {
+        conn.jobs.delete(jobId)
+        this.metrics.subscriptions--
+        if (!result.ok) conn.refuse(result.refusal, jobId)
+      }
+      this.release(conn, jobId)
+    }))
+    conn.catchingUp = false
+    if (conn.held === null) this.metrics.slowConsumersCaughtUp++
+  }
+}
