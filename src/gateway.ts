@@ -21,7 +21,8 @@ import { Fanout } from './stream/fanout.js'
 import { Resync } from './stream/resync.js'
 import { SnapshotReader } from './stream/snapshot.js'
 import { Watches } from './stream/watch.js'
-import { WatchedJobs } from './stream/watched-jobs.js'
+import { WatchedJobs, type WatchedJob } from './stream/watched-jobs.js'
+import { createReauthorizer } from './stream/generations.js'
 import type { Config } from './support/config.js'
 import { withDeadline } from './support/deadline.js'
 import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
@@ -55,6 +56,7 @@ export class Gateway {
   private readonly watched: WatchedJobs
   private readonly fanout: Fanout
   private readonly resync: Resync
+  private readonly reauthorize: ((job: WatchedJob) => void) | null
   private readonly readiness: Readiness
   private readonly nodeQuery: NodeQuery
   private readonly access: Access
@@ -77,7 +79,8 @@ export class Gateway {
     const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs)
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
     this.fanout = new Fanout(this.app, this.metrics)
-    this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log)
+    this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
+    this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
     const isClosing = () => this.readiness.closing
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
@@ -123,7 +126,7 @@ export class Gateway {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
     this.broker.start({
       message: createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
-        (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload')),
+        (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize),
       state: (state) => {
         if (state !== 'ready') this.watched.markAllDown()
         this.readiness.check()

@@ -118,3 +118,42 @@ t.test('with access control off, the startup warning names every open endpoint',
   const line = await served.waitFor(/access control is off/)
   for (const endpoint of ['/ws/jobs', 'GET /jobs/<id>', 'POST /jobs/<id>/progress', '/admin/*']) t.match(line, endpoint)
 })
+
+t.test("watchers are checked again when a job's generation changes", async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const gw = await startGateway({ redis: redis.url, 'jwt-secret': SECRET, 'admin-key': ADMIN_KEY })
+  t.teardown(() => gw.stop())
+  const broker = gw.gateway.broker
+  const put = (job: string, body: object, owner: string, replaceOwner = false) =>
+    broker.publishProgress(job, Buffer.from(JSON.stringify(body)), { owner, ...(replaceOwner ? { replaceOwner } : {}) })
+
+  t.test('an admin gives the job to another user: the old owner is told forbidden and sees nothing of it', async (t) => {
+    await put('gen-1', { status: 'processing', secret: 'alice-1' }, 'alice')
+    const alice = await gw.connectAs(await token('alice'))
+    const admin = await gw.connectAs(await token('root', { role: 'admin' }))
+    await alice.subscribe('gen-1')
+    await admin.subscribe('gen-1')
+    await put('gen-1', { status: 'processing', secret: 'bob-1' }, 'bob', true)
+    await put('gen-1', { status: 'processing', secret: 'bob-2' }, 'bob')
+    t.match(await alice.nextOfType('error', 'gen-1'), { code: 'forbidden' })
+    t.match((await admin.next((m) => (m.data as { secret?: string } | null)?.secret === 'bob-2')).data, { owner: undefined, secret: 'bob-2' }, 'others go on')
+    // A marker after the new generation's updates: alice must have had none of them.
+    await put('gen-1b', { marker: true }, 'alice')
+    await alice.subscribe('gen-1b')
+    t.notOk(alice.messages.some((m) => JSON.stringify(m).includes('bob-')), "alice saw none of bob's job")
+  })
+
+  t.test('the key expires and the id is reused by another user: the same', async (t) => {
+    await put('gen-2', { status: 'completed', secret: 'alice-2' }, 'alice')
+    const alice = await gw.connectAs(await token('alice'))
+    await alice.subscribe('gen-2')
+    await redis.client().del('jobwire:job:gen-2') // what expiry does
+    await put('gen-2', { status: 'processing', secret: 'mallory-2' }, 'mallory')
+    t.match(await alice.nextOfType('error', 'gen-2'), { code: 'forbidden' })
+    await put('gen-2', { status: 'processing', secret: 'mallory-3' }, 'mallory')
+    await put('gen-2b', { marker: true }, 'alice')
+    await alice.subscribe('gen-2b')
+    t.notOk(alice.messages.some((m) => JSON.stringify(m).includes('mallory-')), "alice saw none of mallory's job")
+  })
+})

@@ -18,6 +18,10 @@ export interface Connection {
   readonly connectedAt: number
   /** Job ids it receives. */
   subscriptions(): string[]
+  /** Whether it receives the job (or is about to). */
+  watches(jobId: string): boolean
+  /** It may no longer see the job: stop sending it, and say so (forbidden). */
+  revoke(jobId: string): void
   /** Its token expired: tell the client why, then close. */
   expire(): void
   /** An administrator disconnected its user. */

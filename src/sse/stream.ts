@@ -4,13 +4,13 @@
 // intermediate updates, never the latest state).
 
 import type { HttpResponse } from 'uWebSockets.js'
-import type { Principal } from '../access/auth.js'
+import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
 import type { Snapshot } from '../stream/snapshot.js'
 import type { JobSink } from '../stream/watched-jobs.js'
 import type { Metrics } from '../support/metrics.js'
 import { statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
-import type { JobPayload } from '../wire/protocol.js'
+import { ErrorCode, type JobPayload } from '../wire/protocol.js'
 import { sseEvent } from './event.js'
 
 /** A stream congested this long is closed; EventSource reconnects and resynchronises. */
@@ -44,6 +44,16 @@ export class SseStream implements JobSink, Connection {
 
   subscriptions(): string[] {
     return [this.jobId]
+  }
+
+  watches(jobId: string): boolean {
+    return jobId === this.jobId
+  }
+
+  revoke(): void {
+    if (this.ended) return
+    this.write(sseEvent('jobwire_error', JSON.stringify({ type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: this.jobId }), undefined))
+    this.end()
   }
 
   /** HOT PATH (per SSE stream): the event text is shared by every stream of the job. */

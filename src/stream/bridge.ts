@@ -13,6 +13,8 @@ export function createBridge(
   metrics: Metrics,
   channelPrefixLength: number,
   onMalformed: (jobId: string, reason: string) => void,
+  /** With access control on: checks a job's watchers again when its generation changes. */
+  onNewGeneration: ((job: WatchedJob) => void) | null = null,
 ): (channel: Buffer, payload: Buffer) => void {
   function forward(job: WatchedJob, payload: Buffer): void {
     const update = decodePayload(payload)
@@ -22,6 +24,17 @@ export function createBridge(
       return
     }
     job.see(update.obj, update.seq, update.epoch)
+    if (update.epoch !== undefined && update.epoch !== job.generation) {
+      const known = job.generation
+      job.generation = update.epoch
+      // A new generation (the key was created again, or its owner replaced) may belong to
+      // someone else: its watchers are checked before they see any of it.
+      if (known !== undefined && onNewGeneration !== null) {
+        job.reauthorizing = true
+        onNewGeneration(job)
+      }
+    }
+    if (job.reauthorizing) return
     fanout.update(job, update)
     const ts = update.obj.ts
     if (typeof ts === 'number') metrics.observeLatency(ts, Date.now())

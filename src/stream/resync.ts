@@ -8,7 +8,7 @@ import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import type { Fanout } from './fanout.js'
 import type { SnapshotReader } from './snapshot.js'
-import type { WatchedJobs } from './watched-jobs.js'
+import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 /** Snapshots read per broker round trip. */
 const BATCH = 500
@@ -25,6 +25,8 @@ export class Resync {
     private readonly fanout: Fanout,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    /** With access control on: checks a job's watchers again when its generation changes. */
+    private readonly onNewGeneration: ((job: WatchedJob) => void) | null,
   ) {}
 
   /** Starts a run; an earlier one still retrying gives way. */
@@ -40,7 +42,17 @@ export class Resync {
           const snapshots = await this.snapshots.readBatch(batch)
           batch.forEach((jobId, k) => {
             const job = this.watched.get(jobId)
-            if (job !== undefined) this.fanout.status(job, snapshots[k]!.data)
+            if (job === undefined) return
+            const data = snapshots[k]!.data
+            const epoch = data?.epoch
+            // A new generation while we were away: its watchers are checked first.
+            if (this.onNewGeneration !== null && typeof epoch === 'number' && job.generation !== undefined && epoch !== job.generation) {
+              job.generation = epoch
+              job.reauthorizing = true
+              return this.onNewGeneration(job)
+            }
+            if (typeof epoch === 'number') job.generation = epoch
+            this.fanout.status(job, data)
           })
           break
         } catch (err) {

@@ -43,6 +43,8 @@ export class Watches {
       const snapshot = await this.snapshots.readLive(job)
       if (!canWatch(principal, jobId, snapshot.owner)) return this.refuse(transport, 'forbidden')
       if (!attach(job, snapshot)) return { ok: false, refusal: 'gone' }
+      const epoch = snapshot.data?.epoch
+      if (job.generation === undefined && typeof epoch === 'number') job.generation = epoch
       return { ok: true, data: snapshot.data }
     } catch (err) {
       this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: snapshot unavailable')

@@ -30,6 +30,12 @@ export class WatchedJob {
   readonly msgpackTopic: string
   readonly heads: UpdateHeads
   readonly sinks = new Set<JobSink>()
+  /** The job's epoch as this node last knew it (from a snapshot or a message): a message of
+   * another epoch is a new generation, whose watchers are checked again (generations.ts). */
+  generation: number | undefined = undefined
+  /** While a new generation's watchers are checked, its frames are held back; a job_status
+   * follows. */
+  reauthorizing = false
   private seenPayload: JobPayload | null = null
   private seenSeq: number | undefined = undefined
   private seenEpoch: number | undefined = undefined

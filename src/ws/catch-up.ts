@@ -96,6 +96,8 @@ export class CatchUp {
 
   private async catchUp(conn: SocketConnection): Promise<void> {
     conn.catchingUp = true
+    // Jobs revoked or unsubscribed while parked give their holds back now.
+    for (const jobId of [...(conn.held ?? [])]) if (conn.jobs.get(jobId) !== 'parked') this.release(conn, jobId)
     const jobs = [...conn.jobs].filter(([, state]) => state === 'parked').map(([jobId]) => jobId)
     await Promise.all(jobs.map(async (jobId) => {
       const result = await this.watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {

@@ -10,6 +10,7 @@ import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
 import { CloseCode, ErrorCode, type Encoding, type ServerMessage } from '../wire/protocol.js'
+import { topicFor } from '../wire/topics.js'
 
 /** uWS copies the user data given to upgrade() into an object of its own, keeping own fields
  * and losing the prototype: the connection travels as the one field of a holder. */
@@ -67,6 +68,20 @@ export class SocketConnection implements Connection {
     const out: string[] = []
     for (const [job, state] of this.jobs) if (state !== 'pending') out.push(job)
     return out
+  }
+
+  watches(jobId: string): boolean {
+    return this.jobs.has(jobId)
+  }
+
+  /** A parked job's hold stays in `held` until the socket catches up or closes. */
+  revoke(jobId: string): void {
+    const state = this.jobs.get(jobId)
+    if (state === undefined) return
+    this.jobs.delete(jobId)
+    if (state === 'subscribed') this.ws?.unsubscribe(topicFor(this.encoding, jobId))
+    if (state !== 'pending') this.metrics.subscriptions--
+    this.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
   }
 
   send(message: ServerMessage): void {
