@@ -97,12 +97,12 @@ t.test('anything that still throws in the hot path costs one message, not the pr
   watched.acquire('g1')
   let explode = true
   const original = watched.get('g1')!.see.bind(watched.get('g1')!)
-  watched.get('g1')!.see = (payload, seq) => {
+  watched.get('g1')!.see = (payload, seq, epoch) => {
     if (explode) {
       explode = false
       throw new Error('boom')
     }
-    original(payload, seq)
+    original(payload, seq, epoch)
   }
   bridge(Buffer.from('progress:g1'), Buffer.from('{"p":1}'))
   bridge(Buffer.from('progress:g1'), Buffer.from('{"p":2}'))

@@ -2,10 +2,11 @@
 // seq ordering, the state machine, close-code policy, heartbeat, token refresh and fallback.
 
 import t from 'tap'
-import { advisedDelay, backoff } from '../src/support/backoff.js'
+import { backoff } from '../src/support/backoff.js'
+import { closeDecision, CloseCode, JOB_ID_RULE, Subprotocol, TOKEN_EXPIRED_REASON, type CloseDecision } from '../src/wire/protocol.js'
 import { BackgroundJobManager } from '../src/client/background-job-manager.js'
 import { JobView } from '../src/client/job-view.js'
-import { JobsClient, type ClientState, type JobsClientOptions } from '../src/client/jobs-client.js'
+import { advisedDelay, JobsClient, type ClientState, type JobsClientOptions } from '../src/client/jobs-client.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -108,7 +109,7 @@ t.test('connects, subscribes, resubscribes everything after a reconnect', async 
   client.subscribe('b')
   await until(() => FakeWebSocket.instances.length === 1, 'socket')
   const ws1 = FakeWebSocket.last()
-  t.equal(ws1.protocol, 'jobwire.json')
+  t.equal(ws1.protocol, Subprotocol.Json)
   ws1.accept()
   t.same(ws1.sent, [{ type: 'subscribe_job', job_id: 'a' }, { type: 'subscribe_job', job_id: 'b' }])
   ws1.push({ type: 'job_status', job_id: 'a', data: { seq: 1, progress: 10 } })
@@ -203,6 +204,61 @@ t.test('1008 stops and reports an auth error; 1009 reports and stops', async (t)
   }
 })
 
+// The contract's close codes (docs/protocol.md) and what a client does after each, written out
+// here rather than derived from closeDecision, so that a change to the policy shows up as a
+// change to this table. 4000 is the client's own close for a dead heartbeat.
+const closePolicy: ReadonlyArray<readonly [number, CloseDecision]> = [
+  [CloseCode.Normal, 'reconnect'],
+  [CloseCode.GoingAway, 'reconnect'],
+  [CloseCode.Abnormal, 'reconnect'],
+  [CloseCode.PolicyViolation, 'stop'],
+  [CloseCode.MessageTooBig, 'stop'],
+  [CloseCode.TryAgainLater, 'reconnect'],
+  [4000, 'reconnect'],
+]
+
+t.test('closeDecision: the close policy, code by code', (t) => {
+  t.same(closePolicy.map(([code]) => code), [1000, 1001, 1006, 1008, 1009, 1013, 4000], 'every code the contract names, and the heartbeat\'s')
+  for (const [code, decision] of closePolicy) t.equal(closeDecision(code, ''), decision, `${code}: ${decision}`)
+  t.equal(closeDecision(1008, '', 'token_expired'), 'renew_token', '1008 after token_expired: renew the token')
+  t.equal(closeDecision(1008, TOKEN_EXPIRED_REASON), 'renew_token', 'or when the close reason says so')
+  t.equal(closeDecision(1008, 'disconnected by an administrator', 'forbidden'), 'stop', 'any other 1008 is final')
+  t.equal(closeDecision(1009, TOKEN_EXPIRED_REASON, 'token_expired'), 'stop', 'only 1008 is renewable')
+  t.equal(closeDecision(1001, TOKEN_EXPIRED_REASON), 'reconnect', 'the reason does not turn a reconnect into a renewal')
+  t.end()
+})
+
+t.test('the client follows the close policy: reconnects or stops as closeDecision says', async (t) => {
+  for (const [code, decision] of closePolicy) {
+    const { client, errors } = makeClient()
+    await until(() => FakeWebSocket.instances.length === 1, 'socket')
+    FakeWebSocket.last().accept()
+    FakeWebSocket.last().drop(code, code === CloseCode.TryAgainLater ? 'retry-after-ms=10' : '')
+    if (decision === 'reconnect') {
+      await until(() => FakeWebSocket.instances.length === 2, `${code}: reconnect`)
+      t.same(errors, [], `${code}: reconnects, no error`)
+    } else {
+      await sleep(60)
+      t.equal(FakeWebSocket.instances.length, 1, `${code}: no reconnect`)
+      t.equal(client.state, 'closed', `${code}: stopped`)
+      t.equal(errors.length, 1, `${code}: reported`)
+    }
+    client.close()
+  }
+})
+
+t.test('token_expired without getToken: a fixed token cannot be renewed, so the client stops', async (t) => {
+  const { client, errors } = makeClient({ token: 'fixed' })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  FakeWebSocket.last().accept()
+  FakeWebSocket.last().push({ type: 'error', code: 'token_expired', message: 'token expired' })
+  FakeWebSocket.last().drop(1008, TOKEN_EXPIRED_REASON)
+  await sleep(60)
+  t.equal(FakeWebSocket.instances.length, 1, 'no reconnect')
+  t.equal(client.state, 'closed', 'stopped')
+  t.same(errors, ['token_expired', 'auth'], 'the error frame, then the stop')
+})
+
 t.test('token_expired: a fresh token from getToken, then straight back', async (t) => {
   let issued = 0
   const { client, states } = makeClient({ getToken: async () => `tok-${++issued}` })
@@ -290,10 +346,15 @@ t.test('the browser coming back online reconnects at once', async (t) => {
 
 t.test('subscribe validates job ids; a second subscriber gets the known state at once', async (t) => {
   const { client } = makeClient()
-  t.throws(() => client.subscribe('bad id'), TypeError)
+  for (const bad of ['bad id', '', 'x'.repeat(129), 'a/b']) {
+    t.throws(() => client.subscribe(bad), { name: 'TypeError', message: `'${bad}' is not a job id (${JOB_ID_RULE})` }, 'the shared rule, in its words')
+  }
+  client.subscribe('x'.repeat(128))
+  client.subscribe('A-z_0.9:')
   client.subscribe('k')
   await until(() => FakeWebSocket.instances.length === 1, 'socket')
   FakeWebSocket.last().accept()
+  t.same(FakeWebSocket.last().sent.map((m) => m.job_id), ['x'.repeat(128), 'A-z_0.9:', 'k'], 'the valid ids at the edges of the rule are subscribed, the refused ones are not')
   FakeWebSocket.last().push({ type: 'job_status', job_id: 'k', data: { seq: 1, p: 1 } })
   let got: unknown
   const off = client.subscribe('k', { onStatus: (d) => (got = d) })

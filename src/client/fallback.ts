@@ -1,4 +1,4 @@
-import type { JobPayload, ServerMessage } from '../wire/protocol.js'
+import type { ErrorCode, JobPayload, ServerMessage } from '../wire/protocol.js'
 
 /** Where fallback frames go: the same handler the WebSocket feeds. */
 export type FrameSink = (message: ServerMessage) => void
@@ -15,6 +15,10 @@ export interface FallbackOptions {
   /** An HTTP error the caller must hear about (401/403: stop; others: keep trying). */
   readonly onHttpError: (jobId: string, status: number) => void
 }
+
+/** Checked against the contract by its type; the ErrorCode table itself would only add bytes
+ * to the bundle. */
+const TOKEN_EXPIRED = 'token_expired' satisfies ErrorCode
 
 /** SSE errors in a row before a job falls back further, to polling. */
 const SSE_FAILURES_BEFORE_POLLING = 3
@@ -61,7 +65,7 @@ export class FallbackWatch {
     source.addEventListener('jobwire_error', ((event: MessageEvent) => {
       forward(event)
       // The stream ends after token_expired: reopen it with a fresh token.
-      if (this.options.refreshToken && /"token_expired"/.test(String(event.data))) {
+      if (this.options.refreshToken && String(event.data).includes(`"${TOKEN_EXPIRED}"`)) {
         this.options.refreshToken()
         source.close()
         if (source === this.source) void this.openSse()

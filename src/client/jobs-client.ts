@@ -1,5 +1,15 @@
-import { CloseCode, isValidJobId, type ClientMessage, type ErrorMessage, type JobPayload, type ServerMessage } from '../wire/protocol.js'
-import { advisedDelay, backoff } from '../support/backoff.js'
+import {
+  closeDecision,
+  CloseCode,
+  isValidJobId,
+  JOB_ID_RULE,
+  Subprotocol,
+  type ClientMessage,
+  type ErrorMessage,
+  type JobPayload,
+  type ServerMessage,
+} from '../wire/protocol.js'
+import { backoff } from '../support/backoff.js'
 import { FallbackWatch } from './fallback.js'
 import { JobView } from './job-view.js'
 
@@ -36,6 +46,10 @@ export interface JobsClientOptions {
   readonly EventSource?: typeof EventSource | null
   readonly fetch?: typeof fetch
 }
+
+/** The close code for a connection the heartbeat found dead: no standard code says "no pong",
+ * so one of the private-use range, which closeDecision reconnects on. */
+const HEARTBEAT_LOST = 4000
 
 export class JobsClientError extends Error {
   constructor(readonly code: string, message: string) {
@@ -110,7 +124,7 @@ export class JobsClient extends EventTarget {
 
   /** Watches a job; returns the function that stops watching it. */
   subscribe(jobId: string, handlers: JobHandlers = {}): () => void {
-    if (!isValidJobId(jobId)) throw new TypeError(`'${jobId}' is not a job id (1..128 of A-Z a-z 0-9 _ . : -)`)
+    if (!isValidJobId(jobId)) throw new TypeError(`'${String(jobId).slice(0, 140)}' is not a job id (${JOB_ID_RULE})`)
     let w = this.jobs.get(jobId)
     if (w === undefined) {
       w = { view: new JobView(), handlers: new Set(), fallback: null }
@@ -145,7 +159,7 @@ export class JobsClient extends EventTarget {
     this.leaveFallback()
     const ws = this.ws
     this.ws = null
-    ws?.close(1000)
+    ws?.close(CloseCode.Normal)
     this.setState('closed')
   }
 
@@ -190,7 +204,7 @@ export class JobsClient extends EventTarget {
     const url = token ? `${this.o.url}${this.o.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}` : this.o.url
     let ws: WebSocket
     try {
-      ws = new Ws(url, 'jobwire.json')
+      ws = new Ws(url, Subprotocol.Json)
     } catch (err) {
       this.emitError(new JobsClientError('connect', (err as Error).message))
       return this.scheduleReconnect()
@@ -271,21 +285,23 @@ export class JobsClient extends EventTarget {
     }
   }
 
-  /** The reconnect decision ladder. */
+  /** Acts on the contract's closeDecision; only how long to wait is decided here. */
   private closed(code: number, reason: string, openedThis: boolean): void {
     this.stopHeartbeat()
     const last = this.lastError
     this.lastError = null
     if (this.stopped) return this.setState('closed')
-    if (code === CloseCode.PolicyViolation) {
-      if (last?.code === 'token_expired' || /token expired/.test(reason)) {
-        // A fresh token, then straight back.
-        this.tokenCache = undefined
-        if (this.options.getToken) return this.scheduleReconnect(0)
-      }
-      return this.stop(new JobsClientError('auth', reason || 'the server refused this connection (1008)'))
+    const decision = closeDecision(code, reason, last?.code)
+    if (decision === 'renew_token' && this.options.getToken) {
+      this.tokenCache = undefined
+      return this.scheduleReconnect(0) // a fresh token, then straight back
     }
-    if (code === CloseCode.MessageTooBig) return this.stop(new JobsClientError('message_too_big', reason || 'message too big (1009)'))
+    if (decision !== 'reconnect') {
+      // A fixed token that expired cannot be renewed: that ends like any refusal.
+      return this.stop(code === CloseCode.MessageTooBig
+        ? new JobsClientError('message_too_big', reason || `message too big (${code})`)
+        : new JobsClientError('auth', reason || `the server refused this connection (${code})`))
+    }
     // A refused upgrade (HTTP 401 for an expired token, say) reaches a browser only as 1006:
     // ask for a fresh token before the next attempt.
     if (!openedThis && this.options.getToken) this.tokenCache = undefined
@@ -326,8 +342,8 @@ export class JobsClient extends EventTarget {
     const ws = this.ws
     if (ws === null) return
     this.ws = null
-    ws.close(4000, why)
-    this.closed(4000, why, true)
+    ws.close(HEARTBEAT_LOST, why)
+    this.closed(HEARTBEAT_LOST, why, true)
   }
 
   private enterFallback(): void {
@@ -392,6 +408,12 @@ export class JobsClient extends EventTarget {
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
     this.reconnectTimer = null
   }
+}
+
+/** The delay a server advised in a 1013's close reason `retry-after-ms=N`, if any. */
+export function advisedDelay(reason: string): number | undefined {
+  const match = /retry-after-ms=(\d+)/.exec(reason)
+  return match ? Number(match[1]) : undefined
 }
 
 function now(): number {

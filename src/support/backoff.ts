@@ -14,9 +14,3 @@ export function backoffCeiling(attempt: number, minMs: number, maxMs: number): n
 export function backoff(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
   return Math.floor(random() * backoffCeiling(attempt, minMs, maxMs))
 }
-
-/** The delay a server advised in a close reason `retry-after-ms=N`, if any. */
-export function advisedDelay(reason: string): number | undefined {
-  const match = /retry-after-ms=(\d+)/.exec(reason)
-  return match ? Number(match[1]) : undefined
-}

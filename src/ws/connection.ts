@@ -9,7 +9,7 @@ import type { TokenBucket } from '../access/token-bucket.js'
 import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
-import { CloseCode, ErrorCode, type Encoding, type ServerMessage } from '../wire/protocol.js'
+import { CloseCode, ErrorCode, TOKEN_EXPIRED_REASON, type Encoding, type ServerMessage } from '../wire/protocol.js'
 import { topicFor } from '../wire/topics.js'
 
 /** uWS copies the user data given to upgrade() into an object of its own, keeping own fields
@@ -112,7 +112,7 @@ export class SocketConnection implements Connection {
     if (this.closed) return
     this.metrics.countClientError(ErrorCode.TokenExpired)
     this.send(TOKEN_EXPIRED_MESSAGE)
-    this.end(CloseCode.PolicyViolation, 'token expired')
+    this.end(CloseCode.PolicyViolation, TOKEN_EXPIRED_REASON)
   }
 
   disconnect(): void {
