@@ -102,6 +102,42 @@ t.test('JobView: snapshots replace, stale and duplicate updates drop, gaps are r
   t.end()
 })
 
+t.test('JobView: a new epoch is the new truth, whatever its seq', (t) => {
+  const v = new JobView()
+  v.applyStatus({ seq: 50, epoch: 1000, status: 'processing' })
+  t.equal(v.applyUpdate({ seq: 49, epoch: 1000 }), 'stale', 'same epoch, older seq')
+  // The server lost the job and the producer began again: seq restarts, the epoch is new.
+  t.equal(v.applyUpdate({ seq: 1, epoch: 2000, status: 'processing' }), 'applied', 'a new epoch with a lower seq')
+  t.same([v.epoch, v.seq], [2000, 1])
+  t.equal(v.applyUpdate({ seq: 2, epoch: 2000 }), 'applied')
+  t.equal(v.applyUpdate({ seq: 20, epoch: 2000, status: 'completed' }), 'gap', 'gaps within an epoch are still reported')
+  t.equal(v.applyUpdate({ seq: 51, epoch: 1000 }), 'applied', 'any other epoch is taken: the server sends in order, so it is newer')
+  t.equal(v.applyStatus({ seq: 3, epoch: 3000 }), 'applied')
+  t.same([v.epoch, v.seq], [3000, 3])
+  t.end()
+})
+
+t.test('a subscribe answered unavailable is asked again, after the advised wait, until it succeeds', async (t) => {
+  const { client } = makeClient()
+  const statuses: unknown[] = []
+  const errors: string[] = []
+  client.subscribe('u', { onStatus: (d) => statuses.push(d), onError: (e) => errors.push(e.code) })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  t.same(ws.sent, [{ type: 'subscribe_job', job_id: 'u' }])
+  ws.push({ type: 'error', code: 'unavailable', message: 'broker down', job_id: 'u', retry_after_ms: 30 })
+  ws.push({ type: 'error', code: 'unavailable', message: 'broker down', job_id: 'u', retry_after_ms: 30 })
+  t.same(errors, ['unavailable', 'unavailable'], 'handlers hear of it')
+  t.equal(ws.sent.length, 1, 'not asked again at once')
+  await until(() => ws.sent.length === 2, 'the retry')
+  t.same(ws.sent[1], { type: 'subscribe_job', job_id: 'u' })
+  t.equal(ws.sent.length, 2, 'one retry per pending answer')
+  ws.push({ type: 'job_status', job_id: 'u', data: { seq: 7, epoch: 1, status: 'completed' } })
+  t.same(statuses, [{ seq: 7, epoch: 1, status: 'completed' }], 'the job ends on its state')
+  client.close()
+})
+
 t.test('connects, subscribes, resubscribes everything after a reconnect', async (t) => {
   const { client, states } = makeClient()
   const seen: unknown[] = []

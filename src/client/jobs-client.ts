@@ -5,6 +5,7 @@ import {
   JOB_ID_RULE,
   Subprotocol,
   type ClientMessage,
+  type ErrorCode,
   type ErrorMessage,
   type JobPayload,
   type ServerMessage,
@@ -50,6 +51,9 @@ export interface JobsClientOptions {
 /** The close code for a connection the heartbeat found dead: no standard code says "no pong",
  * so one of the private-use range, which closeDecision reconnects on. */
 const HEARTBEAT_LOST = 4000
+/** The error code of a subscribe the server could not complete (its broker is down); a literal
+ * checked against the contract's codes, so the bundle does not carry the whole table. */
+const UNAVAILABLE = 'unavailable' satisfies ErrorCode
 
 export class JobsClientError extends Error {
   constructor(readonly code: string, message: string) {
@@ -62,6 +66,9 @@ interface Watched {
   readonly view: JobView
   readonly handlers: Set<JobHandlers>
   fallback: FallbackWatch | null
+  /** Subscribes answered `unavailable` in a row, and the pending retry. */
+  retries: number
+  retryTimer: ReturnType<typeof setTimeout> | null
 }
 
 /**
@@ -127,7 +134,7 @@ export class JobsClient extends EventTarget {
     if (!isValidJobId(jobId)) throw new TypeError(`'${String(jobId).slice(0, 140)}' is not a job id (${JOB_ID_RULE})`)
     let w = this.jobs.get(jobId)
     if (w === undefined) {
-      w = { view: new JobView(), handlers: new Set(), fallback: null }
+      w = { view: new JobView(), handlers: new Set(), fallback: null, retries: 0, retryTimer: null }
       this.jobs.set(jobId, w)
       if (this.current === 'open') this.send({ type: 'subscribe_job', job_id: jobId })
       else if (this.inFallback) w.fallback = this.watchWithoutWebSocket(jobId)
@@ -251,6 +258,7 @@ export class JobsClient extends EventTarget {
         const w = this.jobs.get(message.job_id)
         if (w === undefined) return
         if (message.type === 'job_status') {
+          w.retries = 0
           w.view.applyStatus(message.data)
           for (const h of [...w.handlers]) h.onStatus?.(message.data, message.job_id)
           return
@@ -276,6 +284,15 @@ export class JobsClient extends EventTarget {
         this.lastError = message
         const error = new JobsClientError(message.code, message.message)
         const w = message.job_id === undefined ? undefined : this.jobs.get(message.job_id)
+        // The server's broker is down: ask again after the advised wait, backing off.
+        if (w !== undefined && message.code === UNAVAILABLE && w.retryTimer === null) {
+          const jobId = message.job_id!
+          const wait = Math.max(message.retry_after_ms ?? 0, backoff(w.retries++, this.o.minReconnectDelayMs, this.o.maxReconnectDelayMs))
+          w.retryTimer = setTimeout(() => {
+            w.retryTimer = null
+            if (this.jobs.get(jobId) === w && this.current === 'open') this.send({ type: 'subscribe_job', job_id: jobId })
+          }, wait)
+        }
         if (w !== undefined && w.handlers.size > 0) for (const h of [...w.handlers]) h.onError?.(error, message.job_id!)
         else this.emitError(error)
         return
@@ -384,6 +401,7 @@ export class JobsClient extends EventTarget {
     if (w === undefined || !w.handlers.delete(handlers) || w.handlers.size > 0) return
     this.jobs.delete(jobId)
     w.fallback?.stop()
+    if (w.retryTimer !== null) clearTimeout(w.retryTimer)
     if (this.current === 'open') this.send({ type: 'unsubscribe_job', job_id: jobId })
   }
 
