@@ -58,7 +58,10 @@ for (const mode of ['per-job', 'pattern'] as const) {
       await client.next((m) => m.type === 'job_status' && m.job_id === job, 15_000)
       t.ok(client.all('job_status', job).length > before!, `a fresh job_status for ${job}`)
     }
-    await sleep(200)
+    // Whatever the order of the fresh job_status and the update, each ends at the written state.
+    for (const [client, job, progress] of [[a, 'rr-1', 77], [b, 'rr-1', 77], [c, 'rr-2', 88]] as const) {
+      for (const deadline = Date.now() + 5000; latest(client, job)?.progress !== progress && Date.now() < deadline;) await sleep(20)
+    }
     t.match(latest(a, 'rr-1'), { progress: 77 }, 'A converged')
     t.match(latest(b, 'rr-1'), { progress: 77 }, 'B (msgpack) converged')
     t.match(latest(c, 'rr-2'), { progress: 88 }, 'C converged')

@@ -127,7 +127,13 @@ t.test('after a Redis outage, SSE streams get a fresh job_status', async (t) => 
   await producer.progress('sse-r', { progress: 55 })
   const resync = await s.next((e) => (e.event === 'job_status' || e.event === 'job_update') && (e.data.data as { progress?: number } | null)?.progress === 55, 15_000)
   t.ok(resync, 'converged on the state written during the outage')
-  t.ok(gw.gateway.metricsSnapshot().counters.resyncs_total! >= 1)
+  // The update can arrive as a job_update before the broker is back to ready (the subscriber
+  // connection may return first), so the resync may not have started yet: wait for it.
+  const resyncs = () => gw.gateway.metricsSnapshot().counters.resyncs_total ?? 0
+  for (const deadline = Date.now() + 15_000; resyncs() < 1 && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20))
+  t.ok(resyncs() >= 1, 'a resync ran')
+  const fresh = resync.event === 'job_status' ? resync : await s.next((e) => e.event === 'job_status', 15_000)
+  t.equal(fresh.event, 'job_status', 'a fresh job_status after the outage')
 })
 
 t.test('shutdown ends SSE streams', async (t) => {

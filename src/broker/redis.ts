@@ -1,20 +1,31 @@
 // The Redis broker: one connection for commands, one in subscriber mode. Subscriptions are
 // tracked here and replayed by us (not by ioredis' autoResubscribe) after a reconnect, so we
 // know the moment they are live again and can tell the gateway to resynchronise snapshots.
+//
+// The state ladder: connecting -> ready; either connection lost -> down; both back ->
+// replaying until Redis has acknowledged every replayed SUBSCRIBE/PSUBSCRIBE -> ready, and only
+// then restored(), once per outage. A loss during replaying is just another down. settle()
+// derives the next state from the two connections and the replay; transition() applies it.
 
 import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
+import { backoff } from '../support/backoff.js'
 import { jobKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
 
 /** Channels per SUBSCRIBE command when replaying thousands after a reconnect. */
 const SUBSCRIBE_BATCH = 1000
+const RETRY_MIN_MS = 50
+const RETRY_MAX_MS = 2000
 
-export function redisRetryDelay(times: number): number {
-  // Exponential from 50 ms to 2 s, plus jitter so a fleet of gateways does not reconnect in step.
-  return Math.min(50 * 2 ** Math.min(times - 1, 10), 2000) + Math.floor(Math.random() * 100)
+interface ReplayWaiter {
+  /** The subscriber session when it started waiting: any later session's replay includes its
+   * channels, since a replay reads the channel set the moment its session begins. */
+  readonly since: number
+  resolve(): void
+  reject(err: Error): void
 }
 
 export class RedisBroker implements Broker {
@@ -26,22 +37,31 @@ export class RedisBroker implements Broker {
   private pattern: string | null = null
   private listener: BrokerListener | null = null
   private current: BrokerState = 'connecting'
-  private subWasReady = false
-  /** The subscriber connection was lost after having been ready; its next ready is a restore. */
-  private subLost = false
-  private closing = false
+  /** Bumped whenever the subscriber connection opens or closes, so that an acknowledged replay
+   * counts only for the connection it was sent on. */
+  private subscriberSession = 0
+  /** The session whose replay Redis acknowledged. While it is the current one the subscriber
+   * holds every tracked channel, which is why losing only the command connection needs no
+   * replay. */
+  private replayedSession = -1
+  /** Subscribes made while the subscriber was away: the replay on its return covers them. */
+  private awaitingReplay: ReplayWaiter[] = []
   private readonly warn: ReturnType<typeof rateLimitedLog>
 
   constructor(url: string, private readonly names: BrokerNames, private readonly log: Logger) {
     const common: RedisOptions = {
       lazyConnect: true,
-      retryStrategy: redisRetryDelay,
+      // Jittered so a fleet of gateways dropped together does not come back in step; floored so
+      // that no retry is immediate.
+      retryStrategy: (times) => RETRY_MIN_MS + backoff(times - 1, RETRY_MIN_MS, RETRY_MAX_MS),
       connectionName: `jobwire-${process.pid}`,
     }
-    // Commands give up after two reconnect attempts (callers have their own deadlines); the
-    // subscriber waits for as long as it takes.
+    // Commands give up after two reconnect attempts (callers have their own deadlines).
     this.cmd = new Redis(url, { ...common, maxRetriesPerRequest: 2 })
-    this.sub = new Redis(url, { ...common, maxRetriesPerRequest: null, autoResubscribe: false })
+    // The subscriber keeps no hidden queue: a command is refused while the connection is away
+    // and failed when it drops, never resent. Our replay is then the only way subscriptions
+    // come back, so its acknowledgement alone says when they are live.
+    this.sub = new Redis(url, { ...common, maxRetriesPerRequest: 0, enableOfflineQueue: false, autoResubscribe: false })
     this.warn = rateLimitedLog(log, 5, 30_000)
   }
 
@@ -54,74 +74,121 @@ export class RedisBroker implements Broker {
     defineProgressScript(this.cmd)
     this.sub.on('messageBuffer', listener.message)
     this.sub.on('pmessageBuffer', (_pattern: Buffer, channel: Buffer, payload: Buffer) => listener.message(channel, payload))
+    this.cmd.on('ready', () => this.settle())
+    this.cmd.on('close', () => this.settle())
+    this.sub.on('ready', () => this.onSubscriberReady())
+    this.sub.on('close', () => {
+      this.subscriberSession++
+      this.settle()
+    })
     for (const [name, conn] of [['commands', this.cmd], ['subscriber', this.sub]] as const) {
       conn.on('error', (err: Error) => this.warn({ connection: name, err: err.message }, 'redis connection error'))
-      conn.on('ready', () => this.onReady(conn))
-      conn.on('close', () => this.onLost(conn))
       conn.connect().catch(() => {
         // Logged by the 'error' handler; retryStrategy keeps trying.
       })
     }
   }
 
-  private onReady(conn: Redis): void {
-    if (conn === this.sub) this.subWasReady = true
-    if (conn === this.sub && this.subLost) {
-      this.subLost = false
+  /** The state the connections and the replay call for. ioredis reports events a tick after
+   * its status changes, so the connections' status is read here rather than remembered. */
+  private settle(): void {
+    if (this.current === 'closed') return
+    const commandsUp = this.cmd.status === 'ready'
+    const subscriberUp = this.sub.status === 'ready'
+    const subscribed = subscriberUp && this.replayedSession === this.subscriberSession
+    if (commandsUp && subscribed) return this.transition('ready')
+    if (this.current === 'connecting') return
+    this.transition(commandsUp && subscriberUp ? 'replaying' : 'down')
+  }
+
+  private transition(next: BrokerState): void {
+    const previous = this.current
+    if (next === previous) return
+    this.current = next
+    this.log.info({ state: next, previous }, `redis ${next}`)
+    if (next === 'closed') return
+    this.listener?.state(next)
+    // From down (only the command connection was lost) or replaying: the end of an outage.
+    if (next === 'ready' && previous !== 'connecting') {
       this.reconnects++
-      void this.resubscribe()
-      return
+      this.listener?.restored()
     }
-    this.updateState()
   }
 
-  private onLost(conn: Redis): void {
-    if (this.closing) return
-    // Only a connection that held subscriptions has anything to restore.
-    if (conn === this.sub && this.subWasReady) this.subLost = true
-    this.updateState()
+  private onSubscriberReady(): void {
+    // The event trails the status by a tick: the connection may already be gone again.
+    if (this.sub.status !== 'ready' || this.current === 'closed') return
+    const session = ++this.subscriberSession
+    this.settle()
+    void this.replay(session)
   }
 
-  private async resubscribe(): Promise<void> {
+  /** Sends the whole tracked set (the first time too: it covers subscribes made before the
+   * connection was up) and marks the session replayed once Redis has acknowledged all of it. */
+  private async replay(session: number): Promise<void> {
     const channels = [...this.channels]
+    const pattern = this.pattern
+    let failure: Error | null = null
     try {
-      const pending: Promise<unknown>[] = []
-      for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-        pending.push(this.sub.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
-      }
-      if (this.pattern !== null) pending.push(this.sub.psubscribe(this.pattern))
+      const pending = this.sendSubscribe(channels)
+      if (pattern !== null) pending.push(this.sub.psubscribe(pattern))
       await Promise.all(pending)
     } catch (err) {
-      // The connection dropped again mid-replay; the next ready replays everything.
-      this.log.warn({ err: (err as Error).message }, 'redis resubscribe interrupted')
-      this.subLost = true
+      failure = err as Error
+    }
+    if (session !== this.subscriberSession || this.sub.status !== 'ready' || this.closed()) {
+      // This connection is gone; the next one replays for itself, and for those waiting.
+      if (failure !== null) this.log.warn({ err: failure.message }, 'redis replay interrupted')
       return
     }
-    this.log.info({ channels: channels.length, pattern: this.pattern }, 'redis subscriptions restored')
-    this.updateState()
+    if (failure !== null) {
+      // Redis refused a subscription on a live connection. Starting the connection over makes
+      // the retry strategy pace the next attempt instead of leaving us replaying forever.
+      this.log.error({ err: failure.message }, 'redis refused the replayed subscriptions; reconnecting')
+      this.sub.disconnect(true)
+      return
+    }
+    this.replayedSession = session
+    if (this.current !== 'connecting') this.log.info({ channels: channels.length, pattern }, 'redis subscriptions replayed')
+    const waiting = this.awaitingReplay
+    this.awaitingReplay = waiting.filter((waiter) => waiter.since >= session)
+    for (const waiter of waiting) if (waiter.since < session) waiter.resolve()
+    this.settle()
   }
 
-  private updateState(): void {
-    if (this.closing) return
-    const ready = this.cmd.status === 'ready' && this.sub.status === 'ready' && !this.subLost
-    const next: BrokerState = ready ? 'ready' : this.current === 'connecting' ? 'connecting' : 'down'
-    if (next === this.current) return
-    const previous = this.current
-    this.current = next
-    this.log.info({ state: next }, `redis ${next}`)
-    this.listener?.state(next)
-    // Back from any outage (either connection; subscriptions already replayed if the
-    // subscriber was the one lost): the gateway re-marks its jobs live and resynchronises.
-    if (previous === 'down' && next === 'ready') this.listener?.restored()
+  /** A method, not a comparison, so the compiler does not carry a narrowing across an await. */
+  private closed(): boolean {
+    return this.current === 'closed'
   }
 
-  async subscribe(channels: readonly string[]): Promise<void> {
-    for (const channel of channels) this.channels.add(channel)
+  private sendSubscribe(channels: readonly string[]): Promise<unknown>[] {
     const pending: Promise<unknown>[] = []
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
       pending.push(this.sub.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
     }
-    await Promise.all(pending)
+    return pending
+  }
+
+  /** Sends a subscription now if the subscriber is up, else (or if it drops before Redis
+   * answers) waits for the replay that brings it back. */
+  private async sendOrAwaitReplay(send: () => Promise<unknown>[]): Promise<void> {
+    if (this.closed()) throw new Error('broker closed')
+    if (this.sub.status === 'ready') {
+      try {
+        await Promise.all(send())
+        return
+      } catch (err) {
+        // Still up: Redis itself refused. Otherwise the connection went, and the replay follows.
+        if (this.sub.status === 'ready' || this.closed()) throw err
+      }
+    }
+    const since = this.subscriberSession
+    await new Promise<void>((resolve, reject) => this.awaitingReplay.push({ since, resolve, reject }))
+  }
+
+  async subscribe(channels: readonly string[]): Promise<void> {
+    for (const channel of channels) this.channels.add(channel)
+    await this.sendOrAwaitReplay(() => this.sendSubscribe(channels))
   }
 
   async unsubscribe(channels: readonly string[]): Promise<void> {
@@ -133,12 +200,17 @@ export class RedisBroker implements Broker {
     for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
       pending.push(this.sub.unsubscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
     }
-    await Promise.all(pending)
+    try {
+      await Promise.all(pending)
+    } catch (err) {
+      // Lost mid-way: the same as above, the next connection never holds them.
+      if (this.sub.status === 'ready') throw err
+    }
   }
 
   async psubscribe(pattern: string): Promise<void> {
     this.pattern = pattern
-    await this.sub.psubscribe(pattern)
+    await this.sendOrAwaitReplay(() => [this.sub.psubscribe(pattern)])
   }
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
@@ -161,9 +233,11 @@ export class RedisBroker implements Broker {
   }
 
   async close(): Promise<void> {
-    if (this.closing) return
-    this.closing = true
-    this.current = 'closed'
+    if (this.current === 'closed') return
+    this.transition('closed')
+    const waiting = this.awaitingReplay
+    this.awaitingReplay = []
+    for (const waiter of waiting) waiter.reject(new Error('broker closed'))
     await Promise.all([this.cmd, this.sub].map(async (conn) => {
       if (conn.status === 'ready') {
         try {
