@@ -131,7 +131,8 @@ export class Gateway {
         if (state !== 'ready') this.watched.markAllDown()
         this.readiness.check()
       },
-      restored: () => {
+      restored: (dataLost) => {
+        if (dataLost) this.watched.forgetSeen()
         this.watched.markAllLive()
         this.readiness.check()
         void this.resync.start()

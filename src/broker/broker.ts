@@ -39,8 +39,10 @@ export interface BrokerListener {
   /** Every change of state but to `closed`. */
   state(state: BrokerState): void
   /** Once per outage, right after the state is back to `ready`: every subscription is live
-   * again, and stored state may have moved on while messages could not arrive. */
-  restored(): void
+   * again, and stored state may have moved on while messages could not arrive. `dataLost`:
+   * the broker is another server process than before (a restart or failover), so what was
+   * seen before may describe state that no longer exists. */
+  restored(dataLost: boolean): void
 }
 
 export interface Broker {

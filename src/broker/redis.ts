@@ -47,6 +47,12 @@ export class RedisBroker implements Broker {
   /** Subscribes made while the subscriber was away: the replay on its return covers them. */
   private awaitingReplay: ReplayWaiter[] = []
   private readonly warn: ReturnType<typeof rateLimitedLog>
+  /** The server's run_id, and the command session it was checked for. */
+  private runId: string | null = null
+  private commandSession = 0
+  private checkedSession = -1
+  /** The server changed while we were away: told with the next restored(). */
+  private dataLost = false
 
   constructor(url: string, private readonly names: BrokerNames, private readonly log: Logger) {
     const common: RedisOptions = {
@@ -74,8 +80,11 @@ export class RedisBroker implements Broker {
     defineProgressScript(this.cmd)
     this.sub.on('messageBuffer', listener.message)
     this.sub.on('pmessageBuffer', (_pattern: Buffer, channel: Buffer, payload: Buffer) => listener.message(channel, payload))
-    this.cmd.on('ready', () => this.settle())
-    this.cmd.on('close', () => this.settle())
+    this.cmd.on('ready', () => void this.checkRunId())
+    this.cmd.on('close', () => {
+      this.commandSession++
+      this.settle()
+    })
     this.sub.on('ready', () => this.onSubscriberReady())
     this.sub.on('close', () => {
       this.subscriberSession++
@@ -93,7 +102,8 @@ export class RedisBroker implements Broker {
    * its status changes, so the connections' status is read here rather than remembered. */
   private settle(): void {
     if (this.current === 'closed') return
-    const commandsUp = this.cmd.status === 'ready'
+    // The command connection counts as up once the server's run_id is known for it.
+    const commandsUp = this.cmd.status === 'ready' && this.checkedSession === this.commandSession
     const subscriberUp = this.sub.status === 'ready'
     const subscribed = subscriberUp && this.replayedSession === this.subscriberSession
     if (commandsUp && subscribed) return this.transition('ready')
@@ -111,8 +121,32 @@ export class RedisBroker implements Broker {
     // From down (only the command connection was lost) or replaying: the end of an outage.
     if (next === 'ready' && previous !== 'connecting') {
       this.reconnects++
-      this.listener?.restored()
+      const dataLost = this.dataLost
+      this.dataLost = false
+      this.listener?.restored(dataLost)
     }
+  }
+
+  /** A Redis whose run_id changed is another server process: it restarted (empty, unless it
+   * loaded a dump) or a replica took over, so what the gateway saw before may be gone. */
+  private async checkRunId(): Promise<void> {
+    const session = ++this.commandSession
+    let runId: string | null = null
+    try {
+      runId = /^run_id:(\w+)/m.exec(await this.cmd.info('server'))?.[1] ?? null
+    } catch (err) {
+      this.warn({ err: (err as Error).message }, 'redis INFO failed; a restart of Redis will not be noticed')
+    }
+    if (session !== this.commandSession) return
+    if (runId !== null) {
+      if (this.runId !== null && runId !== this.runId) {
+        this.dataLost = true
+        this.log.warn({ previous: this.runId, now: runId }, 'redis is another server process (restart or failover); stored state may be lost')
+      }
+      this.runId = runId
+    }
+    this.checkedSession = session
+    this.settle()
   }
 
   private onSubscriberReady(): void {
