@@ -74,15 +74,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     }
     conn.jobs.set(jobId, 'pending')
     const result = await watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
-      const ws = conn.ws
-      if (conn.closed || ws === null || conn.jobs.get(jobId) !== 'pending') return false
-      // Joining the topic (uWS's subscription handler then holds the job) and sending the
-      // snapshot in one step: every later message reaches this socket after its job_status.
-      conn.jobs.set(jobId, 'subscribed')
-      ws.cork(() => {
-        ws.subscribe(topicFor(conn.encoding, jobId))
-        conn.send(statusMessage(jobId, snapshot.data))
-      })
+      if (!conn.join(jobId, snapshot.data, 'pending')) return false
       metrics.subscriptions++
       return true
     })

@@ -14,7 +14,6 @@ import type { Connections } from '../access/connections.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Metrics } from '../support/metrics.js'
-import { statusMessage } from '../wire/frames.js'
 import { topicFor } from '../wire/topics.js'
 import { SocketConnection } from './connection.js'
 
@@ -101,13 +100,7 @@ export class CatchUp {
     const jobs = [...conn.jobs].filter(([, state]) => state === 'parked').map(([jobId]) => jobId)
     await Promise.all(jobs.map(async (jobId) => {
       const result = await this.watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
-        const ws = conn.ws
-        if (conn.closed || ws === null || conn.jobs.get(jobId) !== 'parked') return false
-        conn.jobs.set(jobId, 'subscribed')
-        ws.cork(() => {
-          ws.subscribe(topicFor(conn.encoding, jobId))
-          conn.send(statusMessage(jobId, snapshot.data))
-        })
+        if (!conn.join(jobId, snapshot.data, 'parked')) return false
         this.metrics.catchUpStatuses++
         return true
       })

@@ -8,8 +8,8 @@ import type { Connection } from '../access/connections.js'
 import type { TokenBucket } from '../access/token-bucket.js'
 import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
-import { encodeMessage, frameBytes, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
-import { CloseCode, ErrorCode, TOKEN_EXPIRED_REASON, type Encoding, type ServerMessage } from '../wire/protocol.js'
+import { encodeMessage, frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
+import { CloseCode, ErrorCode, TOKEN_EXPIRED_REASON, type Encoding, type JobPayload, type ServerMessage } from '../wire/protocol.js'
 import { topicFor } from '../wire/topics.js'
 
 /** uWS copies the user data given to upgrade() into an object of its own, keeping own fields
@@ -68,6 +68,20 @@ export class SocketConnection implements Connection {
     const out: string[] = []
     for (const [job, state] of this.jobs) if (state !== 'pending') out.push(job)
     return out
+  }
+
+  /** Joins the job's topic (uWS's subscription handler then holds the job) and sends its
+   * snapshot in one step, so every later message reaches this socket after its job_status.
+   * False when the socket is gone or the job is no longer in the state `from`. */
+  join(jobId: string, data: JobPayload | null, from: 'pending' | 'parked'): boolean {
+    const ws = this.ws
+    if (this.closed || ws === null || this.jobs.get(jobId) !== from) return false
+    this.jobs.set(jobId, 'subscribed')
+    ws.cork(() => {
+      ws.subscribe(topicFor(this.encoding, jobId))
+      this.send(statusMessage(jobId, data))
+    })
+    return true
   }
 
   watches(jobId: string): boolean {
