@@ -95,14 +95,14 @@ export class Gateway {
       renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))),
     })
     this.stopSse = addSseRoute(this.app, { ...shared, snapshots })
-    addProducerRoute(this.app, { broker: this.broker, access, log, trustProxy: config.trustProxy })
+    addProducerRoute(this.app, { broker: this.broker, access, log, addressRule: config })
     this.demo = config.demo ? new DemoProducer({ broker: this.broker, access, log: log.child({ component: 'demo' }) }) : null
     if (this.demo) addDemoRoutes(this.app, { broker: this.broker, access, log }, this.demo)
     addStaticRoutes(this.app)
     addAdminRoutes(this.app, {
       access,
       log,
-      trustProxy: config.trustProxy,
+      addressRule: config,
       connections: async (user) => connectionsOf(await this.nodeQuery({ kind: 'connections', ...(user ? { user } : {}) })),
       disconnectUser: async (user) => disconnectedOf(await this.nodeQuery({ kind: 'disconnect', user })),
     })

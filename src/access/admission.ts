@@ -8,7 +8,8 @@ import { TokenBucket } from './token-bucket.js'
 
 export interface AdmissionRequest {
   readonly userId: string | null
-  readonly ip: string
+  /** The per-address limit key (access/client-address.ts); null: not limited per address. */
+  readonly address: string | null
 }
 
 export type AdmissionResult =
@@ -17,7 +18,7 @@ export type AdmissionResult =
 
 export interface Admission {
   /** Spends one new connection from the address's rate; before anything else is checked. */
-  charge(ip: string): AdmissionResult | Promise<AdmissionResult>
+  charge(address: string | null): AdmissionResult | Promise<AdmissionResult>
   /** The caps on open connections. */
   admit(request: AdmissionRequest): AdmissionResult | Promise<AdmissionResult>
   /** Called once for every admitted connection when it closes, with the very object that was
@@ -46,9 +47,9 @@ export class LocalAdmission implements Admission {
     setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
   }
 
-  charge(ip: string): AdmissionResult {
+  charge(ip: string | null): AdmissionResult {
     const { connectRatePerIp } = this.limits
-    if (connectRatePerIp <= 0) return ADMITTED
+    if (connectRatePerIp <= 0 || ip === null) return ADMITTED
     const now = this.clock()
     let bucket = this.rates.get(ip)
     if (bucket === undefined) {
@@ -59,23 +60,23 @@ export class LocalAdmission implements Admission {
     return { ok: false, reason: `more than ${connectRatePerIp} new connections per second from this address`, retryAfterMs: Math.max(1000, bucket.waitMs(now)) }
   }
 
-  admit({ userId, ip }: AdmissionRequest): AdmissionResult {
+  admit({ userId, address: ip }: AdmissionRequest): AdmissionResult {
     const { maxConnectionsPerUser, maxConnectionsPerIp } = this.limits
-    const ipCount = this.perIp.get(ip) ?? 0
-    if (maxConnectionsPerIp > 0 && ipCount >= maxConnectionsPerIp) {
+    const ipCount = ip === null ? 0 : this.perIp.get(ip) ?? 0
+    if (ip !== null && maxConnectionsPerIp > 0 && ipCount >= maxConnectionsPerIp) {
       return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }
     }
     const userCount = userId === null ? 0 : this.perUser.get(userId) ?? 0
     if (userId !== null && maxConnectionsPerUser > 0 && userCount >= maxConnectionsPerUser) {
       return { ok: false, reason: `at most ${maxConnectionsPerUser} connections per user`, retryAfterMs: CAP_RETRY_MS }
     }
-    this.perIp.set(ip, ipCount + 1)
+    if (ip !== null) this.perIp.set(ip, ipCount + 1)
     if (userId !== null) this.perUser.set(userId, userCount + 1)
     return ADMITTED
   }
 
-  release({ userId, ip }: AdmissionRequest): void {
-    decrement(this.perIp, ip)
+  release({ userId, address: ip }: AdmissionRequest): void {
+    if (ip !== null) decrement(this.perIp, ip)
     if (userId !== null) decrement(this.perUser, userId)
   }
 

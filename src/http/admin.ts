@@ -5,14 +5,15 @@
 
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
+import type { AddressRule } from '../access/client-address.js'
 import type { ConnectionInfo } from '../access/connections.js'
 import type { Logger } from '../support/log.js'
-import { clientAddress, respondJson, respondThrottled, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
+import { clientOf, respondJson, respondThrottled, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface AdminContext {
   readonly access: Access
   readonly log: Logger
-  readonly trustProxy: boolean
+  readonly addressRule: AddressRule
   connections(user: string | undefined): Promise<ConnectionInfo[]>
   disconnectUser(user: string): Promise<number>
 }
@@ -22,7 +23,7 @@ function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { abor
     const credentials = credentialsOf(req)
     const param = req.getParameter(0) ?? ''
     const user = req.getQuery('user') ?? ''
-    const ip = clientAddress(res, ctx.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    const { ip } = clientOf(res, req, ctx.addressRule)
     if (ctx.access.throttled(ip)) return respondThrottled(res)
     const aborted = trackAborted(res)
     void (async () => {

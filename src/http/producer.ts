@@ -5,13 +5,14 @@
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
+import type { AddressRule } from '../access/client-address.js'
 import { claimCovers } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
 import { checkProducerPayload, OwnerConflict, ProducerError } from '../producer/merge.js'
 import type { Logger } from '../support/log.js'
 import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
-import { BodyTooLarge, clientAddress, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
+import { BodyTooLarge, clientOf, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
 
 const OWNER_PATTERN = /^[^\s]{1,256}$/
 
@@ -19,7 +20,7 @@ export interface ProducerRouteContext {
   readonly broker: Broker
   readonly access: Access
   readonly log: Logger
-  readonly trustProxy: boolean
+  readonly addressRule: AddressRule
 }
 
 export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): void {
@@ -29,7 +30,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const credentials = credentialsOf(req)
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
     const replaceOwner = (req.getQuery('replace_owner') ?? '') === '1'
-    const ip = clientAddress(res, ctx.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    const { ip } = clientOf(res, req, ctx.addressRule)
     if (ctx.access.throttled(ip)) return respondThrottled(res)
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })

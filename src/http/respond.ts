@@ -2,7 +2,8 @@
 // immediate request callback, and must not be touched once aborted.
 
 import { STATUS_CODES } from 'node:http'
-import type { HttpResponse } from 'uWebSockets.js'
+import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
+import { resolveClient, type AddressRule, type ClientAddress } from '../access/client-address.js'
 import { JOB_ID_RULE } from '../wire/protocol.js'
 
 export function statusLine(status: number): string {
@@ -44,14 +45,14 @@ export function respondJson(res: HttpResponse, status: number, body: unknown, he
   respond(res, status, JSON.stringify(body), 'application/json', { 'cache-control': 'no-store', ...headers }, closeConnection)
 }
 
-/** The client's address: the socket's peer, or with a trusted proxy the last entry of its
- * X-Forwarded-For (the address the proxy itself saw; earlier entries are client-supplied). */
-export function clientAddress(res: HttpResponse, forwardedFor: string): string {
-  if (forwardedFor !== '') {
-    const last = forwardedFor.split(',').pop()!.trim()
-    if (last !== '') return last.slice(0, 64)
-  }
-  return Buffer.from(res.getRemoteAddressAsText()).toString()
+/** The client behind this request (see access/client-address.ts). Reads the request, so it
+ * must run before the handler's first await. */
+export function clientOf(res: HttpResponse, req: HttpRequest, rule: AddressRule): ClientAddress {
+  const forwardedFor: string[] = []
+  if (rule.trustProxy) req.forEach((name, value) => {
+    if (name === 'x-forwarded-for') forwardedFor.push(value)
+  })
+  return resolveClient(rule, Buffer.from(res.getRemoteAddressAsText()).toString(), forwardedFor)
 }
 
 /** Browsers always send Origin on WebSocket upgrades; other clients need not. An empty list

@@ -74,7 +74,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
         case 'node-answer':
           return answers.answer(message.id, message.answer)
         case 'charge':
-          return reply({ type: 'admit-result', id: message.id, result: admission.charge(message.ip) })
+          return reply({ type: 'admit-result', id: message.id, result: admission.charge(message.address) })
         case 'admit': {
           const result = admission.admit(message.request)
           if (result.ok) held[index]!.set(message.id, message.request)

@@ -10,7 +10,7 @@ export type WorkerMessage =
   /** A question for the whole node, asked by the worker that received it over HTTP. */
   | { readonly type: 'node-query'; readonly id: number; readonly request: NodeRequest }
   | { readonly type: 'node-answer'; readonly id: number; readonly answer: NodeAnswer }
-  | { readonly type: 'charge'; readonly id: number; readonly ip: string }
+  | { readonly type: 'charge'; readonly id: number; readonly address: string | null }
   | { readonly type: 'admit'; readonly id: number; readonly request: AdmissionRequest }
   | { readonly type: 'release'; readonly id: number }
 

@@ -22,7 +22,8 @@ const ADMIT_RETRY_MS = 1000
 
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
-  const log = createLogger(config.logLevel, workerIndex === undefined ? {} : { worker: Number(workerIndex) }, config.logBufferBytes)
+  const log = createLogger(config.logLevel, workerIndex === undefined ? {} : { worker: Number(workerIndex) }, config.logBufferBytes, config.logFormat)
+  if (workerIndex === undefined) for (const note of config.notes) log.info(note)
   const uws = detectUwsRuntime()
   if (!uws.native) {
     log.fatal({ detail: uws.detail }, 'uWebSockets.js native binary did not load; refusing to run on its slow JavaScript fallback')
@@ -47,13 +48,13 @@ function primaryLink(log: Logger, local: () => Gateway) {
     return { ok: false, reason: 'the node is busy; retry shortly', retryAfterMs: ADMIT_RETRY_MS }
   }
   const admission: Admission = {
-    charge: (ip) => admits.ask((id) => send({ type: 'charge', id, ip }), ADMIT_TIMEOUT_MS, failClosed),
+    charge: (address) => admits.ask((id) => send({ type: 'charge', id, address }), ADMIT_TIMEOUT_MS, failClosed),
     admit: async (request) => {
       let ticket = 0
       const result = await admits.ask((id) => {
         ticket = id
         // A plain copy: the request may be a class instance whose fields IPC would not carry.
-        send({ type: 'admit', id, request: { userId: request.userId, ip: request.ip } })
+        send({ type: 'admit', id, request: { userId: request.userId, address: request.address } })
       }, ADMIT_TIMEOUT_MS, () => {
         send({ type: 'release', id: ticket })
         return failClosed()

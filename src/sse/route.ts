@@ -7,7 +7,7 @@ import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission, AdmissionRequest } from '../access/admission.js'
 import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
-import { clientAddress, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
+import { clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
 import type { SnapshotReader } from '../stream/snapshot.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
@@ -42,7 +42,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
   app.get('/jobs/:id/events', (res, req) => {
     const jobId = safeDecode(req.getParameter(0))
     const credentials = credentialsOf(req)
-    const ip = clientAddress(res, ctx.config.trustProxy ? req.getHeader('x-forwarded-for') : '')
+    const { ip, limitKey } = clientOf(res, req, ctx.config)
     if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
@@ -52,11 +52,11 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     }
     void (async () => {
       // The connection rate before the credentials, as for WebSocket upgrades.
-      const charged = await ctx.admission.charge(ip)
+      const charged = await ctx.admission.charge(limitKey)
       if (!charged.ok) return refuse(charged)
       const principal = await ctx.access.authenticate(credentials, 'sse')
       if (principal instanceof AuthError) return request.aborted || respondUnauthorized(res, principal.message)
-      const ticket: AdmissionRequest = { userId: principal?.userId ?? null, ip }
+      const ticket: AdmissionRequest = { userId: principal?.userId ?? null, address: limitKey }
       const admitted = await ctx.admission.admit(ticket)
       if (!admitted.ok) return refuse(admitted)
       const result = await ctx.watches.open(principal, jobId, 'sse', (job, snapshot) => {

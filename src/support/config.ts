@@ -2,10 +2,13 @@
 // row in OPTIONS: the flag, the environment variable, the default, how to parse it and what it
 // means. `jobwire serve --help` and the README's configuration table are both read off it.
 
+import type { BlockList } from 'node:net'
 import { availableParallelism } from 'node:os'
+import { parseCidrs } from '../access/client-address.js'
 
 export type SubscriptionMode = 'per-job' | 'pattern'
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+export type LogFormat = 'auto' | 'json' | 'pretty'
 
 export interface Config {
   readonly host: string
@@ -29,6 +32,7 @@ export interface Config {
   readonly workers: number
   readonly logLevel: LogLevel
   readonly logBufferBytes: number
+  readonly logFormat: LogFormat
   // access control (see src/auth.ts)
   readonly jwtSecret: string
   readonly jwtPublicKeyFile: string
@@ -41,12 +45,15 @@ export interface Config {
   readonly insecureNoAuth: boolean
   readonly allowedOrigins: readonly string[]
   readonly trustProxy: boolean
+  readonly trustedProxies: BlockList
   // limits (0 = no limit)
   readonly maxConnectionsPerUser: number
   readonly maxConnectionsPerIp: number
   readonly connectRatePerIp: number
   readonly maxMessagesPerSec: number
   readonly demo: boolean
+  /** What loadConfig decided for the operator (an adjusted default), to be said at startup. */
+  readonly notes: readonly string[]
 }
 
 export class ConfigError extends Error {
@@ -145,6 +152,14 @@ function origins(raw: string, where: string): readonly string[] {
   return Object.freeze(list)
 }
 
+function cidrs(raw: string, where: string): BlockList {
+  try {
+    return parseCidrs(raw.split(',').map((c) => c.trim()).filter((c) => c !== ''))
+  } catch (err) {
+    throw new ConfigError(`${where}: ${(err as Error).message}`)
+  }
+}
+
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
 export const OPTIONS = [
@@ -191,6 +206,8 @@ export const OPTIONS = [
     parse: oneOf(LOG_LEVELS), help: 'fatal, error, warn, info, debug, trace or silent' },
   { key: 'logBufferBytes', flag: 'log-buffer-bytes', env: ['JOBWIRE_LOG_BUFFER_BYTES'], fallback: '1048576',
     parse: integer(4096, 1_073_741_824), help: 'log bytes held while stdout does not take them; more are dropped and counted' },
+  { key: 'logFormat', flag: 'log-format', env: ['JOBWIRE_LOG_FORMAT'], fallback: 'auto', parse: oneOf<LogFormat>(['auto', 'json', 'pretty']),
+    help: 'json: one JSON object a line (pino); pretty: one readable line (local time, level, component, message); auto: pretty on a terminal, else json' },
   { key: 'jwtSecret', flag: 'jwt-secret', env: ['JOBWIRE_JWT_SECRET'], fallback: '', parse: text,
     help: 'HS256 secret verifying client tokens (prefer the environment variable to the flag)' },
   { key: 'jwtPublicKeyFile', flag: 'jwt-public-key', env: ['JOBWIRE_JWT_PUBLIC_KEY'], fallback: '', parse: text,
@@ -212,7 +229,9 @@ export const OPTIONS = [
   { key: 'allowedOrigins', flag: 'allowed-origins', env: ['JOBWIRE_ALLOWED_ORIGINS'], fallback: '', parse: origins,
     help: 'comma-separated browser origins allowed to open sockets (https://*.example.com works); empty: any' },
   { key: 'trustProxy', flag: 'trust-proxy', env: ['JOBWIRE_TRUST_PROXY'], fallback: 'false', parse: switchValue,
-    boolean: true, help: 'take the client address from the last X-Forwarded-For entry (set by your proxy)' },
+    boolean: true, help: 'take the client address from X-Forwarded-For: the right-most entry that is not a trusted proxy' },
+  { key: 'trustedProxies', flag: 'trusted-proxies', env: ['JOBWIRE_TRUSTED_PROXIES'], fallback: '127.0.0.0/8,::1/128', parse: cidrs,
+    help: 'CIDRs of the proxies/load balancers in front; never limited per address as if they were one client' },
   { key: 'maxConnectionsPerUser', flag: 'max-connections-per-user', env: ['JOBWIRE_MAX_CONNECTIONS_PER_USER'],
     fallback: '20', parse: integer(0, 1_000_000), help: 'open sockets per user id, node-wide (0: no limit)' },
   { key: 'maxConnectionsPerIp', flag: 'max-connections-per-ip', env: ['JOBWIRE_MAX_CONNECTIONS_PER_IP'],
@@ -248,12 +267,23 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
   }
   // Every option was parsed above, so every field is set.
   const config = out as { -readonly [K in keyof Config]: Config[K] }
+  const notes: string[] = []
   if (config.workers === AUTO_WORKERS) {
     config.workers = config.redisUrl === '' ? 1 : Math.max(1, availableParallelism())
+    // Workers share one port; with port 0 each would get its own.
+    if (config.port === 0 && config.workers > 1) {
+      notes.push(`--workers auto would start ${config.workers} workers, but with --port 0 they cannot share one port: running 1 worker (give a fixed --port for one per core)`)
+      config.workers = 1
+    }
   } else if (config.workers > 1 && config.redisUrl === '') {
     throw new ConfigError(
       `--workers ${config.workers} needs Redis: the embedded broker lives inside one process. ` +
         'Set --redis (or REDIS_URL), or use --workers 1.',
+    )
+  } else if (config.workers > 1 && config.port === 0) {
+    throw new ConfigError(
+      `--workers ${config.workers} needs a fixed --port: the workers share one port, and with --port 0 each would get its own. ` +
+        'Give a --port, or use --workers 1.',
     )
   }
   if (config.terminalTtlSec > config.stateTtlSec) {
@@ -262,13 +292,34 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
         'a finished job is kept for less time than a running one, not more',
     )
   }
+  config.notes = Object.freeze(notes)
   return Object.freeze(config as Config)
 }
 
-export function configHelp(): string {
-  const rows = OPTIONS.map((o) => {
-    const left = 'boolean' in o ? `  --${o.flag}` : `  --${o.flag} <value>`
-    return `${left.padEnd(34)}${o.help} [env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`
-  })
-  return rows.join('\n')
+export function configHelp(width = 100): string {
+  return helpColumns(OPTIONS.map((o) => [
+    'boolean' in o ? `--${o.flag}` : `--${o.flag} <value>`,
+    `${o.help} [env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`,
+  ]), width)
+}
+
+/** Two columns, the second starting where the longest first one ends (plus two spaces) and
+ * wrapped at `width`, its continuation lines indented to the same column. */
+export function helpColumns(rows: ReadonlyArray<readonly [string, string]>, width = 100): string {
+  const column = Math.max(...rows.map(([left]) => left.length)) + 4
+  const room = Math.max(30, width - column)
+  return rows.map(([left, text]) => {
+    const lines: string[] = []
+    let line = ''
+    for (const word of text.split(/\s+/)) {
+      if (line !== '' && line.length + 1 + word.length > room) {
+        lines.push(line)
+        line = word
+      } else {
+        line = line === '' ? word : `${line} ${word}`
+      }
+    }
+    lines.push(line)
+    return lines.map((l, i) => `${i === 0 ? `  ${left}`.padEnd(column) : ' '.repeat(column)}${l}`).join('\n')
+  }).join('\n')
 }

@@ -13,7 +13,7 @@ import type { Admission } from '../access/admission.js'
 import { AuthError } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenBucket } from '../access/token-bucket.js'
-import { clientAddress, originAllowed, respondJson, trackAborted } from '../http/respond.js'
+import { clientOf, originAllowed, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow } from '../stream/fanout.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
@@ -120,7 +120,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const extensions = req.getHeader('sec-websocket-extensions')
       const origin = req.getHeader('origin')
       const credentials = credentialsOf(req)
-      const ip = clientAddress(res, config.trustProxy ? req.getHeader('x-forwarded-for') : '')
+      const { ip, limitKey } = clientOf(res, req, config)
       const encoding = chooseSubprotocol(req.getHeader('sec-websocket-protocol'))
       const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}) => {
         metrics.countRejectedUpgrade(reason)
@@ -138,10 +138,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       void (async () => {
         // The connection rate first: a flood of upgrades costs a bucket lookup each, not a
         // signature check.
-        const charged = await admission.charge(ip)
+        const charged = await admission.charge(limitKey)
         if (aborted.aborted) return
         if (!charged.ok) {
-          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, null, Date.now(), null, metrics)
+          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, null, Date.now(), null, metrics)
           conn.refused = { reason: charged.reason, retryAfterMs: charged.retryAfterMs }
           return upgrade(conn)
         }
@@ -151,7 +151,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
           return
         }
         const bucket = config.maxMessagesPerSec > 0 ? new TokenBucket(config.maxMessagesPerSec, messageBurst, Date.now()) : null
-        const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, principal, Date.now(), bucket, metrics)
+        const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), bucket, metrics)
         const admitted = await admission.admit(conn)
         if (aborted.aborted) {
           if (admitted.ok) admission.release(conn)

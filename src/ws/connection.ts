@@ -48,6 +48,8 @@ export class SocketConnection implements Connection {
     readonly id: number,
     readonly encoding: Encoding,
     readonly ip: string,
+    /** The per-address limit key; null: not limited per address. */
+    readonly address: string | null,
     /** Who the token says this is; null when access control is off. */
     readonly principal: Principal | null,
     readonly connectedAt: number,
