@@ -18,6 +18,7 @@ import { Readiness } from './node/readiness.js'
 import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
 import { Fanout } from './stream/fanout.js'
+import { Recorder } from './stream/recorder.js'
 import { Resync } from './stream/resync.js'
 import { SnapshotReader } from './stream/snapshot.js'
 import { Watches } from './stream/watch.js'
@@ -63,6 +64,7 @@ export class Gateway {
   private readonly demo: DemoProducer | null
   private readonly stopSse: () => void
   private readonly catchUp: CatchUp
+  private readonly recorder: Recorder
   private listenSocket: us_listen_socket | null = null
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
@@ -79,6 +81,7 @@ export class Gateway {
     const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs)
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
     this.fanout = new Fanout(this.app, this.metrics)
+    this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
@@ -126,7 +129,7 @@ export class Gateway {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
     this.broker.start({
       message: createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
-        (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize),
+        (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder),
       state: (state) => {
         if (state !== 'ready') this.watched.markAllDown()
         this.readiness.check()
@@ -188,6 +191,7 @@ export class Gateway {
     for (const connection of this.connections.all()) connection.shutdown()
     this.stopSse()
     this.catchUp.stop()
+    this.recorder.stop()
     this.watched.dispose()
     try {
       // Leaves a second of the bound for closing what is left and exiting.

@@ -134,7 +134,7 @@ for (const kind of ['embedded', 'redis'] as const) {
       for (const [name, payload] of HOSTILE) {
         await t.rejects(broker.publishProgress('c4', payload), ProducerError, `refuses ${name}`)
       }
-      t.same(await broker.readJobs(['c4']), [{ state: null, owner: null }])
+      t.same(await broker.readJobs(['c4']), [{ state: null, owner: null, seen: null }])
     })
 
     t.test('TTL: shorter once the status is terminal', { skip: kind === 'embedded' ? 'TTL is read from Redis' : false }, async (t) => {
@@ -148,7 +148,7 @@ for (const kind of ['embedded', 'redis'] as const) {
       await broker.subscribe(['progress:c6'])
       await broker.publish('progress:c6', '{"p":1}')
       t.equal((await sink.next()).payload.toString(), '{"p":1}')
-      t.same(await broker.readJobs(['c6']), [{ state: null, owner: null }])
+      t.same(await broker.readJobs(['c6']), [{ state: null, owner: null, seen: null }])
       await broker.unsubscribe(['progress:c6'])
       const before = sink.received.length
       await broker.publish('progress:c6', '{"p":2}')

@@ -20,6 +20,14 @@ export interface JobRecord {
   /** The latest payload with seq and ts merged in, as published; null when none is stored. */
   readonly state: Buffer | null
   readonly owner: string | null
+  /** For jobs whose producers only PUBLISH: the latest payload a gateway recorded, as JSON. */
+  readonly seen: Buffer | null
+}
+
+/** A PUBLISH-only job's latest payload, for recordSeen. */
+export interface SeenPayload {
+  readonly jobId: string
+  readonly json: string
 }
 
 export interface ProgressOptions {
@@ -62,6 +70,9 @@ export interface Broker {
   /** The producer path: atomically bumps seq, stores the payload as the job's state and
    * publishes it. Resolves to the new seq; rejects with ProducerError for a bad payload. */
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number>
+  /** Stores what this gateway saw of PUBLISH-only jobs, for the other workers and nodes
+   * (stream/recorder.ts); a no-op where one process is all there is. */
+  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<void>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

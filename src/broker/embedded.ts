@@ -63,7 +63,7 @@ export class EmbeddedBroker implements Broker {
     const now = Date.now()
     return jobIds.map((id) => {
       const job = this.live(id, now)
-      return { state: job?.state ?? null, owner: job?.owner ?? null }
+      return { state: job?.state ?? null, owner: job?.owner ?? null, seen: null }
     })
   }
 
@@ -85,6 +85,9 @@ export class EmbeddedBroker implements Broker {
     this.deliver(channelFor(this.names.channelPrefix, jobId), job.state)
     return job.seq
   }
+
+  /** One process: every watcher of a job is in it, and sees its channel itself. */
+  async recordSeen(): Promise<void> {}
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {
     this.deliver(channel, typeof payload === 'string' ? Buffer.from(payload) : payload)

@@ -11,9 +11,16 @@ import { Redis, type RedisOptions } from 'ioredis'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import { backoff } from '../support/backoff.js'
-import { jobKey } from '../wire/topics.js'
+import { redisConnectionProblem } from '../support/redis-problem.js'
+import { readFileSync } from 'node:fs'
+import { projectPath } from '../support/paths.js'
+import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
-import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
+import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
+
+const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
+/** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
+const RECORDER_LEASE_MS = 5000
 
 /** Channels per SUBSCRIBE command when replaying thousands after a reconnect. */
 const SUBSCRIBE_BATCH = 1000
@@ -91,7 +98,7 @@ export class RedisBroker implements Broker {
       this.settle()
     })
     for (const [name, conn] of [['commands', this.cmd], ['subscriber', this.sub]] as const) {
-      conn.on('error', (err: Error) => this.warn({ connection: name, err: err.message }, 'redis connection error'))
+      conn.on('error', (err: Error) => this.warn({ connection: name, err: err.message }, redisConnectionProblem(conn.options, err, this.current === 'connecting')))
       conn.connect().catch(() => {
         // Logged by the 'error' handler; retryStrategy keeps trying.
       })
@@ -249,13 +256,22 @@ export class RedisBroker implements Broker {
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
     const pipeline = this.cmd.pipeline()
-    for (const id of jobIds) pipeline.hmgetBuffer(jobKey(this.names.keyPrefix, id), 'state', 'owner')
+    for (const id of jobIds) pipeline.hmgetBuffer(jobKey(this.names.keyPrefix, id), 'state', 'owner', 'seen')
     const results = (await pipeline.exec()) ?? []
     return results.map(([err, value]) => {
       if (err) throw err
-      const [state, owner] = value as [Buffer | null, Buffer | null]
-      return { state, owner: owner === null ? null : owner.toString('utf8') }
+      const [state, owner, seen] = value as [Buffer | null, Buffer | null, Buffer | null]
+      return { state, owner: owner === null ? null : owner.toString('utf8'), seen }
     })
+  }
+
+  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<void> {
+    if (!('jobwireRecordSeen' in this.cmd)) this.cmd.defineCommand('jobwireRecordSeen', { numberOfKeys: 2, lua: RECORD_SEEN_SCRIPT })
+    const pipeline = this.cmd.pipeline() as unknown as Record<string, (...args: Array<string | number>) => unknown> & { exec(): Promise<unknown> }
+    for (const { jobId, json } of entries) {
+      pipeline.jobwireRecordSeen!(recorderKey(this.names.keyPrefix, jobId), jobKey(this.names.keyPrefix, jobId), recorderId, json, RECORDER_LEASE_MS, this.names.stateTtlSec)
+    }
+    await pipeline.exec()
   }
 
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {

@@ -5,6 +5,7 @@
 import type { Metrics } from '../support/metrics.js'
 import { decodePayload, MalformedPayload } from '../wire/payload.js'
 import type { Fanout } from './fanout.js'
+import type { Recorder } from './recorder.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 export function createBridge(
@@ -15,6 +16,7 @@ export function createBridge(
   onMalformed: (jobId: string, reason: string) => void,
   /** With access control on: checks a job's watchers again when its generation changes. */
   onNewGeneration: ((job: WatchedJob) => void) | null = null,
+  recorder: Recorder | null = null,
 ): (channel: Buffer, payload: Buffer) => void {
   function forward(job: WatchedJob, payload: Buffer): void {
     const update = decodePayload(payload)
@@ -24,6 +26,8 @@ export function createBridge(
       return
     }
     job.see(update.obj, update.seq, update.epoch)
+    // No seq: nothing stored it (a plain PUBLISH); record it for the other processes.
+    if (update.seq === undefined) recorder?.note(job)
     if (update.epoch !== undefined && update.epoch !== job.generation) {
       const known = job.generation
       job.generation = update.epoch

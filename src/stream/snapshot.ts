@@ -45,11 +45,20 @@ export async function readSnapshots(
     }
     const job = watched.get(jobId)
     const seen = job?.lastPayload ?? null
-    if (stored === null) return { data: seen, owner: record.owner }
+    // A PUBLISH-only job: what this process saw, or else what another one recorded.
+    if (stored === null) return { data: seen ?? recorded(record.seen, jobId, log), owner: record.owner }
     // What the channel delivered after the read was issued may be newer than what it read.
     const seenIsNewer = seen !== null && compareVersions(job!.lastEpoch, job!.lastSeq, stored.epoch, stored.seq) > 0
     return { data: seenIsNewer ? seen : stored.obj, owner: record.owner }
   })
+}
+
+function recorded(seen: Buffer | null, jobId: string, log: Logger): JobPayload | null {
+  if (seen === null) return null
+  const decoded = decodePayload(seen)
+  if (!(decoded instanceof MalformedPayload)) return decoded.obj
+  log.warn({ job: jobId, reason: decoded.reason }, 'recorded job state is malformed; ignoring it')
+  return null
 }
 
 /** Jobs per broker round trip. */

@@ -22,6 +22,7 @@ export class Metrics {
   snapshotReads = 0
   snapshotFailures = 0
   resyncs = 0
+  seenRecords = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
   /** Requests refused on any transport, keyed `transport="…",reason="…"`. */
@@ -92,6 +93,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       snapshot_reads_total: m.snapshotReads,
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
+      seen_records_total: m.seenRecords,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
     },
@@ -153,6 +155,7 @@ const HELP: Record<string, string> = {
   snapshot_reads_total: 'job snapshots read from the broker',
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',
+  seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second)',
   broker_reconnects_total: 'times the broker connection came back after an outage',
   log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',
   client_errors_total: 'error replies sent to clients, by code',

@@ -12,6 +12,11 @@ export function jobKey(keyPrefix: string, jobId: string): string {
   return `${keyPrefix}job:${jobId}`
 }
 
+/** The lease of the gateway recording a PUBLISH-only job's latest payload. */
+export function recorderKey(keyPrefix: string, jobId: string): string {
+  return `${keyPrefix}rec:${jobId}`
+}
+
 const TOPIC_PREFIX: Record<Encoding, string> = { json: 'j:', msgpack: 'm:' }
 
 export function topicFor(encoding: Encoding, jobId: string): string {
