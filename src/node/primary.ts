@@ -9,6 +9,7 @@ import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, type Config } from '../support/config.js'
 import { flushLogs, type Logger } from '../support/log.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
+import { ensurePortFree } from './port-check.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
 import { announce } from './serve.js'
 
@@ -32,6 +33,14 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   if (config.port === 0) {
     log.fatal('--workers > 1 needs a fixed --port: workers share it, and port 0 would give each its own')
     process.exit(1)
+  }
+  if (!config.sharePort) {
+    try {
+      await ensurePortFree(config.host, config.port)
+    } catch (err) {
+      log.fatal({ err: (err as Error).message }, 'gateway failed to start')
+      process.exit(1)
+    }
   }
   const workers = new Array<ChildProcess | null>(config.workers).fill(null)
   const quickDeaths = new Array<number>(config.workers).fill(0)

@@ -8,6 +8,7 @@ import { Gateway, WS_PATH } from '../gateway.js'
 import { createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
+import { ensurePortFree } from './port-check.js'
 import { runPrimary, WORKER_ENV } from './primary.js'
 import { Calls, isPrimaryMessage, type WorkerMessage } from './rpc.js'
 
@@ -124,6 +125,7 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
 
   let port: number
   try {
+    if (!link && !config.sharePort) await ensurePortFree(config.host, config.port)
     port = await gateway.start()
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'gateway failed to start')

@@ -30,6 +30,7 @@ export interface Config {
   readonly terminalTtlSec: number
   readonly shutdownTimeoutMs: number
   readonly workers: number
+  readonly sharePort: boolean
   readonly logLevel: LogLevel
   readonly logBufferBytes: number
   readonly logFormat: LogFormat
@@ -200,6 +201,8 @@ export const OPTIONS = [
     parse: integer(1, 31_536_000), help: 'the same, once the job is completed, failed or cancelled' },
   { key: 'shutdownTimeoutMs', flag: 'shutdown-timeout-ms', env: ['JOBWIRE_SHUTDOWN_TIMEOUT_MS'], fallback: '5000',
     parse: integer(100, 600_000), help: 'upper bound on a graceful shutdown' },
+  { key: 'sharePort', flag: 'share-port', env: ['JOBWIRE_SHARE_PORT'], fallback: 'false', parse: switchValue, boolean: true,
+    help: 'start even if another process serves the port, and share it (SO_REUSEPORT), e.g. a rolling restart on one machine' },
   { key: 'workers', flag: 'workers', env: ['JOBWIRE_WORKERS'], fallback: 'auto', parse: workers,
     help: 'gateway processes sharing the port (auto: one per core with Redis, 1 embedded)' },
   { key: 'logLevel', flag: 'log-level', env: ['LOG_LEVEL', 'JOBWIRE_LOG_LEVEL'], fallback: 'info',
