@@ -28,6 +28,7 @@ import type { Config } from './support/config.js'
 import { withDeadline } from './support/deadline.js'
 import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
+import { ProcessSampler } from './support/process-stats.js'
 import { uWS } from './support/uws.js'
 import { createWsBehavior } from './ws/behavior.js'
 import { CatchUp } from './ws/catch-up.js'
@@ -45,6 +46,8 @@ export interface GatewayOptions {
   readonly admission?: Admission
   /** Asks every process of the node; defaults to asking only this one. */
   readonly nodeQuery?: NodeQuery
+  /** How this process is named in per-process metrics: 'main', or a worker's index. */
+  readonly processName?: string
 }
 
 export class Gateway {
@@ -65,6 +68,7 @@ export class Gateway {
   private readonly stopSse: () => void
   private readonly catchUp: CatchUp
   private readonly recorder: Recorder
+  private readonly sampler: ProcessSampler
   private listenSocket: us_listen_socket | null = null
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
@@ -82,6 +86,7 @@ export class Gateway {
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
     this.fanout = new Fanout(this.app, this.metrics)
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
+    this.sampler = new ProcessSampler(options.processName ?? 'main')
     this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
@@ -172,6 +177,7 @@ export class Gateway {
       brokerUp: this.broker.state === 'ready' ? 1 : 0,
       brokerReconnects: this.broker.reconnects,
       logLinesDropped: droppedLogLines(),
+      process: this.sampler.sample(),
     })
   }
 
@@ -192,6 +198,7 @@ export class Gateway {
     this.stopSse()
     this.catchUp.stop()
     this.recorder.stop()
+    this.sampler.stop()
     this.watched.dispose()
     try {
       // Leaves a second of the bound for closing what is left and exiting.

@@ -88,7 +88,7 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
   let gateway: Gateway
   const link = isWorker ? primaryLink(log, () => gateway) : null
   try {
-    gateway = new Gateway({ config, log, ...(link ? { admission: link.admission, nodeQuery: link.nodeQuery } : {}) })
+    gateway = new Gateway({ config, log, processName: isWorker ? `worker-${process.env[WORKER_ENV]}` : 'main', ...(link ? { admission: link.admission, nodeQuery: link.nodeQuery } : {}) })
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`jobwire: bad configuration: ${err.message}\n`)

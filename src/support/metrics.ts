@@ -2,6 +2,8 @@
 // (no label lookups, no method calls), and a snapshot is a plain object that worker processes
 // send to the primary, which sums them and renders one Prometheus text page for the node.
 
+import { LOOP_DELAY_BUCKETS, type ProcessStats } from './process-stats.js'
+
 /** Upper bounds, in seconds, of the producer-to-send latency histogram. */
 export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const
 
@@ -66,6 +68,8 @@ export interface MetricsSnapshot {
   readonly labelled: Record<string, Record<string, number>>
   readonly gauges: Record<string, number>
   readonly latency: { counts: number[]; sum: number; count: number }
+  /** One entry per process (merging concatenates them). */
+  readonly processes: ProcessStats[]
 }
 
 export interface LiveGauges {
@@ -73,6 +77,7 @@ export interface LiveGauges {
   brokerUp: number
   brokerReconnects: number
   logLinesDropped: number
+  process: ProcessStats
 }
 
 export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
@@ -111,6 +116,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       workers: 1,
     },
     latency: { counts: [...m.latencyCounts], sum: m.latencySum, count: m.latencyCount },
+    processes: [live.process],
   }
 }
 
@@ -122,8 +128,10 @@ export function mergeSnapshots(snapshots: readonly MetricsSnapshot[]): MetricsSn
     labelled: {},
     gauges: {},
     latency: { counts: new Array<number>(LATENCY_BUCKETS.length + 1).fill(0), sum: 0, count: 0 },
+    processes: [],
   }
   for (const s of snapshots) {
+    out.processes.push(...s.processes)
     for (const [k, v] of Object.entries(s.counters)) out.counters[k] = (out.counters[k] ?? 0) + v
     for (const [k, v] of Object.entries(s.gauges)) {
       out.gauges[k] = k === 'broker_up' ? Math.min(out.gauges[k] ?? 1, v) : (out.gauges[k] ?? 0) + v
@@ -200,5 +208,25 @@ export function renderPrometheus(s: MetricsSnapshot, prefix = 'jobwire_'): strin
   cumulative += s.latency.counts[LATENCY_BUCKETS.length]!
   lines.push(`${prefix}${h}_bucket{le="+Inf"} ${cumulative}`)
   lines.push(`${prefix}${h}_sum ${s.latency.sum}`, `${prefix}${h}_count ${s.latency.count}`)
+  renderProcesses(s.processes, prefix, lines)
   return lines.join('\n') + '\n'
+}
+
+function renderProcesses(processes: readonly ProcessStats[], prefix: string, lines: string[]): void {
+  lines.push(`# HELP ${prefix}process_resident_memory_bytes resident memory (RSS) of each gateway process`, `# TYPE ${prefix}process_resident_memory_bytes gauge`)
+  for (const p of processes) lines.push(`${prefix}process_resident_memory_bytes{process="${p.process}"} ${p.rssBytes}`)
+  lines.push(`# HELP ${prefix}process_heap_used_bytes V8 heap in use of each gateway process`, `# TYPE ${prefix}process_heap_used_bytes gauge`)
+  for (const p of processes) lines.push(`${prefix}process_heap_used_bytes{process="${p.process}"} ${p.heapUsedBytes}`)
+  const h = 'event_loop_delay_seconds'
+  lines.push(`# HELP ${prefix}${h} how late each gateway process's event loop ran (sampled every 10 ms)`, `# TYPE ${prefix}${h} histogram`)
+  for (const p of processes) {
+    let cumulative = 0
+    LOOP_DELAY_BUCKETS.forEach((le, i) => {
+      cumulative += p.loopDelay.counts[i]!
+      lines.push(`${prefix}${h}_bucket{process="${p.process}",le="${le}"} ${cumulative}`)
+    })
+    cumulative += p.loopDelay.counts[LOOP_DELAY_BUCKETS.length]!
+    lines.push(`${prefix}${h}_bucket{process="${p.process}",le="+Inf"} ${cumulative}`)
+    lines.push(`${prefix}${h}_sum{process="${p.process}"} ${p.loopDelay.sum}`, `${prefix}${h}_count{process="${p.process}"} ${p.loopDelay.count}`)
+  }
 }

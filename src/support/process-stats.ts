@@ -1,0 +1,57 @@
+// What each gateway process reports about itself for /metrics, so operators see what the bench
+// sees: resident memory, V8 heap, and how late the event loop runs (a loop that is late
+// delays every frame). Sampled by perf_hooks at 10 ms resolution.
+
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
+
+/** Upper bounds, in seconds, of the event-loop delay histogram. */
+export const LOOP_DELAY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1] as const
+
+export interface ProcessStats {
+  /** Which process: 'main', or the worker's index. */
+  readonly process: string
+  readonly rssBytes: number
+  readonly heapUsedBytes: number
+  /** Event-loop delay since the previous scrape: cumulative counts per bucket (+Inf last). */
+  readonly loopDelay: { readonly counts: number[]; readonly sum: number; readonly count: number }
+}
+
+export class ProcessSampler {
+  private readonly histogram: IntervalHistogram
+  private readonly counts = new Array<number>(LOOP_DELAY_BUCKETS.length + 1).fill(0)
+  private sum = 0
+  private count = 0
+
+  constructor(private readonly name: string) {
+    this.histogram = monitorEventLoopDelay({ resolution: 10 })
+    this.histogram.enable()
+  }
+
+  /** Folds what the sampler recorded since the last call into the running histogram. */
+  sample(): ProcessStats {
+    const h = this.histogram
+    if (h.count > 0) {
+      // perf_hooks keeps percentiles, not buckets: place each percentile step in its bucket.
+      // Rounded cumulatively, so the shares add up to exactly h.count.
+      let placed = 0
+      for (const [percentile, ns] of h.percentiles) {
+        const share = Math.round((h.count * percentile) / 100) - placed
+        if (share <= 0) continue
+        placed += share
+        const seconds = ns / 1e9
+        let i = 0
+        while (i < LOOP_DELAY_BUCKETS.length && seconds > LOOP_DELAY_BUCKETS[i]!) i++
+        this.counts[i]! += share
+      }
+      this.sum += (h.mean / 1e9) * placed
+      this.count += placed
+      h.reset()
+    }
+    const memory = process.memoryUsage()
+    return { process: this.name, rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, loopDelay: { counts: [...this.counts], sum: this.sum, count: this.count } }
+  }
+
+  stop(): void {
+    this.histogram.disable()
+  }
+}
