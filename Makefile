@@ -4,15 +4,18 @@ SHELL := /bin/bash
 NODE_BIN := node_modules/.bin
 
 # Debian packages the tests need, installed only when missing.
-APT_PACKAGES_TEST := redis-server python3-redis
+APT_PACKAGES_TEST := redis-server python3-redis python3-celery
 
-.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile screenshots clean
+.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile chaos soak screenshots clean
 
 help:
-	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis)"
+	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis,"
+	@echo "                  REDIS_CLUSTER=host:port,... for a Redis Cluster)"
 	@echo "make test         install what is missing, build, typecheck and run every test"
 	@echo "make bench        full benchmark against the baseline (writes bench/results/)"
 	@echo "make bench-quick  the same at small size, under a minute"
+	@echo "make chaos        faults (Redis restarts and pauses, killed workers, node restart, slow and hostile peers) under load"
+	@echo "make soak         memory growth under steady load for SOAK_MINUTES (default 10)"
 	@echo "make clean        remove build output"
 
 # npm ci when node_modules is missing or older than the lock file.
@@ -28,7 +31,11 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	/usr/bin/python3 -c 'import redis' 2>/dev/null || missing="$$missing python3-redis"; \
+	/usr/bin/python3 -c 'import celery' 2>/dev/null || missing="$$missing python3-celery"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	/usr/bin/python3 -c 'import fastapi' 2>/dev/null || missing="$$missing python3-fastapi"; \
+	/usr/bin/python3 -c 'import uvicorn' 2>/dev/null || missing="$$missing python3-uvicorn"; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -40,6 +47,7 @@ build: install
 	@chmod +x dist/src/cli.js
 	$(NODE_BIN)/tsc -p src/client/tsconfig.json
 	$(NODE_BIN)/esbuild src/client/index.ts --bundle --format=esm --minify --target=es2020 --sourcemap --log-level=warning --outfile=dist/client/jobwire-client.js
+	$(NODE_BIN)/esbuild src/client/react.ts --bundle --format=esm --target=es2020 --external:react --log-level=warning --outfile=dist/client/jobwire-react.js
 
 typecheck: install
 	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
@@ -72,6 +80,15 @@ bench-quick: deps build native
 
 bench-profile: deps build native
 	node dist/bench/run.js --size quick --profile
+
+# Faults against a running deployment (own Redis, two gateway nodes, 5,000 sockets): every
+# view must end on its job's stored state. Bounded to 8 minutes; CHAOS_SCALE=0.1 for a dry run.
+chaos: deps build
+	node dist/bench/chaos.js
+
+# Steady load for SOAK_MINUTES (default 10); fails when gateway memory keeps growing.
+soak: deps build
+	SOAK_MINUTES=$${SOAK_MINUTES:-10} node dist/bench/soak.js
 
 # Pictures of both pages for the README, taken by the browser tests.
 screenshots: deps build

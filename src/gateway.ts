@@ -12,15 +12,20 @@ import { addAdminRoutes } from './http/admin.js'
 import { addDemoRoutes, DemoProducer } from './http/demo.js'
 import { addHttpRoutes, addNotFound } from './http/jobs.js'
 import { addProducerRoute } from './http/producer.js'
+import { addUserJobsRoute } from './http/user-jobs.js'
+import { ownerIndexFor } from './producer/owner-index.js'
 import { addStaticRoutes } from './http/static.js'
-import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, type NodeAnswer, type NodeQuery, type NodeRequest } from './node/node-request.js'
+import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
 import { Readiness } from './node/readiness.js'
+import { Sources } from './sources/router.js'
 import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
 import { Fanout } from './stream/fanout.js'
 import { Recorder } from './stream/recorder.js'
 import { Resync } from './stream/resync.js'
 import { SnapshotReader } from './stream/snapshot.js'
+import { Stalls } from './stream/stalls.js'
+import { UserJobs } from './stream/user-jobs.js'
 import { Watches } from './stream/watch.js'
 import { WatchedJobs, type WatchedJob } from './stream/watched-jobs.js'
 import { createReauthorizer } from './stream/generations.js'
@@ -40,7 +45,7 @@ const EXPIRY_SWEEP_MS = 1000
 export interface GatewayOptions {
   readonly config: Config
   readonly log: Logger
-  /** Defaults to Redis when config.redisUrl is set, else the embedded broker. */
+  /** Defaults to Redis Cluster when config.redisCluster is set, Redis when config.redisUrl is, else the embedded broker. */
   readonly broker?: Broker
   /** Defaults to caps counted in this process; with --workers the primary counts (serve.ts). */
   readonly admission?: Admission
@@ -58,6 +63,8 @@ export class Gateway {
   private readonly log: Logger
   private readonly app: TemplatedApp = uWS.App()
   private readonly watched: WatchedJobs
+  /** Celery and BullMQ jobs, read from their queues' own Redis keys. */
+  private readonly sources: Sources
   private readonly fanout: Fanout
   private readonly resync: Resync
   private readonly reauthorize: ((job: WatchedJob) => void) | null
@@ -69,6 +76,8 @@ export class Gateway {
   private readonly catchUp: CatchUp
   private readonly recorder: Recorder
   private readonly sampler: ProcessSampler
+  private readonly userJobs: UserJobs
+  private readonly ownerIndex: { close(): Promise<void> }
   private listenSocket: us_listen_socket | null = null
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
@@ -81,9 +90,18 @@ export class Gateway {
     const access = (this.access = new Access(accessControl(config, log), this.metrics))
     const admission = options.admission ?? new LocalAdmission(config)
     this.broker = options.broker ?? createBroker(config, log)
-    this.watched = new WatchedJobs(this.broker, { mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs }, log.child({ component: 'subscriptions' }))
-    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs)
+    this.sources = new Sources(config, log.child({ component: 'sources' }))
+    // A stalled job's watchers are told through the fan-out, as after a resync.
+    const stalls = new Stalls(config.stallAfterSec * 1000, (job, data) => this.fanout.status(job, data))
+    this.watched = new WatchedJobs(this.broker, {
+      mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, sources: this.sources, stalls,
+    }, log.child({ component: 'subscriptions' }))
+    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs, this.sources)
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
+    const owners = (this.ownerIndex = ownerIndexFor(this.broker, config.redisUrl, config.keyPrefix))
+    this.userJobs = new UserJobs(this.broker, owners.index, this.app, this.metrics, log.child({ component: 'user-jobs' }), {
+      keyPrefix: config.keyPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, timeoutMs: config.brokerTimeoutMs, holdMs: config.outageHoldMs,
+    })
     this.fanout = new Fanout(this.app, this.metrics)
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.sampler = new ProcessSampler(options.processName ?? 'main')
@@ -94,25 +112,30 @@ export class Gateway {
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
 
     this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes)
-    this.app.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp }))
+    this.app.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
     addHttpRoutes(this.app, {
       access,
       watches,
+      allowedOrigins: config.allowedOrigins,
+      addressRule: config,
+      log: log.child({ component: 'http' }),
       isReady: () => this.readiness.ready,
       brokerState: () => this.broker.state,
       renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))),
     })
-    this.stopSse = addSseRoute(this.app, { ...shared, snapshots })
-    addProducerRoute(this.app, { broker: this.broker, access, log, addressRule: config })
+    this.stopSse = addSseRoute(this.app, { ...shared, snapshots, log: log.child({ component: 'sse' }) })
+    addProducerRoute(this.app, { broker: this.broker, access, log, addressRule: config, allowedOrigins: config.allowedOrigins })
     this.demo = config.demo ? new DemoProducer({ broker: this.broker, access, log: log.child({ component: 'demo' }) }) : null
     if (this.demo) addDemoRoutes(this.app, { broker: this.broker, access, log }, this.demo)
     addStaticRoutes(this.app)
+    addUserJobsRoute(this.app, { access, userJobs: this.userJobs, allowedOrigins: config.allowedOrigins })
     addAdminRoutes(this.app, {
       access,
       log,
       addressRule: config,
       connections: async (user) => connectionsOf(await this.nodeQuery({ kind: 'connections', ...(user ? { user } : {}) })),
       disconnectUser: async (user) => disconnectedOf(await this.nodeQuery({ kind: 'disconnect', user })),
+      workers: async (top) => workersOf(await this.nodeQuery({ kind: 'jobs', top })),
     })
     addNotFound(this.app)
   }
@@ -132,17 +155,43 @@ export class Gateway {
 
   async start(): Promise<number> {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
+    const bridge = createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
+      (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder)
+    const userJobs = this.userJobs
     this.broker.start({
-      message: createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
-        (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder),
+      // Users' announcements share the broker connection with job messages; while nobody
+      // watches a user, telling them apart costs one size check per message.
+      message: (channel, payload) => userJobs.isUserChannel(channel) ? userJobs.deliver(channel, payload) : bridge(channel, payload),
       state: (state) => {
-        if (state !== 'ready') this.watched.markAllDown()
+        if (state !== 'ready') {
+          this.watched.markAllDown()
+          userJobs.channels.markAllDown()
+        }
         this.readiness.check()
       },
       restored: (dataLost) => {
         if (dataLost) this.watched.forgetSeen()
         this.watched.markAllLive()
+        userJobs.channels.markAllLive()
         this.readiness.check()
+        void this.resync.start()
+        void userJobs.resync()
+      },
+      // Redis Cluster: one shard failed over, or a slot moved; only its jobs missed messages.
+      // The resync covers every job: more than needed, and failovers are rare.
+      channelsRestored: (channels, dataLost) => {
+        const prefix = this.config.channelPrefix
+        if (dataLost) for (const channel of channels) if (channel.startsWith(prefix)) this.watched.get(channel.slice(prefix.length))?.forget()
+        void this.resync.start()
+        void userJobs.resync()
+      },
+    })
+    // Source jobs go through the same bridge: a source's payload is a producer's payload.
+    this.sources.start({
+      message: bridge,
+      live: (jobIds, live) => this.watched.sourceLive(jobIds, live),
+      restored: (jobIds, dataLost) => {
+        if (dataLost) for (const jobId of jobIds) this.watched.get(jobId)?.forget()
         void this.resync.start()
       },
     })
@@ -168,7 +217,15 @@ export class Gateway {
 
   /** This process's answer to a node-wide question. */
   handleNodeRequest(request: NodeRequest): NodeAnswer {
-    return answerNodeRequest(request, this.connections, () => this.metricsSnapshot())
+    return answerNodeRequest(request, this.connections, () => this.metricsSnapshot(), (top) => this.workerJobs(top))
+  }
+
+  /** For the admin page: this process's most watched jobs. */
+  private workerJobs(top: number): WorkerJobs {
+    const jobs: Array<{ job_id: string; watchers: number }> = []
+    for (const job of this.watched.values()) jobs.push({ job_id: job.id, watchers: this.watched.holders(job) })
+    jobs.sort((a, b) => b.watchers - a.watchers)
+    return { pid: process.pid, connections: this.connections.size, jobsWatched: this.watched.size, top: jobs.slice(0, top) }
   }
 
   metricsSnapshot(): MetricsSnapshot {
@@ -200,12 +257,14 @@ export class Gateway {
     this.recorder.stop()
     this.sampler.stop()
     this.watched.dispose()
+    this.userJobs.dispose()
     try {
       // Leaves a second of the bound for closing what is left and exiting.
-      await withDeadline(this.broker.close(), Math.max(100, this.config.shutdownTimeoutMs - 1000), 'broker close')
+      await withDeadline(Promise.all([this.broker.close(), this.sources.close()]), Math.max(100, this.config.shutdownTimeoutMs - 1000), 'broker close')
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'broker did not close in time')
     }
+    await this.ownerIndex.close()
     // Ends whatever is still open (HTTP keep-alive connections), so the process can exit. The
     // binary has close(); the package's type declarations lack it.
     ;(this.app as TemplatedApp & { close(): void }).close()

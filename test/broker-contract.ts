@@ -1,11 +1,18 @@
-// One suite, two brokers: the embedded broker must behave as Redis + progress.lua does.
+// One suite, three brokers: the embedded broker and the Redis Cluster one must behave as
+// Redis + progress.lua does.
 
 import t from 'tap'
 import { pack, unpack } from 'msgpackr'
 import type { Broker, BrokerListener } from '../src/broker/broker.js'
 import { EmbeddedBroker } from '../src/broker/embedded.js'
 import { RedisBroker } from '../src/broker/redis.js'
+import { ClusterBroker } from '../src/broker/cluster.js'
+import { parseClusterSeeds } from '../src/broker/cluster-seeds.js'
+import { stateKey } from '../src/wire/topics.js'
+import { startCluster } from './fixtures/cluster.js'
 import { ProducerError } from '../src/producer/merge.js'
+import { RedisOwnerIndex, type OwnerIndex } from '../src/producer/owner-index.js'
+import { MAX_PAYLOAD_BYTES } from '../src/wire/payload.js'
 import { createLogger } from '../src/support/log.js'
 import { startRedis } from './fixtures/redis.js'
 import { HOSTILE } from './fixtures/hostile-payloads.js'
@@ -48,19 +55,37 @@ function listen(broker: Broker): { received: Received[]; next(): Promise<Receive
   }
 }
 
-for (const kind of ['embedded', 'redis'] as const) {
+for (const kind of ['embedded', 'redis', 'cluster'] as const) {
   t.test(`${kind} broker contract`, async (t) => {
+    /** The job's state key in this broker's layout (Redis Cluster: with a hash tag). */
+    const keyOf = (jobId: string) => stateKey({ ...names, cluster: kind === 'cluster' }, jobId)
+    const noOwnerIndex = kind === 'cluster' ? 'the owner index is not kept on Redis Cluster: it lives in other slots than the job' : false
     let ttlOf: (key: string) => Promise<number>
     let broker: Broker
+    let index: OwnerIndex
+    let writeRaw: ((key: string, field: string, value: string) => Promise<unknown>) | null = null
     if (kind === 'redis') {
       const redis = await startRedis()
       t.teardown(() => redis.stop())
       broker = new RedisBroker(redis.url, names, createLogger('silent'))
       const client = redis.client()
       ttlOf = (key) => client.ttl(key)
+      const redisIndex = new RedisOwnerIndex(redis.url, names.keyPrefix)
+      t.teardown(() => redisIndex.close())
+      index = redisIndex
+      writeRaw = (key, field, value) => client.hset(key, field, value)
+    } else if (kind === 'cluster') {
+      const cluster = await startCluster()
+      t.teardown(() => cluster.stop())
+      broker = new ClusterBroker(parseClusterSeeds(cluster.seeds), names, createLogger('silent'))
+      const client = cluster.client()
+      ttlOf = (key) => client.ttl(key)
+      index = { ownerJobs: async () => [] }
+      writeRaw = (key, field, value) => client.hset(key, field, value)
     } else {
       const embedded = new EmbeddedBroker(names)
       broker = embedded
+      index = embedded
       ttlOf = async () => -1
     }
     t.teardown(() => broker.close())
@@ -80,9 +105,103 @@ for (const kind of ['embedded', 'redis'] as const) {
       const [record] = await broker.readJobs(['c1'])
       t.same(record!.state, msg.payload, 'stored = published')
       t.equal(record!.owner, null)
-      t.equal(await broker.publishProgress('c1', Buffer.from('{}')), 2)
+      t.equal(await broker.publishProgress('c1', Buffer.from('{}'), { replace: true }), 2)
       const second = (await sink.next()).payload.toString()
       t.equal(second.replace(/"ts":\d+/, '"ts":T'), `{"seq":2,"epoch":${obj.epoch},"ts":T}`, 'same epoch while the job lives')
+    })
+
+    t.test('an update merges its fields into the stored state; frame = snapshot', async (t) => {
+      await broker.subscribe(['progress:m1'])
+      await broker.publishProgress('m1', Buffer.from('{"status":"processing","message":"transcoding","progress":10,"result":{"a":1,"b":2}}'))
+      await sink.next()
+      t.equal(await broker.publishProgress('m1', Buffer.from('{"progress":50,"result":{"a":3}}')), 2)
+      const frame = await sink.next()
+      t.match(JSON.parse(frame.payload.toString()), { seq: 2, status: 'processing', message: 'transcoding', progress: 50 })
+      t.same(JSON.parse(frame.payload.toString()).result, { a: 3 }, 'shallow: a nested object is replaced whole')
+      t.same((await broker.readJobs(['m1']))[0]!.state, frame.payload, 'stored = published')
+    })
+
+    t.test('merging keeps what producers wrote byte for byte', async (t) => {
+      await broker.publishProgress('m2', Buffer.from('{"files":[],"n":1.50,"x":{"y":[]},"ts":7}'))
+      await broker.publishProgress('m2', Buffer.from(' { "n" : 2 , "z":"\\u0041"} '))
+      const state = (await broker.readJobs(['m2']))[0]!.state!.toString()
+      t.equal(state.replace(/"epoch":\d+,"ts":\d+/, '"epoch":E,"ts":T'), '{"seq":2,"epoch":E,"ts":T,"files":[],"x":{"y":[]},"n":2,"z":"\\u0041"}')
+    })
+
+    t.test('replace stores the payload alone, as before merging existed', async (t) => {
+      await broker.publishProgress('m3', Buffer.from('{"status":"processing","message":"a"}'))
+      await broker.publishProgress('m3', Buffer.from('{"progress":5}'), { replace: true })
+      const state = JSON.parse((await broker.readJobs(['m3']))[0]!.state!.toString())
+      t.same(Object.keys(state), ['seq', 'epoch', 'ts', 'progress'])
+    })
+
+    t.test("msgpack and JSON merge across encodings; the update's encoding wins", async (t) => {
+      await broker.publishProgress('m4', pack({ a: 0.1, files: [], o: {}, s: 'é', n: -5 }))
+      await broker.publishProgress('m4', pack({ b: 2 }))
+      let state = (await broker.readJobs(['m4']))[0]!.state!
+      t.match(unpack(state), { seq: 2, a: 0.1, files: [], o: {}, s: 'é', n: -5, b: 2 })
+      await broker.publishProgress('m4', Buffer.from('{"c":3}'))
+      state = (await broker.readJobs(['m4']))[0]!.state!
+      const json = JSON.parse(state.toString())
+      t.same({ ...json, epoch: 0, ts: 0 }, { seq: 3, epoch: 0, ts: 0, a: 0.1, files: [], o: {}, s: 'é', n: -5, b: 2, c: 3 }, 'msgpack fields carried into JSON')
+      await broker.publishProgress('m4', pack({ d: [1, { e: null }] }))
+      const back = unpack((await broker.readJobs(['m4']))[0]!.state!)
+      t.same({ ...back, epoch: 0, ts: 0 }, { seq: 4, epoch: 0, ts: 0, a: 0.1, files: [], o: {}, s: 'é', n: -5, b: 2, c: 3, d: [1, { e: null }] }, 'and back into msgpack')
+    })
+
+    t.test('the schema: status from the fixed set, progress 0..100, message a string', async (t) => {
+      for (const body of ['{"progress":"forty"}', '{"status":"done","progress":140}', '{"progress":-1}', '{"progress":100.5}',
+        '{"status":null}', '{"status":"PROCESSING"}', '{"message":5}', '{"message":null}']) {
+        await t.rejects(broker.publishProgress('m5', Buffer.from(body)), ProducerError, `refuses ${body}`)
+      }
+      await t.rejects(broker.publishProgress('m5', pack({ progress: 'forty' })), /progress must be a number from 0 to 100/)
+      await t.rejects(broker.publishProgress('m5', Buffer.from('{"status":"done"}')), /status must be one of queued, processing, completed, failed, cancelled/)
+      await t.rejects(broker.publishProgress('m5', Buffer.from('{"message":[]}')), /message must be a string/)
+      t.equal((await broker.readJobs(['m5']))[0]!.state, null, 'nothing stored')
+      for (const body of ['{"status":"queued","progress":0}', '{"progress":100,"message":""}', '{"progress":33.3,"other":"free","status2":1}']) {
+        t.ok(await broker.publishProgress('m5', Buffer.from(body)) > 0, `accepts ${body}`)
+      }
+    })
+
+    t.test('a state that would grow past the payload limit is refused and nothing changes', async (t) => {
+      const half = 'x'.repeat(MAX_PAYLOAD_BYTES / 2)
+      await broker.publishProgress('m6', Buffer.from(JSON.stringify({ a: half })))
+      await t.rejects(broker.publishProgress('m6', Buffer.from(JSON.stringify({ b: half }))), /the state would be larger than 262144 bytes/)
+      const state = JSON.parse((await broker.readJobs(['m6']))[0]!.state!.toString())
+      t.equal(state.seq, 1, 'seq unchanged')
+      t.equal(await broker.publishProgress('m6', Buffer.from(JSON.stringify({ b: half })), { replace: true }), 2, 'replace fits')
+    })
+
+    t.test('a stored state that is not a valid payload is not merged', { skip: writeRaw === null ? 'only Redis can hold one' : false }, async (t) => {
+      await broker.publishProgress('m7', Buffer.from('{"a":1}'))
+      await writeRaw!(keyOf('m7'), 'state', '{"a":NaN,"b":2}')
+      await broker.publishProgress('m7', Buffer.from('{"c":3}'))
+      const state = JSON.parse((await broker.readJobs(['m7']))[0]!.state!.toString())
+      t.same(Object.keys(state), ['seq', 'epoch', 'ts', 'c'])
+    })
+
+    t.test("jobs with an owner are indexed under the owner; new ones announced on the owner's channel", { skip: noOwnerIndex }, async (t) => {
+      await broker.subscribe(['jobwire:user-jobs:ida', 'jobwire:user-jobs:ivan'])
+      await broker.publishProgress('o1', Buffer.from('{"status":"queued"}'), { owner: 'ida' })
+      t.same(await sink.next(), { channel: 'jobwire:user-jobs:ida', payload: Buffer.from('o1') }, 'the new job announced')
+      await broker.publishProgress('o2', Buffer.from('{"status":"queued"}'), { owner: 'ida' })
+      t.same(await sink.next(), { channel: 'jobwire:user-jobs:ida', payload: Buffer.from('o2') })
+      await new Promise((r) => setTimeout(r, 3))
+      await broker.publishProgress('o1', Buffer.from('{"progress":5}'))
+      t.same(await index.ownerJobs('ida', 10), ['o1', 'o2'], 'most recently updated first, also without the owner given again')
+      t.same(await index.ownerJobs('ida', 1), ['o1'], 'limited')
+      await broker.publishProgress('o3', Buffer.from('{"progress":5}'))
+      t.same(await index.ownerJobs('nobody', 10), [], 'jobs without an owner are not indexed')
+      await broker.publishProgress('o2', Buffer.from('{"progress":9}'), { owner: 'ivan', replaceOwner: true })
+      t.same(await sink.next(), { channel: 'jobwire:user-jobs:ivan', payload: Buffer.from('o2') }, 'the new owner is told')
+      t.same(await index.ownerJobs('ida', 10), ['o1'], 'the old owner no longer lists it')
+      t.same(await index.ownerJobs('ivan', 10), ['o2'])
+      const before = sink.received.length
+      await broker.publishProgress('o1', Buffer.from('{"progress":6}'))
+      await broker.publish('progress:c1', '{"p":0}')
+      await sink.next()
+      t.equal(sink.received.length, before + 1, 'an update of a known job announces nothing')
+      await broker.unsubscribe(['jobwire:user-jobs:ida', 'jobwire:user-jobs:ivan'])
     })
 
     t.test('a producer ts is kept, and the owner is recorded', async (t) => {
@@ -139,9 +258,15 @@ for (const kind of ['embedded', 'redis'] as const) {
 
     t.test('TTL: shorter once the status is terminal', { skip: kind === 'embedded' ? 'TTL is read from Redis' : false }, async (t) => {
       await broker.publishProgress('c5', Buffer.from('{"status":"processing"}'))
-      t.ok((await ttlOf('jobwire:job:c5')) > 10, 'running TTL')
+      t.ok((await ttlOf(keyOf('c5'))) > 10, 'running TTL')
       await broker.publishProgress('c5', Buffer.from('{"status":"completed"}'))
-      t.ok((await ttlOf('jobwire:job:c5')) <= 10, 'terminal TTL')
+      t.ok((await ttlOf(keyOf('c5'))) <= 10, 'terminal TTL')
+      await broker.publishProgress('c5', Buffer.from('{"progress":100}'))
+      t.ok((await ttlOf(keyOf('c5'))) <= 10, 'still terminal: the merged state is what counts')
+      if (noOwnerIndex) return
+      await broker.publishProgress('c9', Buffer.from('{"status":"queued"}'), { owner: 'tara' })
+      const ttl = await ttlOf('jobwire:owner:tara')
+      t.ok(ttl > 10 && ttl <= 100, `the owner index lives as long as the longest state TTL (${ttl}s)`)
     })
 
     t.test('plain publish reaches subscribers, stores nothing; unsubscribe stops it', async (t) => {
@@ -157,7 +282,7 @@ for (const kind of ['embedded', 'redis'] as const) {
       t.equal(sink.received.length, before + 1, 'the unsubscribed one did not')
     })
 
-    t.test('pattern subscription receives every job channel', async (t) => {
+    t.test('pattern subscription receives every job channel', { skip: kind === 'cluster' ? 'refused on Redis Cluster (see the cluster tests)' : false }, async (t) => {
       await broker.psubscribe('progress:*')
       await broker.publish('progress:any-job', '{"p":9}')
       const msg = await sink.next()

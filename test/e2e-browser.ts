@@ -74,7 +74,8 @@ t.test('browser end to end', async (t) => {
     await card.locator('.badge[data-status="completed"]').waitFor({ timeout: 15_000 })
     t.equal(await card.getAttribute('data-progress'), '100')
     t.equal(await card.locator('.percent').textContent(), '100%')
-    t.match(await card.locator('.result a').textContent(), /\/downloads\/video-[0-9a-f]+\.mp4/)
+    t.match(await card.locator('.result .path').textContent(), /downloads\/video-[0-9a-f]+\.mp4/)
+    t.equal(await card.locator('.result a').count(), 0, 'the simulated file is named, not linked')
     t.equal(await page.locator('#state').getAttribute('data-state'), 'open')
     t.same(await states(page), ['connecting', 'open'])
     if (SCREENSHOTS) {

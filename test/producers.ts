@@ -75,7 +75,7 @@ t.test('producers against one gateway', async (t) => {
     const c = await gw.connect()
     await c.subscribe('cli-1')
     const { stdout } = await run('node', [cli, 'publish', 'cli-1', '--progress', '40', '--status', 'processing', '--message', 'rendering', '--owner', 'u9', '--redis', redis.url])
-    t.equal(stdout, 'published cli-1 seq=1\n')
+    t.equal(stdout, `published cli-1 seq=1 to Redis at ${redis.url}\n`)
     t.match((await c.nextOfType('job_update', 'cli-1')).data, { seq: 1, progress: 40, status: 'processing', message: 'rendering' })
     await run('node', [cli, 'publish', 'cli-1', '--data', '{"result":{"n":1}}', '--plain'], { env: { ...process.env, REDIS_URL: redis.url } })
     t.same((await c.nextOfType('job_update', 'cli-1')).data, { result: { n: 1 } })
@@ -85,7 +85,7 @@ t.test('producers against one gateway', async (t) => {
       [['publish', 'bad id!', '--redis', redis.url], /is not a job id/],
       [['publish', 'cli-1', '--data', '[1]', '--redis', redis.url], /--data must be a JSON object/],
       [['publish', 'cli-1', '--bogus'], /Unknown option '--bogus'/],
-      [['publish', 'cli-1'], /publish needs Redis/],
+      [['publish', 'cli-1', '--plain', '--gateway', 'http://127.0.0.1:1'], /--plain needs Redis/],
     ] as const) {
       const err = await run('node', [cli, ...args], { env: { ...process.env, REDIS_URL: '' } }).then(() => null, (e: { code: number; stderr: string }) => e)
       t.ok(err, `${args.join(' ')} fails`)

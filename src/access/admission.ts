@@ -4,7 +4,7 @@
 // connections per user and per address. With --workers the primary process owns the counts,
 // so the limits hold for the whole node, not per worker (see node/primary.ts).
 
-import { TokenBucket } from './token-bucket.js'
+import { FULL, TokenRate } from './token-bucket.js'
 
 export interface AdmissionRequest {
   readonly userId: string | null
@@ -39,50 +39,59 @@ const CAP_RETRY_MS = 5000
 const SWEEP_INTERVAL_MS = 30_000
 
 export class LocalAdmission implements Admission {
+  // Counted only while their cap is on: an address or user that is never limited costs no
+  // entry (a map entry per connection, with one user or address each).
   private readonly perUser = new Map<string, number>()
   private readonly perIp = new Map<string, number>()
-  private readonly rates = new Map<string, TokenBucket>()
+  /** Connect-rate buckets by address (token-bucket.ts: one number each). */
+  private readonly buckets = new Map<string, number>()
+  private readonly connectRate: TokenRate | null
 
   constructor(private readonly limits: AdmissionLimits, private readonly clock: () => number = Date.now) {
+    this.connectRate = limits.connectRatePerIp > 0 ? new TokenRate(limits.connectRatePerIp, limits.connectRatePerIp * 2) : null
     setInterval(() => this.sweep(), SWEEP_INTERVAL_MS).unref()
   }
 
   charge(ip: string | null): AdmissionResult {
-    const { connectRatePerIp } = this.limits
-    if (connectRatePerIp <= 0 || ip === null) return ADMITTED
+    const rate = this.connectRate
+    if (rate === null || ip === null) return ADMITTED
     const now = this.clock()
-    let bucket = this.rates.get(ip)
-    if (bucket === undefined) {
-      bucket = new TokenBucket(connectRatePerIp, connectRatePerIp * 2, now)
-      this.rates.set(ip, bucket)
+    const bucket = this.buckets.get(ip) ?? FULL
+    const next = rate.take(bucket, now)
+    if (next !== null) {
+      this.buckets.set(ip, next)
+      return ADMITTED
     }
-    if (bucket.take(now)) return ADMITTED
-    return { ok: false, reason: `more than ${connectRatePerIp} new connections per second from this address`, retryAfterMs: Math.max(1000, bucket.waitMs(now)) }
+    return { ok: false, reason: `more than ${rate.rate} new connections per second from this address`, retryAfterMs: Math.max(1000, rate.waitMs(bucket, now)) }
   }
 
-  admit({ userId, address: ip }: AdmissionRequest): AdmissionResult {
+  admit({ userId, address }: AdmissionRequest): AdmissionResult {
     const { maxConnectionsPerUser, maxConnectionsPerIp } = this.limits
+    const ip = maxConnectionsPerIp > 0 ? address : null
+    const user = maxConnectionsPerUser > 0 ? userId : null
     const ipCount = ip === null ? 0 : this.perIp.get(ip) ?? 0
-    if (ip !== null && maxConnectionsPerIp > 0 && ipCount >= maxConnectionsPerIp) {
+    if (ip !== null && ipCount >= maxConnectionsPerIp) {
       return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }
     }
-    const userCount = userId === null ? 0 : this.perUser.get(userId) ?? 0
-    if (userId !== null && maxConnectionsPerUser > 0 && userCount >= maxConnectionsPerUser) {
+    const userCount = user === null ? 0 : this.perUser.get(user) ?? 0
+    if (user !== null && userCount >= maxConnectionsPerUser) {
       return { ok: false, reason: `at most ${maxConnectionsPerUser} connections per user`, retryAfterMs: CAP_RETRY_MS }
     }
     if (ip !== null) this.perIp.set(ip, ipCount + 1)
-    if (userId !== null) this.perUser.set(userId, userCount + 1)
+    if (user !== null) this.perUser.set(user, userCount + 1)
     return ADMITTED
   }
 
-  release({ userId, address: ip }: AdmissionRequest): void {
-    if (ip !== null) decrement(this.perIp, ip)
-    if (userId !== null) decrement(this.perUser, userId)
+  release({ userId, address }: AdmissionRequest): void {
+    if (address !== null && this.limits.maxConnectionsPerIp > 0) decrement(this.perIp, address)
+    if (userId !== null && this.limits.maxConnectionsPerUser > 0) decrement(this.perUser, userId)
   }
 
   private sweep(): void {
+    const rate = this.connectRate
+    if (rate === null) return
     const now = this.clock()
-    for (const [ip, bucket] of this.rates) if (bucket.full(now)) this.rates.delete(ip)
+    for (const [ip, bucket] of this.buckets) if (rate.full(bucket, now)) this.buckets.delete(ip)
   }
 }
 

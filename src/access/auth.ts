@@ -44,6 +44,10 @@ export interface Authenticator {
 }
 
 const MAX_TOKEN_LENGTH = 8192
+/** The token text the principal cache may hold, in characters. */
+const PRINCIPAL_CACHE_CHARS = 256 * 1024
+/** A token without a `jobs` claim: one shared empty list, not an array per connection. */
+const NO_JOBS: readonly string[] = Object.freeze([])
 
 function keyMatcher(expected: string): (key: string) => boolean {
   if (expected === '') return () => false
@@ -60,7 +64,7 @@ function principalFrom(payload: JWTPayload): Principal {
   const roles = new Set<string>()
   if (typeof payload.role === 'string') roles.add(payload.role)
   if (Array.isArray(payload.roles)) for (const r of payload.roles) if (typeof r === 'string') roles.add(r)
-  let jobs: string[] = []
+  let jobs: readonly string[] = NO_JOBS
   if (payload.jobs !== undefined) {
     if (!Array.isArray(payload.jobs) || payload.jobs.length > 1000 ||
         !payload.jobs.every((j) => typeof j === 'string' && j.length > 0 && j.length <= MAX_JOB_ID_LENGTH + 1)) {
@@ -78,6 +82,53 @@ function principalFrom(payload: JWTPayload): Principal {
 }
 
 type Verifier = { key: Uint8Array | KeyObject | JWTVerifyGetKey; algorithms: string[] }
+
+/**
+ * Principals of tokens verified lately, by the token's text, until the token stops being
+ * valid: a token presented again (another tab, a reconnect) costs no signature check, and
+ * every connection holding it shares one Principal instead of one each. Only the exact text
+ * of a token that passed verification is ever found, and only while verifying it again would
+ * pass: its `exp` and, with --jwt-max-age, its `iat` decide (nothing else in a verification
+ * changes with time once `nbf` has passed; keys are loaded once at startup). Oldest first out
+ * past PRINCIPAL_CACHE_CHARS of tokens.
+ */
+export class PrincipalCache {
+  private readonly entries = new Map<string, { readonly principal: Principal; readonly validUntil: number }>()
+  private chars = 0
+
+  constructor(private readonly maxChars: number = PRINCIPAL_CACHE_CHARS) {}
+
+  get(token: string, now: number): Principal | undefined {
+    const entry = this.entries.get(token)
+    if (entry === undefined) return undefined
+    if (now < entry.validUntil) return entry.principal
+    this.drop(token)
+    return undefined
+  }
+
+  /** `validUntil`: ms since the epoch. */
+  set(token: string, principal: Principal, validUntil: number, now: number): void {
+    if (validUntil <= now || token.length > this.maxChars || this.entries.has(token)) return
+    while (this.chars + token.length > this.maxChars) this.drop(this.entries.keys().next().value!)
+    this.entries.set(token, { principal, validUntil })
+    this.chars += token.length
+  }
+
+  get size(): number {
+    return this.entries.size
+  }
+
+  private drop(token: string): void {
+    if (this.entries.delete(token)) this.chars -= token.length
+  }
+}
+
+/** Until when a verified token verifies again: its exp, and iat + maxAge when that is set. */
+function validUntil(payload: JWTPayload, maxAgeSec: number): number {
+  let until = typeof payload.exp === 'number' ? payload.exp * 1000 : 0
+  if (maxAgeSec > 0) until = typeof payload.iat === 'number' ? Math.min(until, (payload.iat + maxAgeSec) * 1000) : 0
+  return until
+}
 
 function loadVerifier(config: Config): Verifier | null {
   const sources = [config.jwtSecret !== '', config.jwtPublicKeyFile !== '', config.jwksFile !== ''].filter(Boolean).length
@@ -137,17 +188,22 @@ export function createAuthenticator(config: Config): Authenticator {
     ...(config.jwtIssuer ? { issuer: config.jwtIssuer } : {}),
     ...(config.jwtAudience ? { audience: config.jwtAudience } : {}),
   }
+  const cache = new PrincipalCache()
   return {
     ...keys,
     enabled: true,
     async verify(token) {
       if (token === '') throw new AuthError('no token: pass ?token= or Authorization: Bearer', 'missing')
       if (token.length > MAX_TOKEN_LENGTH) throw new AuthError('token too long', 'invalid')
+      const known = cache.get(token, Date.now())
+      if (known !== undefined) return known
       try {
         const { payload } = typeof verifier.key === 'function'
           ? await jwtVerify(token, verifier.key, options) // a JWKS: the key is picked by kid
           : await jwtVerify(token, verifier.key, options)
-        return principalFrom(payload)
+        const principal = principalFrom(payload)
+        cache.set(token, principal, validUntil(payload, config.jwtMaxAgeSec), Date.now())
+        return principal
       } catch (err) {
         if (err instanceof AuthError) throw err
         if (err instanceof joseErrors.JWTExpired) throw new AuthError('token expired', 'expired')

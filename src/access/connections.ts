@@ -1,7 +1,11 @@
 // Every open connection of this process, WebSocket and SSE alike, with ids from one counter:
-// all of them (for shutdown), by user (for the admin endpoints and per-user disconnects), and
-// by the second their token expires (so expiry is one bucket lookup per second instead of a
-// timer per connection).
+// all of them (for shutdown and the catch-up pass), and by the second their token expires
+// (so expiry is a heap lookup per second instead of a timer per connection).
+//
+// Per connection this costs one Set entry and, with a token, one slot of the expiry heap:
+// a Set per user and per expiry second cost ~200 bytes each a connection when most users and
+// seconds have one (bench/heap.ts). The per-user views (the admin endpoints, a user's
+// disconnect) scan the open connections instead: they are rare and O(connections).
 
 import type { Encoding } from '../wire/protocol.js'
 import type { Principal } from './auth.js'
@@ -40,11 +44,20 @@ export interface ConnectionInfo {
   readonly subscriptions: string[]
 }
 
+/** The expiry heap is rebuilt once it holds this many closed connections and they are half of
+ * it: each rebuild is paid for by as many removals. */
+const MIN_STALE_TO_COMPACT = 1024
+
 export class Connections {
   private lastId = 0
   private readonly open = new Set<Connection>()
-  private readonly byUser = new Map<string, Set<Connection>>()
-  private readonly expiring = new Map<number, Set<Connection>>()
+  /** Connections with a token, as a binary min-heap by the second it expires (dueSecond).
+   * A closed connection is not searched for: it is skipped when it comes out, and the heap is
+   * rebuilt when such leftovers pass half of it. */
+  private expiring: Connection[] = []
+  private stale = 0
+  /** Every connection due at or before this second has been taken from the heap. */
+  private takenThrough = -Infinity
 
   /** The next connection id, unique across transports. */
   nextId(): number {
@@ -53,18 +66,14 @@ export class Connections {
 
   add(connection: Connection): void {
     this.open.add(connection)
-    const userId = connection.principal?.userId
-    if (userId !== undefined) setOf(this.byUser, userId).add(connection)
-    const expires = connection.principal?.expiresAt
-    if (expires != null) setOf(this.expiring, Math.ceil(expires / 1000)).add(connection)
+    if (dueSecond(connection) !== null) this.push(connection)
   }
 
   remove(connection: Connection): void {
     if (!this.open.delete(connection)) return
-    const userId = connection.principal?.userId
-    if (userId !== undefined) removeFrom(this.byUser, userId, connection)
-    const expires = connection.principal?.expiresAt
-    if (expires != null) removeFrom(this.expiring, Math.ceil(expires / 1000), connection)
+    const due = dueSecond(connection)
+    if (due === null || due <= this.takenThrough) return
+    if (++this.stale >= MIN_STALE_TO_COMPACT && this.stale * 2 > this.expiring.length) this.compact()
   }
 
   get size(): number {
@@ -75,27 +84,36 @@ export class Connections {
     return [...this.open]
   }
 
+  /** The open connections, live: ones added while iterating are visited, removed ones not. */
+  values(): IterableIterator<Connection> {
+    return this.open.values()
+  }
+
   ofUser(userId: string): Connection[] {
-    return [...(this.byUser.get(userId) ?? [])]
+    const out: Connection[] = []
+    for (const c of this.open) if (c.principal?.userId === userId) out.push(c)
+    return out
   }
 
   /** Connections whose token has expired by `nowMs`; they leave the expiry index. */
   takeExpired(nowMs: number): Connection[] {
     const due: Connection[] = []
     const now = Math.floor(nowMs / 1000)
-    for (const [second, connections] of this.expiring) {
-      if (second > now) continue
-      due.push(...connections)
-      this.expiring.delete(second)
+    const heap = this.expiring
+    while (heap.length > 0 && dueSecond(heap[0]!)! <= now) {
+      const c = this.pop()
+      if (this.open.has(c)) due.push(c)
+      else this.stale = Math.max(0, this.stale - 1)
     }
+    this.takenThrough = Math.max(this.takenThrough, now)
     return due
   }
 
   list(userId?: string, limit = 10_000): ConnectionInfo[] {
-    const connections = userId === undefined ? this.open : this.byUser.get(userId) ?? new Set<Connection>()
     const out: ConnectionInfo[] = []
-    for (const c of connections) {
+    for (const c of this.open) {
       if (out.length >= limit) break
+      if (userId !== undefined && c.principal?.userId !== userId) continue
       out.push({
         id: c.id,
         transport: c.transport,
@@ -108,20 +126,56 @@ export class Connections {
     }
     return out
   }
-}
 
-function setOf<K, V>(map: Map<K, Set<V>>, key: K): Set<V> {
-  let set = map.get(key)
-  if (set === undefined) {
-    set = new Set()
-    map.set(key, set)
+  private push(c: Connection): void {
+    const heap = this.expiring
+    let i = heap.push(c) - 1
+    const due = dueSecond(c)!
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (dueSecond(heap[parent]!)! <= due) break
+      heap[i] = heap[parent]!
+      i = parent
+    }
+    heap[i] = c
   }
-  return set
+
+  private pop(): Connection {
+    const heap = this.expiring
+    const top = heap[0]!
+    const last = heap.pop()!
+    if (heap.length > 0) {
+      heap[0] = last
+      this.siftDown(0)
+    }
+    return top
+  }
+
+  private siftDown(from: number): void {
+    const heap = this.expiring
+    const c = heap[from]!
+    const due = dueSecond(c)!
+    let i = from
+    for (;;) {
+      let child = 2 * i + 1
+      if (child >= heap.length) break
+      if (child + 1 < heap.length && dueSecond(heap[child + 1]!)! < dueSecond(heap[child]!)!) child++
+      if (dueSecond(heap[child]!)! >= due) break
+      heap[i] = heap[child]!
+      i = child
+    }
+    heap[i] = c
+  }
+
+  private compact(): void {
+    this.expiring = this.expiring.filter((c) => this.open.has(c))
+    for (let i = (this.expiring.length >> 1) - 1; i >= 0; i--) this.siftDown(i)
+    this.stale = 0
+  }
 }
 
-function removeFrom<K, V>(map: Map<K, Set<V>>, key: K, value: V): void {
-  const set = map.get(key)
-  if (set === undefined) return
-  set.delete(value)
-  if (set.size === 0) map.delete(key)
+/** The second a connection is told its token expired: the first whole second after it. */
+function dueSecond(c: Connection): number | null {
+  const expires = c.principal?.expiresAt
+  return expires == null ? null : Math.ceil(expires / 1000)
 }

@@ -1,35 +1,73 @@
-// A token bucket: the connect rate per address (admission) and the message rate per socket.
+// Token buckets: the connect rate per address (admission) and the message rate per socket.
+//
+// A bucket is one number, not an object: there is one per socket, and an object holding its
+// token count and refill time cost ~96 bytes a socket (bench/heap.ts). The number is the time
+// at which the bucket will be full again if nothing more is spent (the "theoretical arrival
+// time" of GCRA, which is the same token bucket), in ms since this module loaded: a small
+// integer for the first 24 days, so V8 keeps it in the field itself instead of boxing a double.
+// The rate and capacity live once, in a TokenRate.
 
-/** Refills `rate` tokens per second up to `capacity`; take() spends one. */
+/** A full bucket, the state of every new one. */
+export const FULL = 0
+
+const EPOCH = Date.now()
+
+/** Refills `rate` tokens per second up to `capacity`; a new bucket starts full. */
+export class TokenRate {
+  private readonly msPerToken: number
+  /** How far ahead of now "full again" may be while one token is left. */
+  private readonly slackMs: number
+
+  constructor(readonly rate: number, readonly capacity: number) {
+    this.msPerToken = 1000 / rate
+    this.slackMs = (capacity - 1) * this.msPerToken
+  }
+
+  /** Spends one token of the bucket in `state`: its new state, or null when it has none. */
+  take(state: number, now: number): number | null {
+    const t = now - EPOCH
+    const fullAt = state > t ? state : t
+    return fullAt - t > this.slackMs ? null : fullAt + this.msPerToken
+  }
+
+  /** take() for a bucket kept in an object's `bucket` field (a socket's): false when empty. */
+  spend(holder: { bucket: number }, now: number): boolean {
+    const next = this.take(holder.bucket, now)
+    if (next === null) return false
+    holder.bucket = next
+    return true
+  }
+
+  /** Milliseconds until the bucket in `state` has a token. */
+  waitMs(state: number, now: number): number {
+    return Math.max(0, Math.ceil(state - (now - EPOCH) - this.slackMs))
+  }
+
+  full(state: number, now: number): boolean {
+    return state <= now - EPOCH
+  }
+}
+
+/** One bucket with its own rate, for the few kept per address (failed logins). */
 export class TokenBucket {
-  private tokens: number
-  private last: number
+  private readonly rate: TokenRate
+  bucket = FULL
 
-  constructor(private readonly rate: number, private readonly capacity: number, now: number) {
-    this.tokens = capacity
-    this.last = now
+  /** A bucket starts full whenever it is made: `_now` only keeps the older signature. */
+  constructor(rate: number, capacity: number, _now?: number) {
+    this.rate = new TokenRate(rate, capacity)
   }
 
   take(now: number): boolean {
-    this.refill(now)
-    if (this.tokens < 1) return false
-    this.tokens -= 1
-    return true
+    return this.rate.spend(this, now)
   }
 
   /** Milliseconds until one token is available. */
   waitMs(now: number): number {
-    this.refill(now)
-    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / this.rate) * 1000)
+    return this.rate.waitMs(this.bucket, now)
   }
 
   full(now: number): boolean {
-    this.refill(now)
-    return this.tokens >= this.capacity
-  }
-
-  private refill(now: number): void {
-    this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) / 1000) * this.rate)
-    this.last = now
+    return this.rate.full(this.bucket, now)
   }
 }

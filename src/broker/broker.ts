@@ -1,16 +1,19 @@
-// The broker: where producers' messages come from and where job state is stored. Two
-// implementations with the same semantics: Redis (production, several gateway processes) and
+// The broker: where producers' messages come from and where job state is stored.
+// Implementations with the same semantics: Redis (production, several gateway processes),
+// Redis Cluster (cluster.ts: sharded pub/sub, one shard's failover touches only its jobs) and
 // an embedded in-process one (no dependencies; one process). test/broker-contract.ts runs the
-// same suite against both.
+// same suite against each.
 
-export type BrokerKind = 'redis' | 'embedded'
+export type BrokerKind = 'redis' | 'cluster' | 'embedded'
 /**
  * Where the broker stands, from the gateway's point of view:
  * - `connecting`: has never been ready since start().
- * - `ready`: commands work and every subscription is live.
- * - `down`: a connection was lost after having been ready; messages may be missed.
- * - `replaying`: both connections are back; the subscriptions are being re-sent and are not
- *   all acknowledged yet, so messages may still be missed (Redis only; embedded never is).
+ * - `ready`: commands work and every subscription is live (on Redis Cluster: except those of
+ *   a shard failing over or a slot moving, which come back with channelsRestored()).
+ * - `down`: a connection was lost after having been ready (Redis Cluster: no node answers);
+ *   messages may be missed.
+ * - `replaying`: the connections are back; the subscriptions are being re-sent and are not
+ *   all acknowledged yet, so messages may still be missed (embedded never is).
  * - `closed`: close() was called; the listener is not told (its owner asked for it).
  */
 export type BrokerState = 'connecting' | 'ready' | 'down' | 'replaying' | 'closed'
@@ -51,6 +54,13 @@ export interface BrokerListener {
    * the broker is another server process than before (a restart or failover), so what was
    * seen before may describe state that no longer exists. */
   restored(dataLost: boolean): void
+  /** Redis Cluster: one shard failed over, or a slot moved to another master, while the
+   * broker as a whole stayed ready. These channels' subscriptions were gone for a while and
+   * are live again on the shard that owns them now; messages published meanwhile were missed.
+   * `dataLost`: their shard's master is another server process than before (a failover),
+   * which may lack the last writes. A listener without this method is told
+   * restored(dataLost) instead. */
+  channelsRestored?(channels: readonly string[], dataLost: boolean): void
 }
 
 export interface Broker {
@@ -83,4 +93,7 @@ export interface BrokerNames {
   readonly keyPrefix: string
   readonly stateTtlSec: number
   readonly terminalTtlSec: number
+  /** Redis Cluster's layout: a job's keys carry its channel as their hash tag, and the
+   * producer script publishes with SPUBLISH (see docs/protocol.md). */
+  readonly cluster?: boolean
 }

@@ -4,7 +4,8 @@
 // they would arrive from Redis.
 
 import { channelFor } from '../wire/topics.js'
-import { checkProducerPayload, isTerminalPayload, mergeProducerFields, OwnerConflict } from '../producer/merge.js'
+import { buildState, checkProducerPayload, isTerminalState, OwnerConflict, storedPayload } from '../producer/merge.js'
+import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
 
 interface StoredJob {
@@ -16,12 +17,19 @@ interface StoredJob {
   expiresAt: number
 }
 
+/** An owner's jobs with the time of their last update, as progress.lua's sorted set. */
+interface OwnerJobs {
+  readonly jobs: Map<string, number>
+  expiresAt: number
+}
+
 const SWEEP_INTERVAL_MS = 60_000
 
-export class EmbeddedBroker implements Broker {
+export class EmbeddedBroker implements Broker, OwnerIndex {
   readonly kind = 'embedded' as const
   readonly reconnects = 0
   private readonly jobs = new Map<string, StoredJob>()
+  private readonly owners = new Map<string, OwnerJobs>()
   private readonly channels = new Set<string>()
   private pattern: string | null = null
   private listener: BrokerListener | null = null
@@ -73,17 +81,33 @@ export class EmbeddedBroker implements Broker {
     const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: null, expiresAt: 0 }
     const replacing = options.owner !== undefined && options.owner !== '' && job.owner !== null && job.owner !== options.owner
     if (replacing && !options.replaceOwner) throw new OwnerConflict()
-    if (job.epoch === 0 || replacing) job.epoch = Math.max(now, job.epoch + 1)
+    const stored = options.replace ? null : storedPayload(job.state)
+    const epoch = job.epoch === 0 || replacing ? Math.max(now, job.epoch + 1) : job.epoch
+    // Built before anything changes: a state too large to store is refused.
+    const state = buildState(decoded, stored, job.seq + 1, epoch, now)
+    const previousOwner = job.owner
     job.seq++
-    job.state = mergeProducerFields(decoded, job.seq, job.epoch, now)
+    job.epoch = epoch
+    job.state = state
     if (options.owner) job.owner = options.owner
-    const ttlSec = isTerminalPayload(decoded)
-      ? options.terminalTtlSec ?? this.names.terminalTtlSec
-      : options.ttlSec ?? this.names.stateTtlSec
-    job.expiresAt = now + ttlSec * 1000
+    const terminalTtlSec = options.terminalTtlSec ?? this.names.terminalTtlSec
+    const ttlSec = options.ttlSec ?? this.names.stateTtlSec
+    job.expiresAt = now + (isTerminalState(decoded, stored) ? terminalTtlSec : ttlSec) * 1000
     this.jobs.set(jobId, job)
-    this.deliver(channelFor(this.names.channelPrefix, jobId), job.state)
+    this.deliver(channelFor(this.names.channelPrefix, jobId), state)
+    if (job.owner !== null) {
+      if (replacing && previousOwner !== null) this.owners.get(previousOwner)?.jobs.delete(jobId)
+      if (this.index(job.owner, jobId, now, Math.max(ttlSec, terminalTtlSec))) {
+        this.deliver(userJobsChannel(this.names.keyPrefix, job.owner), Buffer.from(jobId))
+      }
+    }
     return job.seq
+  }
+
+  async ownerJobs(owner: string, limit: number): Promise<string[]> {
+    const index = this.liveOwner(owner, Date.now())
+    if (index === undefined) return []
+    return [...index.jobs].sort((a, b) => b[1] - a[1]).slice(0, limit).map(([id]) => id)
   }
 
   /** One process: every watcher of a job is in it, and sees its channel itself. */
@@ -120,9 +144,39 @@ export class EmbeddedBroker implements Broker {
     return job
   }
 
+  /** Records the job's update in its owner's index, as progress.lua does; true when the job
+   * is new there. */
+  private index(owner: string, jobId: string, now: number, keepSec: number): boolean {
+    let index = this.liveOwner(owner, now)
+    if (index === undefined) {
+      index = { jobs: new Map(), expiresAt: 0 }
+      this.owners.set(owner, index)
+    }
+    const added = !index.jobs.has(jobId)
+    // Re-inserted so the map's order stays the order of last updates, oldest first.
+    index.jobs.delete(jobId)
+    index.jobs.set(jobId, now)
+    for (const [id, at] of index.jobs) {
+      if (at >= now - keepSec * 1000 && index.jobs.size <= MAX_OWNER_JOBS) break
+      index.jobs.delete(id)
+    }
+    index.expiresAt = Math.max(index.expiresAt, now + keepSec * 1000)
+    return added
+  }
+
+  private liveOwner(owner: string, now: number): OwnerJobs | undefined {
+    const index = this.owners.get(owner)
+    if (index !== undefined && index.expiresAt <= now) {
+      this.owners.delete(owner)
+      return undefined
+    }
+    return index
+  }
+
   private sweep(): void {
     const now = Date.now()
     for (const [id, job] of this.jobs) if (job.expiresAt <= now) this.jobs.delete(id)
+    for (const [owner, index] of this.owners) if (index.expiresAt <= now) this.owners.delete(owner)
   }
 }
 

@@ -18,9 +18,9 @@ import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 
-const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
+export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
 /** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
-const RECORDER_LEASE_MS = 5000
+export const RECORDER_LEASE_MS = 5000
 
 /** Channels per SUBSCRIBE command when replaying thousands after a reconnect. */
 const SUBSCRIBE_BATCH = 1000

@@ -25,6 +25,15 @@ export interface JobHandlers {
   onError?(error: JobsClientError, jobId: string): void
 }
 
+export interface UserJobsHandlers {
+  /** The user's job ids, most recently updated first: when the watch starts, and again after
+   * every reconnect or resynchronisation. */
+  onJobs?(jobIds: string[], user: string): void
+  /** A new job of the user. */
+  onJob?(jobId: string, user: string): void
+  onError?(error: JobsClientError, user: string): void
+}
+
 export interface JobsClientOptions {
   /** ws(s)://host[:port]/ws/jobs */
   readonly url: string
@@ -69,6 +78,7 @@ interface Watched {
   /** Subscribes answered `unavailable` in a row, and the pending retry. */
   retries: number
   retryTimer: ReturnType<typeof setTimeout> | null
+  readonly maxHz: number | undefined
 }
 
 /**
@@ -82,6 +92,10 @@ export class JobsClient extends EventTarget {
   private current: ClientState = 'closed'
   private ws: WebSocket | null = null
   private readonly jobs = new Map<string, Watched>()
+  /** Users whose jobs are watched, by the name asked for ('me' or a user id). */
+  private readonly users = new Map<string, Set<UserJobsHandlers>>()
+  /** Whom the server resolved 'me' to. */
+  private me: string | undefined
   private attempts = 0
   private failedInARow = 0
   private opened = false
@@ -129,20 +143,40 @@ export class JobsClient extends EventTarget {
     return w?.view.known ? { data: w.view.data, seq: w.view.seq } : undefined
   }
 
-  /** Watches a job; returns the function that stops watching it. */
-  subscribe(jobId: string, handlers: JobHandlers = {}): () => void {
+  /** Watches a job; returns the function that stops watching it. `maxHz`: at most this many
+   * updates a second (a progress bar rarely needs more than a few); the newest always
+   * arrives, terminal states at once. The first subscriber of a job sets it. */
+  subscribe(jobId: string, handlers: JobHandlers = {}, options: { maxHz?: number } = {}): () => void {
     if (!isValidJobId(jobId)) throw new TypeError(`'${String(jobId).slice(0, 140)}' is not a job id (${JOB_ID_RULE})`)
     let w = this.jobs.get(jobId)
     if (w === undefined) {
-      w = { view: new JobView(), handlers: new Set(), fallback: null, retries: 0, retryTimer: null }
+      w = { view: new JobView(), handlers: new Set(), fallback: null, retries: 0, retryTimer: null, maxHz: options.maxHz }
       this.jobs.set(jobId, w)
-      if (this.current === 'open') this.send({ type: 'subscribe_job', job_id: jobId })
+      if (this.current === 'open') this.sendSubscribe(jobId, w)
       else if (this.inFallback) w.fallback = this.watchWithoutWebSocket(jobId)
     } else if (w.view.known) {
       handlers.onStatus?.(w.view.data, jobId)
     }
     w.handlers.add(handlers)
     return () => this.unsubscribe(jobId, handlers)
+  }
+
+  /** Watches a user's jobs (yours by default: `me`; others' need an admin token): the list,
+   * then every new job as it appears. Needs WebSocket: in fallback nothing is announced.
+   * Returns the function that stops watching. */
+  watchUserJobs(handlers: UserJobsHandlers = {}, user = 'me'): () => void {
+    let set = this.users.get(user)
+    if (set === undefined) {
+      set = new Set()
+      this.users.set(user, set)
+      if (this.current === 'open') this.sendUserJobs('subscribe_user_jobs', user)
+    }
+    set.add(handlers)
+    return () => {
+      if (!set.delete(handlers) || set.size > 0 || this.users.get(user) !== set) return
+      this.users.delete(user)
+      if (this.current === 'open') this.sendUserJobs('unsubscribe_user_jobs', user)
+    }
   }
 
   connect(): void {
@@ -229,7 +263,8 @@ export class JobsClient extends EventTarget {
       this.lastError = null
       this.leaveFallback()
       this.setState('open')
-      for (const jobId of this.jobs.keys()) this.send({ type: 'subscribe_job', job_id: jobId })
+      for (const [jobId, w] of this.jobs) this.sendSubscribe(jobId, w)
+      for (const user of this.users.keys()) this.sendUserJobs('subscribe_user_jobs', user)
       this.pingTimer = setInterval(() => this.ping(), this.o.pingIntervalMs)
     }
     ws.onmessage = (event: MessageEvent) => {
@@ -280,9 +315,27 @@ export class JobsClient extends EventTarget {
         }
         return
       }
+      case 'user_jobs':
+        for (const h of this.userHandlers(message.user)) h.onJobs?.(message.job_ids, message.user)
+        return
+      case 'user_job':
+        for (const h of this.userHandlers(message.user)) h.onJob?.(message.job_id, message.user)
+        return
       case 'error': {
         this.lastError = message
         const error = new JobsClientError(message.code, message.message)
+        if (message.user !== undefined) {
+          const user = message.user
+          if (message.code === UNAVAILABLE) {
+            setTimeout(() => {
+              for (const [asked] of this.users) if ((asked === user || asked === 'me') && this.current === 'open') this.sendUserJobs('subscribe_user_jobs', asked)
+            }, Math.max(message.retry_after_ms ?? 0, this.o.minReconnectDelayMs))
+          }
+          const handlers = this.userHandlers(user)
+          if (handlers.length > 0) for (const h of handlers) h.onError?.(error, user)
+          else this.emitError(error)
+          return
+        }
         const w = message.job_id === undefined ? undefined : this.jobs.get(message.job_id)
         // The server's broker is down: ask again after the advised wait, backing off.
         if (w !== undefined && message.code === UNAVAILABLE && w.retryTimer === null) {
@@ -290,7 +343,7 @@ export class JobsClient extends EventTarget {
           const wait = Math.max(message.retry_after_ms ?? 0, backoff(w.retries++, this.o.minReconnectDelayMs, this.o.maxReconnectDelayMs))
           w.retryTimer = setTimeout(() => {
             w.retryTimer = null
-            if (this.jobs.get(jobId) === w && this.current === 'open') this.send({ type: 'subscribe_job', job_id: jobId })
+            if (this.jobs.get(jobId) === w && this.current === 'open') this.sendSubscribe(jobId, w)
           }, wait)
         }
         if (w !== undefined && w.handlers.size > 0) for (const h of [...w.handlers]) h.onError?.(error, message.job_id!)
@@ -396,6 +449,10 @@ export class JobsClient extends EventTarget {
     }, (message) => this.receive(message))
   }
 
+  private sendSubscribe(jobId: string, w: Watched): void {
+    this.send(w.maxHz === undefined ? { type: 'subscribe_job', job_id: jobId } : { type: 'subscribe_job', job_id: jobId, max_hz: w.maxHz })
+  }
+
   private unsubscribe(jobId: string, handlers: JobHandlers): void {
     const w = this.jobs.get(jobId)
     if (w === undefined || !w.handlers.delete(handlers) || w.handlers.size > 0) return
@@ -403,6 +460,22 @@ export class JobsClient extends EventTarget {
     w.fallback?.stop()
     if (w.retryTimer !== null) clearTimeout(w.retryTimer)
     if (this.current === 'open') this.send({ type: 'unsubscribe_job', job_id: jobId })
+  }
+
+  /** The handlers a user's message is for: those who asked for the user by name, and those
+   * who asked for 'me' once the server has said who that is (its first answer names it). */
+  private userHandlers(user: string): UserJobsHandlers[] {
+    const out = [...(this.users.get(user) ?? [])]
+    const mine = this.users.get('me')
+    if (mine !== undefined && (this.me === user || (this.me === undefined && !this.users.has(user)))) {
+      this.me = user
+      out.push(...mine)
+    }
+    return out
+  }
+
+  private sendUserJobs(type: 'subscribe_user_jobs' | 'unsubscribe_user_jobs', user: string): void {
+    this.send(user === 'me' ? { type } : { type, user })
   }
 
   private send(message: ClientMessage): void {

@@ -1,14 +1,22 @@
 // Admin endpoints (admin credentials: the static admin key, or a token with the admin role;
 // with access control off, loopback callers):
 //   GET  /admin/connections[?user=U]       open connections with their subscriptions, node-wide
+//   GET  /admin/jobs[?top=N]               connections and watched jobs per worker process, and
+//                                          the node's most watched jobs
 //   POST /admin/users/<user>/disconnect    closes every connection of that user (1008)
+//   GET  /admin                            the admin page: a shell with no data of its own; it
+//                                          asks for the admin key or token and sends it with
+//                                          every request to the endpoints above
 
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import type { AddressRule } from '../access/client-address.js'
+import { readFileSync } from 'node:fs'
 import type { ConnectionInfo } from '../access/connections.js'
+import type { WorkerJobs } from '../node/node-request.js'
+import { projectPath } from '../support/paths.js'
 import type { Logger } from '../support/log.js'
-import { clientOf, respondJson, respondThrottled, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
+import { clientOf, respond, respondJson, respondThrottled, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface AdminContext {
   readonly access: Access
@@ -16,7 +24,12 @@ export interface AdminContext {
   readonly addressRule: AddressRule
   connections(user: string | undefined): Promise<ConnectionInfo[]>
   disconnectUser(user: string): Promise<number>
+  /** Every worker process's connections and its `top` most watched jobs. */
+  workers(top: number): Promise<WorkerJobs[]>
 }
+
+const ADMIN_PAGE = readFileSync(projectPath('src', 'pages', 'admin.html'))
+const MAX_TOP = 100
 
 function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { aborted: boolean }, param: string, user: string) => Promise<void>) {
   return (res: HttpResponse, req: HttpRequest) => {
@@ -53,6 +66,27 @@ export function addAdminRoutes(app: TemplatedApp, ctx: AdminContext): void {
       })
     }
   }))
+
+  app.get('/admin', (res) => {
+    respond(res, 200, ADMIN_PAGE, 'text/html; charset=utf-8', { 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY' })
+  })
+
+  app.get('/admin/jobs', (res, req) => {
+    const top = Math.min(MAX_TOP, Math.max(1, Number(req.getQuery('top') || 20) || 20))
+    guarded(ctx, async (res, aborted) => {
+      const workers = await ctx.workers(top)
+      // A job watched in several processes counts its watchers in all of them.
+      const watchers = new Map<string, number>()
+      for (const w of workers) for (const j of w.top) watchers.set(j.job_id, (watchers.get(j.job_id) ?? 0) + j.watchers)
+      const jobs = [...watchers].map(([job_id, n]) => ({ job_id, watchers: n })).sort((a, b) => b.watchers - a.watchers).slice(0, top)
+      if (!aborted.aborted) {
+        respondJson(res, 200, {
+          workers: workers.map((w) => ({ pid: w.pid, connections: w.connections, jobs_watched: w.jobsWatched })),
+          top: jobs,
+        })
+      }
+    })(res, req)
+  })
 
   app.post('/admin/users/:user/disconnect', guarded(ctx, async (res, aborted, user) => {
     const name = safeDecode(user)

@@ -7,6 +7,7 @@ import type { TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import { AuthError } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
+import { LOCAL_USER } from '../stream/user-jobs.js'
 import { respondJson, respondUnauthorized, trackAborted } from './respond.js'
 import type { Logger } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
@@ -66,7 +67,8 @@ export class DemoProducer {
       const last = step === undefined
       const payload: JobPayload = !last ? { ...step }
         : result === 'success'
-          ? { status: 'completed', progress: 100, message: 'Ready', result: { url: `/downloads/${jobId}.mp4`, size_mb: 80 + Math.floor(Math.random() * 900) } }
+          // Nothing is downloaded: the file is named, never served, so the page shows no link.
+          ? { status: 'completed', progress: 100, message: 'Ready', result: { file: `downloads/${jobId}.mp4`, size_mb: 80 + Math.floor(Math.random() * 900), simulated: true } }
           : { status: 'failed', progress: steps.at(-1)!.progress, message: 'Download failed', error: FAILURES[Math.floor(Math.random() * FAILURES.length)] }
       publish(payload).catch((err: Error) => this.ctx.log.warn({ job: jobId, err: err.message }, 'demo job could not report progress'))
       this.timers.delete(timer)
@@ -96,10 +98,11 @@ export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoPro
     if (!['success', 'fail', 'random'].includes(outcome)) return respondJson(res, 400, { error: 'bad_outcome', message: 'outcome is success, fail or random' })
     if (demo.running >= MAX_RUNNING) return respondJson(res, 429, { error: 'busy', message: `at most ${MAX_RUNNING} demo jobs at once` })
     void (async () => {
-      // With access control on, the job belongs to the caller, who may then watch it.
+      // The job belongs to the caller, who may then watch it and finds it in GET /jobs?owner=me
+      // after a reload; with access control off, to the one local user.
       const principal = await ctx.access.authenticate(credentials, 'http')
       if (principal instanceof AuthError) return aborted.aborted || respondUnauthorized(res, principal.message)
-      const owner = principal?.userId
+      const owner = principal?.userId ?? LOCAL_USER
       try {
         const jobId = await demo.start(owner, outcome, stepMs)
         if (!aborted.aborted) respondJson(res, 200, { job_id: jobId })

@@ -4,13 +4,20 @@
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
+import type { AddressRule } from '../access/client-address.js'
 import type { Watches } from '../stream/watch.js'
+import { accessLog, type Logger } from '../support/log.js'
 import { isValidJobId } from '../wire/protocol.js'
-import { respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
+import { addPreflightRoutes, jobRouteCors, refuseOrigin } from './cors.js'
+import { addAnswerHeaders, clientOf, respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
 export interface HttpContext {
   readonly access: Access
   readonly watches: Watches
+  /** --allowed-origins: which other origins' pages may read job routes (see cors.ts). */
+  readonly allowedOrigins: readonly string[]
+  readonly addressRule: AddressRule
+  readonly log: Logger
   isReady(): boolean
   brokerState(): string
   /** The node's metrics in Prometheus text format. */
@@ -33,20 +40,36 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
     )
   })
 
+  addPreflightRoutes(app, ctx.allowedOrigins)
+
   app.get('/jobs/:id', (res, req) => {
     const jobId = safeDecode(req.getParameter(0))
     const credentials = credentialsOf(req)
+    const origin = req.getHeader('origin')
+    const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
+    const { ip } = clientOf(res, req, ctx.addressRule)
+    const refused = (reason: string, user: string | null = null) =>
+      accessLog.info(ctx.log, 'refused', { transport: 'http', ip, user, job: jobId, reason }, `GET /jobs/<id> refused: ${reason}`)
+    if (cors === null) {
+      refused('origin')
+      return refuseOrigin(res, origin)
+    }
+    addAnswerHeaders(res, cors)
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const state = trackAborted(res)
     void (async () => {
       const principal = await ctx.access.authenticate(credentials, 'http')
-      if (principal instanceof AuthError) return state.aborted || respondUnauthorized(res, principal.message)
+      if (principal instanceof AuthError) {
+        refused(`token_${principal.code}`)
+        return state.aborted || respondUnauthorized(res, principal.message)
+      }
       const result = await ctx.watches.read(principal, jobId, 'http')
       if (state.aborted) return
       if (result.ok) {
         if (result.data === null) return respondJson(res, 404, { error: 'not_found', job_id: jobId })
         return respondJson(res, 200, { job_id: jobId, data: result.data })
       }
+      refused(result.refusal, principal?.userId ?? null)
       if (result.refusal === 'forbidden') return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
       respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
     })()

@@ -9,10 +9,11 @@ import type { AddressRule } from '../access/client-address.js'
 import { claimCovers } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
 import { checkProducerPayload, OwnerConflict, ProducerError } from '../producer/merge.js'
-import type { Logger } from '../support/log.js'
+import { accessLog, type Logger } from '../support/log.js'
 import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
-import { BodyTooLarge, clientOf, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
+import { jobRouteCors, refuseOrigin } from './cors.js'
+import { addAnswerHeaders, BodyTooLarge, clientOf, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
 
 const OWNER_PATTERN = /^[^\s]{1,256}$/
 
@@ -21,6 +22,8 @@ export interface ProducerRouteContext {
   readonly access: Access
   readonly log: Logger
   readonly addressRule: AddressRule
+  /** --allowed-origins: which other origins' pages may call the API (see cors.ts). */
+  readonly allowedOrigins: readonly string[]
 }
 
 export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): void {
@@ -30,8 +33,22 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const credentials = credentialsOf(req)
     const owner = req.getQuery('owner') || req.getHeader('x-jobwire-owner')
     const replaceOwner = (req.getQuery('replace_owner') ?? '') === '1'
+    // Merging the body into the stored state is the default; ?replace=1 stores it alone.
+    const replace = (req.getQuery('replace') ?? '') === '1'
     const { ip } = clientOf(res, req, ctx.addressRule)
-    if (ctx.access.throttled(ip)) return respondThrottled(res)
+    const origin = req.getHeader('origin')
+    const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
+    const refused = (kind: 'refused' | 'rate_limited', reason: string) =>
+      accessLog.info(ctx.log, kind, { transport: 'producer-api', ip, job: jobId, reason }, `POST /jobs/<id>/progress refused: ${reason}`)
+    if (cors === null) {
+      refused('refused', 'origin')
+      return refuseOrigin(res, origin, true)
+    }
+    addAnswerHeaders(res, cors)
+    if (ctx.access.throttled(ip)) {
+      refused('rate_limited', 'repeated bad credentials')
+      return respondThrottled(res)
+    }
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'
@@ -54,6 +71,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
       if (refusal !== null) {
         aborted.abandoned = true
         body.catch(() => undefined)
+        refused('refused', grant === null ? 'no producer credentials' : refusal)
         if (aborted.aborted) return
         if (grant === null) respondUnauthorized(res, refusal, true)
         else respondJson(res, 403, { error: 'forbidden', message: refusal }, {}, true)
@@ -72,7 +90,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
           throw new ProducerError(msgpack ? 'content-type is msgpack but the body is not a msgpack map' : 'body is not a JSON object (for msgpack, say content-type: application/msgpack)')
         }
         checkProducerPayload(payload)
-        const seq = await ctx.broker.publishProgress(jobId, payload, { ...(owner ? { owner } : {}), ...(replaceOwner ? { replaceOwner } : {}) })
+        const seq = await ctx.broker.publishProgress(jobId, payload, { ...(owner ? { owner } : {}), ...(replaceOwner ? { replaceOwner } : {}), ...(replace ? { replace } : {}) })
         if (!aborted.aborted) respondJson(res, 200, { job_id: jobId, seq })
       } catch (err) {
         if (aborted.aborted) return

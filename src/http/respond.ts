@@ -26,6 +26,19 @@ export function trackAborted(res: HttpResponse): RequestState {
   return state
 }
 
+/** Headers every answer to a request carries (its CORS headers), whichever helper writes it. */
+const answerHeaders = new WeakMap<HttpResponse, Readonly<Record<string, string>>>()
+
+/** Makes every later respond() on `res` carry `headers` as well; set when the request arrives. */
+export function addAnswerHeaders(res: HttpResponse, headers: Readonly<Record<string, string>>): void {
+  answerHeaders.set(res, { ...answerHeaders.get(res), ...headers })
+}
+
+/** The headers addAnswerHeaders() set on `res`, for routes that write their own head (SSE). */
+export function answerHeadersOf(res: HttpResponse): Readonly<Record<string, string>> {
+  return answerHeaders.get(res) ?? {}
+}
+
 export function respond(
   res: HttpResponse,
   status: number,
@@ -36,7 +49,7 @@ export function respond(
 ): void {
   res.cork(() => {
     res.writeStatus(statusLine(status)).writeHeader('content-type', contentType)
-    for (const [k, v] of Object.entries(headers)) res.writeHeader(k, v)
+    for (const [k, v] of Object.entries({ ...answerHeaders.get(res), ...headers })) res.writeHeader(k, v)
     res.end(body, closeConnection)
   })
 }

@@ -3,10 +3,14 @@
 //
 //   const producer = new Producer({ redis: 'redis://127.0.0.1:6379' })
 //   await producer.progress('job-42', { status: 'processing', progress: 40 }, { owner: 'user-7' })
+//   await producer.progress('job-42', { progress: 41 })     // merged: status stays 'processing'
+//   await producer.close()                                  // or the process keeps running
+//   new Producer({ cluster: '10.0.0.1:7000,10.0.0.2:7000' })  // Redis Cluster: sharded pub/sub
 
 import { pack } from 'msgpackr'
-import { Redis } from 'ioredis'
+import { Redis, type Cluster } from 'ioredis'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
+import { clusterClient, parseClusterSeeds, publishInOrder } from '../broker/cluster-seeds.js'
 import { isPlainObject } from '../wire/payload.js'
 import { isValidJobId, JOB_ID_RULE, type JobPayload } from '../wire/protocol.js'
 import { channelFor } from '../wire/topics.js'
@@ -15,7 +19,11 @@ import { runProgressScript } from './script.js'
 
 export interface ProducerOptions {
   /** A Redis URL, or a connection to share (it is not closed by close()). */
-  readonly redis: string | Redis
+  readonly redis?: string | Redis
+  /** Instead of `redis`, a Redis Cluster: nodes to start from (host:port[,host:port...]), or a
+   * cluster client to share (not closed by close()). The job's keys then carry its channel as
+   * their hash tag and the script publishes with SPUBLISH (docs/protocol.md). */
+  readonly cluster?: string | readonly string[] | Cluster
   readonly channelPrefix?: string
   readonly keyPrefix?: string
   readonly stateTtlSec?: number
@@ -25,21 +33,30 @@ export interface ProducerOptions {
 }
 
 export class Producer {
-  private readonly redis: Redis
+  private readonly redis: Redis | Cluster
   private readonly ownsConnection: boolean
   private readonly names: BrokerNames
   private readonly encoding: 'json' | 'msgpack'
 
   constructor(options: ProducerOptions) {
-    this.ownsConnection = typeof options.redis === 'string'
+    if ((options.redis === undefined) === (options.cluster === undefined)) {
+      throw new TypeError('Producer: give either redis (a single Redis) or cluster (a Redis Cluster)')
+    }
+    const cluster = options.cluster
+    this.ownsConnection = typeof options.redis === 'string' || typeof cluster === 'string' || Array.isArray(cluster)
     if (typeof options.redis === 'string') {
       this.redis = new Redis(options.redis, { maxRetriesPerRequest: 3 })
-      // Failures reach the caller as rejected progress() calls; the connection retries.
-      this.redis.on('error', () => undefined)
-    } else {
+    } else if (options.redis !== undefined) {
       this.redis = options.redis
+    } else if (typeof cluster === 'string' || Array.isArray(cluster)) {
+      this.redis = clusterClient(parseClusterSeeds(cluster as string | readonly string[]), { redisOptions: { maxRetriesPerRequest: 3 } })
+    } else {
+      this.redis = cluster as Cluster
     }
+    // Failures reach the caller as rejected progress() calls; the connection retries.
+    if (this.ownsConnection) this.redis.on('error', () => undefined)
     this.names = {
+      cluster: cluster !== undefined,
       channelPrefix: options.channelPrefix ?? 'progress:',
       keyPrefix: options.keyPrefix ?? 'jobwire:',
       stateTtlSec: options.stateTtlSec ?? 86_400,
@@ -48,7 +65,8 @@ export class Producer {
     this.encoding = options.encoding ?? 'json'
   }
 
-  /** Stores `payload` as the job's state and publishes it; resolves to the job's new seq. */
+  /** Merges `payload`'s fields into the job's stored state (or, with `replace`, stores it as
+   * the whole state) and publishes the result; resolves to the job's new seq. */
   async progress(jobId: string, payload: JobPayload, options: ProgressOptions = {}): Promise<number> {
     return runProgressScript(this.redis, this.names, checkJobId(jobId), this.encode(payload), options)
   }
@@ -56,9 +74,12 @@ export class Producer {
   /** A plain PUBLISH without stored state, as workers that predate jobwire do. Subscribers
    * still receive it; the snapshot is then whatever the gateway last saw. */
   async publish(jobId: string, payload: JobPayload): Promise<void> {
-    await this.redis.publish(channelFor(this.names.channelPrefix, checkJobId(jobId)), this.encode(payload))
+    const channel = channelFor(this.names.channelPrefix, checkJobId(jobId))
+    if (this.names.cluster) await publishInOrder(this.redis as Cluster, channel, this.encode(payload))
+    else await this.redis.publish(channel, this.encode(payload))
   }
 
+  /** Closes the connection it opened (not one it was given), so the process can exit. */
   async close(): Promise<void> {
     if (!this.ownsConnection) return
     if (this.redis.status === 'ready') await this.redis.quit()

@@ -5,26 +5,41 @@
 -- ARGV[1]  the job's channel, <channel prefix><job id>     (default progress:<id>)
 -- ARGV[2]  payload: a JSON object in UTF-8, or a msgpack map. It must not carry `seq`;
 --          `ts` (ms since the epoch) is kept when given, otherwise set from the Redis clock.
+--          `status`, when present, is one of queued, processing, completed, failed,
+--          cancelled; `progress` a number from 0 to 100; `message` a string.
 -- ARGV[3]  owner (user id) to record; '' leaves the recorded owner as it is
 -- ARGV[4]  TTL in seconds while the job runs (default 86400)
 -- ARGV[5]  TTL in seconds once its status is completed, failed or cancelled (default 3600)
 -- ARGV[6]  '1' to replace an owner already recorded (admins only); otherwise a different
 --          owner is refused and the recorded one stays
+-- ARGV[7]  '1' to replace the stored state with the payload; otherwise (the default) the
+--          payload's top-level fields are merged into the stored state
+-- ARGV[8]  the key prefix (default: KEYS[1] up to its first 'job:'), which names the owner's
+--          job index <key prefix>owner:<user> and its channel <key prefix>user-jobs:<user>
+-- ARGV[9]  'SPUBLISH' on Redis Cluster: the state goes out on sharded pub/sub, so KEYS[1]
+--          must hash to the channel's slot (<key prefix>job:{<channel>}); the owner's index,
+--          which lives in other slots, is not kept there. Otherwise (the default) PUBLISH.
 --
--- Effects: increments the job's seq, stores the payload with seq, epoch and ts merged in as
--- the job's state, records the owner, refreshes the TTL and PUBLISHes the stored bytes on the
--- channel. Returns the new seq. A bad payload, or another owner than the recorded one, is
--- refused with an error before anything is written.
+-- Effects: increments the job's seq; builds the new state: the stored state's fields
+-- overwritten by the payload's top-level fields (shallow: a nested object is replaced whole),
+-- with seq, epoch and ts first, in the payload's encoding; stores it, records the owner,
+-- refreshes the TTL and PUBLISHes the stored bytes on the channel. A job with an owner is
+-- indexed in the owner's sorted set (score: ms of its last update); when it enters that set,
+-- its id is PUBLISHed on the owner's channel. Returns the new seq. A bad payload, or another
+-- owner than the recorded one, is refused with an error before anything is written.
 --
 -- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
--- it began), state = the payload bytes as published, owner = user id. The gateway reads it
+-- it began), state = the state bytes as published, owner = user id. The gateway reads it
 -- with HMGET <key> state owner.
 
 local key, channel, payload = KEYS[1], ARGV[1], ARGV[2]
 local owner = ARGV[3] or ''
 local replace_owner = ARGV[6] or ''
+local replace_state = ARGV[7] == '1'
 local ttl = tonumber(ARGV[4] or '') or 86400
 local terminal_ttl = tonumber(ARGV[5] or '') or 3600
+-- Never both: a gateway hears SPUBLISH and PUBLISH separately, and would deliver twice.
+local sharded = ARGV[9] == 'SPUBLISH'
 
 if key == nil or channel == nil or payload == nil then
   return redis.error_reply('jobwire: usage: KEYS[1]=state key, ARGV[1]=channel, ARGV[2]=payload')
@@ -183,6 +198,7 @@ do
   if refusal then return redis.error_reply('jobwire: ' .. refusal) end
 end
 
+
 if decoded.seq ~= nil then
   return redis.error_reply('jobwire: payload must not set seq; the script assigns it')
 end
@@ -192,6 +208,204 @@ end
 if decoded.ts ~= nil and type(decoded.ts) ~= 'number' then
   return redis.error_reply('jobwire: ts must be a number (milliseconds since the epoch)')
 end
+-- The fields every jobwire page reads; one schema on every producer path (merge.ts too).
+local STATUSES = { queued = true, processing = true, completed = true, failed = true, cancelled = true }
+if decoded.status ~= nil and not (type(decoded.status) == 'string' and STATUSES[decoded.status]) then
+  return redis.error_reply('jobwire: status must be one of queued, processing, completed, failed, cancelled')
+end
+if decoded.progress ~= nil and not (type(decoded.progress) == 'number' and decoded.progress >= 0 and decoded.progress <= 100) then
+  return redis.error_reply('jobwire: progress must be a number from 0 to 100')
+end
+if decoded.message ~= nil and type(decoded.message) ~= 'string' then
+  return redis.error_reply('jobwire: message must be a string')
+end
+
+-- Merging works on the encoded bytes, member by member, so that what the producers wrote
+-- survives as they wrote it: number formatting, empty arrays (cjson would turn [] into {}),
+-- nested objects. Only a stored field in the other encoding is converted, value by value.
+
+local function u16(s, i) local a, b = s:byte(i, i + 1); return a * 256 + b end
+local function u32(s, i) local a, b, c, d = s:byte(i, i + 3); return ((a * 256 + b) * 256 + c) * 256 + d end
+
+-- The index of the quote closing the JSON string that opens at i.
+local function json_string_end(s, i)
+  local pos = i + 1
+  while true do
+    local j = s:find('["\\]', pos)
+    if s:byte(j) == 34 then return j end
+    pos = j + 2
+  end
+end
+
+-- The index just past the JSON value that starts at i (s is valid JSON).
+local function json_value_end(s, i)
+  local c = s:byte(i)
+  if c == 34 then return json_string_end(s, i) + 1 end
+  if c ~= 123 and c ~= 91 then return s:find('[%s,%]}]', i) or #s + 1 end
+  local depth, pos = 0, i
+  while true do
+    local j = s:find('[{}%[%]"]', pos)
+    local d = s:byte(j)
+    if d == 34 then
+      pos = json_string_end(s, j) + 1
+    else
+      depth = (d == 123 or d == 91) and depth + 1 or depth - 1
+      pos = j + 1
+      if depth == 0 then return pos end
+    end
+  end
+end
+
+-- The top-level members of a JSON object: { key = decoded key, raw = '"k":v', value = 'v' }.
+local function json_members(s)
+  local out = {}
+  local pos = s:find('{', 1, true) + 1
+  while true do
+    pos = s:find('[^%s]', pos)
+    local c = s:byte(pos)
+    if c == 125 then return out end
+    if c == 44 then pos = s:find('[^%s]', pos + 1) end
+    local key_end = json_string_end(s, pos)
+    local raw_key = s:sub(pos, key_end)
+    local key = raw_key:find('\\', 1, true) and cjson.decode(raw_key) or raw_key:sub(2, -2)
+    local value_start = s:find('[^%s]', s:find(':', key_end + 1, true) + 1)
+    local value_end = json_value_end(s, value_start)
+    local value = s:sub(value_start, value_end - 1)
+    out[#out + 1] = { key = key, raw = raw_key .. ':' .. value, value = value }
+    pos = value_end
+  end
+end
+
+-- The index just past the msgpack value that starts at pos (s is well-formed).
+local function msgpack_value_end(s, pos)
+  local pending = 1
+  while pending > 0 do
+    local b = s:byte(pos)
+    pending = pending - 1
+    if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3 then pos = pos + 1
+    elseif b >= 0xa0 and b <= 0xbf then pos = pos + 1 + b - 0xa0
+    elseif b >= 0x90 and b <= 0x9f then pos, pending = pos + 1, pending + b - 0x90
+    elseif b >= 0x80 and b <= 0x8f then pos, pending = pos + 1, pending + 2 * (b - 0x80)
+    elseif b == 0xcc or b == 0xd0 then pos = pos + 2
+    elseif b == 0xcd or b == 0xd1 then pos = pos + 3
+    elseif b == 0xce or b == 0xd2 or b == 0xca then pos = pos + 5
+    elseif b == 0xcf or b == 0xd3 or b == 0xcb then pos = pos + 9
+    elseif b == 0xd9 then pos = pos + 2 + s:byte(pos + 1)
+    elseif b == 0xda then pos = pos + 3 + u16(s, pos + 1)
+    elseif b == 0xdb then pos = pos + 5 + u32(s, pos + 1)
+    elseif b == 0xdc then pos, pending = pos + 3, pending + u16(s, pos + 1)
+    elseif b == 0xdd then pos, pending = pos + 5, pending + u32(s, pos + 1)
+    elseif b == 0xde then pos, pending = pos + 3, pending + 2 * u16(s, pos + 1)
+    else pos, pending = pos + 5, pending + 2 * u32(s, pos + 1) end
+  end
+  return pos
+end
+
+local function msgpack_map_header(s)
+  local b0 = s:byte(1)
+  if b0 <= 0x8f then return b0 - 0x80, 2 end
+  if b0 == 0xde then return u16(s, 2), 4 end
+  return u32(s, 2), 6
+end
+
+-- The top-level entries of a msgpack map, shaped as json_members'.
+local function msgpack_members(s)
+  local out = {}
+  local count, pos = msgpack_map_header(s)
+  for i = 1, count do
+    local key_end = msgpack_value_end(s, pos)
+    local value_end = msgpack_value_end(s, key_end)
+    out[i] = { key = cmsgpack.unpack(s:sub(pos, key_end - 1)), raw = s:sub(pos, value_end - 1), value = s:sub(key_end, value_end - 1) }
+    pos = value_end
+  end
+  return out
+end
+
+local function msgpack_number(n)
+  -- Integers within 2^53 as integers, as JavaScript encoders write them; others as float64.
+  if n == math.floor(n) and math.abs(n) <= 9007199254740991 then return cmsgpack.pack(n) end
+  return '\203' .. struct.pack('>d', n)
+end
+
+-- One JSON value (at i, s valid JSON) as msgpack bytes; returns them and the index past it.
+local function json_to_msgpack(s, i)
+  i = s:find('[^%s]', i)
+  local c = s:byte(i)
+  if c == 123 or c == 91 then
+    local parts, n, close = {}, 0, c == 123 and 125 or 93
+    local pos = s:find('[^%s]', i + 1)
+    while s:byte(pos) ~= close do
+      if c == 123 then
+        local key_end = json_string_end(s, pos)
+        parts[#parts + 1] = cmsgpack.pack(cjson.decode(s:sub(pos, key_end)))
+        pos = s:find(':', key_end + 1, true) + 1
+      end
+      local bytes
+      bytes, pos = json_to_msgpack(s, pos)
+      parts[#parts + 1] = bytes
+      n = n + 1
+      pos = s:find('[^%s]', pos)
+      if s:byte(pos) == 44 then pos = s:find('[^%s]', pos + 1) end
+    end
+    local header
+    if n < 16 then header = string.char((c == 123 and 0x80 or 0x90) + n)
+    elseif n < 65536 then header = string.char(c == 123 and 0xde or 0xdc, math.floor(n / 256), n % 256)
+    else header = string.char(c == 123 and 0xdf or 0xdd, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256) end
+    return header .. table.concat(parts), pos + 1
+  end
+  local e = json_value_end(s, i)
+  local text = s:sub(i, e - 1)
+  if c == 34 then return cmsgpack.pack(cjson.decode(text)), e end
+  if c == 116 then return '\195', e end
+  if c == 102 then return '\194', e end
+  if c == 110 then return '\192', e end
+  return msgpack_number(tonumber(text)), e
+end
+
+local function json_number(n)
+  if n == math.floor(n) and math.abs(n) <= 9007199254740991 then return string.format('%d', n) end
+  -- The shortest text that reads back as the same number, as JavaScript writes numbers.
+  for digits = 15, 16 do
+    local text = string.format('%.' .. digits .. 'g', n)
+    if tonumber(text) == n then return text end
+  end
+  return string.format('%.17g', n)
+end
+
+-- One msgpack value (at pos, well-formed) as JSON text; returns it and the index past it.
+local function msgpack_to_json(s, pos)
+  local b = s:byte(pos)
+  if b <= 0x7f then return tostring(b), pos + 1 end
+  if b >= 0xe0 then return tostring(b - 256), pos + 1 end
+  if b == 0xc0 then return 'null', pos + 1 end
+  if b == 0xc2 then return 'false', pos + 1 end
+  if b == 0xc3 then return 'true', pos + 1 end
+  local items, is_map, start
+  if b >= 0x90 and b <= 0x9f then items, is_map, start = b - 0x90, false, pos + 1
+  elseif b >= 0x80 and b <= 0x8f then items, is_map, start = b - 0x80, true, pos + 1
+  elseif b == 0xdc or b == 0xde then items, is_map, start = u16(s, pos + 1), b == 0xde, pos + 3
+  elseif b == 0xdd or b == 0xdf then items, is_map, start = u32(s, pos + 1), b == 0xdf, pos + 5 end
+  if items then
+    local parts = {}
+    pos = start
+    for k = 1, items do
+      local text
+      if is_map then
+        local key_end = msgpack_value_end(s, pos)
+        text = cjson.encode(cmsgpack.unpack(s:sub(pos, key_end - 1))) .. ':'
+        pos = key_end
+      end
+      local value
+      value, pos = msgpack_to_json(s, pos)
+      parts[k] = (text or '') .. value
+    end
+    return (is_map and '{' or '[') .. table.concat(parts, ',') .. (is_map and '}' or ']'), pos
+  end
+  local e = msgpack_value_end(s, pos)
+  local value = cmsgpack.unpack(s:sub(pos, e - 1))
+  if type(value) == 'string' then return cjson.encode(value), e end
+  return json_number(value), e
+end
 
 -- The owner is set when the job has none; replacing another owner takes the admin flag.
 local recorded = redis.call('HGET', key, 'owner')
@@ -200,7 +414,30 @@ if replacing and replace_owner ~= '1' then
   return redis.error_reply('jobwire: the job belongs to another owner; only an admin may change it')
 end
 
-local seq = redis.call('HINCRBY', key, 'seq', 1)
+-- The state this update merges into. One that is not a valid payload (written by something
+-- other than this script) is ignored, as the gateway ignores it.
+local stored, stored_decoded, stored_msgpack
+if not replace_state then
+  stored = redis.call('HGET', key, 'state')
+  if stored and #stored > 0 then
+    local s0 = stored:byte(1)
+    stored_msgpack = (s0 >= 0x80 and s0 <= 0x8f) or s0 == 0xde or s0 == 0xdf
+    local ok, a, b
+    if stored_msgpack then
+      if msgpack_refusal(stored) == nil then ok, a, b = pcall(cmsgpack.unpack_one, stored) end
+      if ok and a == -1 and type(b) == 'table' then stored_decoded = b end
+    elseif stored:find('^%s*{') and valid_utf8(stored) then
+      local lenient = cjson.decode_invalid_numbers()
+      cjson.decode_invalid_numbers(false)
+      ok, a = pcall(cjson.decode, stored)
+      cjson.decode_invalid_numbers(lenient)
+      if ok and type(a) == 'table' and value_refusal(a, 1) == nil then stored_decoded = a end
+    end
+  end
+  if stored_decoded == nil then stored = nil end
+end
+
+local seq = (tonumber(redis.call('HGET', key, 'seq')) or 0) + 1
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local add_ts = decoded.ts == nil
@@ -209,23 +446,33 @@ local add_ts = decoded.ts == nil
 -- after it expired or Redis lost it) and when its owner is replaced. Readers order states by
 -- (epoch, seq) and take a new epoch as the new truth.
 local epoch = tonumber(redis.call('HGET', key, 'epoch'))
-if epoch == nil or replacing then
-  epoch = math.max(now_ms, (epoch or 0) + 1)
-  redis.call('HSET', key, 'epoch', epoch)
+local new_epoch = epoch == nil or replacing
+if new_epoch then epoch = math.max(now_ms, (epoch or 0) + 1) end
+
+-- The stored members the payload does not set, in the payload's encoding.
+local members = stored and (is_msgpack and msgpack_members(payload) or json_members(payload))
+local carried = {}
+if stored then
+  local own = { seq = true, epoch = true, ts = true }
+  for _, m in ipairs(members) do own[m.key] = true end
+  for _, m in ipairs(stored_msgpack and msgpack_members(stored) or json_members(stored)) do
+    if not own[m.key] then
+      if stored_msgpack == is_msgpack then
+        carried[#carried + 1] = m.raw
+      elseif is_msgpack then
+        carried[#carried + 1] = cmsgpack.pack(m.key) .. json_to_msgpack(m.value, 1)
+      else
+        carried[#carried + 1] = cjson.encode(m.key) .. ':' .. msgpack_to_json(m.value, 1)
+      end
+    end
+  end
 end
 
 local state
 if is_msgpack then
-  local count, body
-  if b0 <= 0x8f then
-    count, body = b0 - 0x80, payload:sub(2)
-  elseif b0 == 0xde then
-    local h1, h2 = payload:byte(2, 3)
-    count, body = h1 * 256 + h2, payload:sub(4)
-  else
-    local h1, h2, h3, h4 = payload:byte(2, 5)
-    count, body = ((h1 * 256 + h2) * 256 + h3) * 256 + h4, payload:sub(6)
-  end
+  local count, body_start = msgpack_map_header(payload)
+  local body = table.concat(carried) .. payload:sub(body_start)
+  count = count + #carried
   -- epoch and ts as float64, as JavaScript's own msgpack encoders write such numbers:
   -- cmsgpack would write uint64, which many decoders turn into BigInt.
   local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq) .. cmsgpack.pack('epoch') .. '\203' .. struct.pack('>d', epoch)
@@ -245,18 +492,52 @@ if is_msgpack then
       math.floor(count / 256) % 256, count % 256)
   end
   state = header .. fields .. body
+elseif stored then
+  -- Members joined one by one: the payload's whitespace between them is not kept.
+  for _, m in ipairs(members) do carried[#carried + 1] = m.raw end
+  local fields = string.format('"seq":%d,"epoch":%d', seq, epoch)
+  if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
+  if #carried > 0 then fields = fields .. ',' .. table.concat(carried, ',') end
+  state = '{' .. fields .. '}'
 else
+  -- No state to merge into: the producer's bytes follow unchanged.
   local open = select(2, payload:find('^%s*{'))
   local fields = string.format('"seq":%d,"epoch":%d', seq, epoch)
   if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
   if next(decoded) ~= nil then fields = fields .. ',' end
   state = '{' .. fields .. payload:sub(open + 1)
 end
+if #state > MAX_BYTES then
+  return redis.error_reply('jobwire: the state would be larger than ' .. MAX_BYTES .. ' bytes with the fields jobwire adds and merges in; send fewer fields, or replace the state')
+end
 
+redis.call('HINCRBY', key, 'seq', 1)
+if new_epoch then redis.call('HSET', key, 'epoch', epoch) end
 redis.call('HSET', key, 'state', state)
 if owner ~= '' then redis.call('HSET', key, 'owner', owner) end
 local status = decoded.status
+if status == nil and stored_decoded then status = stored_decoded.status end
 local terminal = status == 'completed' or status == 'failed' or status == 'cancelled'
 redis.call('EXPIRE', key, terminal and terminal_ttl or ttl)
-redis.call('PUBLISH', channel, state)
+redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
+
+-- The owner's index of jobs ("my jobs"): newest update last, pruned of jobs whose state has
+-- expired for sure, capped, kept as long as the longest-lived job state it lists.
+local indexed_owner = (owner ~= '' and owner) or recorded
+local prefix = ARGV[8]
+if prefix == nil or prefix == '' then
+  local at = key:find('job:', 1, true)
+  prefix = at and key:sub(1, at - 1)
+end
+if not sharded and indexed_owner and prefix and key:sub(1, #prefix + 4) == prefix .. 'job:' and #key > #prefix + 4 then
+  local job_id = key:sub(#prefix + 5)
+  if replacing then redis.call('ZREM', prefix .. 'owner:' .. recorded, job_id) end
+  local index = prefix .. 'owner:' .. indexed_owner
+  local keep = math.max(ttl, terminal_ttl)
+  local added = redis.call('ZADD', index, now_ms, job_id)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms - keep * 1000))
+  redis.call('ZREMRANGEBYRANK', index, 0, -1001)
+  if redis.call('TTL', index) < keep then redis.call('EXPIRE', index, keep) end
+  if added == 1 then redis.call('PUBLISH', prefix .. 'user-jobs:' .. indexed_owner, job_id) end
+end
 return seq

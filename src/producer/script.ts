@@ -2,9 +2,9 @@
 // connection). Shared by the Redis broker and the standalone Producer.
 
 import { readFileSync } from 'node:fs'
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import { projectPath } from '../support/paths.js'
-import { channelFor, jobKey } from '../wire/topics.js'
+import { channelFor, stateKey } from '../wire/topics.js'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
 import { OWNER_CONFLICT, OwnerConflict, ProducerError } from './merge.js'
 
@@ -12,14 +12,15 @@ export const PROGRESS_SCRIPT_PATH = projectPath('src', 'producer', 'progress.lua
 export const PROGRESS_SCRIPT = readFileSync(PROGRESS_SCRIPT_PATH, 'utf8')
 
 const COMMAND = 'jobwireProgress'
-type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string) => Promise<number>
+type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string, replaceState: string, keyPrefix: string, publishCommand: string) => Promise<number>
 
-export function defineProgressScript(redis: Redis): void {
+/** A single Redis, or a Redis Cluster client (with names.cluster: the cluster key layout). */
+export function defineProgressScript(redis: Redis | Cluster): void {
   if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 1, lua: PROGRESS_SCRIPT })
 }
 
 export async function runProgressScript(
-  redis: Redis,
+  redis: Redis | Cluster,
   names: BrokerNames,
   jobId: string,
   payload: Buffer,
@@ -29,13 +30,16 @@ export async function runProgressScript(
   const run = (redis as unknown as Record<string, ScriptRunner>)[COMMAND]!.bind(redis)
   try {
     return await run(
-      jobKey(names.keyPrefix, jobId),
+      stateKey(names, jobId),
       channelFor(names.channelPrefix, jobId),
       payload,
       options.owner ?? '',
       options.ttlSec ?? names.stateTtlSec,
       options.terminalTtlSec ?? names.terminalTtlSec,
       options.replaceOwner ? '1' : '',
+      options.replace ? '1' : '',
+      names.keyPrefix,
+      names.cluster ? 'SPUBLISH' : '',
     )
   } catch (err) {
     // The script refuses bad payloads with 'jobwire: <reason>'; nothing was written.

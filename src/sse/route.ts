@@ -7,11 +7,13 @@ import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission, AdmissionRequest } from '../access/admission.js'
 import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
-import { clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
+import { jobRouteCors, refuseOrigin } from '../http/cors.js'
+import { addAnswerHeaders, answerHeadersOf, clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
 import type { SnapshotReader } from '../stream/snapshot.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Config } from '../support/config.js'
+import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { isValidJobId } from '../wire/protocol.js'
 import { SseStream } from './stream.js'
@@ -27,6 +29,7 @@ export interface SseContext {
   readonly snapshots: SnapshotReader
   readonly connections: Connections
   readonly metrics: Metrics
+  readonly log: Logger
   isClosing(): boolean
 }
 
@@ -43,10 +46,20 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     const jobId = safeDecode(req.getParameter(0))
     const credentials = credentialsOf(req)
     const { ip, limitKey } = clientOf(res, req, ctx.config)
+    const origin = req.getHeader('origin')
+    const cors = jobRouteCors(origin, req.getHeader('host'), ctx.config.allowedOrigins)
+    const refused = (reason: string, user: string | null = null) =>
+      accessLog.info(ctx.log, 'refused', { transport: 'sse', ip, user, job: jobId, reason }, `SSE stream refused: ${reason}`)
+    if (cors === null) {
+      refused('origin')
+      return refuseOrigin(res, origin)
+    }
+    addAnswerHeaders(res, cors)
     if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
     const refuse = (refusal: { reason: string; retryAfterMs: number }) => {
+      accessLog.info(ctx.log, 'rate_limited', { transport: 'sse', ip, job: jobId, reason: refusal.reason }, 'SSE stream refused: rate limited')
       ctx.metrics.countRefusal('sse', 'rate_limited')
       if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: refusal.reason, retry_after_ms: refusal.retryAfterMs }, { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)) })
     }
@@ -55,13 +68,19 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
       const charged = await ctx.admission.charge(limitKey)
       if (!charged.ok) return refuse(charged)
       const principal = await ctx.access.authenticate(credentials, 'sse')
-      if (principal instanceof AuthError) return request.aborted || respondUnauthorized(res, principal.message)
+      if (principal instanceof AuthError) {
+        refused(`token_${principal.code}`)
+        return request.aborted || respondUnauthorized(res, principal.message)
+      }
       const ticket: AdmissionRequest = { userId: principal?.userId ?? null, address: limitKey }
       const admitted = await ctx.admission.admit(ticket)
       if (!admitted.ok) return refuse(admitted)
       const result = await ctx.watches.open(principal, jobId, 'sse', (job, snapshot) => {
         if (request.aborted) return false
+        const user = principal?.userId ?? null
+        const openedAt = Date.now()
         const stream = new SseStream(ctx.connections.nextId(), res, jobId, principal, ip, ctx.metrics, () => {
+          accessLog.info(ctx.log, 'close', { transport: 'sse', stream: stream.id, ip, user, job: jobId, seconds: Math.round((Date.now() - openedAt) / 1000) }, 'SSE stream closed')
           job.sinks.delete(stream)
           streams.delete(stream)
           ctx.connections.remove(stream)
@@ -75,8 +94,10 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
             .writeHeader('content-type', 'text/event-stream')
             .writeHeader('cache-control', 'no-store')
             .writeHeader('x-accel-buffering', 'no')
-            .write('retry: 2000\n\n')
+          for (const [name, value] of Object.entries(answerHeadersOf(res))) res.writeHeader(name, value)
+          res.write('retry: 2000\n\n')
         })
+        accessLog.info(ctx.log, 'connect', { transport: 'sse', stream: stream.id, ip, user, job: jobId }, 'SSE stream opened')
         // The stream holds the job for its lifetime; joining its sinks and sending the
         // snapshot in one step means nothing the channel delivers can come before it.
         ctx.watched.acquire(jobId)
@@ -90,6 +111,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
       if (result.ok) return
       ctx.admission.release(ticket)
       if (request.aborted || result.refusal === 'gone') return
+      refused(result.refusal, principal?.userId ?? null)
       if (result.refusal === 'forbidden') respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
       else respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
     })()

@@ -8,8 +8,9 @@ import { sseEvent } from '../sse/event.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, jsonUpdateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
 import type { DecodedPayload } from '../wire/payload.js'
-import type { JobPayload } from '../wire/protocol.js'
-import type { WatchedJob } from './watched-jobs.js'
+import { isTerminalStatus, type JobPayload, type ServerMessage } from '../wire/protocol.js'
+import { topicFor } from '../wire/topics.js'
+import type { RateState, WatchedJob } from './watched-jobs.js'
 
 export type Publisher = Pick<TemplatedApp, 'publish' | 'numSubscribers'>
 
@@ -63,6 +64,60 @@ export class Fanout {
       this.publish(job.msgpackTopic, msgpackUpdateFrame(job.id, job.heads, update), true, msgpackSubscribers)
       this.metrics.updatesPublished++
     }
+    if (job.rates !== null) for (const [hz, rate] of job.rates) this.throttled(job, hz, rate, update)
+  }
+
+  /** A rate class gets an update at once when its slot is free or the job just ended;
+   * otherwise the update waits for the slot, replaced by any newer one (the trailing edge). */
+  private throttled(job: WatchedJob, hz: number, rate: RateState, update: DecodedPayload): void {
+    const now = Date.now()
+    if (isTerminalStatus(update.obj.status) || now - rate.lastSentAt >= 1000 / hz) {
+      if (rate.timer !== null) clearTimeout(rate.timer)
+      rate.timer = null
+      rate.pending = null
+      rate.lastSentAt = now
+      this.publishRate(rate, () => jsonUpdateFrame(job.id, job.heads, update), () => msgpackUpdateFrame(job.id, job.heads, update))
+      return
+    }
+    // The producer's bytes are only valid during this call: keep the decoded object.
+    rate.pending = update.obj
+    rate.pendingSeq = update.seq
+    rate.timer ??= setTimeout(() => {
+      rate.timer = null
+      const data = rate.pending
+      if (data === null) return
+      rate.pending = null
+      rate.lastSentAt = Date.now()
+      const message: ServerMessage = { type: 'job_update', job_id: job.id, data }
+      this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
+    }, rate.lastSentAt + 1000 / hz - now)
+  }
+
+  private publishRate(rate: RateState, json: () => Frame, msgpack: () => Frame): void {
+    const jsonSubscribers = this.app.numSubscribers(rate.jsonTopic)
+    const msgpackSubscribers = this.app.numSubscribers(rate.msgpackTopic)
+    if (jsonSubscribers > 0) this.publish(rate.jsonTopic, json(), false, jsonSubscribers)
+    if (msgpackSubscribers > 0) this.publish(rate.msgpackTopic, msgpack(), true, msgpackSubscribers)
+    if (jsonSubscribers + msgpackSubscribers > 0) this.metrics.updatesPublished++
+  }
+
+  /** A socket joined one of the rate class's topics (uWS's subscription handler). */
+  joinRate(job: WatchedJob, hz: number): void {
+    job.rates ??= new Map()
+    let rate = job.rates.get(hz)
+    if (rate === undefined) {
+      rate = { jsonTopic: topicFor('json', job.id, hz), msgpackTopic: topicFor('msgpack', job.id, hz), members: 0, lastSentAt: 0, pending: null, pendingSeq: undefined, timer: null }
+      job.rates.set(hz, rate)
+    }
+    rate.members++
+  }
+
+  leaveRate(job: WatchedJob, hz: number): void {
+    const rate = job.rates?.get(hz)
+    if (rate === undefined || --rate.members > 0) return
+    if (rate.timer !== null) clearTimeout(rate.timer)
+    job.rates!.delete(hz)
+    if (job.rates!.size === 0) job.rates = null
   }
 
   /** The job's state as a job_status to every watcher (the resync after an outage). */
@@ -79,6 +134,15 @@ export class Fanout {
       }
     }
     if (msgpackSubscribers > 0) this.publish(job.msgpackTopic, encodeMessage('msgpack', message), true, msgpackSubscribers)
+    // Rate classes too: the status carries the latest state, so what they held back is moot.
+    if (job.rates !== null) {
+      for (const rate of job.rates.values()) {
+        if (rate.timer !== null) clearTimeout(rate.timer)
+        rate.timer = null
+        rate.pending = null
+        this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
+      }
+    }
   }
 
   private publish(topic: string, frame: Frame, binary: boolean, subscribers: number): void {

@@ -11,13 +11,16 @@
 // costs a handful of pipelines, not thousands (coalescing keeps the ordering guarantee: a
 // read is still issued after the request that asked for it).
 
-import type { Broker } from '../broker/broker.js'
+import type { Broker, JobRecord } from '../broker/broker.js'
+import { UnsupportedJob, type SourceRoutes } from '../sources/router.js'
+import type { JobSource } from '../sources/source.js'
 import { backoff } from '../support/backoff.js'
 import { withDeadline } from '../support/deadline.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { compareVersions, decodePayload, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
 import type { JobPayload } from '../wire/protocol.js'
+import { stalledIn } from './stalls.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 export interface Snapshot {
@@ -30,27 +33,69 @@ export async function readSnapshots(
   watched: WatchedJobs,
   jobIds: readonly string[],
   log: Logger,
+  sources?: SourceRoutes,
 ): Promise<Snapshot[]> {
-  const records = await broker.readJobs(jobIds)
+  const fromSource: boolean[] = []
+  const records = await readRecords(broker, jobIds, sources, fromSource)
   return records.map((record, i) => {
-    const jobId = jobIds[i]!
-    let stored: DecodedPayload | null = null
-    if (record.state !== null) {
-      const decoded = decodePayload(record.state)
-      if (decoded instanceof MalformedPayload) {
-        log.warn({ job: jobId, reason: decoded.reason }, 'stored job state is malformed; ignoring it')
-      } else {
-        stored = decoded
-      }
-    }
-    const job = watched.get(jobId)
-    const seen = job?.lastPayload ?? null
-    // A PUBLISH-only job: what this process saw, or else what another one recorded.
-    if (stored === null) return { data: seen ?? recorded(record.seen, jobId, log), owner: record.owner }
-    // What the channel delivered after the read was issued may be newer than what it read.
-    const seenIsNewer = seen !== null && compareVersions(job!.lastEpoch, job!.lastSeq, stored.epoch, stored.seq) > 0
-    return { data: seenIsNewer ? seen : stored.obj, owner: record.owner }
+    const snapshot = chooseSnapshot(record, jobIds[i]!, fromSource[i] === true, watched, log)
+    const job = watched.get(jobIds[i]!)
+    // A job flagged as stalled is still stalled in the state it was flagged in (stalls.ts).
+    if (job !== undefined && snapshot.data !== null && stalledIn(job, snapshot.data)) return { data: { ...snapshot.data, stalled: true }, owner: snapshot.owner }
+    return snapshot
   })
+}
+
+/** The broker's records, and those of source jobs from their sources (in parallel), in the
+ * order asked for; `fromSource[i]` says which is which. */
+async function readRecords(broker: Broker, jobIds: readonly string[], sources: SourceRoutes | undefined, fromSource: boolean[]): Promise<JobRecord[]> {
+  const routes = sources === undefined ? [] : jobIds.map((id) => sources.route(id))
+  if (!routes.some((route) => route !== null)) return broker.readJobs(jobIds)
+  const out: JobRecord[] = new Array(jobIds.length)
+  const groups = new Map<JobSource | null, number[]>()
+  routes.forEach((route, i) => {
+    if (route instanceof UnsupportedJob) {
+      out[i] = { state: route.state, owner: null, seen: null }
+      return
+    }
+    fromSource[i] = route !== null
+    const group = groups.get(route)
+    if (group === undefined) groups.set(route, [i])
+    else group.push(i)
+  })
+  await Promise.all([...groups].map(async ([source, indices]) => {
+    const ids = indices.map((i) => jobIds[i]!)
+    if (source === null) {
+      const records = await broker.readJobs(ids)
+      indices.forEach((i, k) => (out[i] = records[k]!))
+    } else {
+      const records = await source.read(ids)
+      indices.forEach((i, k) => (out[i] = { state: records[k]!.state, owner: records[k]!.owner, seen: null }))
+    }
+  }))
+  return out
+}
+
+function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, watched: WatchedJobs, log: Logger): Snapshot {
+  let stored: DecodedPayload | null = null
+  if (record.state !== null) {
+    const decoded = decodePayload(record.state)
+    if (decoded instanceof MalformedPayload) {
+      log.warn({ job: jobId, reason: decoded.reason }, 'stored job state is malformed; ignoring it')
+    } else {
+      stored = decoded
+    }
+  }
+  const job = watched.get(jobId)
+  const seen = job?.lastPayload ?? null
+  // A PUBLISH-only job: what this process saw, or else what another one recorded.
+  if (stored === null) return { data: seen ?? recorded(record.seen, jobId, log), owner: record.owner }
+  // What the channel delivered after the read was issued may be newer than what it read. A
+  // source's stored state is numbered as the last payload delivered and is never newer than
+  // it once delivered (src/sources/): on a tie, what was seen wins.
+  const order = seen === null ? -1 : compareVersions(job!.lastEpoch, job!.lastSeq, stored.epoch, stored.seq)
+  const seenIsNewer = fromSource ? order >= 0 : order > 0
+  return { data: seenIsNewer ? seen : stored.obj, owner: record.owner }
 }
 
 function recorded(seen: Buffer | null, jobId: string, log: Logger): JobPayload | null {
@@ -78,6 +123,8 @@ export class SnapshotReader {
     private readonly timeoutMs: number,
     /** How long a new watcher waits out a broker outage before giving up. */
     private readonly holdMs: number,
+    /** Where source jobs (`celery:`, `bullmq:`) are read from. */
+    private readonly sources?: SourceRoutes,
   ) {}
 
   /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
@@ -133,7 +180,7 @@ export class SnapshotReader {
   private async fetch(jobIds: readonly string[]): Promise<Snapshot[]> {
     this.metrics.snapshotReads += jobIds.length
     try {
-      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log), this.timeoutMs, 'snapshot read')
+      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log, this.sources), this.timeoutMs, 'snapshot read')
     } catch (err) {
       this.metrics.snapshotFailures += jobIds.length
       throw err

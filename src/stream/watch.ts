@@ -45,6 +45,7 @@ export class Watches {
       if (!attach(job, snapshot)) return { ok: false, refusal: 'gone' }
       const epoch = snapshot.data?.epoch
       if (job.generation === undefined && typeof epoch === 'number') job.generation = epoch
+      this.watched.observeSnapshot(job, snapshot.data)
       return { ok: true, data: snapshot.data }
     } catch (err) {
       this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: snapshot unavailable')

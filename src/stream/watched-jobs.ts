@@ -4,13 +4,21 @@
 // SSE stream. In per-job mode the first reference SUBSCRIBEs its channel and the last one
 // UNSUBSCRIBEs it after a delay, re-checked so a quick re-subscribe does not flap. Requests
 // arriving in one event-loop turn share one SUBSCRIBE command.
+//
+// Jobs of a source (`celery:...`, `bullmq:...`, src/sources/) follow the same rule, with the
+// source in the broker's place: the first reference asks the source to watch the job, the last
+// one to unwatch it after the delay, and the job is live once the source says its messages
+// flow. Broker outages and the pattern subscription concern the broker's jobs only.
 
 import type { Broker } from '../broker/broker.js'
+import { UnsupportedJob, type SourceRoutes } from '../sources/router.js'
+import type { JobSource } from '../sources/source.js'
 import type { SubscriptionMode } from '../support/config.js'
 import type { Logger } from '../support/log.js'
 import { updateHeads, type UpdateHeads } from '../wire/frames.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { channelFor, topicFor } from '../wire/topics.js'
+import type { StallClock, Stalls } from './stalls.js'
 
 /** Something besides WebSockets that receives a job's frames (an SSE stream). Events arrive
  * as finished text, built once per broker message for every sink of the job. */
@@ -19,6 +27,19 @@ export interface JobSink {
   send(event: string): void
   /** The job's state after the broker came back: a job_status event. */
   resync(event: string): void
+}
+
+/** One rate class of a job: its topics, when it last sent, and the newest update it holds
+ * back until its next slot. */
+export interface RateState {
+  readonly jsonTopic: string
+  readonly msgpackTopic: string
+  /** Sockets in either topic. */
+  members: number
+  lastSentAt: number
+  pending: JobPayload | null
+  pendingSeq: number | undefined
+  timer: NodeJS.Timeout | null
 }
 
 /** One watched job as the stream sees it: names and frame prefixes fixed at creation, the
@@ -36,11 +57,15 @@ export class WatchedJob {
   /** While a new generation's watchers are checked, its frames are held back; a job_status
    * follows. */
   reauthorizing = false
+  /** Rate classes (max_hz) that sockets on this node watch the job at; fanout.ts owns them. */
+  rates: Map<number, RateState> | null = null
+  /** Stall detection's clock for the job (stalls.ts owns it); null while it has none. */
+  stall: StallClock | null = null
   private seenPayload: JobPayload | null = null
   private seenSeq: number | undefined = undefined
   private seenEpoch: number | undefined = undefined
 
-  constructor(readonly id: string, channelPrefix: string) {
+  constructor(readonly id: string, channelPrefix: string, private readonly stalls: Stalls | null = null) {
     this.channel = channelFor(channelPrefix, id)
     this.jsonTopic = topicFor('json', id)
     this.msgpackTopic = topicFor('msgpack', id)
@@ -53,6 +78,7 @@ export class WatchedJob {
     this.seenPayload = payload
     this.seenSeq = seq
     this.seenEpoch = epoch
+    if (this.stalls !== null) this.stalls.seen(this, payload)
   }
 
   /** The broker lost its data (it restarted empty, or failed over): what was seen before
@@ -61,6 +87,7 @@ export class WatchedJob {
     this.seenPayload = null
     this.seenSeq = undefined
     this.seenEpoch = undefined
+    this.stalls?.forget(this)
   }
 
   get lastPayload(): JobPayload | null {
@@ -78,6 +105,11 @@ export class WatchedJob {
 
 interface Hold {
   readonly job: WatchedJob
+  /** Where its messages come from: null for the broker, else the job's source. */
+  readonly source: JobSource | null
+  /** The job cannot be watched here (a source without a Redis): nothing will ever arrive for
+   * it, so it is live from the start and its snapshot says why (router.ts). */
+  readonly refused: UnsupportedJob | null
   refs: number
   live: boolean
   waiters: Array<{ resolve: () => void; reject: (err: Error) => void }>
@@ -88,12 +120,19 @@ export interface WatchedJobsOptions {
   readonly mode: SubscriptionMode
   readonly channelPrefix: string
   readonly unsubscribeDelayMs: number
+  /** Routes source job ids (`celery:`, `bullmq:`) to their source; without it every job is the
+   * broker's. */
+  readonly sources?: SourceRoutes
+  /** Stall detection for every watched job; without it, none. */
+  readonly stalls?: Stalls
 }
 
 export class WatchedJobs {
   private readonly holds = new Map<string, Hold>()
   private toSubscribe = new Set<Hold>()
   private toUnsubscribe = new Set<string>()
+  private toWatch = new Map<JobSource, Set<Hold>>()
+  private toUnwatch = new Map<JobSource, Set<string>>()
   private flushScheduled = false
   private patternIsLive = false
   private disposed = false
@@ -124,9 +163,18 @@ export class WatchedJobs {
   acquire(jobId: string): WatchedJob {
     let hold = this.holds.get(jobId)
     if (hold === undefined) {
-      hold = { job: new WatchedJob(jobId, this.options.channelPrefix), refs: 0, live: false, waiters: [], releaseTimer: null }
+      const route = this.options.sources?.route(jobId) ?? null
+      const refused = route instanceof UnsupportedJob ? route : null
+      const source = route instanceof UnsupportedJob ? null : route
+      hold = { job: new WatchedJob(jobId, this.options.channelPrefix, this.options.stalls ?? null), source, refused, refs: 0, live: refused !== null, waiters: [], releaseTimer: null }
       this.holds.set(jobId, hold)
-      if (this.options.mode === 'pattern') {
+      if (refused !== null) {
+        // Nothing to subscribe to.
+      } else if (source !== null) {
+        this.toUnwatch.get(source)?.delete(jobId)
+        setOf(this.toWatch, source).add(hold)
+        this.scheduleFlush()
+      } else if (this.options.mode === 'pattern') {
         hold.live = this.patternIsLive
       } else {
         this.toUnsubscribe.delete(hold.job.channel)
@@ -154,7 +202,12 @@ export class WatchedJobs {
       if (hold.refs > 0 || this.holds.get(job.id) !== hold) return
       this.holds.delete(job.id)
       this.fail(hold, new Error('job no longer watched'))
-      if (this.options.mode === 'per-job') {
+      this.options.stalls?.forget(job)
+      if (hold.source !== null) {
+        this.toWatch.get(hold.source)?.delete(hold)
+        setOf(this.toUnwatch, hold.source).add(job.id)
+        this.scheduleFlush()
+      } else if (hold.refused === null && this.options.mode === 'per-job') {
         this.toSubscribe.delete(hold)
         this.toUnsubscribe.add(job.channel)
         this.scheduleFlush()
@@ -190,7 +243,10 @@ export class WatchedJobs {
   /** Pattern mode: the node-wide PSUBSCRIBE is live (or not). */
   setPatternLive(live: boolean): void {
     this.patternIsLive = live
-    for (const hold of this.holds.values()) live ? this.markLive(hold) : (hold.live = false)
+    for (const hold of this.holds.values()) {
+      if (hold.source !== null || hold.refused !== null) continue
+      live ? this.markLive(hold) : (hold.live = false)
+    }
   }
 
   /** The broker lost its data: forget every payload seen before. */
@@ -201,20 +257,40 @@ export class WatchedJobs {
   /** The broker connection is down: no job receives messages until it is restored. */
   markAllDown(): void {
     this.patternIsLive = false
-    for (const hold of this.holds.values()) hold.live = false
+    for (const hold of this.holds.values()) if (hold.source === null && hold.refused === null) hold.live = false
   }
 
   /** The broker restored every subscription after an outage. */
   markAllLive(): void {
     if (this.options.mode === 'pattern') return this.setPatternLive(true)
     // A job whose SUBSCRIBE has not been sent yet was not part of the replay.
-    for (const hold of this.holds.values()) if (!this.toSubscribe.has(hold)) this.markLive(hold)
+    for (const hold of this.holds.values()) {
+      if (!this.toSubscribe.has(hold) && hold.source === null && hold.refused === null) this.markLive(hold)
+    }
+  }
+
+  /** A snapshot was read for a new watcher: stall detection starts the clock of a job that is
+   * already processing. */
+  observeSnapshot(job: WatchedJob, data: JobPayload | null): void {
+    this.options.stalls?.snapshot(job, data)
+  }
+
+  /** A source's jobs are receiving messages again (or no longer). Jobs it has not been asked
+   * to watch yet are not among them. */
+  sourceLive(jobIds: readonly string[], live: boolean): void {
+    for (const jobId of jobIds) {
+      const hold = this.holds.get(jobId)
+      if (hold === undefined || hold.source === null) continue
+      if (live) this.markLive(hold)
+      else hold.live = false
+    }
   }
 
   dispose(): void {
     this.disposed = true
     for (const hold of this.holds.values()) {
       if (hold.releaseTimer !== null) clearTimeout(hold.releaseTimer)
+      this.options.stalls?.forget(hold.job)
       this.fail(hold, new Error('gateway stopping'))
     }
     this.holds.clear()
@@ -225,6 +301,29 @@ export class WatchedJobs {
     const waiters = hold.waiters
     hold.waiters = []
     for (const w of waiters) w.resolve()
+  }
+
+  /** The sources' share of a flush: unwatches first, as UNSUBSCRIBEs go before SUBSCRIBEs. */
+  private flushSources(): void {
+    const unwatch = this.toUnwatch
+    const watch = this.toWatch
+    this.toUnwatch = new Map()
+    this.toWatch = new Map()
+    for (const [source, jobIds] of unwatch) if (jobIds.size > 0) source.unwatch([...jobIds])
+    for (const [source, set] of watch) {
+      if (set.size === 0) continue
+      const holds = [...set]
+      source.watch(holds.map((hold) => hold.job.id)).then(
+        () => {
+          for (const hold of holds) if (this.holds.get(hold.job.id) === hold) this.markLive(hold)
+        },
+        (err: Error) => {
+          // A source that comes back marks its jobs live itself (sourceLive).
+          this.log.warn({ source: source.name, jobs: holds.length, err: err.message }, 'source watch failed')
+          for (const hold of holds) this.fail(hold, err)
+        },
+      )
+    }
   }
 
   private fail(hold: Hold, err: Error): void {
@@ -242,6 +341,7 @@ export class WatchedJobs {
   private flush(): void {
     this.flushScheduled = false
     if (this.disposed) return
+    this.flushSources()
     const unsubscribe = [...this.toUnsubscribe]
     const subscribe = [...this.toSubscribe]
     this.toUnsubscribe = new Set()
@@ -265,4 +365,13 @@ export class WatchedJobs {
       )
     }
   }
+}
+
+function setOf<K, V>(map: Map<K, Set<V>>, key: K): Set<V> {
+  let set = map.get(key)
+  if (set === undefined) {
+    set = new Set()
+    map.set(key, set)
+  }
+  return set
 }

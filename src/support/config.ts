@@ -5,6 +5,7 @@
 import type { BlockList } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { parseCidrs } from '../access/client-address.js'
+import { parseClusterSeeds } from '../broker/cluster-seeds.js'
 
 export type SubscriptionMode = 'per-job' | 'pattern'
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -13,11 +14,24 @@ export type LogFormat = 'auto' | 'json' | 'pretty'
 export interface Config {
   readonly host: string
   readonly port: number
-  /** Empty: the embedded in-process broker. */
+  /** Empty: the embedded in-process broker (unless redisCluster is set). */
   readonly redisUrl: string
+  /** Redis Cluster nodes to start from, host:port[,host:port...]; empty: no cluster. */
+  readonly redisCluster: string
   readonly subscriptionMode: SubscriptionMode
   readonly channelPrefix: string
   readonly keyPrefix: string
+  // job sources (src/sources/): Celery and BullMQ jobs read from their own Redis keys
+  /** Empty: the gateway's Redis (--redis). */
+  readonly celeryRedisUrl: string
+  readonly celeryTracebacks: boolean
+  readonly celeryOwnerField: string
+  /** Empty: the gateway's Redis (--redis). */
+  readonly bullmqRedisUrl: string
+  readonly bullmqPrefix: string
+  readonly bullmqOwnerField: string
+  /** Seconds a processing job may stay silent before its watchers are told it stalled; 0: off. */
+  readonly stallAfterSec: number
   readonly unsubscribeDelayMs: number
   readonly maxMessageBytes: number
   readonly maxSubscriptionsPerSocket: number
@@ -52,6 +66,7 @@ export interface Config {
   readonly maxConnectionsPerIp: number
   readonly connectRatePerIp: number
   readonly maxMessagesPerSec: number
+  readonly maxUpdateHz: number
   readonly demo: boolean
   /** What loadConfig decided for the operator (an adjusted default), to be said at startup. */
   readonly notes: readonly string[]
@@ -99,6 +114,22 @@ function prefix(raw: string, where: string): string {
   return raw
 }
 
+/** BullMQ's key prefix: Redis Cluster users wrap it in braces (`{bull}`), a hash tag. */
+function bullmqPrefix(raw: string, where: string): string {
+  if (!/^[A-Za-z0-9_.:{}-]{1,64}$/.test(raw)) {
+    throw new ConfigError(`${where}: '${raw}' must be 1..64 characters of A-Z a-z 0-9 _ . : - { }`)
+  }
+  return raw
+}
+
+/** A field name, or a dotted path into nested objects (`user.id`); empty: none. */
+function fieldPath(raw: string, where: string): string {
+  if (!/^([A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7})?$/.test(raw)) {
+    throw new ConfigError(`${where}: '${raw}' must be a field name like userId, or a path like user.id`)
+  }
+  return raw
+}
+
 function host(raw: string, where: string): string {
   if (!/^[A-Za-z0-9.:[\]-]{1,253}$/.test(raw)) {
     throw new ConfigError(`${where}: '${raw}' is not a host name or IP address`)
@@ -118,6 +149,16 @@ function redisUrl(raw: string, where: string): string {
     throw new ConfigError(`${where}: '${raw}' must start with redis:// or rediss://`)
   }
   return raw
+}
+
+function clusterNodes(raw: string, where: string): string {
+  if (raw.trim() === '') return ''
+  try {
+    parseClusterSeeds(raw)
+  } catch (err) {
+    throw new ConfigError(`${where}: ${(err as Error).message}`)
+  }
+  return raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').join(',')
 }
 
 /** `auto` parses to 0 and is resolved once the broker choice is known. */
@@ -170,6 +211,8 @@ export const OPTIONS = [
     help: 'port to listen on (0 picks a free one)' },
   { key: 'redisUrl', flag: 'redis', env: ['REDIS_URL', 'JOBWIRE_REDIS_URL'], fallback: '', parse: redisUrl,
     help: 'Redis URL; empty runs the embedded in-process broker' },
+  { key: 'redisCluster', flag: 'redis-cluster', env: ['REDIS_CLUSTER', 'JOBWIRE_REDIS_CLUSTER'], fallback: '', parse: clusterNodes,
+    help: 'Redis Cluster nodes to start from, host:port[,host:port...] (or redis://[user:password@]host:port entries); sharded pub/sub, per-job mode only' },
   { key: 'subscriptionMode', flag: 'subscription-mode', env: ['JOBWIRE_SUBSCRIPTION_MODE'], fallback: 'per-job',
     parse: oneOf<SubscriptionMode>(['per-job', 'pattern']),
     help: 'per-job: SUBSCRIBE each watched job; pattern: one PSUBSCRIBE <prefix>* per node' },
@@ -177,6 +220,20 @@ export const OPTIONS = [
     help: 'Redis channel prefix producers publish to' },
   { key: 'keyPrefix', flag: 'key-prefix', env: ['JOBWIRE_KEY_PREFIX'], fallback: 'jobwire:', parse: prefix,
     help: 'prefix of the job state keys (<prefix>job:<id>)' },
+  { key: 'celeryRedisUrl', flag: 'celery-redis', env: ['JOBWIRE_CELERY_REDIS'], fallback: '', parse: redisUrl,
+    help: 'Redis of Celery\'s result backend, with its db number (redis://host:6379/1), for celery:<task_id> jobs; empty: the gateway\'s Redis' },
+  { key: 'celeryTracebacks', flag: 'celery-tracebacks', env: ['JOBWIRE_CELERY_TRACEBACKS'], fallback: 'false', parse: switchValue,
+    boolean: true, help: 'pass the Python traceback of a failed Celery task to browsers (off: only the exception message)' },
+  { key: 'celeryOwnerField', flag: 'celery-owner-field', env: ['JOBWIRE_CELERY_OWNER_FIELD'], fallback: '', parse: fieldPath,
+    help: 'task kwarg naming a Celery job\'s owner (Celery stores kwargs with result_extended=True); empty: none' },
+  { key: 'bullmqRedisUrl', flag: 'bullmq-redis', env: ['JOBWIRE_BULLMQ_REDIS'], fallback: '', parse: redisUrl,
+    help: 'Redis of the BullMQ queues, for bullmq:<queue>:<job_id> jobs; empty: the gateway\'s Redis' },
+  { key: 'bullmqPrefix', flag: 'bullmq-prefix', env: ['JOBWIRE_BULLMQ_PREFIX'], fallback: 'bull', parse: bullmqPrefix,
+    help: 'BullMQ\'s key prefix (its prefix option)' },
+  { key: 'bullmqOwnerField', flag: 'bullmq-owner-field', env: ['JOBWIRE_BULLMQ_OWNER_FIELD'], fallback: '', parse: fieldPath,
+    help: 'field of a BullMQ job\'s data naming its owner (userId reads data.userId); empty: none' },
+  { key: 'stallAfterSec', flag: 'stall-after', env: ['JOBWIRE_STALL_AFTER'], fallback: '0', parse: integer(0, 86_400),
+    help: 'seconds a watched processing job may stay silent before its watchers get stalled: true (a payload\'s stall_after overrides it); 0: off' },
   { key: 'unsubscribeDelayMs', flag: 'unsubscribe-delay-ms', env: ['JOBWIRE_UNSUBSCRIBE_DELAY_MS'], fallback: '2000',
     parse: integer(0, 600_000), help: 'how long a job stays subscribed after its last watcher leaves' },
   { key: 'maxMessageBytes', flag: 'max-message-bytes', env: ['JOBWIRE_MAX_MESSAGE_BYTES'], fallback: '4096',
@@ -241,6 +298,8 @@ export const OPTIONS = [
     fallback: '1000', parse: integer(0, 10_000_000), help: 'open sockets per client address, node-wide (0: no limit)' },
   { key: 'connectRatePerIp', flag: 'connect-rate-per-ip', env: ['JOBWIRE_CONNECT_RATE_PER_IP'], fallback: '50',
     parse: integer(0, 1_000_000), help: 'new sockets per second per client address, bursts of twice that (0: no limit)' },
+  { key: 'maxUpdateHz', flag: 'max-update-hz', env: ['JOBWIRE_MAX_UPDATE_HZ'], fallback: '0', parse: integer(0, 1000),
+    help: 'at most this many updates a second per subscription, newest on the trailing edge, terminal at once (0: no cap; clients may ask for less with max_hz)' },
   { key: 'maxMessagesPerSec', flag: 'max-messages-per-sec', env: ['JOBWIRE_MAX_MESSAGES_PER_SEC'], fallback: '20',
     parse: integer(0, 1_000_000), help: 'client messages per second per socket, bursts of 2x that + --max-subscriptions (0: no limit)' },
   { key: 'demo', flag: 'demo', env: ['JOBWIRE_DEMO'], fallback: 'false', parse: switchValue, boolean: true,
@@ -271,17 +330,28 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
   // Every option was parsed above, so every field is set.
   const config = out as { -readonly [K in keyof Config]: Config[K] }
   const notes: string[] = []
+  if (config.redisUrl !== '' && config.redisCluster !== '') {
+    throw new ConfigError('give --redis (a single Redis) or --redis-cluster (a Redis Cluster), not both')
+  }
+  if (config.redisCluster !== '' && config.subscriptionMode === 'pattern') {
+    throw new ConfigError(
+      '--subscription-mode pattern cannot be used with --redis-cluster: Redis Cluster has no pattern form of sharded ' +
+        'pub/sub, so one PSUBSCRIBE would hear plain PUBLISHes only, never the producer script (which SPUBLISHes). ' +
+        'Use --subscription-mode per-job (the default).',
+    )
+  }
+  const embedded = config.redisUrl === '' && config.redisCluster === ''
   if (config.workers === AUTO_WORKERS) {
-    config.workers = config.redisUrl === '' ? 1 : Math.max(1, availableParallelism())
+    config.workers = embedded ? 1 : Math.max(1, availableParallelism())
     // Workers share one port; with port 0 each would get its own.
     if (config.port === 0 && config.workers > 1) {
       notes.push(`--workers auto would start ${config.workers} workers, but with --port 0 they cannot share one port: running 1 worker (give a fixed --port for one per core)`)
       config.workers = 1
     }
-  } else if (config.workers > 1 && config.redisUrl === '') {
+  } else if (config.workers > 1 && embedded) {
     throw new ConfigError(
       `--workers ${config.workers} needs Redis: the embedded broker lives inside one process. ` +
-        'Set --redis (or REDIS_URL), or use --workers 1.',
+        'Set --redis (or REDIS_URL) or --redis-cluster (or REDIS_CLUSTER), or use --workers 1.',
     )
   } else if (config.workers > 1 && config.port === 0) {
     throw new ConfigError(
@@ -302,27 +372,30 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
 export function configHelp(width = 100): string {
   return helpColumns(OPTIONS.map((o) => [
     'boolean' in o ? `--${o.flag}` : `--${o.flag} <value>`,
-    `${o.help} [env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`,
+    `${o.help}\n[env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`,
   ]), width)
 }
 
 /** Two columns, the second starting where the longest first one ends (plus two spaces) and
- * wrapped at `width`, its continuation lines indented to the same column. */
+ * wrapped at `width`, its continuation lines indented to the same column; a newline in the
+ * second column starts a new line there. */
 export function helpColumns(rows: ReadonlyArray<readonly [string, string]>, width = 100): string {
   const column = Math.max(...rows.map(([left]) => left.length)) + 4
   const room = Math.max(30, width - column)
   return rows.map(([left, text]) => {
     const lines: string[] = []
-    let line = ''
-    for (const word of text.split(/\s+/)) {
-      if (line !== '' && line.length + 1 + word.length > room) {
-        lines.push(line)
-        line = word
-      } else {
-        line = line === '' ? word : `${line} ${word}`
+    for (const paragraph of text.split('\n')) {
+      let line = ''
+      for (const word of paragraph.split(/\s+/)) {
+        if (line !== '' && line.length + 1 + word.length > room) {
+          lines.push(line)
+          line = word
+        } else {
+          line = line === '' ? word : `${line} ${word}`
+        }
       }
+      lines.push(line)
     }
-    lines.push(line)
     return lines.map((l, i) => `${i === 0 ? `  ${left}`.padEnd(column) : ' '.repeat(column)}${l}`).join('\n')
   }).join('\n')
 }

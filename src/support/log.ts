@@ -6,10 +6,10 @@
 // process-wide resource), whose buffer is bounded: past it, lines are dropped and counted
 // (jobwire_log_lines_dropped_total), never waited for. Nothing flushes synchronously at exit.
 
-import { pino, type Logger } from 'pino'
+import { pino, type DestinationStream, type Logger } from 'pino'
 // sonic-boom is CommonJS; its module object carries the class as a property.
 import sonicBoom, { type SonicBoom } from 'sonic-boom'
-import type { LogLevel } from './config.js'
+import type { LogFormat, LogLevel } from './config.js'
 
 export type { Logger }
 
@@ -29,9 +29,45 @@ function stdoutWriter(bufferBytes: number): SonicBoom {
   return stdout
 }
 
-export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}, bufferBytes = 1024 * 1024): Logger {
+/** `format`: json (one JSON object a line, for machines), pretty (one readable line for a
+ * person at a terminal), or auto (pretty when stdout is a terminal, else json). */
+export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}, bufferBytes = 1024 * 1024, format: LogFormat = 'json'): Logger {
   const options = { level, base: { pid: process.pid, ...bindings } }
-  return level === 'silent' ? pino(options) : pino(options, stdoutWriter(bufferBytes))
+  if (level === 'silent') return pino(options)
+  const writer = stdoutWriter(bufferBytes)
+  const pretty = format === 'pretty' || (format === 'auto' && process.stdout.isTTY === true)
+  return pino(options, pretty ? prettyDestination(writer) : writer)
+}
+
+const LEVEL_NAMES: Readonly<Record<number, string>> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' }
+/** Bindings every line carries, or that the pretty line shows in its own place. */
+const NOT_SHOWN_AS_FIELDS = new Set(['level', 'time', 'pid', 'msg', 'component', 'worker'])
+
+/** One JSON log line as `HH:MM:SS.mmm LEVEL [worker/component] message key=value ...`, in
+ * local time. Pino hands a destination each line already serialised; formatting it here
+ * (rather than with pino's formatters) keeps the JSON path untouched and needs no transport
+ * thread, so the bounded, never-blocking stdout writer stays the only way out. */
+export function prettyLine(json: string): string {
+  let entry: Record<string, unknown>
+  try {
+    entry = JSON.parse(json) as Record<string, unknown>
+  } catch {
+    return json.endsWith('\n') ? json : `${json}\n`
+  }
+  const time = new Date(typeof entry.time === 'number' ? entry.time : Date.now())
+  const clock = [time.getHours(), time.getMinutes(), time.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':') +
+    `.${String(time.getMilliseconds()).padStart(3, '0')}`
+  const level = (LEVEL_NAMES[entry.level as number] ?? String(entry.level)).padEnd(5)
+  const where = [entry.worker !== undefined ? `w${String(entry.worker)}` : '', typeof entry.component === 'string' ? entry.component : '']
+    .filter((s) => s !== '').join('/')
+  const fields = Object.entries(entry)
+    .filter(([key]) => !NOT_SHOWN_AS_FIELDS.has(key))
+    .map(([key, value]) => `${key}=${typeof value === 'string' && /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value)}`)
+  return `${clock} ${level} ${where === '' ? '' : `[${where}] `}${String(entry.msg ?? '')}${fields.length > 0 ? `  ${fields.join(' ')}` : ''}\n`
+}
+
+function prettyDestination(writer: SonicBoom): DestinationStream {
+  return { write: (line: string) => writer.write(prettyLine(line)) }
 }
 
 /** Log lines dropped because stdout did not take them in time. */
@@ -77,3 +113,48 @@ export function rateLimitedLog(log: Logger, perInterval = 10, intervalMs = 10_00
     }
   }
 }
+
+/** Access logs (connects, refusals, closes, rate limits) at info, sampled: at most
+ * `perInterval` lines of each kind per interval, process-wide, so a reconnect storm or a
+ * flood of refused clients costs a bounded number of lines. What was left out is counted and
+ * told in one line when its interval ends. */
+export class SampledLog {
+  private readonly windows = new Map<string, { start: number; logged: number; suppressed: number; log: Logger; timer: NodeJS.Timeout | null }>()
+
+  constructor(private readonly perInterval = 20, private readonly intervalMs = 1000) {}
+
+  info(log: Logger, kind: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now()
+    let window = this.windows.get(kind)
+    if (window === undefined || now - window.start >= this.intervalMs) {
+      if (window !== undefined) this.summarise(kind)
+      window = { start: now, logged: 0, suppressed: 0, log, timer: null }
+      this.windows.set(kind, window)
+    }
+    if (window.logged < this.perInterval) {
+      window.logged++
+      log.info({ access: kind, ...fields }, msg)
+      return
+    }
+    window.suppressed++
+    window.log = log
+    if (window.timer === null) {
+      window.timer = setTimeout(() => this.summarise(kind), Math.max(0, window.start + this.intervalMs - now))
+      window.timer.unref()
+    }
+  }
+
+  private summarise(kind: string): void {
+    const window = this.windows.get(kind)
+    if (window === undefined) return
+    if (window.timer !== null) clearTimeout(window.timer)
+    this.windows.delete(kind)
+    if (window.suppressed > 0) {
+      window.log.info({ access: kind, suppressed: window.suppressed },
+        `${window.suppressed} more '${kind}' access log lines in the last ${this.intervalMs} ms were not logged (at most ${this.perInterval} per ${this.intervalMs} ms)`)
+    }
+  }
+}
+
+/** The process's access log: every transport shares its budget per kind. */
+export const accessLog = new SampledLog()

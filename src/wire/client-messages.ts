@@ -46,7 +46,22 @@ export function validateClientMessage(value: unknown): ClientMessage | RequestEr
       if (!isValidJobId(jobId)) {
         return new RequestError(ErrorCode.BadJobId, JOB_ID_RULE)
       }
-      return { type, job_id: jobId }
+      const maxHz = value.max_hz
+      if (type !== 'subscribe_job' || maxHz === undefined) return { type, job_id: jobId }
+      if (typeof maxHz !== 'number' || !Number.isFinite(maxHz) || maxHz <= 0) {
+        return new RequestError(ErrorCode.BadMessage, "subscribe_job 'max_hz' must be a number above 0", jobId)
+      }
+      return { type, job_id: jobId, max_hz: maxHz }
+    }
+    case 'subscribe_user_jobs':
+    case 'unsubscribe_user_jobs': {
+      const user = value.user
+      if (user === undefined) return { type }
+      // The rule of recorded owners: 1..256 characters without whitespace.
+      if (typeof user !== 'string' || !/^[^\s]{1,256}$/.test(user)) {
+        return new RequestError(ErrorCode.BadMessage, `${type} 'user' must be a user id (1..256 characters without spaces) or 'me'`)
+      }
+      return { type, user }
     }
     case 'ping': {
       const id = value.id

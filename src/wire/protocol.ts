@@ -101,16 +101,27 @@ export interface JobPayload {
 }
 
 export type ClientMessage =
-  | { type: 'subscribe_job'; job_id: string }
+  /** max_hz (jobwire extension): at most this many updates a second for this subscription,
+   * always the newest on the trailing edge, terminal states at once. */
+  | { type: 'subscribe_job'; job_id: string; max_hz?: number }
   | { type: 'unsubscribe_job'; job_id: string }
   | { type: 'job_status'; job_id: string }
   | { type: 'ping'; id?: string | number }
+  /** jobwire extension: a user's jobs ("my jobs"); `user` defaults to the token's (`me`). */
+  | { type: 'subscribe_user_jobs'; user?: string }
+  | { type: 'unsubscribe_user_jobs'; user?: string }
 
 export type ServerMessage =
   | { type: 'job_status'; job_id: string; data: JobPayload | null }
   | { type: 'job_update'; job_id: string; data: JobPayload }
   | { type: 'pong'; id?: string | number }
   | { type: 'unsubscribed'; job_id: string }
+  /** jobwire extension: the answer to subscribe_user_jobs (and again after a resync): the
+   * user's job ids, most recently updated first. */
+  | { type: 'user_jobs'; user: string; job_ids: string[] }
+  /** jobwire extension: a new job of a watched user. */
+  | { type: 'user_job'; user: string; job_id: string }
+  | { type: 'unsubscribed_user_jobs'; user: string }
   | ErrorMessage
 
 export interface ErrorMessage {
@@ -118,6 +129,8 @@ export interface ErrorMessage {
   code: ErrorCode
   message: string
   job_id?: string
+  /** jobwire extension: the user whose jobs a refused subscribe_user_jobs named. */
+  user?: string
   /** jobwire extension: with rate_limited, how long to wait before trying again. */
   retry_after_ms?: number
 }

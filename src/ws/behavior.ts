@@ -12,18 +12,19 @@ import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission } from '../access/admission.js'
 import { AuthError } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
-import { TokenBucket } from '../access/token-bucket.js'
+import { TokenRate } from '../access/token-bucket.js'
 import { clientOf, originAllowed, respondJson, trackAborted } from '../http/respond.js'
-import type { DeliveryWindow } from '../stream/fanout.js'
+import type { DeliveryWindow, Fanout } from '../stream/fanout.js'
+import { MAX_LISTED_JOBS, MAX_USERS_PER_SOCKET, resolveUser, userTopic, parseUserTopic, type UserJobs } from '../stream/user-jobs.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Config } from '../support/config.js'
-import type { Logger } from '../support/log.js'
+import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { decodeClientMessage, RequestError } from '../wire/client-messages.js'
 import { statusMessage } from '../wire/frames.js'
 import { CloseCode, ErrorCode, Subprotocol, type Encoding } from '../wire/protocol.js'
-import { parseTopic, topicFor } from '../wire/topics.js'
+import { parseTopic, rateClass } from '../wire/topics.js'
 import type { CatchUp } from './catch-up.js'
 import { SocketConnection, type SocketHolder } from './connection.js'
 
@@ -40,6 +41,10 @@ export interface WsContext {
   readonly delivery: DeliveryWindow
   /** Parks sockets that fall behind and catches them up. */
   readonly catchUp: CatchUp
+  /** Owns the rate classes (max_hz) of each job. */
+  readonly fanout: Fanout
+  /** subscribe_user_jobs: users' job lists and announcements. */
+  readonly userJobs: UserJobs
   isClosing(): boolean
 }
 
@@ -64,15 +69,19 @@ const MAX_STRIKES = 20
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder> {
   const { config, watched, watches, metrics, log, access, admission } = ctx
   const messageBurst = config.maxMessagesPerSec * 2 + config.maxSubscriptionsPerSocket
+  /** Each socket keeps its bucket's state (conn.bucket); the rate lives once, here. */
+  const messageRate = config.maxMessagesPerSec > 0 ? new TokenRate(config.maxMessagesPerSec, messageBurst) : null
 
-  async function subscribe(conn: SocketConnection, jobId: string): Promise<void> {
+  async function subscribe(conn: SocketConnection, jobId: string, maxHz: number | undefined): Promise<void> {
     const state = conn.jobs.get(jobId)
     if (state === 'pending') return // the first request will answer
     if (state === 'subscribed' || state === 'parked') return status(conn, jobId)
     if (conn.jobs.size >= config.maxSubscriptionsPerSocket) {
+      refusedLog(conn, jobId, ErrorCode.TooManySubscriptions)
       return conn.sendError(ErrorCode.TooManySubscriptions, `at most ${config.maxSubscriptionsPerSocket} jobs per connection`, jobId)
     }
     conn.jobs.set(jobId, 'pending')
+    conn.setRate(jobId, rateClass(maxHz, config.maxUpdateHz))
     const result = await watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
       if (!conn.join(jobId, snapshot.data, 'pending')) return false
       metrics.subscriptions++
@@ -80,14 +89,19 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     })
     if (result.ok) return
     if (conn.jobs.get(jobId) === 'pending') conn.jobs.delete(jobId)
+    if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
     conn.refuse(result.refusal, jobId)
+  }
+
+  function refusedLog(conn: SocketConnection, jobId: string, reason: string): void {
+    accessLog.info(log, 'refused', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, job: jobId, reason }, `subscribe refused: ${reason}`)
   }
 
   function unsubscribe(conn: SocketConnection, jobId: string): void {
     const state = conn.jobs.get(jobId)
     conn.jobs.delete(jobId)
     if (state === 'subscribed') {
-      conn.ws?.unsubscribe(topicFor(conn.encoding, jobId))
+      conn.ws?.unsubscribe(conn.topicOf(jobId))
       metrics.subscriptions--
     } else if (state === 'parked') {
       ctx.catchUp.release(conn, jobId)
@@ -96,10 +110,50 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     conn.send({ type: 'unsubscribed', job_id: jobId })
   }
 
+  async function subscribeUser(conn: SocketConnection, requested: string | undefined): Promise<void> {
+    const user = resolveUser(conn.principal, requested)
+    const state = ctx.userJobs.stateOf(conn, user)
+    if (state === 'pending') return // the first request will answer
+    if (state === undefined && ctx.userJobs.watching(conn) >= MAX_USERS_PER_SOCKET) {
+      metrics.countClientError(ErrorCode.TooManySubscriptions)
+      return conn.send({ type: 'error', code: ErrorCode.TooManySubscriptions, message: `at most ${MAX_USERS_PER_SOCKET} users' jobs per connection`, user })
+    }
+    if (state === 'subscribed') {
+      // Answered with a fresh list, as a repeated subscribe_job is with a fresh job_status.
+      const jobIds = await ctx.userJobs.list(user, MAX_LISTED_JOBS).then((jobs) => jobs.map((j) => j.job_id), () => null)
+      if (jobIds !== null) conn.send({ type: 'user_jobs', user, job_ids: jobIds })
+      return
+    }
+    const result = await ctx.userJobs.open(conn, conn.principal, user, 'websocket', (jobIds) => {
+      const ws = conn.ws
+      if (conn.closed || ws === null) return false
+      ws.cork(() => {
+        ws.subscribe(userTopic(conn.encoding, user))
+        conn.send({ type: 'user_jobs', user, job_ids: jobIds })
+      })
+      return true
+    })
+    if (result.ok || result.refusal === 'gone') return
+    accessLog.info(log, 'refused', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, watched_user: user, reason: result.refusal }, `subscribe_user_jobs refused: ${result.refusal}`)
+    const code = result.refusal === 'forbidden' ? ErrorCode.Forbidden : ErrorCode.Unavailable
+    metrics.countClientError(code)
+    conn.send(result.refusal === 'forbidden'
+      ? { type: 'error', code, message: "not allowed to watch this user's jobs", user }
+      : { type: 'error', code, message: 'the job list is unavailable right now; retry shortly', user, retry_after_ms: 1000 })
+  }
+
+  function unsubscribeUser(conn: SocketConnection, requested: string | undefined): void {
+    const user = resolveUser(conn.principal, requested)
+    if (ctx.userJobs.stateOf(conn, user) === 'subscribed') conn.ws?.unsubscribe(userTopic(conn.encoding, user))
+    ctx.userJobs.forget(conn, user)
+    conn.send({ type: 'unsubscribed_user_jobs', user })
+  }
+
   async function status(conn: SocketConnection, jobId: string): Promise<void> {
     const result = await watches.read(conn.principal, jobId, 'websocket')
-    if (result.ok) conn.send(statusMessage(jobId, result.data))
-    else conn.refuse(result.refusal, jobId)
+    if (result.ok) return conn.send(statusMessage(jobId, result.data))
+    if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
+    conn.refuse(result.refusal, jobId)
   }
 
   return {
@@ -124,6 +178,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const encoding = chooseSubprotocol(req.getHeader('sec-websocket-protocol'))
       const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}) => {
         metrics.countRejectedUpgrade(reason)
+        accessLog.info(log, 'refused', { transport: 'websocket', ip, reason, ...(reason === 'origin' ? { origin } : {}) }, `upgrade refused: ${reason}`)
         respondJson(res, status, body, headers)
       }
       if (ctx.isClosing()) return refuse(503, 'shutting_down', { error: 'server is shutting down; reconnect' }, { 'retry-after': '1' })
@@ -141,7 +196,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
         const charged = await admission.charge(limitKey)
         if (aborted.aborted) return
         if (!charged.ok) {
-          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, null, Date.now(), null, metrics)
+          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, null, Date.now(), metrics)
           conn.refused = { reason: charged.reason, retryAfterMs: charged.retryAfterMs }
           return upgrade(conn)
         }
@@ -150,8 +205,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
           if (!aborted.aborted) refuse(401, `token_${principal.code}`, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
           return
         }
-        const bucket = config.maxMessagesPerSec > 0 ? new TokenBucket(config.maxMessagesPerSec, messageBurst, Date.now()) : null
-        const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), bucket, metrics)
+        const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), metrics)
         const admitted = await admission.admit(conn)
         if (aborted.aborted) {
           if (admitted.ok) admission.release(conn)
@@ -170,6 +224,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
         // why (error + retry hint) and closes with 1013, "try again later".
         metrics.countRejectedUpgrade('connection_limit')
         const { reason, retryAfterMs } = conn.refused
+        accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, reason, retryAfterMs }, 'connection refused: over a connection cap (closed with 1013)')
         conn.send({ type: 'error', code: ErrorCode.RateLimited, message: reason, retry_after_ms: retryAfterMs })
         conn.end(CloseCode.TryAgainLater, `retry-after-ms=${retryAfterMs}`)
         conn.closed = true
@@ -178,19 +233,21 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       ctx.connections.add(conn)
       metrics.connectionsOpened++
       metrics.connections++
+      accessLog.info(log, 'connect', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, encoding: conn.encoding }, 'connected')
     },
 
     message(ws, message, isBinary) {
       const conn = ws.getUserData().conn
       if (conn.closed) return
-      if (conn.bucket !== null && !conn.bucket.take(Date.now())) {
+      if (messageRate !== null && !messageRate.spend(conn, Date.now())) {
         if (++conn.strikes >= MAX_STRIKES) {
           metrics.countClientError('rate_abuse')
           conn.end(CloseCode.PolicyViolation, 'message rate limit exceeded repeatedly')
           return
         }
         metrics.countClientError(ErrorCode.RateLimited)
-        conn.send({ type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: conn.bucket.waitMs(Date.now()) })
+        accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, strikes: conn.strikes }, 'message refused: over --max-messages-per-sec')
+        conn.send({ type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: messageRate.waitMs(conn.bucket, Date.now()) })
         return
       }
       conn.strikes = 0
@@ -203,32 +260,56 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (request instanceof RequestError) return conn.sendError(request.code, request.message, request.jobId)
       switch (request.type) {
         case 'subscribe_job':
-          return void subscribe(conn, request.job_id)
+          return void subscribe(conn, request.job_id, request.max_hz)
         case 'unsubscribe_job':
           return unsubscribe(conn, request.job_id)
         case 'job_status':
           return void status(conn, request.job_id)
         case 'ping':
           return conn.send(request.id === undefined ? { type: 'pong' } : { type: 'pong', id: request.id })
+        case 'subscribe_user_jobs':
+          return void subscribeUser(conn, request.user)
+        case 'unsubscribe_user_jobs':
+          return unsubscribeUser(conn, request.user)
       }
     },
 
     subscription(_ws, topic, newCount, oldCount) {
-      const parsed = parseTopic(Buffer.from(topic).toString('latin1'))
-      if (parsed === undefined) return
+      const name = Buffer.from(topic).toString('latin1')
+      const parsed = parseTopic(name)
+      if (parsed === undefined) {
+        // A user's topic holds the user's channel as a job's topic holds the job's.
+        const user = parseUserTopic(Buffer.from(topic).toString('utf8'))
+        if (user === undefined) return
+        if (newCount > oldCount) ctx.userJobs.channels.acquire(user)
+        else {
+          const held = ctx.userJobs.channels.get(user)
+          if (held !== undefined) ctx.userJobs.channels.release(held)
+        }
+        return
+      }
       if (newCount > oldCount) {
-        watched.acquire(parsed.jobId)
+        const job = watched.acquire(parsed.jobId)
+        if (parsed.hz > 0) ctx.fanout.joinRate(job, parsed.hz)
       } else {
         const job = watched.get(parsed.jobId)
-        if (job !== undefined) watched.release(job)
+        if (job === undefined) return
+        if (parsed.hz > 0) ctx.fanout.leaveRate(job, parsed.hz)
+        watched.release(job)
       }
     },
 
-    close(ws, code) {
+    close(ws, code, message) {
       const conn = ws.getUserData().conn
       conn.ws = null
       if (conn.refused !== null) return // never admitted, never counted
+      accessLog.info(log, 'close', {
+        transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, code,
+        reason: Buffer.from(message).toString('utf8'), jobs: conn.subscriptions().length,
+        seconds: Math.round((Date.now() - conn.connectedAt) / 1000),
+      }, `closed (${code})`)
       conn.closed = true
+      ctx.userJobs.forget(conn)
       ctx.connections.remove(conn)
       admission.release(conn)
       metrics.connectionsClosed++

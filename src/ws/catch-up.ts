@@ -10,11 +10,10 @@
 // 20.30), so sockets are sampled: a round-robin pass over the open sockets every PASS_MS,
 // skipped entirely while nothing was sent, and parked sockets every tick.
 
-import type { Connections } from '../access/connections.js'
+import type { Connection, Connections } from '../access/connections.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Metrics } from '../support/metrics.js'
-import { topicFor } from '../wire/topics.js'
 import { SocketConnection } from './connection.js'
 
 const TICK_MS = 50
@@ -22,8 +21,10 @@ const TICK_MS = 50
 const PASS_MS = 250
 
 export class CatchUp {
-  private pass: SocketConnection[] = []
-  private cursor = 0
+  /** The pass under way, a live iterator over the registry: a pass copies nothing (a copy of
+   * every connection four times a second is garbage that outlives young-generation GCs, and
+   * what outlives them grows V8's young generation). */
+  private pass: Iterator<Connection> | null = null
   private lastFramesOut = -1
   private readonly parked = new Set<SocketConnection>()
   private readonly timer: NodeJS.Timeout
@@ -58,17 +59,21 @@ export class CatchUp {
 
   private tick(): void {
     for (const conn of this.parked) this.check(conn)
-    if (this.cursor >= this.pass.length) {
+    if (this.pass === null) {
       // Nothing sent since the last pass: no socket can have fallen further behind.
       if (this.metrics.framesOut === this.lastFramesOut) return
       this.lastFramesOut = this.metrics.framesOut
-      this.pass = []
-      for (const c of this.connections.all()) if (c instanceof SocketConnection) this.pass.push(c)
-      this.cursor = 0
+      this.pass = this.connections.values()
     }
-    const chunk = Math.max(64, Math.ceil((this.pass.length * TICK_MS) / PASS_MS))
-    const end = Math.min(this.pass.length, this.cursor + chunk)
-    for (; this.cursor < end; this.cursor++) this.check(this.pass[this.cursor]!)
+    const chunk = Math.max(64, Math.ceil((this.connections.size * TICK_MS) / PASS_MS))
+    for (let i = 0; i < chunk; i++) {
+      const next = this.pass.next()
+      if (next.done === true) {
+        this.pass = null
+        return
+      }
+      if (next.value instanceof SocketConnection) this.check(next.value)
+    }
   }
 
   private check(conn: SocketConnection): void {
@@ -87,7 +92,7 @@ export class CatchUp {
       conn.jobs.set(jobId, 'parked')
       this.watched.acquire(jobId)
       conn.held.add(jobId)
-      ws.unsubscribe(topicFor(conn.encoding, jobId))
+      ws.unsubscribe(conn.topicOf(jobId))
     }
     this.parked.add(conn)
     this.metrics.slowConsumersParked++

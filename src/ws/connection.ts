@@ -1,11 +1,16 @@
 // One /ws/jobs socket's state, kept as uWS's user data. A class, so its behaviour lives once on
 // the prototype rather than as closures per socket. It is also the socket's admission ticket:
 // admission.release() gets the very object admit() got.
+//
+// Every socket pays for each field here, so the state is kept flat (bench/heap.ts measures
+// it): the common single job in two fields instead of a Map, the message-rate bucket as one
+// number, the connect time as a small integer, and the client address shared between sockets
+// from the same address.
 
 import type { WebSocket } from 'uWebSockets.js'
 import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
-import type { TokenBucket } from '../access/token-bucket.js'
+import { FULL } from '../access/token-bucket.js'
 import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
@@ -29,34 +34,151 @@ export interface Refused {
   readonly retryAfterMs: number
 }
 
-export class SocketConnection implements Connection {
+export type JobState = 'pending' | 'subscribed' | 'parked'
+
+/**
+ * A socket's jobs and their states, with the part of Map's interface the gateway uses. Most
+ * sockets watch one job: it lives in two fields, and a Map (184 bytes even when empty or
+ * holding one entry) is made only for a second job and dropped when it empties again.
+ * Insertion order is kept as a Map keeps it. Iterating returns a copy, so the table may change
+ * meanwhile.
+ *
+ * SocketConnection extends it so that these fields sit in the connection object itself rather
+ * than in one more object per socket; code reaches it as `conn.jobs`.
+ */
+export class JobTable {
+  private firstJob: string | null = null
+  private firstState: JobState = 'pending'
+  /** Every job after the first, in order; null unless there is one. */
+  private otherJobs: Map<string, JobState> | null = null
+
+  get size(): number {
+    return this.firstJob === null ? 0 : 1 + (this.otherJobs?.size ?? 0)
+  }
+
+  get(jobId: string): JobState | undefined {
+    return jobId === this.firstJob ? this.firstState : this.otherJobs?.get(jobId)
+  }
+
+  has(jobId: string): boolean {
+    return jobId === this.firstJob || this.otherJobs?.has(jobId) === true
+  }
+
+  set(jobId: string, state: JobState): this {
+    if (this.firstJob === null || jobId === this.firstJob) {
+      this.firstJob = jobId
+      this.firstState = state
+    } else {
+      (this.otherJobs ??= new Map()).set(jobId, state)
+    }
+    return this
+  }
+
+  delete(jobId: string): boolean {
+    if (jobId !== this.firstJob) {
+      const others = this.otherJobs
+      if (others === null || !others.delete(jobId)) return false
+      if (others.size === 0) this.otherJobs = null
+      return true
+    }
+    // The oldest of the others moves up, so the order stays that of insertion.
+    const next = this.otherJobs?.entries().next()
+    if (next === undefined || next.done === true) {
+      this.firstJob = null
+      this.firstState = 'pending'
+    } else {
+      [this.firstJob, this.firstState] = next.value
+      this.otherJobs!.delete(next.value[0])
+      if (this.otherJobs!.size === 0) this.otherJobs = null
+    }
+    return true
+  }
+
+  entries(): Array<[string, JobState]> {
+    if (this.firstJob === null) return []
+    const out: Array<[string, JobState]> = [[this.firstJob, this.firstState]]
+    if (this.otherJobs !== null) for (const entry of this.otherJobs) out.push(entry)
+    return out
+  }
+
+  values(): JobState[] {
+    return this.entries().map(([, state]) => state)
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, JobState]> {
+    return this.entries()[Symbol.iterator]()
+  }
+}
+
+/** Connect times are kept as ms since this module loaded: a small integer (stored in the field
+ * itself) for 24 days, where ms since 1970 is a boxed double of 16 bytes more. */
+const EPOCH = Date.now()
+
+/** The same client address string for every socket from it, among the addresses seen lately
+ * (two generations of this many), instead of a fresh copy per socket. Bounded, so many
+ * one-off addresses cost no more than a fixed amount. */
+const ADDRESS_POOL_SIZE = 512
+let recentAddresses = new Map<string, string>()
+let olderAddresses = new Map<string, string>()
+
+export function sharedAddress(address: string): string {
+  const recent = recentAddresses.get(address)
+  if (recent !== undefined) return recent
+  const shared = olderAddresses.get(address) ?? address
+  if (recentAddresses.size >= ADDRESS_POOL_SIZE) {
+    olderAddresses = recentAddresses
+    recentAddresses = new Map()
+  }
+  recentAddresses.set(shared, shared)
+  return shared
+}
+
+export class SocketConnection extends JobTable implements Connection {
   /** Set in the open handler; uWS forbids touching it after its close handler ran. */
   ws: JobSocket | null = null
   /** Set when admission refused the connection: it is told why and closed with 1013 on open. */
   refused: Refused | null = null
   /** Messages refused by the rate limit since the last accepted one. */
   strikes = 0
+  /** Its inbound message-rate bucket (a TokenRate's state); unused when the rate is unlimited. */
+  bucket = FULL
   closed = false
-  /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed';
-   * 'parked' while it is too far behind to be sent updates (catch-up.ts). */
-  readonly jobs = new Map<string, 'pending' | 'subscribed' | 'parked'>()
   /** While parked: the jobs held for it until it has caught up. */
   held: Set<string> | null = null
+  /** Jobs watched at a capped rate (max_hz): job id -> rate class. Null while none is. */
+  rates: Map<string, number> | null = null
   catchingUp = false
+  readonly ip: string
+  /** The per-address limit key; null: not limited per address. */
+  readonly address: string | null
+  /** Connect time, ms since EPOCH. */
+  private readonly since: number
 
   constructor(
     readonly id: number,
     readonly encoding: Encoding,
-    readonly ip: string,
-    /** The per-address limit key; null: not limited per address. */
-    readonly address: string | null,
+    ip: string,
+    address: string | null,
     /** Who the token says this is; null when access control is off. */
     readonly principal: Principal | null,
-    readonly connectedAt: number,
-    /** Inbound message rate; null when unlimited. */
-    readonly bucket: TokenBucket | null,
+    connectedAt: number,
     private readonly metrics: Metrics,
-  ) {}
+  ) {
+    super()
+    this.ip = sharedAddress(ip)
+    this.address = address === ip ? this.ip : address === null ? null : sharedAddress(address)
+    this.since = connectedAt - EPOCH
+  }
+
+  /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed';
+   * 'parked' while it is too far behind to be sent updates (catch-up.ts). */
+  get jobs(): JobTable {
+    return this
+  }
+
+  get connectedAt(): number {
+    return EPOCH + this.since
+  }
 
   get transport(): 'websocket' {
     return 'websocket'
@@ -80,10 +202,25 @@ export class SocketConnection implements Connection {
     if (this.closed || ws === null || this.jobs.get(jobId) !== from) return false
     this.jobs.set(jobId, 'subscribed')
     ws.cork(() => {
-      ws.subscribe(topicFor(this.encoding, jobId))
+      ws.subscribe(this.topicOf(jobId))
       this.send(statusMessage(jobId, data))
     })
     return true
+  }
+
+  /** The uWS topic this socket receives the job on: its encoding and rate class. */
+  topicOf(jobId: string): string {
+    return topicFor(this.encoding, jobId, this.rates?.get(jobId) ?? 0)
+  }
+
+  /** 0: full rate. */
+  setRate(jobId: string, hz: number): void {
+    if (hz === 0) {
+      this.rates?.delete(jobId)
+      if (this.rates?.size === 0) this.rates = null
+    } else {
+      ;(this.rates ??= new Map()).set(jobId, hz)
+    }
   }
 
   watches(jobId: string): boolean {
@@ -95,7 +232,8 @@ export class SocketConnection implements Connection {
     const state = this.jobs.get(jobId)
     if (state === undefined) return
     this.jobs.delete(jobId)
-    if (state === 'subscribed') this.ws?.unsubscribe(topicFor(this.encoding, jobId))
+    if (state === 'subscribed') this.ws?.unsubscribe(this.topicOf(jobId))
+    this.setRate(jobId, 0)
     if (state !== 'pending') this.metrics.subscriptions--
     this.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
   }

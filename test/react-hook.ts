@@ -1,0 +1,74 @@
+// jobwire/react's useJob in real React (react + react-dom, bundled with esbuild into a tiny
+// page on an origin of its own) in headless Chromium: it renders a job's snapshot and every
+// update, follows a change of id, and reports a refusal. It runs the built module
+// (dist/client/jobwire-react.js), which is what the package's `jobwire/react` export serves.
+
+import t from 'tap'
+import { createServer } from 'node:http'
+import { build } from 'esbuild'
+import { PROJECT_ROOT, projectPath } from '../src/support/paths.js'
+import { launchBrowser } from './fixtures/browser.js'
+import { startGateway } from './fixtures/gateway.js'
+import { SECRET, token } from './fixtures/tokens.js'
+
+const APP = (wsUrl: string, tokenValue: string) => `
+import React from 'react'
+import { createRoot } from 'react-dom/client'
+import { JobsClient } from ${JSON.stringify(projectPath('dist', 'client', 'jobwire-client.js'))}
+import { JobsContext, useJob } from ${JSON.stringify(projectPath('dist', 'client', 'jobwire-react.js'))}
+
+const h = React.createElement
+function Job({ id }) {
+  const { data, error } = useJob(id)
+  return h('p', { id: 'job', 'data-job': id ?? '', 'data-status': data?.status ?? '', 'data-progress': data?.progress ?? '', 'data-error': error?.code ?? '' },
+    error ? 'refused: ' + error.code : data === undefined ? 'loading' : data === null ? 'no state' : data.status + ' ' + data.progress + '%')
+}
+function App() {
+  const [id, setId] = React.useState('r-1')
+  return h('div', null, h(Job, { id }), ...['r-1', 'r-2', 'theirs'].map((j) => h('button', { id: 'show-' + j, key: j, onClick: () => setId(j) }, j)))
+}
+const client = new JobsClient({ url: ${JSON.stringify(wsUrl)}, token: ${JSON.stringify(tokenValue)} })
+createRoot(document.getElementById('root')).render(h(JobsContext.Provider, { value: client }, h(App)))
+`
+
+t.test('useJob in React', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET })
+  t.teardown(() => gw.stop())
+  const publish = (id: string, payload: object, owner = 'alice') => gw.gateway.broker.publishProgress(id, Buffer.from(JSON.stringify(payload)), { owner })
+  await publish('r-1', { status: 'processing', progress: 10 })
+  await publish('r-2', { status: 'queued', progress: 0 })
+  await publish('theirs', { status: 'queued' }, 'bob')
+
+  const bundle = await build({
+    stdin: { contents: APP(gw.wsUrl, await token('alice')), resolveDir: PROJECT_ROOT, loader: 'js' },
+    bundle: true, write: false, format: 'esm', minify: true, logLevel: 'silent',
+    define: { 'process.env.NODE_ENV': '"production"' },
+  })
+  const script = bundle.outputFiles[0]!.text
+  const server = createServer((req, res) => {
+    if (req.url === '/app.js') return res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
+    res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><meta charset="utf-8"><div id="root"></div><script type="module" src="/app.js"></script>')
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+
+  const browser = await launchBrowser()
+  t.teardown(() => browser.close())
+  const page = await browser.newPage()
+  page.on('pageerror', (err) => t.fail(`page error: ${err.message}`))
+  await page.goto(`http://127.0.0.1:${(server.address() as { port: number }).port}/`)
+
+  await page.locator('#job[data-job="r-1"][data-progress="10"]').waitFor({ timeout: 10_000 })
+  t.equal(await page.locator('#job').textContent(), 'processing 10%', 'the snapshot renders')
+  await publish('r-1', { progress: 55 })
+  await page.locator('#job[data-progress="55"][data-status="processing"]').waitFor({ timeout: 5000 })
+  t.pass('an update re-renders with the merged state')
+  await page.click('#show-r-2')
+  await page.locator('#job[data-job="r-2"][data-status="queued"]').waitFor({ timeout: 5000 })
+  await publish('r-2', { status: 'completed', progress: 100 })
+  await page.locator('#job[data-job="r-2"][data-status="completed"]').waitFor({ timeout: 5000 })
+  t.pass('a new id is watched instead')
+  await page.click('#show-theirs')
+  await page.locator('#job[data-job="theirs"][data-error="forbidden"]').waitFor({ timeout: 5000 })
+  t.equal(await page.locator('#job').textContent(), 'refused: forbidden', "another user's job is refused, and says so")
+})
