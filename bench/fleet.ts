@@ -39,6 +39,10 @@ export interface WindowResult {
   /** Share of the gateway's CPU time spent in the kernel (its socket writes), in percent. */
   gatewayKernelShare: number
   gatewayUsPerDelivery: number
+  /** CPU of every redis-server process (a cluster's replicas included) per update published,
+   * in microseconds: what one update costs Redis, storing and publishing. Absent in reports
+   * written before it was measured. */
+  redisUsPerUpdate?: number
   publisherLagMs: number
   histogram: string
 }
@@ -87,6 +91,8 @@ export interface FleetPlan {
   readonly probeEvery: number
   readonly subscribe: boolean
   readonly jobPrefix: string
+  /** The request path, query included (a ?token=); /ws/jobs when absent. At most 255 bytes. */
+  readonly path?: string
 }
 
 export function jobIds(plan: Pick<FleetPlan, 'jobs' | 'jobPrefix'>): string[] {
@@ -118,7 +124,7 @@ export class Fleet {
     // and the dropped SYNs wait a second for their retransmission.
     const replies = await Promise.all(gens.map((g, k) => {
       const count = Math.ceil((plan.sockets - k) / plan.loadgens)
-      return g.request(`connect 127.0.0.1 ${target.port} /ws/jobs ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
+      return g.request(`connect 127.0.0.1 ${target.port} ${plan.path ?? '/ws/jobs'} ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
         `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 128`)
     }))
     for (const r of replies) {
@@ -153,7 +159,7 @@ export class Fleet {
     return replies.flatMap((r) => (r.type === 'report' ? [r.report] : []))
   }
 
-  async measure(target: Running, redis: Running, publisher: Publisher, run: PublishRun): Promise<WindowResult> {
+  async measure(target: Running, redis: Pick<Running, 'pids'>, publisher: Publisher, run: PublishRun): Promise<WindowResult> {
     await Promise.all(this.gens.map((g) => g.request('reset')))
     const gatewayPids = target.pids()
     const kernel0 = sum(gatewayPids, (pid) => cpuSplit(pid)[1])
@@ -207,6 +213,7 @@ export class Fleet {
       cpu: { gateway: pct(cpu1.gw - cpu0.gw), generator: pct(cpu1.gen - cpu0.gen), publisher: pct(cpu1.pub - cpu0.pub), redis: pct(cpu1.redis - cpu0.redis) },
       gatewayKernelShare: cpu1.gw > cpu0.gw ? ((kernel1 - kernel0) / (cpu1.gw - cpu0.gw)) * 100 : 0,
       gatewayUsPerDelivery: delivered > 0 ? (cpu1.gw - cpu0.gw) / delivered : 0,
+      redisUsPerUpdate: published.sent > 0 ? (cpu1.redis - cpu0.redis) / published.sent : 0,
       publisherLagMs: published.lagMs,
       histogram: hdr.encodeIntoCompressedBase64(histogram),
     }
@@ -238,14 +245,18 @@ export interface PublishResult {
 
 export class Publisher {
   private readonly native: Native
-  constructor(redisPort: number) {
-    this.native = new Native(spawn(NATIVE('publisher'), ['127.0.0.1', String(redisPort), PROGRESS_SCRIPT_PATH], { stdio: ['pipe', 'pipe', 'inherit'] }))
+  /** Redis Cluster: one port per master, and for a job's channel the index of its master. */
+  constructor(redisPort: number | readonly number[], private readonly masterOf: ((channel: string) => number) | null = null) {
+    const ports = typeof redisPort === 'number' ? [redisPort] : redisPort
+    this.native = new Native(spawn(NATIVE('publisher'), ['127.0.0.1', ports.join(','), PROGRESS_SCRIPT_PATH], { stdio: ['pipe', 'pipe', 'inherit'] }))
   }
   get proc(): ChildProcess {
     return this.native.proc
   }
   async run(run: PublishRun): Promise<PublishResult> {
-    const reply = await this.native.request(`run ${run.ratePerSec} ${run.durationMs} ${run.via} ${run.jobs.length} ${run.jobPrefix} jobwire: progress:`)
+    // On a cluster: one letter per job naming its master ('a' = the first port).
+    const route = this.masterOf === null ? '' : ` ${run.jobs.map((job) => String.fromCharCode(97 + this.masterOf!(`progress:${job}`))).join('')}`
+    const reply = await this.native.request(`run ${run.ratePerSec} ${run.durationMs} ${run.via} ${run.jobs.length} ${run.jobPrefix} jobwire: progress:${route}`)
     if (reply.type !== 'done') throw new Error(`publisher answered ${reply.type}`)
     if (reply.failed > 0 || reply.unanswered > 0) {
       process.stderr.write(`[bench] publisher: ${reply.failed} failed, ${reply.unanswered} unanswered: ${reply.error}\n`)

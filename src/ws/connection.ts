@@ -10,7 +10,7 @@
 import type { WebSocket } from 'uWebSockets.js'
 import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
-import { FULL } from '../access/token-bucket.js'
+import { FULL, smallInteger } from '../access/token-bucket.js'
 import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
@@ -167,7 +167,7 @@ export class SocketConnection extends JobTable implements Connection {
     super()
     this.ip = sharedAddress(ip)
     this.address = address === ip ? this.ip : address === null ? null : sharedAddress(address)
-    this.since = connectedAt - EPOCH
+    this.since = smallInteger(connectedAt - EPOCH)
   }
 
   /** Jobs this socket asked for: 'pending' while its snapshot is read, then 'subscribed';
