@@ -9,12 +9,16 @@
 -- ARGV[1]  the recorder's id (unique per gateway process)
 -- ARGV[2]  the payload, as JSON
 -- ARGV[3]  lease length in ms
--- ARGV[4]  TTL in seconds for the state key when it has none longer
--- Returns 1 when written, 0 when another gateway holds the lease.
+-- ARGV[4]  TTL in seconds for the record (refreshed by every write)
+-- Returns 1 when written, 0 when another gateway holds the lease or the job has a stored state.
 
+-- A job the producer script manages has its stored state: that is the truth, and its TTL
+-- (shorter once terminal) is the script's to set. A plain PUBLISH on such a job changes
+-- neither.
+if redis.call('HEXISTS', KEYS[2], 'state') == 1 then return 0 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('HSET', KEYS[2], 'seen', ARGV[2])
-if redis.call('TTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1

@@ -4,8 +4,12 @@
 // Logging must never stall the gateway: stdout may be a pipe whose reader has stopped reading
 // (a stuck log shipper). Lines go through one asynchronous writer per process (stdout is a
 // process-wide resource), whose buffer is bounded: past it, lines are dropped and counted
-// (jobwire_log_lines_dropped_total), never waited for. Nothing flushes synchronously at exit.
+// (jobwire_log_lines_dropped_total), never waited for. Nothing flushes synchronously at exit,
+// and no write can hold a thread that exit would wait for.
 
+import { fstatSync, type Stats } from 'node:fs'
+import { Socket } from 'node:net'
+import { isatty } from 'node:tty'
 import { pino, type DestinationStream, type Logger } from 'pino'
 // sonic-boom is CommonJS; its module object carries the class as a property.
 import sonicBoom, { type SonicBoom } from 'sonic-boom'
@@ -13,18 +17,77 @@ import type { LogFormat, LogLevel } from './config.js'
 
 export type { Logger }
 
-let stdout: SonicBoom | null = null
+/** Where log lines leave the process: write never blocks and never waits; past the buffer,
+ * lines are dropped and counted. */
+interface StdoutWriter extends DestinationStream {
+  /** Resolves when what is buffered has been written, or after `ms`. */
+  drained(ms: number): Promise<void>
+}
+
+let stdout: StdoutWriter | null = null
 let dropped = 0
+
+/**
+ * A pipe or socket (a log shipper, `| cat`) goes through a non-blocking libuv stream: a reader
+ * that stops reading fills our bounded buffer, nothing else. Writing it with fs.write, as
+ * sonic-boom does, would leave a threadpool thread blocked in write(2), and process.exit waits
+ * for every threadpool thread: the process could never exit. Files and terminals do not block
+ * for long, and keep sonic-boom's file writer.
+ */
+function pipeWriter(bufferBytes: number): StdoutWriter {
+  const socket = new Socket({ fd: 1, readable: false, writable: true })
+  socket.on('error', () => dropped++) // EPIPE: the reader is gone
+  return {
+    write(line: string): boolean {
+      if (socket.destroyed || socket.writableLength > bufferBytes) {
+        dropped++
+        return true
+      }
+      socket.write(line)
+      return true
+    },
+    drained: (ms) => new Promise((resolve) => {
+      if (socket.writableLength === 0 || socket.destroyed) return resolve()
+      const timer = setTimeout(done, ms)
+      function done(): void {
+        clearTimeout(timer)
+        socket.off('drain', done)
+        resolve()
+      }
+      socket.once('drain', done)
+    }),
+  }
+}
+
+function fileWriter(bufferBytes: number): StdoutWriter {
+  const boom: SonicBoom = new sonicBoom.SonicBoom({ fd: 1, sync: false, maxLength: bufferBytes })
+  boom.on('drop', () => dropped++)
+  boom.on('error', () => dropped++)
+  return {
+    write: (line: string) => boom.write(line),
+    drained: (ms) => new Promise((resolve) => {
+      const timer = setTimeout(done, ms)
+      function done(): void {
+        clearTimeout(timer)
+        boom.off('drain', done)
+        resolve()
+      }
+      boom.once('drain', done)
+    }),
+  }
+}
 
 /** `bufferBytes`: log bytes held while stdout does not take them; beyond this they are dropped.
  * The first logger created sets it (there is one stdout). */
-function stdoutWriter(bufferBytes: number): SonicBoom {
+function stdoutWriter(bufferBytes: number): StdoutWriter {
   if (stdout === null) {
-    const writer = new sonicBoom.SonicBoom({ fd: 1, sync: false, maxLength: bufferBytes })
-    writer.on('drop', () => dropped++)
-    // EPIPE (the reader is gone) and other write errors must not crash the process.
-    writer.on('error', () => dropped++)
-    stdout = writer
+    let stat: Stats | null = null
+    try {
+      stat = fstatSync(1)
+    } catch {
+      // no stdout at all: the file writer reports errors as dropped lines
+    }
+    stdout = stat !== null && (stat.isFIFO() || stat.isSocket()) ? pipeWriter(bufferBytes) : fileWriter(bufferBytes)
   }
   return stdout
 }
@@ -35,7 +98,9 @@ export function createLogger(level: LogLevel, bindings: Record<string, unknown> 
   const options = { level, base: { pid: process.pid, ...bindings } }
   if (level === 'silent') return pino(options)
   const writer = stdoutWriter(bufferBytes)
-  const pretty = format === 'pretty' || (format === 'auto' && process.stdout.isTTY === true)
+  // isatty, not process.stdout.isTTY: creating process.stdout on a pipe puts the pipe in
+  // blocking mode (Node makes stdio pipes synchronous on Linux), for every process sharing it.
+  const pretty = format === 'pretty' || (format === 'auto' && isatty(1))
   return pino(options, pretty ? prettyDestination(writer) : writer)
 }
 
@@ -66,7 +131,7 @@ export function prettyLine(json: string): string {
   return `${clock} ${level} ${where === '' ? '' : `[${where}] `}${String(entry.msg ?? '')}${fields.length > 0 ? `  ${fields.join(' ')}` : ''}\n`
 }
 
-function prettyDestination(writer: SonicBoom): DestinationStream {
+function prettyDestination(writer: StdoutWriter): DestinationStream {
   return { write: (line: string) => writer.write(prettyLine(line)) }
 }
 
@@ -78,17 +143,7 @@ export function droppedLogLines(): number {
 /** Gives buffered lines until `ms` to reach stdout (the writer's next 'drain'); resolves
  * either way. For the last lines before a deliberate exit. */
 export function flushLogs(ms: number): Promise<void> {
-  const writer = stdout
-  if (writer === null) return Promise.resolve()
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer)
-      writer.off('drain', done)
-      resolve()
-    }
-    const timer = setTimeout(done, ms)
-    writer.once('drain', done)
-  })
+  return stdout === null ? Promise.resolve() : stdout.drained(ms)
 }
 
 /** Logs at most `perInterval` lines per interval for a noisy condition (a producer flooding
