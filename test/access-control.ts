@@ -57,8 +57,14 @@ t.test('HS256 gateway', async (t) => {
     t.match(existing, { code: 'forbidden', job_id: 'alice-job-1' })
     b.send({ type: 'job_status', job_id: 'alice-job-1' })
     t.match(await b.nextOfType('error'), { code: 'forbidden' })
+    // Alice watches: once she has the update, it has been fanned out, and a frame to bob, had
+    // one been sent then, comes before the answer to a ping bob sends now.
+    const watcher = await gw.connectAs(alice)
+    await watcher.subscribe('alice-job-1')
     await produce('alice-job-1', { progress: 20 }, 'alice')
-    await new Promise((r) => setTimeout(r, 100))
+    t.match(await watcher.nextOfType('job_update', 'alice-job-1'), { data: { progress: 20 } })
+    b.send({ type: 'ping', id: 'after-publish' })
+    await b.next((m) => m.type === 'pong' && m.id === 'after-publish')
     t.equal(b.all('job_update').length + b.all('job_status').length, 0, 'bob received nothing about the job')
     const a = await gw.connectAs(alice)
     a.send({ type: 'job_status', job_id: 'alice-job-1' })
@@ -88,10 +94,12 @@ t.test('HS256 gateway', async (t) => {
   })
 
   t.test('an expiring token: the socket is told and closed with 1008', async (t) => {
-    const short = await token('alice', {}, 2)
+    // Three seconds (the expiry is in whole seconds, so two to three from now): time enough
+    // to connect on a loaded machine.
+    const short = await token('alice', {}, 3)
     const c = await gw.connectAs(short)
     await c.subscribe('alice-job-1')
-    t.match(await c.nextOfType('error', undefined, 6000), { code: 'token_expired' })
+    t.match(await c.nextOfType('error', undefined, 15_000), { code: 'token_expired' })
     t.equal(await c.closed, 1008)
     t.match(c.closeReason, /token expired/)
   })

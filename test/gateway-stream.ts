@@ -66,9 +66,12 @@ for (const kind of ['embedded', 'redis'] as const) {
       t.same(await a.nextOfType('unsubscribed'), { type: 'unsubscribed', job_id: 'unsub-1' })
       await progress('unsub-1', { progress: 1 })
       await b.nextOfType('job_update', 'unsub-1')
-      // b got it, so a would have by now: a's delivery happens in the same publish
+      // b got it, so the publish has been fanned out; a's frame, had it been sent then, comes
+      // before the answer to a ping a sends now.
       await progress('unsub-1', { progress: 2 })
       await b.next((m) => m.type === 'job_update' && (m.data as { progress: number }).progress === 2)
+      a.send({ type: 'ping', id: 'after-publish' })
+      await a.next((m) => m.type === 'pong' && m.id === 'after-publish')
       t.equal(a.all('job_update').length, 0, 'no update after unsubscribed')
     })
 
@@ -115,8 +118,14 @@ for (const kind of ['embedded', 'redis'] as const) {
       const c = await gw.connect()
       c.send({ type: 'job_status', job_id: 'status-1' })
       t.match(await c.nextOfType('job_status', 'status-1'), { data: { status: 'completed', result: { url: '/x' } } })
+      // A subscriber on the same job: once it has the update, the publish has been fanned out,
+      // and c's frame, had it been sent then, comes before the answer to a ping c sends now.
+      const watcher = await gw.connect()
+      await watcher.subscribe('status-1')
       await progress('status-1', { status: 'completed', note: 'again' })
-      await new Promise((r) => setTimeout(r, 100))
+      t.match(await watcher.nextOfType('job_update', 'status-1'), { data: { note: 'again' } })
+      c.send({ type: 'ping', id: 'after-publish' })
+      await c.next((m) => m.type === 'pong' && m.id === 'after-publish')
       t.equal(c.all('job_update').length, 0, 'no stream without subscribe')
     })
 

@@ -7,7 +7,19 @@ import { freePort } from './fixtures/ports.js'
 import { reap, serveProcess } from './fixtures/process.js'
 import { startRedis } from './fixtures/redis.js'
 import { SECRET, token } from './fixtures/tokens.js'
+import { pause, until } from './fixtures/until.js'
 import { connect, type TestClient } from './fixtures/ws-client.js'
+
+/** Resolves once the socket has shown which way admission went: refused sockets are told why
+ * and closed on open (without reading anything), admitted ones answer a ping. Returns whether
+ * it was admitted. */
+async function settled(client: TestClient): Promise<boolean> {
+  const id = `settle-${Math.random()}`
+  if (client.closeCode === undefined) client.send({ type: 'ping', id })
+  const answered = () => client.messages.some((m) => m.type === 'pong' && m.id === id)
+  await until(() => answered() || client.closeCode !== undefined, 'the socket to be answered or closed')
+  return answered()
+}
 
 /** A connection refused by a cap: told why with a retry hint, then closed with 1013. */
 async function expectCapped(t: Test, client: TestClient, reason: RegExp): Promise<void> {
@@ -29,7 +41,7 @@ t.test('per-user connection cap', async (t) => {
   bob.send({ type: 'ping' })
   t.match(await bob.nextOfType('pong'), {}, 'other users are not affected')
   await a1.close()
-  await new Promise((r) => setTimeout(r, 50))
+  await until(() => gw.gateway.metricsSnapshot().gauges.connections === 2, "the gateway to count alice's closed socket out")
   const again = await gw.connectAs(alice)
   again.send({ type: 'ping' })
   t.match(await again.nextOfType('pong'), {}, 'a closed connection frees its slot')
@@ -47,12 +59,15 @@ t.test('per-address connection cap', async (t) => {
 })
 
 t.test('connection rate per address', async (t) => {
-  const gw = await startGateway({ 'connect-rate-per-ip': '2' })
+  // One new connection per second: the burst of 2 cannot be refilled while the 4 connect,
+  // even on a loaded machine.
+  const gw = await startGateway({ 'connect-rate-per-ip': '1' })
   t.teardown(() => gw.stop())
-  const clients = await Promise.all(Array.from({ length: 6 }, () => gw.connect()))
-  await new Promise((r) => setTimeout(r, 100))
+  const clients = await Promise.all(Array.from({ length: 4 }, () => gw.connect()))
+  const admitted = await Promise.all(clients.map(settled))
   const refused = clients.filter((c) => c.closeCode === 1013)
-  t.equal(refused.length, 2, 'a burst of twice the rate (4) gets in, the rest are told to retry')
+  t.equal(admitted.filter(Boolean).length, 2, 'a burst of twice the rate (2) gets in')
+  t.equal(refused.length, 2, 'the rest are told to retry')
   t.match(refused[0]!.all('error')[0], { code: 'rate_limited', message: /new connections per second/ })
   const other = await gw.connect(undefined, { localAddress: '127.0.0.3' })
   other.send({ type: 'ping' })
@@ -65,13 +80,15 @@ t.test('message rate per socket: rate_limited, then 1008 for sustained abuse; ca
   const calm = await gw.connect()
   await calm.subscribe('calm-1')
   const flood = await gw.connect()
+  // The burst and one more in one write: a round trip in between could refill a token (one
+  // per 200 ms) on a loaded machine.
   for (let i = 0; i < 15; i++) flood.send({ type: 'ping', id: i })
-  await flood.next((m) => m.type === 'pong' && m.id === 14)
-  t.equal(flood.all('error').length, 0, 'the burst (2 x rate + max subscriptions) is allowed')
   flood.send({ type: 'ping', id: 'over' })
   const limited = await flood.nextOfType('error')
+  t.same(flood.all('pong').map((m) => m.id), Array.from({ length: 15 }, (_, i) => i), 'the burst (2 x rate + max subscriptions) is allowed')
   t.match(limited, { code: 'rate_limited' })
   t.ok((limited.retry_after_ms as number) > 0)
+  t.equal(flood.all('error').length, 1, 'only the one past the burst was refused')
   for (let i = 0; i < 50; i++) flood.send({ type: 'subscribe_job', job_id: `f-${i}` })
   t.equal(await flood.closed, 1008)
   t.match(flood.closeReason, /rate limit exceeded repeatedly/)
@@ -81,7 +98,8 @@ t.test('message rate per socket: rate_limited, then 1008 for sustained abuse; ca
   const patient = await gw.connect()
   for (let i = 0; i < 16; i++) patient.send({ type: 'ping' })
   await patient.nextOfType('error')
-  await new Promise((r) => setTimeout(r, 400))
+  // The pause itself is the scenario (two tokens' worth at 5/s): load only lengthens it.
+  await pause(400)
   patient.send({ type: 'ping', id: 'later' })
   t.match(await patient.next((m) => m.type === 'pong' && m.id === 'later'), {}, 'after a pause it may send again')
 })
@@ -99,9 +117,10 @@ t.test('with workers, caps hold for the whole node and admin/metrics see every w
   // Spread over workers: the kernel picks a worker per connection; 8 attempts make it
   // overwhelmingly likely that both workers saw some.
   const clients = await Promise.all(Array.from({ length: 8 }, () => connect(url)))
-  await new Promise((r) => setTimeout(r, 200))
+  const admitted = await Promise.all(clients.map(settled))
   const open = clients.filter((c) => c.closeCode === undefined)
-  t.equal(open.length, 4, 'exactly the cap, node-wide')
+  t.equal(admitted.filter(Boolean).length, 4, 'exactly the cap, node-wide')
+  t.equal(open.length, 4, 'the others were closed')
   const list = await fetch(`http://127.0.0.1:${port}/admin/connections?user=alice`, { headers: { authorization: 'Bearer admin-key-0123456789abc' } })
   const body = await list.json() as { connections: number }
   t.equal(body.connections, 4, 'the admin list covers both workers')
@@ -109,7 +128,10 @@ t.test('with workers, caps hold for the whole node and admin/metrics see every w
   t.match(metrics, /^jobwire_workers 2$/m)
   t.match(metrics, /^jobwire_connections 4$/m)
   for (const c of open) await c.close()
-  await new Promise((r) => setTimeout(r, 200))
+  await until(async () => {
+    const res = await fetch(`http://127.0.0.1:${port}/admin/connections?user=alice`, { headers: { authorization: 'Bearer admin-key-0123456789abc' } })
+    return ((await res.json()) as { connections: number }).connections === 0
+  }, "the node to count alice's closed sockets out")
   const again = await connect(url)
   again.send({ type: 'ping' })
   t.match(await again.nextOfType('pong'), {}, 'closes on any worker free node-wide slots')

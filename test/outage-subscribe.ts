@@ -4,6 +4,7 @@
 import t from 'tap'
 import { startGateway } from './fixtures/gateway.js'
 import { startRedis } from './fixtures/redis.js'
+import { pause, until } from './fixtures/until.js'
 
 /** The first SSE event named `event` on a stream, as parsed JSON. */
 async function firstSseEvent(url: string, event: string, timeoutMs: number): Promise<Record<string, unknown>> {
@@ -38,8 +39,13 @@ t.test('a subscribe made while Redis is hung completes when it returns (WebSocke
   c.send({ type: 'subscribe_job', job_id: 'held-1' })
   const sse = firstSseEvent(`${gw.http}/jobs/held-1/events`, 'job_status', 20_000)
   const status = c.nextOfType('job_status', 'held-1', 20_000)
-  await new Promise((r) => setTimeout(r, 2500))
-  t.equal(c.all('error').length, 0, 'no error while held')
+  // The hang lasts 2.5 s, five times the broker timeout.
+  await pause(2500)
+  // The marker: a read sent now gives up after the 500 ms broker timeout. Its error comes
+  // after any error the held subscribe got in the meantime, and shows that Redis is hung.
+  c.send({ type: 'job_status', job_id: 'probe-1' })
+  t.match(await c.nextOfType('error', 'probe-1', 20_000), { code: 'unavailable' }, 'a plain read gives up meanwhile')
+  t.same(c.all('error').filter((e) => e.job_id !== 'probe-1'), [], 'no error while held')
   redis.resume()
   t.match((await status).data, { seq: 1, progress: 10 }, 'the WebSocket got the state once Redis answered')
   t.match(((await sse).data as Record<string, unknown>), { seq: 1, progress: 10 }, 'so did the SSE stream')
@@ -54,11 +60,12 @@ t.test('a subscribe made while Redis is down completes when it comes back', asyn
   t.teardown(() => gw.stop())
   const c = await gw.connect()
   await redis.kill()
-  const deadline = Date.now() + 10_000
-  while (gw.gateway.broker.state === 'ready' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  await until(() => gw.gateway.broker.state !== 'ready', 'the gateway to see Redis go')
   c.send({ type: 'subscribe_job', job_id: 'down-1' })
   const status = c.nextOfType('job_status', 'down-1', 20_000)
-  await new Promise((r) => setTimeout(r, 1500))
+  await until(() => gw.gateway.metricsSnapshot().gauges.jobs_watched === 1, 'the subscribe to be held')
+  // The outage goes on for 1.5 s after the subscribe arrived, three times the broker timeout.
+  await pause(1500)
   await redis.restart()
   t.same((await status).data, null, 'answered (an empty Redis has no state for it)')
   await gw.gateway.broker.publishProgress('down-1', Buffer.from('{"status":"completed"}'))

@@ -7,6 +7,7 @@ import { promisify } from 'node:util'
 import { freePort } from './fixtures/ports.js'
 import { CLI, reap, serveProcess } from './fixtures/process.js'
 import { connect } from './fixtures/ws-client.js'
+import { until } from './fixtures/until.js'
 
 const run = promisify(execFile)
 
@@ -100,9 +101,8 @@ t.test('workers that keep dying are restarted with backoff; the node never gives
     process.kill(victim.pid, 'SIGKILL')
     const restarted = (l: string) => /"msg":"worker listening"/.test(l) && JSON.parse(l).pid !== victim.pid &&
       !listening.some((w) => w.pid === JSON.parse(l).pid)
-    await served.waitFor(new RegExp(`"worker":${victim.worker}.*"restartInMs"`))
-    const deadline = Date.now() + 20_000
-    while (!served.lines.some(restarted) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    await served.waitFor(new RegExp(`"worker":${victim.worker}.*"restartInMs"`), 20_000)
+    await until(() => served.lines.some(restarted), `a new worker ${victim.worker} listening after kill ${kill}`, 20_000, 50)
     t.ok(served.lines.some(restarted), `restarted after kill ${kill}`)
   }
   const delays = served.lines.filter((l) => /"restartInMs"/.test(l)).map((l) => JSON.parse(l).restartInMs as number)

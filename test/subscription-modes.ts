@@ -4,8 +4,10 @@ import t from 'tap'
 import type { Redis } from 'ioredis'
 import { startGateway } from './fixtures/gateway.js'
 import { startRedis } from './fixtures/redis.js'
+import { until } from './fixtures/until.js'
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+/** Long enough that "within the delay" holds under load, short enough to wait out. */
+const UNSUBSCRIBE_DELAY_MS = 1000
 
 async function numsub(redis: Redis, channel: string): Promise<number> {
   const reply = (await redis.call('PUBSUB', 'NUMSUB', channel)) as [string, number]
@@ -13,7 +15,7 @@ async function numsub(redis: Redis, channel: string): Promise<number> {
 }
 
 /** Records the (p)(un)subscribe commands Redis receives. */
-async function monitorSubscriptions(redis: Redis): Promise<{ commands: string[]; stop(): void }> {
+async function monitorSubscriptions(redis: Redis): Promise<{ commands: string[]; saw(command: string, channel: string): boolean; stop(): void }> {
   const connection = redis.duplicate()
   connection.on('error', () => undefined)
   const monitor = await connection.monitor()
@@ -23,13 +25,18 @@ async function monitorSubscriptions(redis: Redis): Promise<{ commands: string[];
     const name = args[0]!.toLowerCase()
     if (name.endsWith('subscribe')) commands.push(`${name} ${args.slice(1).join(' ')}`)
   })
-  return { commands, stop: () => { monitor.disconnect(); connection.disconnect() } }
+  return {
+    commands,
+    /** Whether a command of that name (alone or batched) named the channel. */
+    saw: (command, channel) => commands.some((c) => c.split(' ')[0] === command && c.split(' ').includes(channel)),
+    stop: () => { monitor.disconnect(); connection.disconnect() },
+  }
 }
 
 t.test('per-job mode', async (t) => {
   const redis = await startRedis()
   t.teardown(() => redis.stop())
-  const gw = await startGateway({ redis: redis.url, 'unsubscribe-delay-ms': '300' })
+  const gw = await startGateway({ redis: redis.url, 'unsubscribe-delay-ms': String(UNSUBSCRIBE_DELAY_MS) })
   t.teardown(() => gw.stop())
   const admin = redis.client()
 
@@ -41,11 +48,13 @@ t.test('per-job mode', async (t) => {
     await b.subscribe('pj-1')
     t.equal(await numsub(admin, 'progress:pj-1'), 1, 'one Redis subscription per node, not per socket')
     await a.close()
+    const released = Date.now()
     b.send({ type: 'unsubscribe_job', job_id: 'pj-1' })
     await b.nextOfType('unsubscribed')
     t.equal(await numsub(admin, 'progress:pj-1'), 1, 'still subscribed during the delay')
-    await sleep(600)
-    t.equal(await numsub(admin, 'progress:pj-1'), 0, 'unsubscribed after the delay')
+    await until(async () => (await numsub(admin, 'progress:pj-1')) === 0, 'the channel to be unsubscribed')
+    // Timers count whole milliseconds: allow a little rounding.
+    t.ok(Date.now() - released >= UNSUBSCRIBE_DELAY_MS - 5, 'unsubscribed after the delay, not before')
   })
 
   t.test('a quick re-subscribe within the delay does not flap', async (t) => {
@@ -55,11 +64,15 @@ t.test('per-job mode', async (t) => {
     await a.subscribe('pj-2')
     a.send({ type: 'unsubscribe_job', job_id: 'pj-2' })
     await a.nextOfType('unsubscribed')
-    await sleep(50)
     await a.subscribe('pj-2')
-    await sleep(600)
+    // The marker: a job watched and dropped after pj-2 was. Its release timer, of the same
+    // delay, was set later, so an UNSUBSCRIBE of pj-2 would reach Redis no later than its own.
+    await a.subscribe('pj-2-marker')
+    a.send({ type: 'unsubscribe_job', job_id: 'pj-2-marker' })
+    await a.nextOfType('unsubscribed', 'pj-2-marker')
+    await until(() => mon.saw('unsubscribe', 'progress:pj-2-marker'), "the marker's UNSUBSCRIBE")
     t.equal(await numsub(admin, 'progress:pj-2'), 1)
-    t.same(mon.commands.filter((c) => c.includes('pj-2')), ['subscribe progress:pj-2'], 'one SUBSCRIBE, no UNSUBSCRIBE')
+    t.same(mon.commands.filter((c) => c.split(' ').includes('progress:pj-2')), ['subscribe progress:pj-2'], 'one SUBSCRIBE, no UNSUBSCRIBE')
   })
 
   t.test('subscribes arriving together share one SUBSCRIBE command', async (t) => {
@@ -68,6 +81,8 @@ t.test('per-job mode', async (t) => {
     const c = await gw.connect()
     for (let i = 0; i < 50; i++) c.send({ type: 'subscribe_job', job_id: `batch-${i}` })
     for (let i = 0; i < 50; i++) await c.nextOfType('job_status', `batch-${i}`)
+    // MONITOR is another connection: wait until it has shown every channel subscribed.
+    await until(() => Array.from({ length: 50 }, (_, i) => `progress:batch-${i}`).every((ch) => mon.saw('subscribe', ch)), 'MONITOR to show all 50 SUBSCRIBEs')
     const subscribes = mon.commands.filter((cmd) => cmd.includes('batch-'))
     t.ok(subscribes.length <= 3, `${subscribes.length} SUBSCRIBE commands for 50 jobs`)
     t.equal(await numsub(admin, 'progress:batch-49'), 1)
@@ -80,7 +95,7 @@ t.test('per-job mode', async (t) => {
     await c.subscribe('pj-3')
     t.equal(gauge(), before! + 1)
     await c.close()
-    await sleep(600)
+    await until(async () => (await numsub(admin, 'progress:pj-3')) === 0, 'pj-3 to be unsubscribed')
     t.equal(await numsub(admin, 'progress:pj-3'), 0)
     t.equal(gauge(), before, 'subscriptions gauge back down')
   })

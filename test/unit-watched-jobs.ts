@@ -5,8 +5,9 @@ import t from 'tap'
 import type { Broker } from '../src/broker/broker.js'
 import { createLogger } from '../src/support/log.js'
 import { WatchedJobs } from '../src/stream/watched-jobs.js'
+import { until } from './fixtures/until.js'
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const DELAY = 30
 
 class FakeBroker {
   calls: string[] = []
@@ -25,11 +26,31 @@ class FakeBroker {
   }
 }
 
-function setup(delay = 30) {
+function setup(delay = DELAY) {
   const broker = new FakeBroker()
   const jobs = new WatchedJobs(broker as unknown as Broker, { mode: 'per-job', channelPrefix: 'p:', unsubscribeDelayMs: delay }, createLogger('silent'))
   return { broker, jobs }
 }
+
+/** Whether an UNSUBSCRIBE (alone or batched) has been sent for the channel. */
+const unsubscribed = (broker: FakeBroker, channel: string) =>
+  broker.calls.some((c) => c.startsWith('unsub ') && c.slice(6).split(',').includes(channel))
+
+/**
+ * The positive marker for "no UNSUBSCRIBE": a job acquired and released after the release
+ * under test, with the same delay. Timers of one duration fire in the order they were set, so
+ * an UNSUBSCRIBE wrongly scheduled earlier is sent no later than the marker's.
+ */
+async function releaseMarker(broker: FakeBroker, jobs: WatchedJobs): Promise<void> {
+  const marker = jobs.acquire('marker')
+  await jobs.whenLive(marker)
+  jobs.release(marker)
+  await until(() => unsubscribed(broker, 'p:marker'), 'the marker job\'s UNSUBSCRIBE')
+}
+
+/** Resolves from a 1 ms timer set now: it fires before any timer of the delay set earlier
+ * (timers run in expiry order, with promise callbacks between them), however late it runs. */
+const withinTheDelay = () => new Promise((r) => setTimeout(r, 1))
 
 t.test('first acquire subscribes once; refs keep it; last release unsubscribes after the delay', async (t) => {
   const { broker, jobs } = setup()
@@ -38,12 +59,15 @@ t.test('first acquire subscribes once; refs keep it; last release unsubscribes a
   await jobs.whenLive(a)
   t.same(broker.calls, ['sub p:a'])
   jobs.release(a)
-  await sleep(60)
-  t.same(broker.calls, ['sub p:a'], 'still one ref')
+  await releaseMarker(broker, jobs)
+  t.same(broker.calls, ['sub p:a', 'sub p:marker', 'unsub p:marker'], 'still one ref: a stays subscribed')
+  const released = performance.now()
   jobs.release(a)
   t.equal(jobs.size, 1, 'kept during the delay')
-  await sleep(60)
-  t.same(broker.calls, ['sub p:a', 'unsub p:a'])
+  await until(() => unsubscribed(broker, 'p:a'), 'the UNSUBSCRIBE of a')
+  // Timers count whole milliseconds: allow 1 ms of rounding.
+  t.ok(performance.now() - released >= DELAY - 1, 'not before the delay')
+  t.same(broker.calls, ['sub p:a', 'sub p:marker', 'unsub p:marker', 'unsub p:a'])
   t.equal(jobs.size, 0)
 })
 
@@ -52,10 +76,11 @@ t.test('re-acquire within the delay cancels the unsubscribe', async (t) => {
   const a = jobs.acquire('a')
   await jobs.whenLive(a)
   jobs.release(a)
-  await sleep(10)
+  await withinTheDelay()
   t.equal(jobs.acquire('a'), a, 'the same watched job')
-  await sleep(60)
-  t.same(broker.calls, ['sub p:a'])
+  await releaseMarker(broker, jobs)
+  t.same(broker.calls, ['sub p:a', 'sub p:marker', 'unsub p:marker'], 'a was neither unsubscribed nor subscribed again')
+  t.equal(jobs.holders(a), 1)
 })
 
 t.test('acquires in one turn share one SUBSCRIBE', async (t) => {
@@ -84,11 +109,14 @@ t.test('broker down: jobs are not live until restored', async (t) => {
   jobs.markAllDown()
   let resolved = false
   void jobs.whenLive(a).then(() => (resolved = true))
-  await sleep(10)
-  t.equal(resolved, false)
+  // Marker: another job subscribed (and made live) after a's waiter was registered.
+  const b = jobs.acquire('b')
+  await jobs.whenLive(b)
+  t.equal(resolved, false, 'a is not live while the broker is down')
+  t.equal(jobs.isLive(a), false)
   jobs.markAllLive()
-  await sleep(0)
-  t.equal(resolved, true)
+  await until(() => resolved, 'a to be live again')
+  t.equal(jobs.isLive(a), true)
 })
 
 t.test('a job acquired but not yet subscribed is not marked live by a restore', async (t) => {
@@ -96,7 +124,8 @@ t.test('a job acquired but not yet subscribed is not marked live by a restore', 
   let open!: () => void
   broker.gate = new Promise((r) => (open = r))
   jobs.acquire('early')
-  await sleep(5) // first SUBSCRIBE in flight, gated
+  await until(() => broker.calls.length === 1, 'the first SUBSCRIBE to be in flight (gated)')
+  t.same(broker.calls, ['sub p:early'])
   const late = jobs.acquire('late') // queued for the next flush
   jobs.markAllLive()
   t.equal(jobs.isLive(late), false, 'its SUBSCRIBE was not part of the replay')
