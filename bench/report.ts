@@ -158,15 +158,21 @@ function pad(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n') + '\n'
 }
 
+/** Redis CPU per update (every redis-server process, a cluster's replicas included); '-' in
+ * reports from before it was measured. */
+function redisPerUpdate(w: WindowResult): string {
+  return w.redisUsPerUpdate === undefined ? '-' : f1(w.redisUsPerUpdate)
+}
+
 export function printTable(b: BenchResults): string {
   let out = `\njobwire bench (${b.size}), ${b.machine.cpus} cores ${b.machine.model}, Node ${b.machine.node}, commit ${b.commit}\n\n`
   const s = streams(b)
   if (s.length > 0) {
     out += pad([
-      ['scenario', 'target', 'sockets', 'deliv/s', 'p50 ms', 'p90', 'p99', 'p99.9', 'max', 'lost', 'gw CPU%', 'us/deliv', 'gen CPU%', 'KB/conn', 'aim'],
+      ['scenario', 'target', 'sockets', 'deliv/s', 'p50 ms', 'p90', 'p99', 'p99.9', 'max', 'lost', 'gw CPU%', 'us/deliv', 'gen CPU%', 'redis us/upd', 'KB/conn', 'aim'],
       ...s.map((r) => [r.scenario.id, r.target.name, int(r.connected), int(r.window.deliveriesPerSec), f2(r.window.latencyMs.p50), f2(r.window.latencyMs.p90),
         f2(r.window.latencyMs.p99), f2(r.window.latencyMs.p999), f2(r.window.latencyMs.max), int(r.window.lost), f1(r.window.cpu.gateway),
-        f1(r.window.gatewayUsPerDelivery), f1(r.window.cpu.generator), f1(r.rssPerConnection / 1024), streamVerdict(r).split(' ')[0]!]),
+        f1(r.window.gatewayUsPerDelivery), f1(r.window.cpu.generator), redisPerUpdate(r.window), f1(r.rssPerConnection / 1024), streamVerdict(r).split(' ')[0]!]),
     ]) + '\n'
   }
   const w = sweeps(b)
@@ -210,10 +216,10 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
   md += `![latency](${svgName})\n\n`
   const s = streams(b)
   if (s.length > 0) {
-    md += '## Streaming scenarios\n\n"Kernel %" is the share of the gateway\'s CPU time spent in the kernel (mostly its loopback socket writes, which on one machine include the receiving side\'s TCP work), from /proc\'s tick-based accounting (10 ms resolution: rough at low load).\n\n| scenario | target | sockets | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | gateway CPU % | kernel % | us CPU/delivery | generator CPU % | publisher CPU % | Redis CPU % | gateway RSS MB | KB/connection | aim |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+    md += '## Streaming scenarios\n\n"Kernel %" is the share of the gateway\'s CPU time spent in the kernel (mostly its loopback socket writes, which on one machine include the receiving side\'s TCP work), from /proc\'s tick-based accounting (10 ms resolution: rough at low load). "Redis us CPU/update" is the CPU of every redis-server process divided by the updates published: storing and publishing one update, with replication on the cluster. The cluster scenarios run jobwire on a Redis Cluster of 3 masters and 3 replicas on the same machine (sharded pub/sub, the publisher routing each job to its master); the baseline and the floor speak to one Redis and do not run there.\n\n| scenario | target | sockets | deliveries/s | p50 ms | p90 | p99 | p99.9 | max | lost | gateway CPU % | kernel % | us CPU/delivery | generator CPU % | publisher CPU % | Redis CPU % | Redis us CPU/update | gateway RSS MB | KB/connection | aim |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
     for (const r of s) {
       const w = r.window
-      md += `| ${r.scenario.title} (${int(r.scenario.jobs)} jobs, ${int(r.scenario.ratePerSec)} updates/s) | ${r.target.name} | ${int(r.connected)} | ${int(w.deliveriesPerSec)} | ${f2(w.latencyMs.p50)} | ${f2(w.latencyMs.p90)} | ${f2(w.latencyMs.p99)} | ${f2(w.latencyMs.p999)} | ${f2(w.latencyMs.max)} | ${int(w.lost)} of ${int(w.expected)} | ${f1(w.cpu.gateway)} | ${f1(w.gatewayKernelShare)} | ${f1(w.gatewayUsPerDelivery)} | ${f1(w.cpu.generator)} | ${f1(w.cpu.publisher)} | ${f1(w.cpu.redis)} | ${mb(r.rssBytes)} | ${f1(r.rssPerConnection / 1024)} | ${streamVerdict(r)} |\n`
+      md += `| ${r.scenario.title} (${int(r.scenario.jobs)} jobs, ${int(r.scenario.ratePerSec)} updates/s) | ${r.target.name} | ${int(r.connected)} | ${int(w.deliveriesPerSec)} | ${f2(w.latencyMs.p50)} | ${f2(w.latencyMs.p90)} | ${f2(w.latencyMs.p99)} | ${f2(w.latencyMs.p999)} | ${f2(w.latencyMs.max)} | ${int(w.lost)} of ${int(w.expected)} | ${f1(w.cpu.gateway)} | ${f1(w.gatewayKernelShare)} | ${f1(w.gatewayUsPerDelivery)} | ${f1(w.cpu.generator)} | ${f1(w.cpu.publisher)} | ${f1(w.cpu.redis)} | ${redisPerUpdate(w)} | ${mb(r.rssBytes)} | ${f1(r.rssPerConnection / 1024)} | ${streamVerdict(r)} |\n`
     }
     md += '\n'
   }

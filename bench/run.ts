@@ -2,7 +2,11 @@
 // baseline and the floor (bench/native/floor.c), back to back on the same machine, then
 // prints a table and writes bench/results/<stamp>.json, latest.json, latest.md and latest.svg.
 //
-//   node dist/bench/run.js [--size full|quick|tiny] [--only seed,edge] [--out DIR] [--profile]
+//   node dist/bench/run.js [--size full|quick|tiny] [--only seed,edge] [--targets 'jobwire,jobwire 2w'] [--out DIR] [--profile]
+//
+// --targets runs only the targets so named ('jobwire', 'jobwire Nw', 'baseline (ws)', 'floor (C)',
+// or a name ending in * for every one it begins), for a partial run; its report then lacks the
+// comparisons with the others.
 
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus, totalmem, release } from 'node:os'
@@ -15,6 +19,8 @@ import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
 import { startBaseline, startFloor, startJobwire, startRedis, type Running } from './targets.js'
+import { startCluster } from './cluster.js'
+import { keySlot } from '../src/broker/slots.js'
 
 export interface TargetSpec {
   readonly name: string
@@ -82,6 +88,7 @@ const { values } = parseArgs({
   options: {
     size: { type: 'string', default: 'full' },
     only: { type: 'string' },
+    targets: { type: 'string' },
     out: { type: 'string' },
     profile: { type: 'boolean', default: false },
     render: { type: 'string' },
@@ -94,6 +101,7 @@ if (!values.render && !['full', 'quick', 'tiny'].includes(size)) {
 }
 const plan = benchPlan(size)
 const only = values.only?.split(',')
+const targetNames = values.targets?.split(',')
 const outDir = values.out ?? projectPath('bench', 'results')
 const cores = availableParallelism()
 
@@ -105,6 +113,13 @@ function log(message: string): void {
 const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
 
 function targetsFor(scenario: Scenario): TargetSpec[] {
+  // The baseline and the floor speak to one Redis.
+  if (scenario.kind === 'stream' && scenario.broker === 'cluster') {
+    return [
+      { name: 'jobwire', kind: 'jobwire', workers: 1 },
+      ...(cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire' as const, workers: cores }] : []),
+    ]
+  }
   if (scenario.kind === 'idle') {
     const workers = Math.max(cores, Math.ceil(scenario.sockets / FD_SAFE))
     return [
@@ -122,18 +137,48 @@ function targetsFor(scenario: Scenario): TargetSpec[] {
   ]
 }
 
-async function start(spec: TargetSpec, redisUrl: string): Promise<Running> {
-  if (spec.kind === 'baseline') return startBaseline(redisUrl)
-  if (spec.kind === 'floor') return startFloor(redisUrl)
-  return startJobwire(redisUrl, spec.workers, [], values.profile)
+/** Where a scenario's gateways get their messages: the bench's redis-server, or its Redis
+ * Cluster (then `url` is empty and `gatewayArgs` names the cluster). */
+interface Backend {
+  readonly url: string
+  readonly gatewayArgs?: readonly string[]
+  /** Every redis-server process: their CPU is the Redis CPU of a window. */
+  pids(): number[]
+}
+
+async function start(spec: TargetSpec, backend: Backend): Promise<Running> {
+  if (spec.kind === 'baseline') return startBaseline(backend.url)
+  if (spec.kind === 'floor') return startFloor(backend.url)
+  return startJobwire(backend.url, spec.workers, [...(backend.gatewayArgs ?? [])], values.profile)
+}
+
+/** The cluster scenarios' Redis Cluster (3 masters, 3 replicas) and a publisher with one
+ * connection per master, routing each job to the master of its channel's slot. */
+async function startClusterBackend(): Promise<{ backend: Backend; publisher: Publisher; stop(): Promise<void> }> {
+  const cluster = await startCluster()
+  const slots = await cluster.slots()
+  const masters = [...new Set(slots.map(([, , port]) => port))]
+  const masterOf = (channel: string) => {
+    const slot = keySlot(channel)
+    return masters.indexOf(slots.find(([from, to]) => slot >= from && slot <= to)![2])
+  }
+  const publisher = new Publisher(masters, masterOf)
+  return {
+    backend: { url: '', gatewayArgs: ['--redis-cluster', cluster.seeds], pids: () => cluster.pids() },
+    publisher,
+    async stop() {
+      publisher.proc.kill()
+      await cluster.stop()
+    },
+  }
 }
 
 function loadgensFor(sockets: number): number {
   return Math.max(2, Math.ceil(sockets / 15_000))
 }
 
-async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Running & { url: string }, publisher: Publisher): Promise<StreamResult> {
-  const target = await start(spec, redis.url)
+async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Backend, publisher: Publisher): Promise<StreamResult> {
+  const target = await start(spec, redis)
   try {
     const rss0 = gatewayRss(target)
     const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: loadgensFor(scenario.sockets), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
@@ -154,7 +199,7 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Runn
 }
 
 async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Running & { url: string }, publisher: Publisher): Promise<SweepResult> {
-  const target = await start(spec, redis.url)
+  const target = await start(spec, redis)
   try {
     const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: loadgensFor(scenario.sockets), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
     const fleet = await Fleet.open(target, fleetPlan)
@@ -183,7 +228,7 @@ async function runSweep(scenario: SweepScenario, spec: TargetSpec, redis: Runnin
 }
 
 async function runIdle(scenario: IdleScenario, spec: TargetSpec, redis: Running & { url: string }): Promise<IdleResult> {
-  const target = await start(spec, redis.url)
+  const target = await start(spec, redis)
   const sockets = Math.min(scenario.sockets, spec.workers * FD_SAFE)
   // V8 shrinks its heap (young generation included) by itself once allocation stops for a
   // while (its "memory reducer"); RSS read before that mostly measures garbage not yet returned.
@@ -249,17 +294,23 @@ async function main(): Promise<void> {
   const publisher = new Publisher(redis.port)
   const results: ScenarioResult[] = []
   let polling: PollingResult | null = null
+  let cluster: Awaited<ReturnType<typeof startClusterBackend>> | null = null
   const cleanup = async () => {
     publisher.proc.kill()
     await redis.stop()
+    await cluster?.stop()
   }
   process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
   try {
     for (const scenario of plan.scenarios) {
       if (only && !only.includes(scenario.id)) continue
       for (const spec of targetsFor(scenario)) {
+        if (targetNames && !targetNames.some((name) => name.endsWith('*') ? spec.name.startsWith(name.slice(0, -1)) : spec.name === name)) continue
         log(`${scenario.title}: ${spec.name}`)
-        if (scenario.kind === 'stream') results.push({ kind: 'stream', result: await runStream(scenario, spec, redis, publisher) })
+        if (scenario.kind === 'stream' && scenario.broker === 'cluster') {
+          cluster ??= await startClusterBackend()
+          results.push({ kind: 'stream', result: await runStream(scenario, spec, cluster.backend, cluster.publisher) })
+        } else if (scenario.kind === 'stream') results.push({ kind: 'stream', result: await runStream(scenario, spec, redis, publisher) })
         else if (scenario.kind === 'sweep') results.push({ kind: 'sweep', result: await runSweep(scenario, spec, redis, publisher) })
         else results.push({ kind: 'idle', result: await runIdle(scenario, spec, redis) })
       }

@@ -11,6 +11,10 @@ export interface StreamScenario {
   readonly jobs: number
   readonly ratePerSec: number
   readonly aim: { p99Ms: number }
+  /** Where the messages come from: the bench's redis-server (the default), or a Redis Cluster
+   * of 3 masters and 3 replicas (sharded pub/sub; jobwire only: the baseline and the floor
+   * speak to one Redis). */
+  readonly broker?: 'redis' | 'cluster'
 }
 
 export interface SweepScenario {
@@ -85,6 +89,7 @@ export function benchPlan(size: Size): BenchPlan {
       scenarios: [
         { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
         { kind: 'stream', id: 'broadcast', title: 'broadcast (quick: 2,000 sockets)', sockets: 2000, jobs: 2, ratePerSec: 10, aim: { p99Ms: 10 } },
+        { kind: 'stream', id: 'cluster', title: 'seed claim on Redis Cluster', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, broker: 'cluster' },
       ],
     }
   }
@@ -96,6 +101,8 @@ export function benchPlan(size: Size): BenchPlan {
       { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
       { kind: 'stream', id: 'edge', title: 'edge node', sockets: 10_000, jobs: 1000, ratePerSec: 2000, aim: { p99Ms: 3 } },
       { kind: 'stream', id: 'broadcast', title: 'broadcast-heavy', sockets: 10_000, jobs: 10, ratePerSec: 50, aim: { p99Ms: 10 } },
+      { kind: 'stream', id: 'cluster', title: 'seed claim on Redis Cluster', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, broker: 'cluster' },
+      { kind: 'stream', id: 'cluster-edge', title: 'edge node on Redis Cluster', sockets: 10_000, jobs: 1000, ratePerSec: 2000, aim: { p99Ms: 3 }, broker: 'cluster' },
       { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, fan-out 1,000', sockets: 10_000, jobs: 10, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
       { kind: 'sweep', id: 'sweep-1000', title: 'throughput sweep, fan-out 10', sockets: 10_000, jobs: 1000, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
       { kind: 'idle', id: 'idle', title: 'idle density', sockets: 50_000, connectProbe: 10_000, aim: { bytesPerConnection: 2048, connectMs: 1000 } },

@@ -82,9 +82,9 @@ export const PROFILE_DIR = projectPath('bench', 'results', 'profiles')
  * thread's arena keeps freed memory and RSS grows by ~0.6 KB per connection). */
 const ENV = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' }
 
-export async function startJobwire(redisUrl: string, workers: number, extra: string[] = [], profile = false): Promise<Running> {
+export async function startJobwire(redisUrl: string, workers: number, extra: string[] = [], profile = false, extraNodeArgs: readonly string[] = []): Promise<Running> {
   const port = await freePort()
-  const nodeArgs = profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []
+  const nodeArgs = [...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []), ...extraNodeArgs]
   // The caps on connections and messages per address are off: all the load comes from a few
   // loopback addresses, which the defaults would (rightly) treat as a flood.
   const proc = spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,

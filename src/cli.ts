@@ -9,7 +9,7 @@ import { SignJWT } from 'jose'
 import { configHelp, ConfigError, helpColumns, loadConfig, OPTIONS } from './support/config.js'
 import { projectPath } from './support/paths.js'
 import { redactRedisUrl, redisCause } from './support/redis-problem.js'
-import { clusterClient, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
+import { clusterClient, nodeOptions, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
 import { ProducerError } from './producer/merge.js'
 import { Producer } from './producer/producer.js'
 import { isValidJobId, JOB_ID_RULE, MAX_JOB_ID_LENGTH, type JobPayload } from './wire/protocol.js'
@@ -276,6 +276,26 @@ function publishTarget(redisFlag: string | undefined, clusterFlag: string | unde
   return { kind: 'gateway', url: DEFAULT_GATEWAY }
 }
 
+/** Why the first node cannot be reached, from a plain connection to it: ioredis' cluster
+ * client reports every unreachable node as "Connection is closed." */
+async function seedProblem(seeds: ClusterSeeds): Promise<Error | null> {
+  const node = seeds.nodes[0]!
+  const probe = new Redis({ host: node.host, port: node.port, ...nodeOptions(seeds), lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 5000 })
+  let socketError: Error | null = null
+  probe.on('error', (err: Error) => {
+    socketError ??= err
+  })
+  try {
+    await probe.connect()
+    await probe.ping()
+    return null
+  } catch (err) {
+    return socketError ?? (err as Error)
+  } finally {
+    probe.disconnect()
+  }
+}
+
 /** Straight to a Redis Cluster: the producer script in the cluster layout, on sharded pub/sub. */
 async function publishViaCluster(
   seeds: ClusterSeeds,
@@ -296,7 +316,7 @@ async function publishViaCluster(
     await cluster.connect()
   } catch (err) {
     cluster.disconnect()
-    return fail(`cannot reach ${where}: ${redisCause(socketError ?? (err as Error))}`)
+    return fail(`cannot reach ${where}: ${redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
   }
   const { plain, owner, ...names } = options
   const producer = new Producer({ cluster, ...names })

@@ -2,11 +2,15 @@
  * exactly as a producer does (EVALSHA of src/producer/progress.lua, or a plain PUBLISH), each
  * message stamped, right before it is written, with CLOCK_MONOTONIC microseconds as the
  * payload's last field "t". Messages go out at their due times (ppoll with microsecond
- * timeouts); replies are counted as they come back, in order.
+ * timeouts); replies are counted as they come back, in order on each connection.
  *
- *   publisher REDIS_HOST REDIS_PORT SCRIPT_PATH
- *   stdin:  run RATE DURATION_MS script|publish JOBS JOBPREFIX KEYPREFIX CHANNELPREFIX
- *   stdout: {"type":"done","sent":..,"failed":..,"perJob":{..},"cpuMicros":..,"lagMs":..,"elapsedMs":..} */
+ *   publisher REDIS_HOST REDIS_PORT[,REDIS_PORT...] SCRIPT_PATH
+ *   stdin:  run RATE DURATION_MS script|publish JOBS JOBPREFIX KEYPREFIX CHANNELPREFIX [ROUTE]
+ *   stdout: {"type":"done","sent":..,"failed":..,"perJob":{..},"cpuMicros":..,"lagMs":..,"elapsedMs":..}
+ *
+ * Redis Cluster: one port per master, and ROUTE names each job's master, one letter per job
+ * ('a' = the first port). The script then runs in the cluster layout (key
+ * <prefix>job:{<channel>}, ARGV[9] SPUBLISH), as the gateway's producers do there. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,44 +23,58 @@
 #include <unistd.h>
 #include "common.h"
 
-static int rfd;
+#define MAX_CONNS 16
+#define MAX_JOBS 4096
+
+/* One Redis connection (one per master on a cluster), with the jobs whose replies are due on
+ * it, in the order they were sent. */
+typedef struct {
+  int fd;
+  char *out;
+  size_t out_len, out_cap;
+  char rbuf[65536];
+  size_t rlen;
+  int *due;
+  long head, tail;
+} conn_t;
+
+static conn_t conns[MAX_CONNS];
+static int nconns;
 static char sha[41];
-static char *out;
-static size_t out_len, out_cap;
 
 static void die(const char *what) {
   fprintf(stderr, "publisher: %s: %s\n", what, strerror(errno));
   exit(1);
 }
 
-static void append(const char *s, size_t n) {
-  if (out_len + n > out_cap) { out_cap = (out_len + n) * 2 + 4096; out = realloc(out, out_cap); }
-  memcpy(out + out_len, s, n); out_len += n;
+static void append(conn_t *c, const char *s, size_t n) {
+  if (c->out_len + n > c->out_cap) { c->out_cap = (c->out_len + n) * 2 + 4096; c->out = realloc(c->out, c->out_cap); }
+  memcpy(c->out + c->out_len, s, n); c->out_len += n;
 }
 
-static void bulk(const char *s, size_t n) {
+static void bulk(conn_t *c, const char *s, size_t n) {
   char head[32];
   int h = snprintf(head, sizeof head, "$%zu\r\n", n);
-  append(head, (size_t)h); append(s, n); append("\r\n", 2);
+  append(c, head, (size_t)h); append(c, s, n); append(c, "\r\n", 2);
 }
 
-static void flush_out(void) {
+static void flush_out(conn_t *c) {
   size_t done = 0;
-  while (done < out_len) {
-    ssize_t w = write(rfd, out + done, out_len - done);
+  while (done < c->out_len) {
+    ssize_t w = write(c->fd, c->out + done, c->out_len - done);
     if (w > 0) { done += (size_t)w; continue; }
     if (w < 0 && errno != EAGAIN && errno != EINTR) die("write to redis");
-    struct pollfd p = {.fd = rfd, .events = POLLOUT};
+    struct pollfd p = {.fd = c->fd, .events = POLLOUT};
     poll(&p, 1, 100);
   }
-  out_len = 0;
+  c->out_len = 0;
 }
 
 /* Reads one RESP reply line (blocking; setup only). */
-static void read_line(char *buf, size_t cap) {
+static void read_line(conn_t *c, char *buf, size_t cap) {
   size_t n = 0;
   while (n + 1 < cap) {
-    ssize_t r = read(rfd, buf + n, 1);
+    ssize_t r = read(c->fd, buf + n, 1);
     if (r <= 0) die("read from redis");
     if (buf[n] == '\n') break;
     n++;
@@ -64,49 +82,57 @@ static void read_line(char *buf, size_t cap) {
   buf[n] = 0;
 }
 
-static void load_script(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) die(path);
+static void load_script(conn_t *c, const char *lua, size_t size) {
+  append(c, "*3\r\n", 4); bulk(c, "SCRIPT", 6); bulk(c, "LOAD", 4); bulk(c, lua, size);
+  flush_out(c);
+  char line[128];
+  read_line(c, line, sizeof line);
+  if (line[0] != '$') { fprintf(stderr, "publisher: SCRIPT LOAD failed: %s\n", line); exit(1); }
+  read_line(c, line, sizeof line);
+  memcpy(sha, line, 40); sha[40] = 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) { fprintf(stderr, "usage: publisher REDIS_HOST REDIS_PORT[,REDIS_PORT...] SCRIPT_PATH\n"); return 2; }
+  FILE *f = fopen(argv[3], "rb");
+  if (!f) die(argv[3]);
   fseek(f, 0, SEEK_END); long size = ftell(f); rewind(f);
   char *lua = malloc((size_t)size);
   if (fread(lua, 1, (size_t)size, f) != (size_t)size) die("read script");
   fclose(f);
-  append("*3\r\n", 4); bulk("SCRIPT", 6); bulk("LOAD", 4); bulk(lua, (size_t)size);
-  flush_out();
-  char line[128];
-  read_line(line, sizeof line);
-  if (line[0] != '$') { fprintf(stderr, "publisher: SCRIPT LOAD failed: %s\n", line); exit(1); }
-  read_line(line, sizeof line);
-  memcpy(sha, line, 40); sha[40] = 0;
+  for (char *port = strtok(argv[2], ","); port && nconns < MAX_CONNS; port = strtok(NULL, ",")) {
+    conn_t *c = &conns[nconns++];
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port))};
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0) die("connect to redis");
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    load_script(c, lua, (size_t)size);
+    fcntl(c->fd, F_SETFL, O_NONBLOCK);
+  }
   free(lua);
-}
 
-int main(int argc, char **argv) {
-  if (argc != 4) { fprintf(stderr, "usage: publisher REDIS_HOST REDIS_PORT SCRIPT_PATH\n"); return 2; }
-  rfd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
-  inet_pton(AF_INET, argv[1], &a.sin_addr);
-  if (connect(rfd, (struct sockaddr *)&a, sizeof a) < 0) die("connect to redis");
-  int one = 1;
-  setsockopt(rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  load_script(argv[3]);
-  fcntl(rfd, F_SETFL, O_NONBLOCK);
-
-  char cmd[512];
+  char cmd[8192];
   while (fgets(cmd, sizeof cmd, stdin)) {
-    double rate; long duration_ms; int jobs; char via[16], prefix[64], key_prefix[64], chan_prefix[64];
-    if (sscanf(cmd, "run %lf %ld %15s %d %63s %63s %63s", &rate, &duration_ms, via, &jobs, prefix, key_prefix, chan_prefix) != 7) {
+    double rate; long duration_ms; int jobs; char via[16], prefix[64], key_prefix[64], chan_prefix[64], route[MAX_JOBS + 1] = "";
+    int fields = sscanf(cmd, "run %lf %ld %15s %d %63s %63s %63s %4096s", &rate, &duration_ms, via, &jobs, prefix, key_prefix, chan_prefix, route);
+    int cluster = fields == 8;
+    if ((fields != 7 && !cluster) || jobs < 1 || (cluster && (int)strlen(route) != jobs)) {
       fprintf(stderr, "publisher: bad command: %s", cmd);
       continue;
     }
+    int bad_route = 0;
+    for (int j = 0; cluster && j < jobs; j++) if (route[j] < 'a' || route[j] - 'a' >= nconns) bad_route = 1;
+    if (bad_route) { fprintf(stderr, "publisher: the route names a port it was not given\n"); continue; }
     int script = strcmp(via, "script") == 0;
     long total = (long)(rate * (double)duration_ms / 1000.0 + 0.5);
     uint64_t *per_job = calloc((size_t)jobs, sizeof *per_job);
+    for (int i = 0; i < nconns; i++) { conns[i].due = malloc((size_t)(total + 1) * sizeof(int)); conns[i].head = conns[i].tail = 0; conns[i].rlen = 0; }
     long sent = 0, replied = 0, failed = 0;
     char first_error[128] = "";
     double cpu0 = cpu_us(), start = now_us(), lag = 0;
-    char rbuf[65536]; size_t rlen = 0;
-    char payload[160], key[160], chan[160];
+    char payload[160], key[200], chan[160];
     double deadline = start + (double)duration_ms * 1000 + 10e6;
     while (replied < total && now_us() < deadline) {
       double now = now_us();
@@ -114,43 +140,55 @@ int main(int argc, char **argv) {
       if (due > total) due = total;
       while (sent < due) {
         int job = (int)(sent % jobs);
+        conn_t *c = &conns[cluster ? route[job] - 'a' : 0];
         int pl = snprintf(payload, sizeof payload, "{\"status\":\"processing\",\"progress\":%.1f,\"message\":\"transcoding\",\"t\":%.3f}",
                           (double)(sent % 100) + 0.5, now_us());
         int cl = snprintf(chan, sizeof chan, "%s%s%d", chan_prefix, prefix, job);
-        if (script) {
+        if (script && cluster) {
+          int kl = snprintf(key, sizeof key, "%sjob:{%s}", key_prefix, chan);
+          append(c, "*13\r\n", 5); bulk(c, "EVALSHA", 7); bulk(c, sha, 40); bulk(c, "1", 1); bulk(c, key, (size_t)kl); bulk(c, chan, (size_t)cl); bulk(c, payload, (size_t)pl);
+          for (int k = 0; k < 6; k++) bulk(c, "", 0);
+          bulk(c, "SPUBLISH", 8);
+        } else if (script) {
           int kl = snprintf(key, sizeof key, "%sjob:%s%d", key_prefix, prefix, job);
-          append("*6\r\n", 4); bulk("EVALSHA", 7); bulk(sha, 40); bulk("1", 1); bulk(key, (size_t)kl); bulk(chan, (size_t)cl); bulk(payload, (size_t)pl);
+          append(c, "*6\r\n", 4); bulk(c, "EVALSHA", 7); bulk(c, sha, 40); bulk(c, "1", 1); bulk(c, key, (size_t)kl); bulk(c, chan, (size_t)cl); bulk(c, payload, (size_t)pl);
         } else {
-          append("*3\r\n", 4); bulk("PUBLISH", 7); bulk(chan, (size_t)cl); bulk(payload, (size_t)pl);
+          append(c, "*3\r\n", 4); bulk(c, "PUBLISH", 7); bulk(c, chan, (size_t)cl); bulk(c, payload, (size_t)pl);
         }
+        c->due[c->tail++] = job;
         sent++;
       }
-      if (out_len) flush_out();
+      for (int i = 0; i < nconns; i++) if (conns[i].out_len) flush_out(&conns[i]);
       if (sent == total && lag == 0) lag = now_us() - start - (double)duration_ms * 1000;
       /* Sleep until the next message is due or a reply arrives. */
       double next_due = start + (double)(sent + 1) * 1e6 / rate;
       double wait_us = sent < total ? next_due - now_us() : 1000;
       if (wait_us < 0) wait_us = 0;
       struct timespec ts = {.tv_sec = (time_t)(wait_us / 1e6), .tv_nsec = (long)((wait_us - (double)(long)(wait_us / 1e6) * 1e6) * 1000)};
-      struct pollfd p = {.fd = rfd, .events = POLLIN};
-      if (ppoll(&p, 1, &ts, NULL) > 0) {
-        ssize_t r = read(rfd, rbuf + rlen, sizeof rbuf - rlen);
-        if (r > 0) {
-          rlen += (size_t)r;
+      struct pollfd p[MAX_CONNS];
+      for (int i = 0; i < nconns; i++) p[i] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
+      if (ppoll(p, (nfds_t)nconns, &ts, NULL) > 0) {
+        for (int i = 0; i < nconns; i++) {
+          if (!(p[i].revents & POLLIN)) continue;
+          conn_t *c = &conns[i];
+          ssize_t r = read(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen);
+          if (r <= 0) continue;
+          c->rlen += (size_t)r;
           size_t at = 0;
           char *nl;
-          while ((nl = memchr(rbuf + at, '\n', rlen - at))) {
-            int job = (int)(replied % jobs);
-            if (rbuf[at] == '-') {
+          /* Every reply here is one line: an integer, or an error. */
+          while ((nl = memchr(c->rbuf + at, '\n', c->rlen - at)) && c->head < c->tail) {
+            int job = c->due[c->head++];
+            if (c->rbuf[at] == '-') {
               failed++;
-              if (!first_error[0]) snprintf(first_error, sizeof first_error, "%.*s", (int)(nl - (rbuf + at) - 1), rbuf + at + 1);
+              if (!first_error[0]) snprintf(first_error, sizeof first_error, "%.*s", (int)(nl - (c->rbuf + at) - 1), c->rbuf + at + 1);
             } else {
               per_job[job]++;
             }
             replied++;
-            at = (size_t)(nl - rbuf) + 1;
+            at = (size_t)(nl - c->rbuf) + 1;
           }
-          memmove(rbuf, rbuf + at, rlen - at); rlen -= at;
+          memmove(c->rbuf, c->rbuf + at, c->rlen - at); c->rlen -= at;
         }
       }
     }
@@ -162,6 +200,7 @@ int main(int argc, char **argv) {
     printf("}}\n");
     fflush(stdout);
     free(per_job);
+    for (int i = 0; i < nconns; i++) free(conns[i].due);
   }
   return 0;
 }

@@ -67,12 +67,16 @@ export function clusterClient(seeds: ClusterSeeds, options: ClusterOptions = {})
   })
 }
 
-/** A plain PUBLISH on a cluster, sent to the master of the channel's slot. A cluster relays a
- * message to the other nodes from the node it was sent to, so messages sent to different
- * nodes (ioredis picks one at random for a command without a key) can overtake each other;
- * one node per channel keeps a job's messages in order. */
+/** A plain PUBLISH on a cluster, always sent through the same node for a channel (a master
+ * picked by the channel's slot). A cluster relays a message to the other nodes from the node
+ * it was sent to, so messages sent to different nodes (ioredis picks one at random for a
+ * command without a key) can overtake each other; one node per channel keeps a job's messages
+ * in order. (Not the slot's owner from ioredis' slot map: a MOVED for one slot rewrites it for
+ * the slot's whole range until the next refresh.) */
 export async function publishInOrder(cluster: Cluster, channel: string, payload: Buffer | string): Promise<void> {
-  const owner = cluster.slots[keySlot(channel)]?.[0]
-  const node = owner === undefined ? undefined : cluster.nodes('master').find((n) => `${n.options.host}:${n.options.port}` === owner)
+  const masters = cluster.nodes('master')
+  const key = (node: { options: { host?: string; port?: number } }) => `${node.options.host}:${node.options.port}`
+  masters.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0))
+  const node = masters[keySlot(channel) % Math.max(1, masters.length)]
   await (node ?? cluster).publish(channel, payload)
 }

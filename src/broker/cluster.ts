@@ -100,7 +100,11 @@ export class ClusterBroker implements Broker {
   private classic: Lane | null = null
   /** The node whose classic lane failed last, avoided for the next one when there is another. */
   private classicFailedOn: string | null = null
-  /** MOVED answers newer than the client's slot map, by slot. */
+  /** Each slot's master as of the client's last slot map refresh. A copy: ioredis shares one
+   * array among all the slots of a range and, on a MOVED for one slot, rewrites it for them
+   * all until the next refresh. */
+  private owners: Array<string | undefined> = []
+  /** MOVED answers newer than the last refresh, by slot. */
   private readonly redirects = new Map<number, string>()
   private listener: BrokerListener | null = null
   private current: BrokerState = 'connecting'
@@ -136,6 +140,9 @@ export class ClusterBroker implements Broker {
   start(listener: BrokerListener): void {
     this.listener = listener
     defineProgressScript(this.cmd)
+    this.cmd.on('refresh', () => {
+      this.owners = this.cmd.slots.map((nodes) => nodes?.[0])
+    })
     for (const event of ['ready', 'close', 'reconnecting', 'end']) this.cmd.on(event, () => this.settle())
     // Masters' connections leave the pool when they end: with none left, ask whether any node
     // still answers.
@@ -216,7 +223,7 @@ export class ClusterBroker implements Broker {
     const masters = new Map(this.cmd.nodes('master').map((node) => [`${node.options.host}:${node.options.port}`, node]))
     const byNode = new Map<Redis, number[]>()
     for (let i = 0; i < keys.length; i++) {
-      const node = masters.get(this.cmd.slots[keySlot(keys[i]!)]?.[0] ?? '')
+      const node = masters.get(this.ownerOf(keySlot(keys[i]!)) ?? '')
       if (node !== undefined) group(byNode, node, () => []).push(i)
     }
     const read = (i: number) => this.cmd.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen')
@@ -348,7 +355,7 @@ export class ClusterBroker implements Broker {
   }
 
   private ownerOf(slot: number): string | undefined {
-    return this.redirects.get(slot) ?? this.cmd.slots[slot]?.[0]
+    return this.redirects.get(slot) ?? this.owners[slot]
   }
 
   private sendSharded(lane: Lane, slot: number, channels: Channel[]): void {
@@ -595,7 +602,7 @@ export class ClusterBroker implements Broker {
       if (this.closed() || this.unreachable) return
       this.dropAgreedRedirects()
       const owners = new Set<string>(this.redirects.values())
-      for (const nodes of this.cmd.slots) if (nodes?.[0] !== undefined) owners.add(nodes[0])
+      for (const node of this.owners) if (node !== undefined) owners.add(node)
       for (const lane of [...this.sharded.values()]) {
         // A master that no longer owns a slot (its slots migrated, or it is a replica now).
         if (lane.channels.size === 0 && !owners.has(lane.node)) {
@@ -624,7 +631,7 @@ export class ClusterBroker implements Broker {
   }
 
   private dropAgreedRedirects(): void {
-    for (const [slot, node] of this.redirects) if (this.cmd.slots[slot]?.[0] === node) this.redirects.delete(slot)
+    for (const [slot, node] of this.redirects) if (this.owners[slot] === node) this.redirects.delete(slot)
   }
 
   /** Unsubscribes still belong in order on their lane; a failure means the lane went or the

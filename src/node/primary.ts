@@ -7,7 +7,8 @@ import { LocalAdmission, type AdmissionRequest } from '../access/admission.js'
 import { accessControl } from '../access/policy.js'
 import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, type Config } from '../support/config.js'
-import { flushLogs, type Logger } from '../support/log.js'
+import { droppedLogLines, flushLogs, forwardLog, type Logger } from '../support/log.js'
+import { LATENCY_BUCKETS } from '../support/metrics.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
@@ -53,6 +54,20 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   const held = workers.map(() => new Map<number, AdmissionRequest>())
   const answers = new Calls<NodeAnswer | null>()
 
+  /** What the primary itself counts: the log lines it dropped (it writes the workers' output). */
+  function primaryMetrics(): NodeAnswer {
+    return {
+      kind: 'metrics',
+      metrics: {
+        counters: { log_lines_dropped_total: droppedLogLines() },
+        labelled: {},
+        gauges: {},
+        latency: { counts: new Array<number>(LATENCY_BUCKETS.length + 1).fill(0), sum: 0, count: 0 },
+        processes: [],
+      },
+    }
+  }
+
   async function collect(request: NodeRequest): Promise<NodeAnswer[]> {
     const live = workers.filter((w): w is ChildProcess => w !== null && w.connected)
     const replies = await Promise.all(live.map((w) => answers.ask(
@@ -66,7 +81,14 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
       // by ~0.6 KB per connection (measured; see README, Performance).
       env: { MALLOC_ARENA_MAX: '2', ...process.env, [WORKER_ENV]: String(index) },
       execArgv: process.execArgv,
+      // The workers' output comes through the primary rather than straight to the shared
+      // stdout: a process that exits restores its stdio's blocking mode (Node's ResetStdio),
+      // which on a shared pipe would make the primary's next log write block for ever while
+      // the reader stalls. Only the primary touches the real stdout.
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     })
+    child.stdout!.on('data', forwardLog)
+    child.stderr!.on('data', forwardLog)
     workers[index] = child
     startedAt[index] = Date.now()
     const reply = (message: PrimaryMessage) => {
@@ -79,7 +101,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
           if (++listening === config.workers) announce(log, config, message.port, uwsDetail, 'redis', config.workers)
           return
         case 'node-query':
-          return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: all }))
+          return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: message.request.kind === 'metrics' ? [...all, primaryMetrics()] : all }))
         case 'node-answer':
           return answers.answer(message.id, message.answer)
         case 'charge':

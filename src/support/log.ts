@@ -136,6 +136,12 @@ function prettyDestination(writer: StdoutWriter): DestinationStream {
 }
 
 /** Log lines dropped because stdout did not take them in time. */
+/** Output of a worker process, passed on to this process's stdout under the same bound. */
+export function forwardLog(chunk: Buffer): void {
+  if (stdout === null) stdout = stdoutWriter(1024 * 1024)
+  stdout.write(chunk.toString('utf8'))
+}
+
 export function droppedLogLines(): number {
   return dropped
 }
