@@ -50,6 +50,7 @@ ${helpColumns([
     ['--message <text>', 'human-readable message'],
     ['--data <json>', 'a JSON object with further fields (--status etc. override its keys)'],
     ['--owner <user>', 'record this user as the job\'s owner'],
+    ['--replace', 'store this update as the whole state (by default its fields are merged into the stored ones)'],
     ['--plain', 'a plain PUBLISH (nothing stored, no seq), as pre-jobwire workers do; needs Redis'],
     ['--redis <url>', 'publish straight to this Redis\n[env REDIS_URL]'],
     ['--redis-cluster <nodes>', 'publish straight to this Redis Cluster, host:port[,host:port...] (sharded pub/sub)\n[env REDIS_CLUSTER]'],
@@ -164,6 +165,7 @@ async function runPublish(args: readonly string[]): Promise<number> {
         data: { type: 'string' },
         owner: { type: 'string' },
         plain: { type: 'boolean' },
+        replace: { type: 'boolean' },
         redis: { type: 'string' },
         'redis-cluster': { type: 'string' },
         gateway: { type: 'string' },
@@ -222,11 +224,11 @@ async function runPublish(args: readonly string[]): Promise<number> {
       ...(values['channel-prefix'] ? { channelPrefix: values['channel-prefix'] } : {}),
       ...(values['key-prefix'] ? { keyPrefix: values['key-prefix'] } : {}),
     }
-    return publishViaCluster(seeds, jobId, payload, { plain: values.plain === true, owner: values.owner, ...prefixes })
+    return publishViaCluster(seeds, jobId, payload, { plain: values.plain === true, replace: values.replace === true, owner: values.owner, ...prefixes })
   }
   if (target.kind === 'gateway') {
     if (values.plain) return fail(`--plain needs Redis (--redis redis://host:port): the producer API of ${target.url} always stores state`)
-    return publishViaGateway(target.url, jobId, payload, values.owner, values['producer-key'] ?? process.env.JOBWIRE_PRODUCER_KEY)
+    return publishViaGateway(target.url, jobId, payload, values.owner, values['producer-key'] ?? process.env.JOBWIRE_PRODUCER_KEY, values.replace === true)
   }
   if (!/^rediss?:\/\/./.test(target.url)) return fail(`'${target.url}' is not a Redis URL like redis://127.0.0.1:6379`)
   const where = `Redis at ${redactRedisUrl(target.url)}`
@@ -253,7 +255,7 @@ async function runPublish(args: readonly string[]): Promise<number> {
       await producer.publish(jobId, payload)
       process.stdout.write(`published ${jobId} (plain PUBLISH, not stored) to ${where}\n`)
     } else {
-      const seq = await producer.progress(jobId, payload, values.owner ? { owner: values.owner } : {})
+      const seq = await producer.progress(jobId, payload, { ...(values.owner ? { owner: values.owner } : {}), ...(values.replace ? { replace: true } : {}) })
       process.stdout.write(`published ${jobId} seq=${seq} to ${where}\n`)
     }
     return 0
@@ -301,7 +303,7 @@ async function publishViaCluster(
   seeds: ClusterSeeds,
   jobId: string,
   payload: JobPayload,
-  options: { plain: boolean; owner: string | undefined; channelPrefix?: string; keyPrefix?: string },
+  options: { plain: boolean; replace: boolean; owner: string | undefined; channelPrefix?: string; keyPrefix?: string },
 ): Promise<number> {
   const where = `Redis Cluster at ${seeds.nodes.map((n) => `${n.host}:${n.port}`).join(',')}`
   // Tried once, as a single Redis is: an unreachable cluster is reported with its cause at once.
@@ -318,14 +320,14 @@ async function publishViaCluster(
     cluster.disconnect()
     return fail(`cannot reach ${where}: ${redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
   }
-  const { plain, owner, ...names } = options
+  const { plain, replace, owner, ...names } = options
   const producer = new Producer({ cluster, ...names })
   try {
     if (plain) {
       await producer.publish(jobId, payload)
       process.stdout.write(`published ${jobId} (plain PUBLISH, not stored) to ${where}\n`)
     } else {
-      const seq = await producer.progress(jobId, payload, owner ? { owner } : {})
+      const seq = await producer.progress(jobId, payload, { ...(owner ? { owner } : {}), ...(replace ? { replace } : {}) })
       process.stdout.write(`published ${jobId} seq=${seq} to ${where} (sharded pub/sub)\n`)
     }
     return 0
@@ -337,7 +339,7 @@ async function publishViaCluster(
   }
 }
 
-async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined): Promise<number> {
+async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined, replace: boolean): Promise<number> {
   let url: URL
   try {
     url = new URL(`/jobs/${encodeURIComponent(jobId)}/progress`, gateway)
@@ -345,6 +347,7 @@ async function publishViaGateway(gateway: string, jobId: string, payload: JobPay
     return fail(`--gateway '${gateway}' is not a URL like http://127.0.0.1:8080`)
   }
   if (owner) url.searchParams.set('owner', owner)
+  if (replace) url.searchParams.set('replace', '1')
   try {
     const res = await fetch(url, {
       method: 'POST',
