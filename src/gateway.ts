@@ -20,6 +20,7 @@ import { Readiness } from './node/readiness.js'
 import { Sources } from './sources/router.js'
 import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
+import { brokerListener, sourceHooks } from './stream/broker-events.js'
 import { Fanout } from './stream/fanout.js'
 import { Recorder } from './stream/recorder.js'
 import { Resync } from './stream/resync.js'
@@ -157,44 +158,9 @@ export class Gateway {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
     const bridge = createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
       (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder)
-    const userJobs = this.userJobs
-    this.broker.start({
-      // Users' announcements share the broker connection with job messages; while nobody
-      // watches a user, telling them apart costs one size check per message.
-      message: (channel, payload) => userJobs.isUserChannel(channel) ? userJobs.deliver(channel, payload) : bridge(channel, payload),
-      state: (state) => {
-        if (state !== 'ready') {
-          this.watched.markAllDown()
-          userJobs.channels.markAllDown()
-        }
-        this.readiness.check()
-      },
-      restored: (dataLost) => {
-        if (dataLost) this.watched.forgetSeen()
-        this.watched.markAllLive()
-        userJobs.channels.markAllLive()
-        this.readiness.check()
-        void this.resync.start()
-        void userJobs.resync()
-      },
-      // Redis Cluster: one shard failed over, or a slot moved; only its jobs missed messages.
-      // The resync covers every job: more than needed, and failovers are rare.
-      channelsRestored: (channels, dataLost) => {
-        const prefix = this.config.channelPrefix
-        if (dataLost) for (const channel of channels) if (channel.startsWith(prefix)) this.watched.get(channel.slice(prefix.length))?.forget()
-        void this.resync.start()
-        void userJobs.resync()
-      },
-    })
-    // Source jobs go through the same bridge: a source's payload is a producer's payload.
-    this.sources.start({
-      message: bridge,
-      live: (jobIds, live) => this.watched.sourceLive(jobIds, live),
-      restored: (jobIds, dataLost) => {
-        if (dataLost) for (const jobId of jobIds) this.watched.get(jobId)?.forget()
-        void this.resync.start()
-      },
-    })
+    const parts = { watched: this.watched, userJobs: this.userJobs, resync: this.resync, readiness: this.readiness, channelPrefix: this.config.channelPrefix }
+    this.broker.start(brokerListener(parts, bridge))
+    this.sources.start(sourceHooks(parts, bridge))
     if (this.config.subscriptionMode === 'pattern') {
       this.watched.subscribePattern().then(() => this.readiness.check(),
         (err: Error) => this.log.error({ err: err.message }, 'pattern subscription failed'))
@@ -222,10 +188,7 @@ export class Gateway {
 
   /** For the admin page: this process's most watched jobs. */
   private workerJobs(top: number): WorkerJobs {
-    const jobs: Array<{ job_id: string; watchers: number }> = []
-    for (const job of this.watched.values()) jobs.push({ job_id: job.id, watchers: this.watched.holders(job) })
-    jobs.sort((a, b) => b.watchers - a.watchers)
-    return { pid: process.pid, connections: this.connections.size, jobsWatched: this.watched.size, top: jobs.slice(0, top) }
+    return { pid: process.pid, connections: this.connections.size, jobsWatched: this.watched.size, top: this.watched.mostWatched(top) }
   }
 
   metricsSnapshot(): MetricsSnapshot {

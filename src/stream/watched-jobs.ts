@@ -226,6 +226,13 @@ export class WatchedJobs {
     return this.holds.get(job.id)?.refs ?? 0
   }
 
+  /** The `top` jobs with the most holders (for the admin page). */
+  mostWatched(top: number): Array<{ job_id: string; watchers: number }> {
+    const jobs: Array<{ job_id: string; watchers: number }> = []
+    for (const hold of this.holds.values()) jobs.push({ job_id: hold.job.id, watchers: hold.refs })
+    return jobs.sort((a, b) => b.watchers - a.watchers).slice(0, top)
+  }
+
   /** Resolves once messages for the job are flowing from the broker. */
   whenLive(job: WatchedJob): Promise<void> {
     const hold = this.holds.get(job.id)

@@ -7,6 +7,7 @@
 // (jobwire_log_lines_dropped_total), never waited for. Nothing flushes synchronously at exit,
 // and no write can hold a thread that exit would wait for.
 
+import type { EventEmitter } from 'node:events'
 import { fstatSync, type Stats } from 'node:fs'
 import { Socket } from 'node:net'
 import { isatty } from 'node:tty'
@@ -46,16 +47,7 @@ function pipeWriter(bufferBytes: number): StdoutWriter {
       socket.write(line)
       return true
     },
-    drained: (ms) => new Promise((resolve) => {
-      if (socket.writableLength === 0 || socket.destroyed) return resolve()
-      const timer = setTimeout(done, ms)
-      function done(): void {
-        clearTimeout(timer)
-        socket.off('drain', done)
-        resolve()
-      }
-      socket.once('drain', done)
-    }),
+    drained: (ms) => socket.writableLength === 0 || socket.destroyed ? Promise.resolve() : nextDrain(socket, ms),
   }
 }
 
@@ -65,16 +57,21 @@ function fileWriter(bufferBytes: number): StdoutWriter {
   boom.on('error', () => dropped++)
   return {
     write: (line: string) => boom.write(line),
-    drained: (ms) => new Promise((resolve) => {
-      const timer = setTimeout(done, ms)
-      function done(): void {
-        clearTimeout(timer)
-        boom.off('drain', done)
-        resolve()
-      }
-      boom.once('drain', done)
-    }),
+    drained: (ms) => nextDrain(boom, ms),
   }
+}
+
+/** The emitter's next 'drain', or `ms`, whichever comes first. */
+function nextDrain(emitter: EventEmitter, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms)
+    function done(): void {
+      clearTimeout(timer)
+      emitter.off('drain', done)
+      resolve()
+    }
+    emitter.once('drain', done)
+  })
 }
 
 /** `bufferBytes`: log bytes held while stdout does not take them; beyond this they are dropped.
