@@ -9,13 +9,15 @@ import type { Message, TestClient } from './fixtures/ws-client.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** The newest state a client knows for a job, by seq, from job_status and job_update. */
+/** The state a client holds for a job, by the client library's rule: a job_status replaces it;
+ * a job_update of another epoch is the new truth, of the same epoch only if its seq is higher
+ * (Redis restarts empty here, so the producer begins again at seq 1 with a new epoch). */
 function latest(client: TestClient, jobId: string): Record<string, unknown> | null {
   let best: Record<string, unknown> | null = null
   for (const m of client.messages as Message[]) {
-    if ((m.type !== 'job_status' && m.type !== 'job_update') || m.job_id !== jobId || m.data === null) continue
-    const data = m.data as Record<string, unknown>
-    if (best === null || m.type === 'job_status' || (data.seq as number) > (best.seq as number)) best = data
+    if ((m.type !== 'job_status' && m.type !== 'job_update') || m.job_id !== jobId) continue
+    const data = m.data as Record<string, unknown> | null
+    if (m.type === 'job_status' || best === null || data!.epoch !== best.epoch || (data!.seq as number) > (best.seq as number)) best = data
   }
   return best
 }
