@@ -6,15 +6,19 @@
 // updates and is replaced by a new job id, which its watchers unsubscribe from and subscribe
 // to in turn (job ids are never reused, so per-job state that is never freed shows); tabs are
 // closed and reopened slowly (10 a second). Every second it reads each gateway process's RSS
-// and CPU time from /proc and times GET /healthz; GET /metrics gives the connection and
-// watched-job gauges. It exposes no V8 heap or event-loop figures, so RSS and CPU are what is
-// fitted and shown; the /healthz round trip stands in for event-loop delay (it includes the
-// harness's own, shown beside it).
+// and CPU time from /proc, times GET /healthz and reads GET /metrics: each process's V8 heap in
+// use, its event-loop delay histogram, and the connection and watched-job gauges.
 //
 // After a warm-up (the first 20% of the run: heaps, JIT code and buffers grow to their working
-// size) it fits a least-squares line to the floor of the summed RSS (its running minimum over
-// 15 s, below the sawtooth of V8's collections) over time and fails above
-// MAX_GROWTH_MB_PER_MIN. Why 2 MB/min: it is 120 MB an hour, ~2.9 GB a day, enough to exhaust
+// size) it decides on two figures, and fails when either is above MAX_GROWTH_MB_PER_MIN:
+// - the slope of a least-squares line through the floor of the summed V8 heap in use (its
+//   running minimum over 15 s: what survives collections, where leaked objects show);
+// - how far RSS's peak in the last fifth of the run rises above its peak in the second fifth,
+//   per minute between them. RSS is not fitted: V8 returns memory to the system in large steps
+//   (a run fell by 66 MB at 150 s and grew back to the same plateau by the end), and a line
+//   through one such dip and its refill reads as growth though the plateau never moved. A leak
+//   outside the heap (buffers, uWS, native code) raises the plateau instead, which this sees.
+// Why 2 MB/min: it is 120 MB an hour, ~2.9 GB a day, enough to exhaust
 // the container of a gateway that needs ~150 MB within a day, so any growth above it is a
 // defect even if it were not a leak; and it is small against what one leaked object per event
 // would cost here: 200 updates/s make 12,000 updates a minute, 6,000 frames/s make 360,000
@@ -76,12 +80,17 @@ interface Point {
   readonly t: number
   readonly rss: number[]
   readonly total: number
+  /** V8 heap in use, summed over the gateway's processes (NaN when /metrics did not answer) */
+  readonly heap: number
 }
 
 interface Row {
   readonly t: number
   readonly rssMb: number[]
   readonly totalMb: number
+  readonly heapMb: number
+  /** the worst process's event-loop delay p99 over the row, as a histogram bucket's bound */
+  readonly loopP99Ms: string
   readonly cpuPercent: number
   readonly healthzMs: { median: number; max: number }
   readonly harnessLoopP99Ms: number
@@ -176,6 +185,7 @@ async function main(): Promise<number> {
   let lastRowAt = t0
   let framesAtRow = 0
   let cpuAtRow = cpuTotal(node.pids())
+  let loopAtRow = loopBuckets(await node.metrics().catch(() => new Map<string, number>()))
   const initialPids = node.pids().join(',')
   let processChange = ''
 
@@ -216,17 +226,20 @@ async function main(): Promise<number> {
       log(processChange)
     }
     const rss = current.map(rssBytes)
-    points.push({ t: tickStart - t0, rss, total: rss.reduce((a, b) => a + b, 0) })
+    const gauges = await node.metrics().catch(() => new Map<string, number>())
+    points.push({ t: tickStart - t0, rss, total: rss.reduce((a, b) => a + b, 0), heap: heapInUse(gauges) })
     healthz.push(await probeHealthz(node.httpUrl))
 
     if (tickStart - lastRowAt >= ROW_EVERY_MS - 50) {
       const cpuNow = cpuTotal(current)
-      const gauges = await node.metrics().catch(() => new Map<string, number>())
+      const loopNow = loopBuckets(gauges)
       const sorted = [...healthz].sort((a, b) => a - b)
       rows.push({
         t: tickStart - t0,
         rssMb: rss.map(mb),
         totalMb: mb(points.at(-1)!.total),
+        heapMb: mb(points.at(-1)!.heap),
+        loopP99Ms: loopP99(loopAtRow, loopNow),
         cpuPercent: (100 * (cpuNow - cpuAtRow)) / 1000 / (tickStart - lastRowAt),
         healthzMs: { median: sorted[Math.floor(sorted.length / 2)] ?? 0, max: sorted.at(-1) ?? 0 },
         harnessLoopP99Ms: loop.percentile(99) / 1e6,
@@ -235,13 +248,14 @@ async function main(): Promise<number> {
         framesPerSec: ((frames - framesAtRow) * 1000) / (tickStart - lastRowAt),
       })
       const r = rows.at(-1)!
-      log(`t=${(r.t / 1000).toFixed(0)}s rss ${r.rssMb.map((m) => m.toFixed(1)).join(' + ')} = ${r.totalMb.toFixed(1)} MB, cpu ${r.cpuPercent.toFixed(0)}%, ` +
+      log(`t=${(r.t / 1000).toFixed(0)}s rss ${r.rssMb.map((m) => m.toFixed(1)).join(' + ')} = ${r.totalMb.toFixed(1)} MB, heap ${r.heapMb.toFixed(1)} MB, loop p99 ${r.loopP99Ms} ms, cpu ${r.cpuPercent.toFixed(0)}%, ` +
         `healthz ${r.healthzMs.median.toFixed(1)}/${r.healthzMs.max.toFixed(1)} ms, ${r.connections} sockets, ${r.jobsWatched} jobs watched, ${r.framesPerSec.toFixed(0)} frames/s`)
       healthz.length = 0
       loop.reset()
       lastRowAt = tickStart
       framesAtRow = frames
       cpuAtRow = cpuNow
+      loopAtRow = loopNow
     }
     await sleep(Math.max(0, 1000 - (Date.now() - tickStart)))
   }
@@ -250,16 +264,21 @@ async function main(): Promise<number> {
   // The fits, after the warm-up: of the floor (what the gateway keeps between collections),
   // which decides, and of every sample, for comparison.
   const measured = points.filter((p) => p.t >= DURATION_MS * WARMUP_SHARE)
+  const withHeap = measured.filter((p) => Number.isFinite(p.heap))
+  const heap = fit(floorOf(withHeap, (p) => p.heap))
   const total = fit(floorOf(measured, (p) => p.total))
   const raw = fit(measured.map((p) => [p.t / 60_000, p.total / 2 ** 20]))
   const perProcess = (measured[0]?.rss ?? []).map((_, i) => fit(floorOf(measured, (p) => p.rss[i] ?? 0)))
+  const plateau = rssPlateau(points)
 
   // Then quiet: no churn, producers stopped; every view must equal the stored state.
   for (const id of left.keys()) tabs[id]!.rejoin()
   await producer.stop()
   const settled = await settle()
-  const verdictOk = total.slope <= MAX_GROWTH_MB_PER_MIN && processChange === ''
-  writeReport({ rows, total, raw, perProcess, measured: measured.length, settled, processChange, verdictOk, pids: node.pids() })
+  const heapSampled = withHeap.length >= measured.length * 0.9
+  const verdictOk = heapSampled && heap.slope <= MAX_GROWTH_MB_PER_MIN && plateau.perMinute <= MAX_GROWTH_MB_PER_MIN &&
+    processChange === '' && settled.behind === 0
+  writeReport({ rows, heap, heapSamples: withHeap.length, total, raw, perProcess, plateau, measured: measured.length, settled, processChange, verdictOk, pids: node.pids() })
   clearTimeout(timeout)
   return verdictOk ? 0 : 1
 }
@@ -289,6 +308,57 @@ async function probeHealthz(url: string): Promise<number> {
     return 2000
   }
   return performance.now() - t
+}
+
+/** process -> cumulative counts per bucket of jobwire_event_loop_delay_seconds */
+type LoopBuckets = Map<string, Array<[number, number]>>
+
+function heapInUse(gauges: ReadonlyMap<string, number>): number {
+  let sum = 0
+  let seen = 0
+  for (const [key, value] of gauges) {
+    if (!key.startsWith('jobwire_process_heap_used_bytes{')) continue
+    sum += value
+    seen++
+  }
+  return seen === 0 ? Number.NaN : sum
+}
+
+function loopBuckets(gauges: ReadonlyMap<string, number>): LoopBuckets {
+  const out: LoopBuckets = new Map()
+  for (const [key, value] of gauges) {
+    const m = /^jobwire_event_loop_delay_seconds_bucket\{process="([^"]+)",le="([^"]+)"\}$/.exec(key)
+    if (m === null) continue
+    const le = m[2] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[2])
+    const list = out.get(m[1]!) ?? []
+    list.push([le, value])
+    out.set(m[1]!, list)
+  }
+  return out
+}
+
+/** The worst process's p99 between two scrapes: the bound of the bucket that holds it. */
+function loopP99(before: LoopBuckets, after: LoopBuckets): string {
+  let worst = -1
+  for (const [process, buckets] of after) {
+    const earlier = new Map(before.get(process) ?? [])
+    const delta = buckets.map(([le, n]) => [le, n - (earlier.get(le) ?? 0)] as const)
+    const count = delta.at(-1)?.[1] ?? 0
+    if (count <= 0) continue
+    const at = delta.find(([, n]) => n >= count * 0.99)?.[0] ?? Number.POSITIVE_INFINITY
+    worst = Math.max(worst, at)
+  }
+  if (worst < 0) return 'n/a'
+  return worst === Number.POSITIVE_INFINITY ? '> 1000' : `≤ ${worst * 1000}`
+}
+
+/** RSS's peak in the last fifth of the run against its peak in the second fifth. */
+function rssPlateau(points: readonly Point[]): { before: number; after: number; perMinute: number } {
+  const peak = (from: number, to: number) => mb(Math.max(0, ...points.filter((p) => p.t >= DURATION_MS * from && p.t < DURATION_MS * to).map((p) => p.total)))
+  const before = peak(0.2, 0.4)
+  const after = peak(0.8, 1.01)
+  const minutes = (DURATION_MS * 0.6) / 60_000
+  return { before, after, perMinute: Math.max(0, after - before) / minutes }
 }
 
 function cpuTotal(pids: readonly number[]): number {
@@ -335,6 +405,9 @@ function fit(xy: ReadonlyArray<[number, number]>): { slope: number; r2: number; 
 
 interface Summary {
   rows: Row[]
+  heap: ReturnType<typeof fit>
+  heapSamples: number
+  plateau: ReturnType<typeof rssPlateau>
   total: ReturnType<typeof fit>
   raw: ReturnType<typeof fit>
   perProcess: Array<ReturnType<typeof fit>>
@@ -357,6 +430,7 @@ function commit(): string {
 
 function writeReport(s: Summary): void {
   const f1 = (n: number) => n.toFixed(1)
+  const f2 = (n: number) => n.toFixed(2)
   const names = ['primary', ...s.pids.slice(1).map((_, i) => `worker ${i + 1}`)]
   const lines: string[] = ['# jobwire soak run', '']
   lines.push(`${new Date().toISOString()}, commit ${commit()}, \`make soak\` with SOAK_MINUTES=${MINUTES}${SCALE === 1 ? '' : `, SOAK_SCALE=${SCALE}`}.`)
@@ -365,21 +439,27 @@ function writeReport(s: Summary): void {
     `${CHURN_PER_SEC} tabs a second close and reopen 1-3 s later. ${reconnects.toLocaleString('en-US')} reconnects in all. ` +
     `Load average ${loadAtStart.toFixed(1)} at the start, ${loadavg()[0]!.toFixed(1)} at the end (2 cores, shared with other work).`, '')
   const verdict = s.verdictOk ? 'PASS' : 'FAIL'
-  lines.push(`**${verdict}**: the floor of the summed gateway RSS grew **${f1(s.total.slope)} MB/min** after the ${WARMUP_SHARE * 100}% warm-up ` +
-    `(least squares over ${s.measured} one-second samples of the ${FLOOR_WINDOW_MS / 1000} s running minimum, r² ${s.total.r2.toFixed(2)}, ${f1(s.total.first)} -> ${f1(s.total.last)} MB); threshold ${MAX_GROWTH_MB_PER_MIN} MB/min. ` +
-    `The same fit through every raw sample: ${f1(s.raw.slope)} MB/min (${f1(s.raw.first)} -> ${f1(s.raw.last)} MB).` +
-    (s.processChange ? ` **A gateway process died or was replaced** (${s.processChange}): the figure is not valid.` : ''))
+  lines.push(`**${verdict}** (threshold ${MAX_GROWTH_MB_PER_MIN} MB/min for both figures):`, '',
+    `- V8 heap in use, summed over the gateway's processes: its floor grew **${f2(s.heap.slope)} MB/min** after the ${WARMUP_SHARE * 100}% warm-up ` +
+    `(least squares over ${s.heapSamples} of ${s.measured} one-second samples of the ${FLOOR_WINDOW_MS / 1000} s running minimum, r² ${s.heap.r2.toFixed(2)}, ${f1(s.heap.first)} -> ${f1(s.heap.last)} MB).` +
+    (s.heapSamples < s.measured * 0.9 ? ' **Too few /metrics samples answered for this figure to count.**' : ''),
+    `- RSS, summed: its peak in the last fifth of the run is ${f1(s.plateau.after)} MB against ${f1(s.plateau.before)} MB in the second fifth: **${f2(s.plateau.perMinute)} MB/min** of plateau growth. ` +
+    `For comparison, a line through RSS's ${FLOOR_WINDOW_MS / 1000} s floor has slope ${f1(s.total.slope)} MB/min (r² ${s.total.r2.toFixed(2)}, ${f1(s.total.first)} -> ${f1(s.total.last)} MB), through every raw sample ${f1(s.raw.slope)} MB/min; see "How to read it" for why that line does not decide.` +
+    (s.processChange ? ` **A gateway process died or was replaced** (${s.processChange}): the figures are not valid.` : ''))
   lines.push('', `Per process: ${s.perProcess.map((p, i) => `${names[i] ?? `process ${i}`} ${f1(p.slope)} MB/min (${f1(p.first)} -> ${f1(p.last)} MB)`).join(', ')}.`)
   lines.push('', `After the run (churn and producers stopped): ${s.settled.behind === 0 ? `all ${s.settled.views.toLocaleString('en-US')} views equal their job's stored state` : `${s.settled.behind} of ${s.settled.views} views differ from the stored state (${s.settled.examples.join('; ')})`}.`)
-  lines.push('', `| t | RSS ${names.join(' / ')} (MB) | RSS total (MB) | gateway CPU (% of a core) | /healthz round trip median / max (ms) | harness loop delay p99 (ms) | sockets | jobs watched | frames/s to tabs |`)
-  lines.push('|---|---|---|---|---|---|---|---|---|')
+  lines.push('', `| t | RSS ${names.join(' / ')} (MB) | RSS total (MB) | V8 heap in use, total (MB) | gateway event-loop delay p99 (ms) | gateway CPU (% of a core) | /healthz round trip median / max (ms) | harness loop delay p99 (ms) | sockets | jobs watched | frames/s to tabs |`)
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|')
   for (const r of s.rows) {
-    lines.push(`| ${(r.t / 1000).toFixed(0)} s | ${r.rssMb.map(f1).join(' / ')} | ${f1(r.totalMb)} | ${r.cpuPercent.toFixed(0)} | ${f1(r.healthzMs.median)} / ${f1(r.healthzMs.max)} | ${f1(r.harnessLoopP99Ms)} | ${r.connections.toLocaleString('en-US')} | ${r.jobsWatched} | ${r.framesPerSec.toFixed(0)} |`)
+    lines.push(`| ${(r.t / 1000).toFixed(0)} s | ${r.rssMb.map(f1).join(' / ')} | ${f1(r.totalMb)} | ${f1(r.heapMb)} | ${r.loopP99Ms} | ${r.cpuPercent.toFixed(0)} | ${f1(r.healthzMs.median)} / ${f1(r.healthzMs.max)} | ${f1(r.harnessLoopP99Ms)} | ${r.connections.toLocaleString('en-US')} | ${r.jobsWatched} | ${r.framesPerSec.toFixed(0)} |`)
   }
   lines.push('', '## How to read it', '',
-    `- RSS is VmRSS from /proc/<pid>/status of the primary and each worker, every second. The verdict fits the floor: at each second the least RSS of the last ${FLOOR_WINDOW_MS / 1000} s, since RSS saws by 10-20 MB with V8's collections and a line through a few teeth tilts with the phase the run starts and ends in; a leak raises the floor.`,
+    `- V8 heap in use is \`jobwire_process_heap_used_bytes\` from \`GET /metrics\`, summed over the primary and the workers, every second. The verdict fits its floor: at each second the least value of the last ${FLOOR_WINDOW_MS / 1000} s, which is what survived the last collections; leaked JavaScript objects raise it.`,
+    '- RSS is VmRSS from /proc/<pid>/status of the primary and each worker, every second. It is judged by its plateau, not by a line: V8 gives memory back to the system in steps of tens of MB and takes it again as the heap refills, so a line through one such dip and refill tilts upwards while the plateau stays put. Memory leaked outside the V8 heap (buffers, uWS, native code) raises the plateau.',
+    '- Event-loop delay is `jobwire_event_loop_delay_seconds` of each process between two rows; the worst process\'s p99 is shown as the bound of the histogram bucket that holds it.',
     '- The threshold and why it is 2 MB/min are explained at the top of bench/soak.ts: ~2.9 GB a day would exhaust a gateway\'s container within a day, while one leaked object per update, delivery, reconnect or job here would grow faster than that.',
-    '- `GET /metrics` has no V8 heap or event-loop figures, so none are shown; the /healthz round trip (answered by a worker\'s event loop) stands in for event-loop delay, with the harness\'s own loop delay beside it, since both share two cores.',
+    '- The /healthz round trip includes the harness\'s own event loop (its delay is beside it): the harness and the gateway share two cores.',
+    '- The run also fails when a gateway process dies or when, after the load stops, any tab\'s view differs from its job\'s stored state.',
     '- sockets and jobs watched are the gateway\'s gauges (jobs with a watcher, summed over workers; a job stays watched for --unsubscribe-delay-ms after its last watcher leaves). A count that grows row after row would be a leak in bookkeeping even if RSS did not show it yet.',
   )
   const text = lines.join('\n') + '\n'
