@@ -22,6 +22,9 @@ t.test('one process: RSS, heap and an event-loop delay histogram', async (t) => 
   const buckets = [...text.matchAll(/^jobwire_event_loop_delay_seconds_bucket\{process="main",le="([^"]+)"\} (\d+)$/gm)].map((m) => Number(m[2]))
   t.ok(buckets.length >= 10 && buckets.every((b, i) => i === 0 || b >= buckets[i - 1]!), 'cumulative buckets')
   t.equal(buckets.at(-1), value(text, 'jobwire_event_loop_delay_seconds_count{process="main"}'), '+Inf holds every sample')
+  // perf_hooks' ticks are 10 ms apart; an idle loop is late by far less than that, so at least
+  // half the samples sit below 10 ms (buckets[3] is le="0.01") once the interval is subtracted.
+  t.ok(buckets[3]! >= buckets.at(-1)! / 2, `an idle loop's delay excludes the 10 ms sampling interval (${buckets[3]} of ${buckets.at(-1)} samples <= 10 ms)`)
 })
 
 t.test('with workers: one series per worker', async (t) => {
