@@ -191,6 +191,11 @@ t.test('origin allowlist', async (t) => {
   t.equal(await refusedWith(connect(gw.wsUrl, undefined, { origin: 'https://example.org' })), 'upgrade refused: 403', 'the bare domain is not a subdomain')
   t.equal(await refusedWith(connect(gw.wsUrl, undefined, { origin: 'https://app.example.com.evil.com' })), 'upgrade refused: 403')
   t.equal(await refusedWith(connect(gw.wsUrl)), 'connected', 'non-browser clients send no Origin')
+  // The gateway's own pages (demo, admin) connect from its own origin: Origin names the Host.
+  const own = new URL(gw.http)
+  t.equal(await refusedWith(connect(gw.wsUrl, undefined, { origin: own.origin })), 'connected', "the gateway's own origin")
+  own.port = String(Number(own.port) + 1)
+  t.equal(await refusedWith(connect(gw.wsUrl, undefined, { origin: own.origin })), 'upgrade refused: 403', 'another port of the same host is another origin')
 })
 
 t.test('with access control off (loopback), everything is open and the producer API needs no key', async (t) => {

@@ -11,7 +11,8 @@
 //     cache never hands one origin's answer to another) and credentials are allowed, because
 //     the operator named that origin. Any other origin is refused with 403 before any work.
 //   A request without Origin (curl, a worker, a same-origin GET) is not a CORS request and is
-//   not affected, and neither is a request whose Origin is the gateway's own (its demo pages).
+//   not affected, and neither is a request whose Origin is the gateway's own (its demo pages);
+//   the same holds for WebSocket upgrades (ws/behavior.ts).
 // - Preflights (OPTIONS) are answered for each of these routes.
 
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js'
@@ -45,7 +46,7 @@ export function jobRouteCors(origin: string, host: string, allowedOrigins: reado
 export const PUBLIC_CORS: CorsHeaders = { 'access-control-allow-origin': '*', 'cross-origin-resource-policy': 'cross-origin' }
 
 /** A browser cannot forge Host, so an Origin naming the Host it sent is the gateway's own page. */
-function isSameOrigin(origin: string, host: string): boolean {
+export function isSameOrigin(origin: string, host: string): boolean {
   if (host === '') return false
   const at = origin.indexOf('://')
   return at > 0 && origin.slice(at + 3).toLowerCase() === host.toLowerCase()

@@ -287,7 +287,7 @@ export const OPTIONS = [
   { key: 'insecureNoAuth', flag: 'insecure-no-auth', env: ['JOBWIRE_INSECURE_NO_AUTH'], fallback: 'false', parse: switchValue,
     boolean: true, help: 'allow a non-loopback --host without any token verification (anyone may watch any job)' },
   { key: 'allowedOrigins', flag: 'allowed-origins', env: ['JOBWIRE_ALLOWED_ORIGINS'], fallback: '', parse: origins,
-    help: 'comma-separated browser origins allowed to open sockets (https://*.example.com works); empty: any' },
+    help: 'comma-separated browser origins allowed to open sockets and read job routes (https://*.example.com works; the gateway\'s own origin always is); empty: any' },
   { key: 'trustProxy', flag: 'trust-proxy', env: ['JOBWIRE_TRUST_PROXY'], fallback: 'false', parse: switchValue,
     boolean: true, help: 'take the client address from X-Forwarded-For: the right-most entry that is not a trusted proxy' },
   { key: 'trustedProxies', flag: 'trusted-proxies', env: ['JOBWIRE_TRUSTED_PROXIES'], fallback: '127.0.0.0/8,::1/128', parse: cidrs,

@@ -13,6 +13,7 @@ import type { Admission } from '../access/admission.js'
 import { AuthError } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenRate } from '../access/token-bucket.js'
+import { isSameOrigin } from '../http/cors.js'
 import { clientOf, originAllowed, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow, Fanout } from '../stream/fanout.js'
 import { MAX_LISTED_JOBS, MAX_USERS_PER_SOCKET, resolveUser, userTopic, parseUserTopic, type UserJobs } from '../stream/user-jobs.js'
@@ -185,7 +186,11 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (encoding === null) {
         return refuse(400, 'bad_subprotocol', { error: `unsupported subprotocol; offer ${Subprotocol.Json} or ${Subprotocol.Msgpack}` })
       }
-      if (!originAllowed(origin, config.allowedOrigins)) return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
+      // The gateway's own pages (demo, test page, admin) connect from its own origin, which an
+      // operator's list of app origins need not name.
+      if (!originAllowed(origin, config.allowedOrigins) && !isSameOrigin(origin, req.getHeader('host'))) {
+        return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
+      }
       const aborted = trackAborted(res)
       const upgrade = (conn: SocketConnection) => res.cork(() => {
         res.upgrade<SocketHolder>({ conn }, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
