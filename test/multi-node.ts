@@ -38,13 +38,18 @@ async function startNodes(t: Test, brokerArgs: string[]): Promise<number[]> {
   for (let n = 0; n < NODES; n++) {
     const port = await freePort()
     ports.push(port)
-    served.push(serveProcess(['--port', String(port), '--workers', '1', ...brokerArgs, '--log-level', 'warn',
+    // The first node runs two workers under a primary, as production nodes do; the others one
+    // process each. Its startup line is read at info, which the others need not log.
+    served.push(serveProcess(['--port', String(port), '--workers', n === 0 ? '2' : '1', ...brokerArgs, '--log-level', n === 0 ? 'info' : 'warn',
       '--max-connections-per-ip', '0', '--connect-rate-per-ip', '0', '--max-messages-per-sec', '0'], { REDIS_URL: '', REDIS_CLUSTER: '' }))
   }
   await until(async () => {
     for (const port of ports) if ((await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null))?.status !== 200) return false
     return true
   }, 'three ready nodes', 30_000, 100)
+  const broker = brokerArgs.includes('--redis-cluster') ? 'cluster' : 'redis'
+  await served[0]!.waitFor(new RegExp(`jobwire listening on .*broker: ${broker};.*workers: 2`), 10_000)
+  t.pass(`the two-worker node's primary announces broker: ${broker}`)
   return ports
 }
 

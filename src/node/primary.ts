@@ -98,7 +98,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
       if (!isWorkerMessage(message)) return log.warn({ worker: index }, 'ignored a malformed message from a worker')
       switch (message.type) {
         case 'listening':
-          if (++listening === config.workers) announce(log, config, message.port, uwsDetail, 'redis', config.workers)
+          if (++listening === config.workers) announce(log, config, message.port, uwsDetail, config.redisCluster !== '' ? 'cluster' : 'redis', config.workers)
           return
         case 'node-query':
           return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: message.request.kind === 'metrics' ? [...all, primaryMetrics()] : all }))
