@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
+import { gatewayExecArgv } from '../src/node/v8-flags.js'
 import { projectPath } from '../src/support/paths.js'
 import { childPids } from './procstat.js'
 
@@ -84,7 +85,8 @@ const ENV = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? 
 
 export async function startJobwire(redisUrl: string, workers: number, extra: string[] = [], profile = false, extraNodeArgs: readonly string[] = []): Promise<Running> {
   const port = await freePort()
-  const nodeArgs = [...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []), ...extraNodeArgs]
+  // As `jobwire serve` starts (src/node/v8-flags.ts): the workers get it from the primary.
+  const nodeArgs = gatewayExecArgv([...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []), ...extraNodeArgs])
   // The caps on connections and messages per address are off: all the load comes from a few
   // loopback addresses, which the defaults would (rightly) treat as a flood.
   const proc = spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,

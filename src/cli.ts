@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 // The `jobwire` command: `serve` runs the gateway, `publish` reports a job's progress, `token`
 // mints an access token. The only module with process-level side effects besides serve.ts.
 

@@ -13,6 +13,7 @@ import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
 import { announce } from './serve.js'
+import { gatewayExecArgv } from './v8-flags.js'
 
 export const WORKER_ENV = 'JOBWIRE_WORKER_INDEX'
 const NODE_QUERY_TIMEOUT_MS = 1000
@@ -80,7 +81,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
       // Two malloc arenas: with one per helper thread, freed memory stays mapped and RSS grows
       // by ~0.6 KB per connection (measured; see README, Performance).
       env: { MALLOC_ARENA_MAX: '2', ...process.env, [WORKER_ENV]: String(index) },
-      execArgv: process.execArgv,
+      execArgv: gatewayExecArgv(process.execArgv),
       // The workers' output comes through the primary rather than straight to the shared
       // stdout: a process that exits restores its stdio's blocking mode (Node's ResetStdio),
       // which on a shared pipe would make the primary's next log write block for ever while

@@ -217,6 +217,8 @@ function renderProcesses(processes: readonly ProcessStats[], prefix: string, lin
   for (const p of processes) lines.push(`${prefix}process_resident_memory_bytes{process="${p.process}"} ${p.rssBytes}`)
   lines.push(`# HELP ${prefix}process_heap_used_bytes V8 heap in use of each gateway process`, `# TYPE ${prefix}process_heap_used_bytes gauge`)
   for (const p of processes) lines.push(`${prefix}process_heap_used_bytes{process="${p.process}"} ${p.heapUsedBytes}`)
+  lines.push(`# HELP ${prefix}process_heap_committed_bytes memory V8 holds for the heap of each gateway process, used or not`, `# TYPE ${prefix}process_heap_committed_bytes gauge`)
+  for (const p of processes) lines.push(`${prefix}process_heap_committed_bytes{process="${p.process}"} ${p.heapCommittedBytes}`)
   const h = 'event_loop_delay_seconds'
   lines.push(`# HELP ${prefix}${h} how late each gateway process's event loop ran (sampled every 10 ms)`, `# TYPE ${prefix}${h} histogram`)
   for (const p of processes) {

@@ -18,6 +18,8 @@ export interface ProcessStats {
   readonly process: string
   readonly rssBytes: number
   readonly heapUsedBytes: number
+  /** Memory V8 holds for its heap (used or not): RSS less this is what lives outside V8. */
+  readonly heapCommittedBytes: number
   /** Event-loop delay since the previous scrape: cumulative counts per bucket (+Inf last). */
   readonly loopDelay: { readonly counts: number[]; readonly sum: number; readonly count: number }
 }
@@ -54,7 +56,7 @@ export class ProcessSampler {
       h.reset()
     }
     const memory = process.memoryUsage()
-    return { process: this.name, rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, loopDelay: { counts: [...this.counts], sum: this.sum, count: this.count } }
+    return { process: this.name, rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, heapCommittedBytes: memory.heapTotal, loopDelay: { counts: [...this.counts], sum: this.sum, count: this.count } }
   }
 
   stop(): void {
