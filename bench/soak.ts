@@ -13,11 +13,12 @@
 // size) it decides on two figures, and fails when either is above MAX_GROWTH_MB_PER_MIN:
 // - the slope of a least-squares line through the floor of the summed V8 heap in use (its
 //   running minimum over 15 s: what survives collections, where leaked objects show);
-// - how far RSS's peak in the last fifth of the run rises above its peak in the second fifth,
-//   per minute between them. RSS is not fitted: V8 returns memory to the system in large steps
-//   (a run fell by 66 MB at 150 s and grew back to the same plateau by the end), and a line
-//   through one such dip and its refill reads as growth though the plateau never moved. A leak
-//   outside the heap (buffers, uWS, native code) raises the plateau instead, which this sees.
+// - the slope of the same kind of line through the memory outside V8's heap: RSS less the
+//   memory V8 holds for its heap, summed (buffers, uWS's sockets, malloc, code).
+// RSS itself is shown but not fitted: V8 gives memory back to the system in steps of tens of
+// MB and takes it again as the heap refills (a run fell by 66 MB at 150 s and grew back to the
+// same plateau by the end), and a line through one such dip and refill reads as growth though
+// the plateau never moved. Its two parts move smoothly, and a leak shows in one of them.
 // Why 2 MB/min: it is 120 MB an hour, ~2.9 GB a day, enough to exhaust
 // the container of a gateway that needs ~150 MB within a day, so any growth above it is a
 // defect even if it were not a leak; and it is small against what one leaked object per event
@@ -82,6 +83,8 @@ interface Point {
   readonly total: number
   /** V8 heap in use, summed over the gateway's processes (NaN when /metrics did not answer) */
   readonly heap: number
+  /** RSS less the memory V8 holds for its heap, summed (NaN when /metrics did not answer) */
+  readonly outside: number
 }
 
 interface Row {
@@ -227,7 +230,8 @@ async function main(): Promise<number> {
     }
     const rss = current.map(rssBytes)
     const gauges = await node.metrics().catch(() => new Map<string, number>())
-    points.push({ t: tickStart - t0, rss, total: rss.reduce((a, b) => a + b, 0), heap: heapInUse(gauges) })
+    const total = rss.reduce((a, b) => a + b, 0)
+    points.push({ t: tickStart - t0, rss, total, heap: summed(gauges, 'jobwire_process_heap_used_bytes'), outside: total - summed(gauges, 'jobwire_process_heap_committed_bytes') })
     healthz.push(await probeHealthz(node.httpUrl))
 
     if (tickStart - lastRowAt >= ROW_EVERY_MS - 50) {
@@ -264,21 +268,21 @@ async function main(): Promise<number> {
   // The fits, after the warm-up: of the floor (what the gateway keeps between collections),
   // which decides, and of every sample, for comparison.
   const measured = points.filter((p) => p.t >= DURATION_MS * WARMUP_SHARE)
-  const withHeap = measured.filter((p) => Number.isFinite(p.heap))
+  const withHeap = measured.filter((p) => Number.isFinite(p.heap) && Number.isFinite(p.outside))
   const heap = fit(floorOf(withHeap, (p) => p.heap))
+  const outside = fit(floorOf(withHeap, (p) => p.outside))
   const total = fit(floorOf(measured, (p) => p.total))
   const raw = fit(measured.map((p) => [p.t / 60_000, p.total / 2 ** 20]))
   const perProcess = (measured[0]?.rss ?? []).map((_, i) => fit(floorOf(measured, (p) => p.rss[i] ?? 0)))
-  const plateau = rssPlateau(points)
 
   // Then quiet: no churn, producers stopped; every view must equal the stored state.
   for (const id of left.keys()) tabs[id]!.rejoin()
   await producer.stop()
   const settled = await settle()
   const heapSampled = withHeap.length >= measured.length * 0.9
-  const verdictOk = heapSampled && heap.slope <= MAX_GROWTH_MB_PER_MIN && plateau.perMinute <= MAX_GROWTH_MB_PER_MIN &&
+  const verdictOk = heapSampled && heap.slope <= MAX_GROWTH_MB_PER_MIN && outside.slope <= MAX_GROWTH_MB_PER_MIN &&
     processChange === '' && settled.behind === 0
-  writeReport({ rows, heap, heapSamples: withHeap.length, total, raw, perProcess, plateau, measured: measured.length, settled, processChange, verdictOk, pids: node.pids() })
+  writeReport({ rows, heap, outside, heapSamples: withHeap.length, total, raw, perProcess, measured: measured.length, settled, processChange, verdictOk, pids: node.pids() })
   clearTimeout(timeout)
   return verdictOk ? 0 : 1
 }
@@ -313,11 +317,12 @@ async function probeHealthz(url: string): Promise<number> {
 /** process -> cumulative counts per bucket of jobwire_event_loop_delay_seconds */
 type LoopBuckets = Map<string, Array<[number, number]>>
 
-function heapInUse(gauges: ReadonlyMap<string, number>): number {
+/** A per-process gauge summed over the gateway's processes; NaN when /metrics had none. */
+function summed(gauges: ReadonlyMap<string, number>, series: string): number {
   let sum = 0
   let seen = 0
   for (const [key, value] of gauges) {
-    if (!key.startsWith('jobwire_process_heap_used_bytes{')) continue
+    if (!key.startsWith(`${series}{`)) continue
     sum += value
     seen++
   }
@@ -350,15 +355,6 @@ function loopP99(before: LoopBuckets, after: LoopBuckets): string {
   }
   if (worst < 0) return 'n/a'
   return worst === Number.POSITIVE_INFINITY ? '> 1000' : `≤ ${worst * 1000}`
-}
-
-/** RSS's peak in the last fifth of the run against its peak in the second fifth. */
-function rssPlateau(points: readonly Point[]): { before: number; after: number; perMinute: number } {
-  const peak = (from: number, to: number) => mb(Math.max(0, ...points.filter((p) => p.t >= DURATION_MS * from && p.t < DURATION_MS * to).map((p) => p.total)))
-  const before = peak(0.2, 0.4)
-  const after = peak(0.8, 1.01)
-  const minutes = (DURATION_MS * 0.6) / 60_000
-  return { before, after, perMinute: Math.max(0, after - before) / minutes }
 }
 
 function cpuTotal(pids: readonly number[]): number {
@@ -407,7 +403,7 @@ interface Summary {
   rows: Row[]
   heap: ReturnType<typeof fit>
   heapSamples: number
-  plateau: ReturnType<typeof rssPlateau>
+  outside: ReturnType<typeof fit>
   total: ReturnType<typeof fit>
   raw: ReturnType<typeof fit>
   perProcess: Array<ReturnType<typeof fit>>
@@ -443,8 +439,8 @@ function writeReport(s: Summary): void {
     `- V8 heap in use, summed over the gateway's processes: its floor grew **${f2(s.heap.slope)} MB/min** after the ${WARMUP_SHARE * 100}% warm-up ` +
     `(least squares over ${s.heapSamples} of ${s.measured} one-second samples of the ${FLOOR_WINDOW_MS / 1000} s running minimum, r² ${s.heap.r2.toFixed(2)}, ${f1(s.heap.first)} -> ${f1(s.heap.last)} MB).` +
     (s.heapSamples < s.measured * 0.9 ? ' **Too few /metrics samples answered for this figure to count.**' : ''),
-    `- RSS, summed: its peak in the last fifth of the run is ${f1(s.plateau.after)} MB against ${f1(s.plateau.before)} MB in the second fifth: **${f2(s.plateau.perMinute)} MB/min** of plateau growth. ` +
-    `For comparison, a line through RSS's ${FLOOR_WINDOW_MS / 1000} s floor has slope ${f1(s.total.slope)} MB/min (r² ${s.total.r2.toFixed(2)}, ${f1(s.total.first)} -> ${f1(s.total.last)} MB), through every raw sample ${f1(s.raw.slope)} MB/min; see "How to read it" for why that line does not decide.` +
+    `- Memory outside V8's heap (RSS less the heap V8 holds), summed: its floor grew **${f2(s.outside.slope)} MB/min** (r² ${s.outside.r2.toFixed(2)}, ${f1(s.outside.first)} -> ${f1(s.outside.last)} MB).`,
+    `- RSS, summed, for comparison (not decisive; see "How to read it"): a line through its ${FLOOR_WINDOW_MS / 1000} s floor has slope ${f1(s.total.slope)} MB/min (r² ${s.total.r2.toFixed(2)}, ${f1(s.total.first)} -> ${f1(s.total.last)} MB), through every raw sample ${f1(s.raw.slope)} MB/min.` +
     (s.processChange ? ` **A gateway process died or was replaced** (${s.processChange}): the figures are not valid.` : ''))
   lines.push('', `Per process: ${s.perProcess.map((p, i) => `${names[i] ?? `process ${i}`} ${f1(p.slope)} MB/min (${f1(p.first)} -> ${f1(p.last)} MB)`).join(', ')}.`)
   lines.push('', `After the run (churn and producers stopped): ${s.settled.behind === 0 ? `all ${s.settled.views.toLocaleString('en-US')} views equal their job's stored state` : `${s.settled.behind} of ${s.settled.views} views differ from the stored state (${s.settled.examples.join('; ')})`}.`)
@@ -455,7 +451,7 @@ function writeReport(s: Summary): void {
   }
   lines.push('', '## How to read it', '',
     `- V8 heap in use is \`jobwire_process_heap_used_bytes\` from \`GET /metrics\`, summed over the primary and the workers, every second. The verdict fits its floor: at each second the least value of the last ${FLOOR_WINDOW_MS / 1000} s, which is what survived the last collections; leaked JavaScript objects raise it.`,
-    '- RSS is VmRSS from /proc/<pid>/status of the primary and each worker, every second. It is judged by its plateau, not by a line: V8 gives memory back to the system in steps of tens of MB and takes it again as the heap refills, so a line through one such dip and refill tilts upwards while the plateau stays put. Memory leaked outside the V8 heap (buffers, uWS, native code) raises the plateau.',
+    '- RSS is VmRSS from /proc/<pid>/status of the primary and each worker, every second. It is not what decides: V8 gives memory back to the system in steps of tens of MB and takes it again as the heap refills, so a line through one such dip and refill tilts upwards while the plateau stays put. Memory outside the heap is RSS less `jobwire_process_heap_committed_bytes` (what V8 holds for its heap, used or not); its floor is fitted like the heap\'s, and memory leaked in buffers, uWS or native code raises it.',
     '- Event-loop delay is `jobwire_event_loop_delay_seconds` of each process between two rows; the worst process\'s p99 is shown as the bound of the histogram bucket that holds it.',
     '- The threshold and why it is 2 MB/min are explained at the top of bench/soak.ts: ~2.9 GB a day would exhaust a gateway\'s container within a day, while one leaked object per update, delivery, reconnect or job here would grow faster than that.',
     '- The /healthz round trip includes the harness\'s own event loop (its delay is beside it): the harness and the gateway share two cores.',
