@@ -48,6 +48,7 @@ build: install
 	$(NODE_BIN)/tsc -p src/client/tsconfig.json
 	$(NODE_BIN)/esbuild src/client/index.ts --bundle --format=esm --minify --target=es2020 --sourcemap --log-level=warning --outfile=dist/client/jobwire-client.js
 	$(NODE_BIN)/esbuild src/client/react.ts --bundle --format=esm --target=es2020 --external:react --log-level=warning --outfile=dist/client/jobwire-react.js
+	$(NODE_BIN)/esbuild src/client/vue.ts --bundle --format=esm --target=es2020 --external:vue --log-level=warning --outfile=dist/client/jobwire-vue.js
 
 typecheck: install
 	$(NODE_BIN)/tsc -p tsconfig.json --noEmit

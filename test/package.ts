@@ -30,6 +30,7 @@ t.test('the packed package installs and works in another project', async (t) => 
   const { filename, files } = (JSON.parse(packed) as Array<{ filename: string; files: Array<{ path: string }> }>)[0]!
   const paths = files.map((f) => f.path)
   for (const needed of ['dist/src/cli.js', 'dist/src/producer/producer.d.ts', 'dist/client/jobwire-client.js', 'dist/client-types/client/index.d.ts',
+    'dist/client/jobwire-vue.js', 'dist/client-types/client/vue.d.ts',
     'src/producer/progress.lua', 'src/pages/demo.html', 'README.md', 'clients/python/jobwire.py']) {
     t.ok(paths.includes(needed), `the tarball carries ${needed}`)
   }
@@ -50,6 +51,9 @@ t.test('the packed package installs and works in another project', async (t) => 
     console.log(JSON.stringify({ producer: typeof Producer, client: typeof client.JobsClient, manager: typeof client.BackgroundJobManager }))
   `], { cwd: project, env, timeout: 30_000 })
   t.same(JSON.parse(imported), { producer: 'function', client: 'function', manager: 'function' }, 'jobwire/producer and jobwire/client import')
+  // jobwire/vue needs vue, an optional peer this project does not install: only resolved.
+  const { stdout: vue } = await run('node', ['--input-type=module', '-e', `console.log(import.meta.resolve('jobwire/vue'))`], { cwd: project, env, timeout: 30_000 })
+  t.ok(vue.trim().endsWith('/node_modules/jobwire/dist/client/jobwire-vue.js'), `jobwire/vue resolves to the installed bundle (${vue.trim()})`)
 
   // The types a TypeScript user gets, checked with this project's compiler.
   writeFileSync(join(project, 'usage.ts'), `
