@@ -11,7 +11,7 @@ import { projectPath } from './support/paths.js'
 import { redactRedisUrl, redisCause } from './support/redis-problem.js'
 import { clusterClient, nodeOptions, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
 import { ProducerError } from './producer/merge.js'
-import { Producer } from './producer/producer.js'
+import { OwnerIndexError, Producer } from './producer/producer.js'
 import { isValidJobId, JOB_ID_RULE, MAX_JOB_ID_LENGTH, type JobPayload } from './wire/protocol.js'
 
 /** Where `jobwire publish` goes when neither a Redis nor a gateway is named: the gateway that
@@ -333,6 +333,8 @@ async function publishViaCluster(
     return 0
   } catch (err) {
     if (err instanceof ProducerError) return fail(`refused: ${err.message}`)
+    // The second step (the owner's job list, in the owner's slot) failed after the first.
+    if (err instanceof OwnerIndexError) return fail(`published ${jobId} seq=${err.seq} to ${where}, but not listed under its owner ${err.owner} (the job's next update lists it): ${redisCause(err.cause as Error)}`)
     return fail(`cannot publish to ${where}: ${redisCause(err as Error)}`)
   } finally {
     await cluster.quit().catch(() => cluster.disconnect())

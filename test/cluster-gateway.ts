@@ -1,16 +1,19 @@
 // A gateway on a real Redis Cluster (3 masters, 3 replicas): a plain PUBLISH job and a
 // producer-script job stream to one socket, each message once; the script's job is on
 // sharded pub/sub (PUBSUB SHARDCHANNELS on the master that owns it) while it is watched, and
-// only then; `jobwire publish --redis-cluster` reaches the socket; pattern mode is refused.
+// only then; "my jobs" (GET /jobs?owner=me, subscribe_user_jobs) works as on one Redis, with
+// the owner's index kept as a second step whose failure leaves the update standing;
+// `jobwire publish --redis-cluster` reaches the socket; pattern mode is refused.
 
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { keySlot } from '../src/broker/slots.js'
-import { Producer } from '../src/producer/producer.js'
+import { OwnerIndexError, Producer } from '../src/producer/producer.js'
 import { loadConfig } from '../src/support/config.js'
 import { startCluster, type TestCluster } from './fixtures/cluster.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { CLI } from './fixtures/process.js'
+import { SECRET, token } from './fixtures/tokens.js'
 import { until } from './fixtures/until.js'
 
 let cluster: TestCluster
@@ -94,6 +97,63 @@ t.test('the sharded subscription goes when the last watcher leaves', async (t) =
   ws.close()
 })
 
+t.test("a user's jobs on a cluster: GET /jobs?owner=me lists them, subscribe_user_jobs announces new ones", async (t) => {
+  const secured = await startGateway({ 'redis-cluster': cluster.seeds, 'jwt-secret': SECRET })
+  t.teardown(() => secured.stop())
+  const alice = await token('alice')
+  const listed = async () => {
+    const res = await fetch(`${secured.http}/jobs?owner=me`, { headers: { authorization: `Bearer ${alice}` } })
+    t.equal(res.status, 200)
+    return (await res.json()) as { owner: string; jobs: Array<{ job_id: string; data: Record<string, unknown> }> }
+  }
+  // The owner's set and the job live in different slots (served by different masters here).
+  t.not(await cluster.masterOf(keySlot('jobwire:owner:alice')), await cluster.masterOf(keySlot('jobwire:job:{progress:mine-1}')), 'index and job on different masters')
+
+  await producer.progress('mine-1', { status: 'queued', title: 'first' }, { owner: 'alice' })
+  await producer.progress('theirs-1', { status: 'queued' }, { owner: 'bob' })
+  await producer.progress('mine-1', { status: 'processing', progress: 20 })
+  const mine = await listed()
+  t.equal(mine.owner, 'alice')
+  t.same(mine.jobs.map((j) => j.job_id), ['mine-1'], "alice's job, not bob's")
+  t.match(mine.jobs[0]!.data, { seq: 2, status: 'processing', progress: 20, title: 'first' }, 'with its merged state')
+
+  const c = await secured.connectAs(alice)
+  c.send({ type: 'subscribe_user_jobs' })
+  t.same(await c.nextOfType('user_jobs'), { type: 'user_jobs', user: 'alice', job_ids: ['mine-1'] })
+  await producer.progress('mine-2', { status: 'queued' }, { owner: 'alice' })
+  t.same(await c.nextOfType('user_job'), { type: 'user_job', user: 'alice', job_id: 'mine-2' }, 'a new job appears live')
+  await producer.progress('theirs-2', { status: 'queued' }, { owner: 'bob' })
+  await producer.progress('mine-2', { progress: 5 })
+  await producer.progress('mine-3', { status: 'queued' }, { owner: 'alice' })
+  t.same(await c.nextOfType('user_job'), { type: 'user_job', user: 'alice', job_id: 'mine-3' })
+  t.same(c.all('user_job').map((m) => m.job_id), ['mine-2', 'mine-3'], "neither bob's job nor an update of a known job is announced")
+
+  // An admin gives mine-3 to bob: it leaves alice's set and enters bob's.
+  await producer.progress('mine-3', { progress: 1 }, { owner: 'bob', replaceOwner: true })
+  const store = cluster.client()
+  t.same(await store.zrevrange('jobwire:owner:alice', 0, -1), ['mine-2', 'mine-1'], "alice's set, most recently updated first")
+  t.same(await store.zrevrange('jobwire:owner:bob', 0, -1), ['mine-3', 'theirs-2', 'theirs-1'], "bob's set")
+  t.same((await listed()).jobs.map((j) => j.job_id), ['mine-2', 'mine-1'])
+  const ttl = await store.ttl('jobwire:owner:alice')
+  t.ok(ttl > 3600 && ttl <= 86_400, `the set lives as long as the longest state TTL (${ttl}s)`)
+  c.close()
+})
+
+t.test('when only the owner index step fails, the update stands and the next update lists the job', async (t) => {
+  const store = cluster.client()
+  // A key of the wrong type makes the second step fail (WRONGTYPE) after the first went through.
+  await store.set('jobwire:owner:broken', 'not a sorted set')
+  const err = await producer.progress('half-1', { status: 'queued' }, { owner: 'broken' }).then(() => null, (e: unknown) => e)
+  t.type(err, OwnerIndexError)
+  t.match(err, { jobId: 'half-1', seq: 1, owner: 'broken', message: /was updated \(seq 1\).*WRONGTYPE/ })
+  t.match(await store.hgetall('jobwire:job:{progress:half-1}'), { seq: '1', owner: 'broken' }, 'the update was stored')
+  t.equal(await gw.gateway.broker.publishProgress('half-2', Buffer.from('{"status":"queued"}'), { owner: 'broken' }), 1,
+    "the gateway's producer path answers the update's seq (and logs the index failure)")
+  await store.del('jobwire:owner:broken')
+  t.equal(await producer.progress('half-1', { progress: 10 }), 2)
+  t.same(await store.zrevrange('jobwire:owner:broken', 0, -1), ['half-1'], "the job's next update lists it")
+})
+
 t.test('jobwire publish --redis-cluster reaches a watching socket', async (t) => {
   const ws = await gw.connect()
   await ws.subscribe('cli-1')
@@ -104,10 +164,11 @@ t.test('jobwire publish --redis-cluster reaches a watching socket', async (t) =>
     proc.stderr.on('data', (c: Buffer) => (out += c.toString()))
     proc.on('exit', (code) => resolve({ code, out }))
   })
-  const stored = await run(['cli-1', '--progress', '40', '--redis-cluster', cluster.seeds])
+  const stored = await run(['cli-1', '--progress', '40', '--owner', 'carol', '--redis-cluster', cluster.seeds])
   t.equal(stored.code, 0, stored.out)
   t.match(stored.out, /published cli-1 seq=1 to Redis Cluster/)
   t.match((await ws.nextOfType('job_update', 'cli-1')).data, { seq: 1, progress: 40 })
+  t.same(await cluster.client().zrevrange('jobwire:owner:carol', 0, -1), ['cli-1'], "listed under its owner, in the owner's slot")
   const plain = await run(['cli-1', '--plain', '--message', 'hi', '--redis-cluster', cluster.seeds])
   t.equal(plain.code, 0, plain.out)
   t.same((await ws.nextOfType('job_update', 'cli-1')).data, { message: 'hi' })

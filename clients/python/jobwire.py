@@ -13,6 +13,10 @@ later or reconnect get the current state at once.
     producer.publish("video-42", {"status": "processing", "progress": 40, "message": "transcoding"})
     producer.publish("video-42", {"progress": 55})    # merged: status and message stay
 
+    # Redis Cluster: give it a redis-py RedisCluster client (redis-py 4.1 or later)
+    from redis.cluster import RedisCluster
+    producer = JobwireProducer(RedisCluster(host="10.0.0.1", port=7000))
+
 A payload jobwire would drop (not a JSON object, `seq` set, a status outside the fixed set, a
 progress outside 0..100, ...) raises JobwireError with the reason; nothing is written then.
 """
@@ -22,7 +26,12 @@ import re
 
 import redis
 
-__all__ = ["JobwireProducer", "JobwireError", "PROGRESS_SCRIPT"]
+try:
+    from redis.cluster import RedisCluster
+except ImportError:  # redis-py before 4.1 has no cluster client
+    RedisCluster = None
+
+__all__ = ["JobwireProducer", "JobwireError", "OwnerIndexError", "PROGRESS_SCRIPT", "OWNER_INDEX_SCRIPT"]
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -31,16 +40,42 @@ class JobwireError(ValueError):
     """jobwire refused the update (the reason is the message); nothing was written."""
 
 
+class OwnerIndexError(Exception):
+    """Redis Cluster only: the update was stored and published (its seq is `seq`), but listing
+    the job under its owner, a second step in the owner's slot, failed. The job is missing from
+    the owner's "my jobs" list until its next update lists it again. `__cause__` is Redis's
+    error."""
+
+    def __init__(self, job_id, seq, owner, error):
+        super().__init__("job %s was updated (seq %d), but its owner's job list (%s) could not be: %s"
+                         % (job_id, seq, owner, error))
+        self.job_id = job_id
+        self.seq = seq
+        self.owner = owner
+
+
 class JobwireProducer:
     """Reports job progress through jobwire's producer script on a redis-py client.
 
     The prefixes and TTLs must match the gateway's --channel-prefix, --key-prefix,
     --state-ttl and --terminal-ttl (the defaults do).
+
+    On a Redis Cluster (the gateway's --redis-cluster) it uses the cluster key layout,
+    <key prefix>job:{<channel>}, publishes on sharded pub/sub (SPUBLISH), and lists a job
+    under its owner as a second step in the owner's slot, as jobwire's Node producer does
+    (docs/protocol.md, "Redis Cluster"). `cluster`: None (the default) takes a redis-py
+    RedisCluster client for a cluster and any other client for a single Redis; True or False
+    says which it is.
     """
 
     def __init__(self, redis_client, channel_prefix="progress:", key_prefix="jobwire:",
-                 state_ttl=86400, terminal_ttl=3600):
+                 state_ttl=86400, terminal_ttl=3600, cluster=None):
+        if cluster is None:
+            cluster = RedisCluster is not None and isinstance(redis_client, RedisCluster)
+        self._cluster = bool(cluster)
+        self._redis = redis_client
         self._script = redis_client.register_script(PROGRESS_SCRIPT)
+        self._index_script = redis_client.register_script(OWNER_INDEX_SCRIPT) if self._cluster else None
         self._channel_prefix = channel_prefix
         self._key_prefix = key_prefix
         self._state_ttl = int(state_ttl)
@@ -53,6 +88,9 @@ class JobwireProducer:
         owner: the user id that may watch the job; record it with the job's first update.
         replace: store `fields` as the whole state instead of merging them into it.
         replace_owner: give the job to another owner (admins' business).
+
+        Raises JobwireError when jobwire refuses the update (nothing written), and on a cluster
+        OwnerIndexError when the update went through but its owner's job list was not updated.
         """
         if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
             raise JobwireError("%r is not a job id (1..128 characters of A-Z a-z 0-9 _ . : -)" % (job_id,))
@@ -62,8 +100,9 @@ class JobwireProducer:
             payload = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as e:  # a set, bytes, NaN...: the gateway would drop it
             raise JobwireError("fields are not JSON: %s" % e) from None
+        channel = self._channel_prefix + job_id
         args = [
-            self._channel_prefix + job_id,
+            channel,
             payload.encode("utf-8"),
             owner or "",
             self._state_ttl,
@@ -72,14 +111,39 @@ class JobwireProducer:
             "1" if replace else "",
             self._key_prefix,
         ]
+        if self._cluster:
+            # The job's keys share its channel's slot; the script returns the owners for the
+            # second step, which it cannot take itself: the owner's keys are in other slots.
+            key = self._key_prefix + "job:{" + channel + "}"
+            args += ["SPUBLISH", "1"]
+        else:
+            key = self._key_prefix + "job:" + job_id
         try:
-            return int(self._script(keys=[self._key_prefix + "job:" + job_id], args=args))
+            reply = self._script(keys=[key], args=args)
         except redis.exceptions.ResponseError as e:
             # The script refuses with "jobwire: <reason>"; anything else is Redis's own error.
             message = str(e)
             if "jobwire: " not in message:
                 raise
             raise JobwireError(message.split("jobwire: ", 1)[1]) from None
+        if not self._cluster:
+            return int(reply)
+        seq, owner, previous = int(reply[0]), _text(reply[1]), _text(reply[2])
+        try:
+            if previous and previous != owner:
+                self._redis.zrem(self._key_prefix + "owner:" + previous, job_id)
+            if owner:
+                self._index_script(
+                    keys=[self._key_prefix + "owner:" + owner],
+                    args=[job_id, self._key_prefix + "user-jobs:" + owner, max(self._state_ttl, self._terminal_ttl)],
+                )
+        except redis.exceptions.RedisError as e:
+            raise OwnerIndexError(job_id, seq, owner, e) from e
+        return seq
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 # The producer script, src/producer/progress.lua of jobwire, verbatim. Do not edit here:
@@ -105,15 +169,25 @@ PROGRESS_SCRIPT = r"""-- jobwire producer script: record a job's progress and pu
 --          job index <key prefix>owner:<user> and its channel <key prefix>user-jobs:<user>
 -- ARGV[9]  'SPUBLISH' on Redis Cluster: the state goes out on sharded pub/sub, so KEYS[1]
 --          must hash to the channel's slot (<key prefix>job:{<channel>}); the owner's index,
---          which lives in other slots, is not kept there. Otherwise (the default) PUBLISH.
+--          which lives in other slots, is not kept by this script then. Otherwise (the
+--          default) PUBLISH.
+-- ARGV[10] '1' to return {seq, owner, previous owner} instead of seq: the job's owner after
+--          this update ('' when it has none) and, when this update gave the job to another
+--          owner, the one it was taken from (else ''). On Redis Cluster jobwire's producers
+--          ask for them and keep the owner's index as a second step, in the owner's own slot:
+--          ZREM the job from the previous owner's set, then run owner-index.lua (beside this
+--          file) for the owner. The two steps are not atomic: when the second fails, the
+--          update is stored and published but the job is missing from the owner's list (and
+--          not announced) until the job's next update runs the second step again.
 --
 -- Effects: increments the job's seq; builds the new state: the stored state's fields
 -- overwritten by the payload's top-level fields (shallow: a nested object is replaced whole),
 -- with seq, epoch and ts first, in the payload's encoding; stores it, records the owner,
 -- refreshes the TTL and PUBLISHes the stored bytes on the channel. A job with an owner is
 -- indexed in the owner's sorted set (score: ms of its last update); when it enters that set,
--- its id is PUBLISHed on the owner's channel. Returns the new seq. A bad payload, or another
--- owner than the recorded one, is refused with an error before anything is written.
+-- its id is PUBLISHed on the owner's channel (not with SPUBLISH: see ARGV[10]). Returns the
+-- new seq. A bad payload, or another owner than the recorded one, is refused with an error
+-- before anything is written.
 --
 -- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
 -- it began), state = the state bytes as published, owner = user id. The gateway reads it
@@ -610,6 +684,7 @@ redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
 
 -- The owner's index of jobs ("my jobs"): newest update last, pruned of jobs whose state has
 -- expired for sure, capped, kept as long as the longest-lived job state it lists.
+-- owner-index.lua does the same on Redis Cluster: keep the two in step.
 local indexed_owner = (owner ~= '' and owner) or recorded
 local prefix = ARGV[8]
 if prefix == nil or prefix == '' then
@@ -627,6 +702,52 @@ if not sharded and indexed_owner and prefix and key:sub(1, #prefix + 4) == prefi
   if redis.call('TTL', index) < keep then redis.call('EXPIRE', index, keep) end
   if added == 1 then redis.call('PUBLISH', prefix .. 'user-jobs:' .. indexed_owner, job_id) end
 end
+if ARGV[10] == '1' then
+  -- Redis turns a Lua nil or false into a nil reply and ends an array at the first one: ''.
+  return { seq, indexed_owner or '', replacing and recorded or '' }
+end
 return seq
 """
 # END progress.lua
+
+
+# The owner's job index on Redis Cluster, src/producer/owner-index.lua of jobwire, verbatim.
+# Do not edit here: regenerate with `node clients/python/generate.mjs` after the script changes.
+# BEGIN owner-index.lua
+OWNER_INDEX_SCRIPT = r"""-- jobwire owner index script: list a job under its owner ("my jobs") and announce it when it
+-- is new there. On a single Redis progress.lua does this itself, in its atomic step; on Redis
+-- Cluster the owner's keys live in other slots than the job's, so jobwire's producers run this
+-- as a second step, in the owner's slot, after progress.lua (with its ARGV[10] '1', which
+-- returns the owner) has stored and SPUBLISHed the update. The second step is not atomic with
+-- the first: if it fails, the update stands, and the job is missing from the owner's list
+-- (and was not announced) until its next update runs this again.
+--
+-- KEYS[1]  the owner's index, <key prefix>owner:<user>   (default jobwire:owner:<user>)
+-- ARGV[1]  the job id
+-- ARGV[2]  the owner's channel, <key prefix>user-jobs:<user>
+-- ARGV[3]  seconds the index is kept: the longest state TTL, max(TTL, terminal TTL) of
+--          progress.lua (default 86400)
+--
+-- Effects, as progress.lua's on a single Redis: the job enters (or moves up) the sorted set
+-- scored with now in ms; entries older than ARGV[3] are pruned and at most the 1,000 most
+-- recent kept; the set's TTL is raised to ARGV[3]; when the job was not in the set, its id is
+-- PUBLISHed on the owner's channel (a classic PUBLISH, which a cluster broadcasts to every
+-- node: the gateway hears it on its classic subscription). Returns 1 when the job entered the
+-- set, else 0.
+
+local index, job_id, channel = KEYS[1], ARGV[1], ARGV[2]
+if index == nil or job_id == nil or job_id == '' or channel == nil or channel == '' then
+  return redis.error_reply('jobwire: usage: KEYS[1]=owner index, ARGV[1]=job id, ARGV[2]=owner channel')
+end
+local keep = tonumber(ARGV[3] or '') or 86400
+
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local added = redis.call('ZADD', index, now_ms, job_id)
+redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now_ms - keep * 1000))
+redis.call('ZREMRANGEBYRANK', index, 0, -1001)
+if redis.call('TTL', index) < keep then redis.call('EXPIRE', index, keep) end
+if added == 1 then redis.call('PUBLISH', channel, job_id) end
+return added
+"""
+# END owner-index.lua

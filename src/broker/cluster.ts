@@ -1,6 +1,7 @@
-// The Redis Cluster broker. Commands (the producer script, snapshot reads, plain PUBLISH) go
-// through ioredis' Cluster client, which routes each by its key's slot. Subscriptions are
-// ours, on connections of our own ("lanes"), so that we know when each one is live:
+// The Redis Cluster broker. Commands (the producer script, snapshot reads, plain PUBLISH, the
+// owners' job index) go through ioredis' Cluster client, which routes each by its key's slot.
+// Subscriptions are ours, on connections of our own ("lanes"), so that we know when each one
+// is live:
 // - one sharded lane per master that owns a watched job's slot: SSUBSCRIBE <channel> there,
 //   where the producer script SPUBLISHes (sharded pub/sub delivers only within a shard);
 // - one classic lane, on any node: SUBSCRIBE <channel> for producers that plain-PUBLISH,
@@ -8,7 +9,9 @@
 // The two kinds never share a connection: ioredis takes a zero count in an unsubscribe reply
 // of one kind for the end of subscriber mode, and would then misread the other kind's pushes.
 // A message arrives once: the script only SPUBLISHes, a plain PUBLISH only reaches classic
-// subscribers, and each channel holds one subscription of each kind.
+// subscribers, and each channel holds one subscription of each kind. A user's channel
+// (`<key prefix>user-jobs:<user>`) is subscribed like a job's; its announcements are plain
+// PUBLISHes (owner-index.lua), so they arrive through the classic lane.
 //
 // A failover or a slot migration touches one shard's jobs only: their lane closes (a master
 // died), or the server withdraws their subscriptions (a `sunsubscribe` push, or MOVED when we
@@ -28,6 +31,7 @@ import { rateLimitedLog } from '../support/log.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
 import { channelFor, clusterRecorderKey, stateKey } from '../wire/topics.js'
 import { defineProgressScript, runProgressScript } from '../producer/script.js'
+import { ownerIndexKey, OwnerIndexError, type OwnerIndex } from '../producer/owner-index.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
 import { RECORD_SEEN_SCRIPT, RECORDER_LEASE_MS } from './redis.js'
@@ -87,7 +91,7 @@ class Channel {
   }
 }
 
-export class ClusterBroker implements Broker {
+export class ClusterBroker implements Broker, OwnerIndex {
   readonly kind = 'cluster' as const
   reconnects = 0
   private readonly names: BrokerNames
@@ -254,8 +258,22 @@ export class ClusterBroker implements Broker {
     }))
   }
 
-  publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {
-    return runProgressScript(this.cmd, this.names, jobId, payload, options)
+  /** The update is stored and published in the job's slot, then listed under its owner in the
+   * owner's (producer/owner-index.ts). When only the listing fails, the update stands: its
+   * seq is the answer, and the job is listed again by its next update. */
+  async publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {
+    try {
+      return await runProgressScript(this.cmd, this.names, jobId, payload, options)
+    } catch (err) {
+      if (!(err instanceof OwnerIndexError)) throw err
+      this.warn({ job: jobId, owner: err.owner, err: (err.cause as Error).message }, `redis cluster: ${err.message}`)
+      return err.seq
+    }
+  }
+
+  /** The owner's index lives in its own slot; the command client finds it. */
+  async ownerJobs(owner: string, limit: number): Promise<string[]> {
+    return this.cmd.zrevrange(ownerIndexKey(this.names.keyPrefix, owner), 0, Math.max(0, limit - 1))
   }
 
   publish(channel: string, payload: Buffer | string): Promise<void> {

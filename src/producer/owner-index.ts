@@ -5,8 +5,14 @@
 // the channel while someone watches the user's jobs. Both names live under the key prefix,
 // outside the channel prefix's namespace, so a pattern subscription to job channels never
 // sees them and no job id can be mistaken for them.
+//
+// On Redis Cluster the set lives in another slot than the job, out of the producer script's
+// reach: the producer keeps it as a second step (indexOwner, owner-index.lua), not atomic with
+// the first, and the gateway reads it through the cluster broker's client.
 
-import { Redis } from 'ioredis'
+import { readFileSync } from 'node:fs'
+import { Redis, type Cluster } from 'ioredis'
+import { projectPath } from '../support/paths.js'
 
 /** Jobs an owner's index keeps at most (the most recently updated). */
 export const MAX_OWNER_JOBS = 1000
@@ -17,6 +23,35 @@ export function ownerIndexKey(keyPrefix: string, owner: string): string {
 
 export function userJobsChannel(keyPrefix: string, owner: string): string {
   return `${keyPrefix}user-jobs:${owner}`
+}
+
+export const OWNER_INDEX_SCRIPT = readFileSync(projectPath('src', 'producer', 'owner-index.lua'), 'utf8')
+
+const COMMAND = 'jobwireOwnerIndex'
+type IndexRunner = (index: string, jobId: string, channel: string, keepSec: number) => Promise<number>
+
+/** The second step on Redis Cluster failed: the update itself was stored and published (its
+ * seq is `seq`), but the job is missing from its owner's list, and was not announced, until
+ * its next update indexes it again. Not a ProducerError: something was written. */
+export class OwnerIndexError extends Error {
+  override name = 'OwnerIndexError'
+  constructor(readonly jobId: string, readonly seq: number, readonly owner: string, cause: Error) {
+    super(`job ${jobId} was updated (seq ${seq}), but its owner's job list (${owner}) could not be: ${cause.message}`, { cause })
+  }
+}
+
+/**
+ * Lists the job under `owner` (announcing it when new there) and takes it off `previous`'s
+ * list when an admin gave it away: what progress.lua does in its own step on a single Redis,
+ * for Redis Cluster, where each owner's set lives in a slot of its own. `keepSec` is the
+ * longest state TTL. Resolves to whether the job was new on the owner's list.
+ */
+export async function indexOwner(redis: Redis | Cluster, keyPrefix: string, jobId: string, owner: string, previous: string, keepSec: number): Promise<boolean> {
+  if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 1, lua: OWNER_INDEX_SCRIPT })
+  if (previous !== '' && previous !== owner) await redis.zrem(ownerIndexKey(keyPrefix, previous), jobId)
+  if (owner === '') return false
+  const run = (redis as unknown as Record<string, IndexRunner>)[COMMAND]!.bind(redis)
+  return (await run(ownerIndexKey(keyPrefix, owner), jobId, userJobsChannel(keyPrefix, owner), keepSec)) === 1
 }
 
 export interface OwnerIndex {
@@ -50,8 +85,9 @@ export class RedisOwnerIndex implements OwnerIndex {
   }
 }
 
-/** The index a gateway reads: the embedded broker keeps its own; with Redis, a reader of its
- * own; with neither (a test's broker, say), an empty one. `close` closes only what it opened. */
+/** The index a gateway reads: the embedded and Redis Cluster brokers read it themselves (the
+ * cluster one through its cluster client); with Redis, a reader of its own; with none of
+ * these (a test's broker, say), an empty one. `close` closes only what it opened. */
 export function ownerIndexFor(broker: object, redisUrl: string, keyPrefix: string): { index: OwnerIndex; close(): Promise<void> } {
   if ('ownerJobs' in broker && typeof broker.ownerJobs === 'function') return { index: broker as OwnerIndex, close: async () => undefined }
   if (redisUrl !== '') {

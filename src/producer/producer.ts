@@ -6,6 +6,12 @@
 //   await producer.progress('job-42', { progress: 41 })     // merged: status stays 'processing'
 //   await producer.close()                                  // or the process keeps running
 //   new Producer({ cluster: '10.0.0.1:7000,10.0.0.2:7000' })  // Redis Cluster: sharded pub/sub
+//
+// On Redis Cluster an update of a job with an owner takes two steps: the script stores and
+// publishes it in the job's slot, then the job is listed under its owner in the owner's slot
+// (owner-index.ts). Should only the second fail, progress() rejects with OwnerIndexError,
+// whose `seq` is the update's: it was stored and published, and the job's next update lists
+// it again.
 
 import { pack } from 'msgpackr'
 import { Redis, type Cluster } from 'ioredis'
@@ -17,12 +23,15 @@ import { channelFor } from '../wire/topics.js'
 import { ProducerError } from './merge.js'
 import { runProgressScript } from './script.js'
 
+export { OwnerIndexError } from './owner-index.js'
+
 export interface ProducerOptions {
   /** A Redis URL, or a connection to share (it is not closed by close()). */
   readonly redis?: string | Redis
   /** Instead of `redis`, a Redis Cluster: nodes to start from (host:port[,host:port...]), or a
    * cluster client to share (not closed by close()). The job's keys then carry its channel as
-   * their hash tag and the script publishes with SPUBLISH (docs/protocol.md). */
+   * their hash tag, the script publishes with SPUBLISH, and the owner's job index is kept as a
+   * second step (docs/protocol.md). */
   readonly cluster?: string | readonly string[] | Cluster
   readonly channelPrefix?: string
   readonly keyPrefix?: string
@@ -66,7 +75,9 @@ export class Producer {
   }
 
   /** Merges `payload`'s fields into the job's stored state (or, with `replace`, stores it as
-   * the whole state) and publishes the result; resolves to the job's new seq. */
+   * the whole state) and publishes the result; resolves to the job's new seq. Rejects with
+   * ProducerError when the payload is refused (nothing written), and on a cluster with
+   * OwnerIndexError when the update went through but its owner's job list was not updated. */
   async progress(jobId: string, payload: JobPayload, options: ProgressOptions = {}): Promise<number> {
     return runProgressScript(this.redis, this.names, checkJobId(jobId), this.encode(payload), options)
   }

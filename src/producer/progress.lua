@@ -18,15 +18,25 @@
 --          job index <key prefix>owner:<user> and its channel <key prefix>user-jobs:<user>
 -- ARGV[9]  'SPUBLISH' on Redis Cluster: the state goes out on sharded pub/sub, so KEYS[1]
 --          must hash to the channel's slot (<key prefix>job:{<channel>}); the owner's index,
---          which lives in other slots, is not kept there. Otherwise (the default) PUBLISH.
+--          which lives in other slots, is not kept by this script then. Otherwise (the
+--          default) PUBLISH.
+-- ARGV[10] '1' to return {seq, owner, previous owner} instead of seq: the job's owner after
+--          this update ('' when it has none) and, when this update gave the job to another
+--          owner, the one it was taken from (else ''). On Redis Cluster jobwire's producers
+--          ask for them and keep the owner's index as a second step, in the owner's own slot:
+--          ZREM the job from the previous owner's set, then run owner-index.lua (beside this
+--          file) for the owner. The two steps are not atomic: when the second fails, the
+--          update is stored and published but the job is missing from the owner's list (and
+--          not announced) until the job's next update runs the second step again.
 --
 -- Effects: increments the job's seq; builds the new state: the stored state's fields
 -- overwritten by the payload's top-level fields (shallow: a nested object is replaced whole),
 -- with seq, epoch and ts first, in the payload's encoding; stores it, records the owner,
 -- refreshes the TTL and PUBLISHes the stored bytes on the channel. A job with an owner is
 -- indexed in the owner's sorted set (score: ms of its last update); when it enters that set,
--- its id is PUBLISHed on the owner's channel. Returns the new seq. A bad payload, or another
--- owner than the recorded one, is refused with an error before anything is written.
+-- its id is PUBLISHed on the owner's channel (not with SPUBLISH: see ARGV[10]). Returns the
+-- new seq. A bad payload, or another owner than the recorded one, is refused with an error
+-- before anything is written.
 --
 -- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
 -- it began), state = the state bytes as published, owner = user id. The gateway reads it
@@ -523,6 +533,7 @@ redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
 
 -- The owner's index of jobs ("my jobs"): newest update last, pruned of jobs whose state has
 -- expired for sure, capped, kept as long as the longest-lived job state it lists.
+-- owner-index.lua does the same on Redis Cluster: keep the two in step.
 local indexed_owner = (owner ~= '' and owner) or recorded
 local prefix = ARGV[8]
 if prefix == nil or prefix == '' then
@@ -539,5 +550,9 @@ if not sharded and indexed_owner and prefix and key:sub(1, #prefix + 4) == prefi
   redis.call('ZREMRANGEBYRANK', index, 0, -1001)
   if redis.call('TTL', index) < keep then redis.call('EXPIRE', index, keep) end
   if added == 1 then redis.call('PUBLISH', prefix .. 'user-jobs:' .. indexed_owner, job_id) end
+end
+if ARGV[10] == '1' then
+  -- Redis turns a Lua nil or false into a nil reply and ends an array at the first one: ''.
+  return { seq, indexed_owner or '', replacing and recorded or '' }
 end
 return seq

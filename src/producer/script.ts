@@ -1,5 +1,6 @@
 // Runs progress.lua from Node through ioredis (EVALSHA, falling back to EVAL once per
-// connection). Shared by the Redis broker and the standalone Producer.
+// connection). Shared by the Redis and Redis Cluster brokers and the standalone Producer. On
+// a cluster, the owner's job index is kept as a second step (owner-index.ts).
 
 import { readFileSync } from 'node:fs'
 import type { Cluster, Redis } from 'ioredis'
@@ -7,18 +8,22 @@ import { projectPath } from '../support/paths.js'
 import { channelFor, stateKey } from '../wire/topics.js'
 import type { BrokerNames, ProgressOptions } from '../broker/broker.js'
 import { OWNER_CONFLICT, OwnerConflict, ProducerError } from './merge.js'
+import { indexOwner, OwnerIndexError } from './owner-index.js'
 
 export const PROGRESS_SCRIPT_PATH = projectPath('src', 'producer', 'progress.lua')
 export const PROGRESS_SCRIPT = readFileSync(PROGRESS_SCRIPT_PATH, 'utf8')
 
 const COMMAND = 'jobwireProgress'
-type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string, replaceState: string, keyPrefix: string, publishCommand: string) => Promise<number>
+type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string, replaceState: string, keyPrefix: string, publishCommand: string, returnOwners: string) => Promise<number | [number, string, string]>
 
 /** A single Redis, or a Redis Cluster client (with names.cluster: the cluster key layout). */
 export function defineProgressScript(redis: Redis | Cluster): void {
   if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 1, lua: PROGRESS_SCRIPT })
 }
 
+/** Resolves to the job's new seq. On a cluster (names.cluster) the update is stored and
+ * published first, then listed under its owner; a failure of that second step rejects with
+ * OwnerIndexError, which carries the seq of the update that did go through. */
 export async function runProgressScript(
   redis: Redis | Cluster,
   names: BrokerNames,
@@ -28,18 +33,23 @@ export async function runProgressScript(
 ): Promise<number> {
   defineProgressScript(redis)
   const run = (redis as unknown as Record<string, ScriptRunner>)[COMMAND]!.bind(redis)
+  const ttl = options.ttlSec ?? names.stateTtlSec
+  const terminalTtl = options.terminalTtlSec ?? names.terminalTtlSec
+  let reply: number | [number, string, string]
   try {
-    return await run(
+    reply = await run(
       stateKey(names, jobId),
       channelFor(names.channelPrefix, jobId),
       payload,
       options.owner ?? '',
-      options.ttlSec ?? names.stateTtlSec,
-      options.terminalTtlSec ?? names.terminalTtlSec,
+      ttl,
+      terminalTtl,
       options.replaceOwner ? '1' : '',
       options.replace ? '1' : '',
       names.keyPrefix,
       names.cluster ? 'SPUBLISH' : '',
+      // On a cluster the script cannot reach the owner's index: it tells us the owners.
+      names.cluster ? '1' : '',
     )
   } catch (err) {
     // The script refuses bad payloads with 'jobwire: <reason>'; nothing was written.
@@ -48,4 +58,12 @@ export async function runProgressScript(
     if (match) throw new ProducerError(match[1]!)
     throw err
   }
+  if (typeof reply === 'number') return reply
+  const [seq, owner, previous] = reply
+  try {
+    await indexOwner(redis, names.keyPrefix, jobId, owner, previous, Math.max(ttl, terminalTtl))
+  } catch (err) {
+    throw new OwnerIndexError(jobId, seq, owner, err as Error)
+  }
+  return seq
 }
