@@ -4,9 +4,9 @@
 // (dist/client/jobwire-react.js), which is what the package's `jobwire/react` export serves.
 
 import t from 'tap'
-import { createServer } from 'node:http'
 import { build } from 'esbuild'
 import { PROJECT_ROOT, projectPath } from '../src/support/paths.js'
+import { serveAppPage } from './fixtures/app-page.js'
 import { launchBrowser } from './fixtures/browser.js'
 import { startGateway } from './fixtures/gateway.js'
 import { SECRET, token } from './fixtures/tokens.js'
@@ -45,18 +45,13 @@ t.test('useJob in React', async (t) => {
     define: { 'process.env.NODE_ENV': '"production"' },
   })
   const script = bundle.outputFiles[0]!.text
-  const server = createServer((req, res) => {
-    if (req.url === '/app.js') return res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
-    res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><meta charset="utf-8"><div id="root"></div><script type="module" src="/app.js"></script>')
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  const pageUrl = await serveAppPage(t, script)
 
   const browser = await launchBrowser()
   t.teardown(() => browser.close())
   const page = await browser.newPage()
   page.on('pageerror', (err) => t.fail(`page error: ${err.message}`))
-  await page.goto(`http://127.0.0.1:${(server.address() as { port: number }).port}/`)
+  await page.goto(pageUrl)
 
   await page.locator('#job[data-job="r-1"][data-progress="10"]').waitFor({ timeout: 10_000 })
   t.equal(await page.locator('#job').textContent(), 'processing 10%', 'the snapshot renders')

@@ -8,9 +8,9 @@
 // subscriptions while the client's one socket stays open.
 
 import t from 'tap'
-import { createServer } from 'node:http'
 import { build } from 'esbuild'
 import { PROJECT_ROOT, projectPath } from '../src/support/paths.js'
+import { serveAppPage } from './fixtures/app-page.js'
 import { launchBrowser } from './fixtures/browser.js'
 import { startGateway } from './fixtures/gateway.js'
 import { SECRET, token } from './fixtures/tokens.js'
@@ -64,12 +64,7 @@ t.test('useJob in Vue', async (t) => {
     },
   })
   const script = bundle.outputFiles[0]!.text
-  const server = createServer((req, res) => {
-    if (req.url === '/app.js') return res.writeHead(200, { 'content-type': 'text/javascript' }).end(script)
-    res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><meta charset="utf-8"><div id="root"></div><script type="module" src="/app.js"></script>')
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  const pageUrl = await serveAppPage(t, script)
 
   const browser = await launchBrowser()
   t.teardown(() => browser.close())
@@ -78,7 +73,7 @@ t.test('useJob in Vue', async (t) => {
   page.on('console', (message) => {
     if (message.type() === 'warning' || message.type() === 'error') t.fail(`console ${message.type()}: ${message.text()}`)
   })
-  await page.goto(`http://127.0.0.1:${(server.address() as { port: number }).port}/`)
+  await page.goto(pageUrl)
 
   await t.test('renders the snapshot and every update', async (t) => {
     await page.locator('#job[data-job="r-1"][data-progress="10"]').waitFor({ timeout: 10_000 })
