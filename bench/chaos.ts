@@ -23,18 +23,19 @@ import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { projectPath } from '../src/support/paths.js'
 import { compare, covers, equals, StoredStates, type Behind } from './chaos/oracle.js'
+import { positiveEnv, sleep, startHarness } from './chaos/harness.js'
 import { GatewayNode, killEverything, openFileLimit, RedisServer } from './chaos/procs.js'
 import { ProducerLoop } from './chaos/producer-loop.js'
 import { SimTab, type TabEvents } from './chaos/sim-client.js'
 
-const SCALE = positive('CHAOS_SCALE', 1)
+const SCALE = positiveEnv('CHAOS_SCALE', 1)
 const TABS = Math.max(20, Math.round(5000 * SCALE))
 const JOBS = Math.max(12, Math.round(500 * SCALE))
 const JOBS_PER_TAB = 4
 /** 100 updates/s over 500 jobs: each job moves every ~5 s, 40 watchers each, ~4,000 frames/s
  * to the tabs: steady work for the gateways without saturating two shared cores. */
-const RATE = positive('CHAOS_RATE', Math.max(10, Math.round(100 * SCALE)))
-const GLOBAL_TIMEOUT_MS = positive('CHAOS_TIMEOUT_S', 480) * 1000
+const RATE = positiveEnv('CHAOS_RATE', Math.max(10, Math.round(100 * SCALE)))
+const GLOBAL_TIMEOUT_MS = positiveEnv('CHAOS_TIMEOUT_S', 480) * 1000
 /** A fault that has not converged this long after it was injected is given up on. */
 const CONVERGE_MAX_MS = 45_000
 /** Left after convergence before the next fault, so late effects land in this fault's row. */
@@ -53,22 +54,8 @@ const HOSTILE_MESSAGES = Math.max(300, Math.round(2000 * SCALE))
 /** CHAOS_SELF_TEST=1: plant lost views on purpose; the run must report them and fail. */
 const SELF_TEST = process.env.CHAOS_SELF_TEST === '1'
 
-function positive(name: string, fallback: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const n = Number(raw)
-  if (!Number.isFinite(n) || n <= 0) {
-    console.error(`${name} must be a positive number, not '${raw}'`)
-    process.exit(2)
-  }
-  return n
-}
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const started = Date.now()
-/** The machine is shared: how busy it was is part of every figure. */
-const loadAtStart = loadavg()[0]!
-const log = (message: string) => process.stderr.write(`[chaos +${((Date.now() - started) / 1000).toFixed(1)}s] ${message}\n`)
+const { log, started, loadAtStart } = startHarness('chaos')
 
 /** One row of the report: a fault, or the steady state and the end as controls. */
 interface FaultWindow {
@@ -149,14 +136,6 @@ let oracle: StoredStates | null = null
 let hostileConnection: Redis | null = null
 let hostileKinds: string[] = []
 
-process.on('exit', () => killEverything())
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: stopping everything`)
-    killEverything()
-    process.exit(130)
-  })
-}
 
 async function main(): Promise<number> {
   const fdLimit = openFileLimit()

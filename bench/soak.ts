@@ -37,13 +37,14 @@ import { join } from 'node:path'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { projectPath } from '../src/support/paths.js'
 import { compare, equals, StoredStates } from './chaos/oracle.js'
+import { positiveEnv, sleep, startHarness } from './chaos/harness.js'
 import { GatewayNode, killEverything, openFileLimit, RedisServer } from './chaos/procs.js'
 import { ProducerLoop } from './chaos/producer-loop.js'
 import { SimTab, type TabEvents } from './chaos/sim-client.js'
 import { cpuMicros, rssBytes } from './procstat.js'
 
-const MINUTES = positive('SOAK_MINUTES', 10)
-const SCALE = positive('SOAK_SCALE', 1)
+const MINUTES = positiveEnv('SOAK_MINUTES', 10)
+const SCALE = positiveEnv('SOAK_SCALE', 1)
 const TABS = Math.max(20, Math.round(2000 * SCALE))
 const SLOTS = Math.max(10, Math.round(200 * SCALE))
 const JOBS_PER_TAB = 3
@@ -59,22 +60,8 @@ const DURATION_MS = MINUTES * 60_000
 const ROW_EVERY_MS = Math.min(30_000, Math.max(3000, Math.round(DURATION_MS / 20 / 1000) * 1000))
 const GLOBAL_TIMEOUT_MS = DURATION_MS + 120_000
 
-function positive(name: string, fallback: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const n = Number(raw)
-  if (!Number.isFinite(n) || n <= 0) {
-    console.error(`${name} must be a positive number, not '${raw}'`)
-    process.exit(2)
-  }
-  return n
-}
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-const started = Date.now()
-/** The machine is shared: how busy it was is part of every figure. */
-const loadAtStart = loadavg()[0]!
-const log = (message: string) => process.stderr.write(`[soak +${((Date.now() - started) / 1000).toFixed(1)}s] ${message}\n`)
+const { log, loadAtStart } = startHarness('soak')
 
 interface Point {
   /** ms since the measured run began */
@@ -111,14 +98,6 @@ let oracle: StoredStates | null = null
 let frames = 0
 let reconnects = 0
 
-process.on('exit', () => killEverything())
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    log(`${sig}: stopping everything`)
-    killEverything()
-    process.exit(130)
-  })
-}
 
 const events: TabEvents = {
   opened: (tab) => {
