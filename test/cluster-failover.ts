@@ -8,25 +8,15 @@
 import t, { type Test } from 'tap'
 import { keySlot } from '../src/broker/slots.js'
 import { Producer } from '../src/producer/producer.js'
-import { startCluster, type TestCluster } from './fixtures/cluster.js'
-import { startGateway, type TestGateway } from './fixtures/gateway.js'
+import { clusterGatewayForFile, type TestCluster } from './fixtures/cluster.js'
+import type { TestGateway } from './fixtures/gateway.js'
 import { until, pause } from './fixtures/until.js'
 import type { Message, TestClient } from './fixtures/ws-client.js'
 
 let cluster: TestCluster
 let gw: TestGateway
 let producer: Producer
-
-t.before(async () => {
-  cluster = await startCluster()
-  gw = await startGateway({ 'redis-cluster': cluster.seeds })
-  producer = new Producer({ cluster: cluster.seeds })
-})
-t.teardown(async () => {
-  await gw?.stop()
-  await producer?.close()
-  await cluster?.stop()
-})
+clusterGatewayForFile((setup) => ({ cluster, gw, producer } = setup))
 
 /** Retried while the cluster cannot take it (a failover in progress); bounded. A retried call
  * may have run already (its answer lost with the node), which only skips a seq. */

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import { keySlot } from '../src/broker/slots.js'
 import { OwnerIndexError, Producer } from '../src/producer/producer.js'
 import { loadConfig } from '../src/support/config.js'
-import { startCluster, type TestCluster } from './fixtures/cluster.js'
+import { clusterGatewayForFile, type TestCluster } from './fixtures/cluster.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { CLI } from './fixtures/process.js'
 import { SECRET, token } from './fixtures/tokens.js'
@@ -19,17 +19,7 @@ import { until } from './fixtures/until.js'
 let cluster: TestCluster
 let gw: TestGateway
 let producer: Producer
-
-t.before(async () => {
-  cluster = await startCluster()
-  gw = await startGateway({ 'redis-cluster': cluster.seeds })
-  producer = new Producer({ cluster: cluster.seeds })
-})
-t.teardown(async () => {
-  await gw?.stop()
-  await producer?.close()
-  await cluster?.stop()
-})
+clusterGatewayForFile((setup) => ({ cluster, gw, producer } = setup))
 
 async function shardChannels(port: number): Promise<string[]> {
   return (await cluster.node(port).call('PUBSUB', 'SHARDCHANNELS')) as string[]
