@@ -180,9 +180,11 @@ t.test('--stall-after: a processing job that goes quiet is flagged to its watche
   const job = await queue.add('transcode', { steps: [20], quietMs: 1800, after: 60 })
   const jobId = `bullmq:clips:${job.id}`
   const c = await stalling.connect()
-  await c.subscribe(jobId)
-  await until_(c, jobId, (d) => d.progress === 20)
-  const flagged = await c.next((m) => m.type === 'job_status' && m.job_id === jobId && (m.data as Data | null)?.stalled === true, 5000)
+  // On a loaded machine the subscribe can come late: its snapshot may already hold progress 20,
+  // or even the flag. So wait for the flag itself, whichever job_status carries it.
+  const snapshot = await c.subscribe(jobId)
+  const flagged = (snapshot.data as Data | null)?.stalled === true ? snapshot
+    : await c.next((m) => m.type === 'job_status' && m.job_id === jobId && (m.data as Data | null)?.stalled === true, 10_000)
   t.match(flagged.data, { status: 'processing', progress: 20, stalled: true }, 'a job_status with the last state, stalled')
   const late = await stalling.connect()
   t.match((await late.subscribe(jobId)).data, { progress: 20, stalled: true }, 'a snapshot while stalled says so')
