@@ -39,20 +39,9 @@ export class ProcessSampler {
   sample(): ProcessStats {
     const h = this.histogram
     if (h.count > 0) {
-      // perf_hooks keeps percentiles, not buckets: place each percentile step in its bucket.
-      // Rounded cumulatively, so the shares add up to exactly h.count.
-      let placed = 0
-      for (const [percentile, ns] of h.percentiles) {
-        const share = Math.round((h.count * percentile) / 100) - placed
-        if (share <= 0) continue
-        placed += share
-        const seconds = Math.max(0, ns - RESOLUTION_NS) / 1e9
-        let i = 0
-        while (i < LOOP_DELAY_BUCKETS.length && seconds > LOOP_DELAY_BUCKETS[i]!) i++
-        this.counts[i]! += share
-      }
-      this.sum += (Math.max(0, h.mean - RESOLUTION_NS) / 1e9) * placed
-      this.count += placed
+      const placed = foldLoopDelays(this.counts, h)
+      this.sum += placed.sumSeconds
+      this.count += placed.count
       h.reset()
     }
     const memory = process.memoryUsage()
@@ -62,4 +51,28 @@ export class ProcessSampler {
   stop(): void {
     this.histogram.disable()
   }
+}
+
+/** What foldLoopDelays reads of a perf_hooks histogram (nanoseconds, sampling interval included). */
+export interface DelayReading {
+  readonly count: number
+  readonly mean: number
+  readonly percentiles: ReadonlyMap<number, number>
+}
+
+/** Adds a reading's samples to `counts` (one per LOOP_DELAY_BUCKETS bound, then +Inf), less the
+ * sampling interval. perf_hooks keeps percentiles, not buckets: each percentile step goes to
+ * its bucket, rounded cumulatively so the shares add up to exactly the reading's count. */
+export function foldLoopDelays(counts: number[], h: DelayReading): { count: number; sumSeconds: number } {
+  let placed = 0
+  for (const [percentile, ns] of h.percentiles) {
+    const share = Math.round((h.count * percentile) / 100) - placed
+    if (share <= 0) continue
+    placed += share
+    const seconds = Math.max(0, ns - RESOLUTION_NS) / 1e9
+    let i = 0
+    while (i < LOOP_DELAY_BUCKETS.length && seconds > LOOP_DELAY_BUCKETS[i]!) i++
+    counts[i]! += share
+  }
+  return { count: placed, sumSeconds: (Math.max(0, h.mean - RESOLUTION_NS) / 1e9) * placed }
 }
