@@ -186,8 +186,10 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Back
     try {
       if (fleet.failed > 0) log(`${spec.name}: ${fleet.failed} sockets failed to connect: ${fleet.errors.join('; ')}`)
       const rss = gatewayRss(target)
-      // A short warm-up window lets the JIT settle before the measured one.
-      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(1000, plan.windowMs), via: 'script' })
+      // The warm-up lets V8 finish optimising the hot path first: its compiler threads take the
+      // CPU from the gateway's main thread meanwhile, and after 1 s of the seed load they still
+      // set the p99 (seed: 1.2-1.8 ms after 1 s, 0.44-0.62 ms after 6 s; README, Performance).
+      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(6000, 2 * plan.windowMs), via: 'script' })
       const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via: 'script' })
       return { scenario, target: spec, connected: fleet.connected, connectMs: fleet.connectMs, rssBytes: rss, rssPerConnection: (rss - rss0) / Math.max(1, fleet.connected), window }
     } finally {
