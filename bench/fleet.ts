@@ -47,7 +47,7 @@ export interface WindowResult {
   histogram: string
 }
 
-interface LoadgenReport {
+export interface LoadgenReport {
   updates: number
   otherFrames: number
   closedByServer: number
@@ -55,7 +55,27 @@ interface LoadgenReport {
   samples: number
   cpuMicros: number
   perJob: Record<string, number>
+  /** CLOCK_MONOTONIC microseconds of the last job_update a probe (while recording: any
+   * socket) received; 0 when none since the reset. */
+  lastUpdateUs: number
+  /** While recording: per job, the lowest seq any of its subscribed sockets holds. */
+  held?: Record<string, number>
   histogram: Array<[number, number]>
+}
+
+/** What one load generator recorded between `record PATH` and `record stop`. */
+export interface Recorded {
+  /** The file of its probe sockets' frames (loadgen.c record_t). */
+  readonly path: string
+  readonly records: number
+  /** Frames past loadgen.c's RECORDS_MAX, not written. */
+  readonly dropped: number
+  /** job_update frames whose seq could not be read. */
+  readonly unparsed: number
+  /** Every subscribed probe socket of this generator: [socket index, job index]. */
+  readonly probes: Array<[number, number]>
+  /** Every subscribed socket of this generator: [job index, the highest seq it received]. */
+  readonly sockets: Array<[number, number]>
 }
 
 type Reply =
@@ -64,7 +84,10 @@ type Reply =
   | { type: 'report'; report: LoadgenReport }
   | { type: 'reset' }
   | { type: 'closed' }
-  | { type: 'done'; sent: number; failed: number; unanswered: number; cpuMicros: number; lagMs: number; elapsedMs: number; error: string; perJob: Record<string, number> }
+  | { type: 'recording' }
+  | { type: 'recorded'; records: number; dropped: number; unparsed: number; probes: Array<[number, number]>; sockets: Array<[number, number]> }
+  | { type: 'error'; error: string }
+  | { type: 'done'; sent: number; failed: number; unanswered: number; logged: number; cpuMicros: number; lagMs: number; elapsedMs: number; error: string; perJob: Record<string, number> }
 
 /** A native helper process speaking one command per line, one JSON reply per line. */
 class Native {
@@ -93,6 +116,8 @@ export interface FleetPlan {
   readonly jobPrefix: string
   /** The request path, query included (a ?token=); /ws/jobs when absent. At most 255 bytes. */
   readonly path?: string
+  /** Every subscribe_job asks for at most this many updates a second (max_hz); 0 or absent: none. */
+  readonly maxHz?: number
 }
 
 export function jobIds(plan: Pick<FleetPlan, 'jobs' | 'jobPrefix'>): string[] {
@@ -125,7 +150,7 @@ export class Fleet {
     const replies = await Promise.all(gens.map((g, k) => {
       const count = Math.ceil((plan.sockets - k) / plan.loadgens)
       return g.request(`connect 127.0.0.1 ${target.port} ${plan.path ?? '/ws/jobs'} ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
-        `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 128`)
+        `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 128 ${plan.maxHz ?? 0}`)
     }))
     for (const r of replies) {
       if (r.type !== 'connected') continue
@@ -157,6 +182,23 @@ export class Fleet {
   async reports(): Promise<LoadgenReport[]> {
     const replies = await Promise.all(this.gens.map((g) => g.request('report')))
     return replies.flatMap((r) => (r.type === 'report' ? [r.report] : []))
+  }
+
+  /** Zeroes the counters; from now on every socket keeps the highest seq it received and the
+   * probes write every frame to `<dir>/probes-<k>.bin` (see loadgen.c). */
+  async record(dir: string): Promise<void> {
+    await Promise.all(this.gens.map((g) => g.request('reset')))
+    const replies = await Promise.all(this.gens.map((g, k) => g.request(`record ${dir}/probes-${k}.bin`)))
+    for (const r of replies) if (r.type !== 'recording') throw new Error(`loadgen did not start recording: ${JSON.stringify(r)}`)
+  }
+
+  /** Closes the generators' record files. */
+  async stopRecording(dir: string): Promise<Recorded[]> {
+    const replies = await Promise.all(this.gens.map((g) => g.request('record stop')))
+    return replies.map((r, k) => {
+      if (r.type !== 'recorded') throw new Error(`loadgen did not stop recording: ${JSON.stringify(r)}`)
+      return { path: `${dir}/probes-${k}.bin`, records: r.records, dropped: r.dropped, unparsed: r.unparsed, probes: r.probes, sockets: r.sockets }
+    })
   }
 
   async measure(target: Running, redis: Pick<Running, 'pids'>, publisher: Publisher, run: PublishRun): Promise<WindowResult> {
@@ -233,11 +275,20 @@ export interface PublishRun {
   readonly ratePerSec: number
   readonly durationMs: number
   readonly via: 'script' | 'publish'
+  /** With 'publish': the payload carries the publisher's own per-job "seq" (publisher.c seq=1). */
+  readonly ownSeq?: boolean
+  /** Each job's last update of the run is terminal ("status":"completed"). */
+  readonly lastTerminal?: boolean
+  /** Where the publisher writes (job, seq, stamp) of every accepted update (publisher.c log=). */
+  readonly log?: string
+  /** The publisher wakes at most this often, sending what is due (publisher.c tick=). */
+  readonly tickUs?: number
 }
 
 export interface PublishResult {
   sent: number
   failed: number
+  logged: number
   perJob: Record<string, number>
   lagMs: number
   elapsedMs: number
@@ -256,7 +307,8 @@ export class Publisher {
   async run(run: PublishRun): Promise<PublishResult> {
     // On a cluster: one letter per job naming its master ('a' = the first port).
     const route = this.masterOf === null ? '' : ` ${run.jobs.map((job) => String.fromCharCode(97 + this.masterOf!(`progress:${job}`))).join('')}`
-    const reply = await this.native.request(`run ${run.ratePerSec} ${run.durationMs} ${run.via} ${run.jobs.length} ${run.jobPrefix} jobwire: progress:${route}`)
+    const options = `${run.ownSeq ? ' seq=1' : ''}${run.lastTerminal ? ' last=1' : ''}${run.log ? ` log=${run.log}` : ''}${run.tickUs ? ` tick=${run.tickUs}` : ''}`
+    const reply = await this.native.request(`run ${run.ratePerSec} ${run.durationMs} ${run.via} ${run.jobs.length} ${run.jobPrefix} jobwire: progress:${route}${options}`)
     if (reply.type !== 'done') throw new Error(`publisher answered ${reply.type}`)
     if (reply.failed > 0 || reply.unanswered > 0) {
       process.stderr.write(`[bench] publisher: ${reply.failed} failed, ${reply.unanswered} unanswered: ${reply.error}\n`)

@@ -1,6 +1,7 @@
 // Turns bench results into the printed table, the markdown report and the SVG latency chart.
 
 import type { WindowResult } from './fleet.js'
+import type { RateCapResult, RateCapRun } from './ratecap.js'
 import type { BenchResults, IdleResult, StreamResult, SweepResult, TargetSpec } from './run.js'
 import { fanout, floorAim, type FloorAim, type StreamScenario, type SweepScenario } from './scenarios.js'
 
@@ -17,6 +18,32 @@ function sweeps(b: BenchResults): SweepResult[] {
 }
 function idles(b: BenchResults): IdleResult[] {
   return b.scenarios.flatMap((s) => (s.kind === 'idle' ? [s.result] : []))
+}
+function rateCaps(b: BenchResults): RateCapResult[] {
+  return b.scenarios.flatMap((s) => (s.kind === 'ratecap' ? [s.result] : []))
+}
+
+const runName = (r: RateCapRun) => (r.maxHz === 0 ? 'full rate' : `max_hz ${r.maxHz}`)
+
+/** Capped against full rate: deliveries/s and gateway CPU as ratios; null without both runs. */
+export function rateCapRatios(r: RateCapResult): { deliveries: number; cpu: number; cpuPerUpdate: number; full: RateCapRun; capped: RateCapRun } | null {
+  const full = r.runs.find((x) => x.maxHz === 0)
+  const capped = r.runs.find((x) => x.maxHz > 0)
+  if (!full || !capped || full.deliveriesPerSec <= 0 || full.cpu.gateway <= 0 || full.gatewayUsPerUpdate <= 0) return null
+  return { deliveries: capped.deliveriesPerSec / full.deliveriesPerSec, cpu: capped.cpu.gateway / full.cpu.gateway, cpuPerUpdate: capped.gatewayUsPerUpdate / full.gatewayUsPerUpdate, full, capped }
+}
+
+function rateCapLine(r: RateCapResult): string | null {
+  const x = rateCapRatios(r)
+  if (x === null) return null
+  return `rate caps, ${x.capped.connected.toLocaleString('en-US')} sockets: max_hz ${x.capped.maxHz} against full rate: deliveries/s ${int(x.capped.deliveriesPerSec)} vs ${int(x.full.deliveriesPerSec)} ` +
+    `(${f2(x.deliveries)}x), gateway CPU ${f1(x.capped.cpu.gateway)}% vs ${f1(x.full.cpu.gateway)}% of a core (${f2(x.cpu)}x), ` +
+    `held p99 ${f1(x.capped.held.p99)} vs ${f1(x.full.held.p99)} ms`
+}
+
+/** "complete" or what was still missing when the drain bound ran out. */
+function drainCell(r: RateCapRun): string {
+  return r.drained ? `yes, ${int(r.drainMs)} ms` : `NO (bound ${int(r.drainMs)} ms)`
 }
 
 function streamVerdict(r: StreamResult): string {
@@ -190,9 +217,21 @@ export function printTable(b: BenchResults): string {
       ...i.map((r) => [r.scenario.id, r.target.name, int(r.connected), `${int(r.probeConnectMs)} (${int(Math.min(r.scenario.connectProbe, r.connected))})`, int(r.subscribeMs), mb(r.rssBytes), int(r.rssPerConnection), idleVerdict(r).split(' ')[0]!]),
     ]) + '\n'
   }
+  const rc = rateCaps(b)
+  if (rc.length > 0) {
+    out += pad([
+      ['rate caps', 'run', 'sockets', 'upd/s', 'deliv/s', 'gw CPU%', 'us/deliv', 'us/upd', 'held p50', 'p99', 'max', 'not held', 'terminal missing', 'drained'],
+      ...rc.flatMap((r) => r.runs.map((x) => [r.scenario.id, runName(x), int(x.connected), int(x.publishedPerSec), int(x.deliveriesPerSec), f1(x.cpu.gateway),
+        f1(x.gatewayUsPerDelivery), f1(x.gatewayUsPerUpdate), f1(x.held.p50), f1(x.held.p99), f1(x.held.max), int(x.held.notHeld), int(x.terminalMissing), drainCell(x)])),
+    ]) + '\n'
+  }
   const fl = floorRows(b)
   if (fl.length > 0) out += pad([FLOOR_HEAD, ...fl]) + '\n'
   for (const line of ratios(b)) out += `${line}\n`
+  for (const r of rc) {
+    const line = rateCapLine(r)
+    if (line !== null) out += `${line}\n`
+  }
   if (b.polling) {
     const p = b.polling
     out += `\npush frame ${p.pushFrameBytes} B; one poll ${p.pollRequestBytes} B request + ${p.pollResponseBytes} B response, ${f1(p.gatewayUsPerPoll)} us gateway CPU, ${int(p.pollRequestsPerSec)} polls/s\n`
@@ -251,6 +290,7 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
     for (const row of fl) md += `| ${row.join(' | ')} |\n`
     md += '\n'
   }
+  for (const r of rateCaps(b)) md += rateCapSection(b, r)
   const lines = ratios(b)
   if (lines.length > 0) md += '## jobwire against the baseline\n\n' + lines.map((l) => `- ${l}`).join('\n') + '\n\n'
   const why = missedAims(b)
@@ -267,6 +307,37 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
     }
     md += '\n'
   }
+  return md
+}
+
+function rateCapSection(b: BenchResults, r: RateCapResult): string {
+  const sc = r.scenario
+  const fanoutSockets = sc.sockets / sc.jobs
+  let md = `## Rate caps (max_hz)\n\n${int(sc.jobs)} jobs at ${sc.perJobHz} updates/s each for ${f1(sc.publishMs / 1000)} s (each job's last update terminal), ` +
+    `${int(sc.sockets)} sockets (${int(fanoutSockets)} per job), watched at full rate and then with every \`subscribe_job\` carrying \`max_hz: ${sc.maxHz}\`, ` +
+    `each run against a fresh ${r.target.name} (${r.target.workers} process). jobwire only: the baseline and the floor have no rate caps. ` +
+    'The updates are plain PUBLISHes carrying the publisher\'s own seq: the producer script at this rate would need more Redis CPU than the machine has.\n\n' +
+    '"Held" is the time until the client holds the latest state, exact over every pair of an update and a probe socket watching its job ' +
+    `(one socket in ${sc.probeEvery} by fan-out position): from the update's publication until the socket first received a frame whose seq is at least the ` +
+    'update\'s; a capped socket that never sees an update waits for the newer frame that supersedes it. "Not held": pairs no frame superseded before the window closed. ' +
+    `The window closes when every socket holds its job's terminal state, or ${f1(sc.drainMs / 1000)} s after the publisher is done, whichever comes first; ` +
+    '"terminal missing" counts the sockets that did not hold it then, and "backlog" the full-rate deliveries still owed. "Frame" is the age of the state a ' +
+    'frame carried when it arrived: a capped socket gets the newest state, young, while the states it skipped waited for it. Deliveries/s are over the time from ' +
+    'the first update published to the last frame received; CPU is over the whole window (publishing and draining), in percent of one core, with the load ' +
+    'generators, the publisher and Redis on the same cores.\n\n'
+  md += '| run | sockets | updates/s published | deliveries/s | backlog | job_status frames | gateway CPU % | kernel % | us CPU/delivery | us CPU/update | generator / publisher / Redis CPU % | held p50 ms | p90 | p99 | p99.9 | max | frame p50 ms | frame p99 | not held | terminal missing | closed by server | drained |\n' +
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+  for (const x of r.runs) {
+    const backlog = x.maxHz === 0 ? int(Math.max(0, x.offered - x.delivered)) : '-'
+    md += `| ${runName(x)} | ${int(x.connected)} | ${int(x.publishedPerSec)} | ${int(x.deliveriesPerSec)} | ${backlog} | ${int(x.otherFrames)} | ${f1(x.cpu.gateway)} | ${f1(x.gatewayKernelShare)} | ` +
+      `${f1(x.gatewayUsPerDelivery)} | ${f1(x.gatewayUsPerUpdate)} | ${f1(x.cpu.generator)} / ${f1(x.cpu.publisher)} / ${f1(x.cpu.redis)} | ${f1(x.held.p50)} | ${f1(x.held.p90)} | ${f1(x.held.p99)} | ${f1(x.held.p999)} | ${f1(x.held.max)} | ` +
+      `${f2(x.frameMs.p50)} | ${f2(x.frameMs.p99)} | ${int(x.held.notHeld)} of ${int(x.held.samples + x.held.notHeld)} | ${int(x.terminalMissing)} | ${int(x.closedByServer)} | ${drainCell(x)} |\n`
+  }
+  const line = rateCapLine(r)
+  if (line !== null) md += `\n${line}.\n`
+  const checks = r.runs.filter((x) => x.held.mismatched > 0 || x.recordsDropped > 0 || x.seqUnparsed > 0)
+  for (const x of checks) md += `\n${runName(x)}: ${int(x.held.mismatched)} frames whose stamp did not match their seq's, ${int(x.recordsDropped)} probe records dropped, ${int(x.seqUnparsed)} seqs unreadable: its figures are suspect.\n`
+  md += `\nProduced by \`${b.command}\`; this scenario alone: \`node dist/bench/run.js --size ${b.size} --only ${sc.id}\`.\n\n`
   return md
 }
 

@@ -18,6 +18,7 @@ import { Fleet, gatewayRss, jobIds, Publisher, type WindowResult } from './fleet
 import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
+import { runRateCap, type RateCapResult } from './ratecap.js'
 import { startBaseline, startFloor, startJobwire, startRedis, type Running } from './targets.js'
 import { startCluster } from './cluster.js'
 import { keySlot } from '../src/broker/slots.js'
@@ -70,6 +71,7 @@ export type ScenarioResult =
   | { kind: 'stream'; result: StreamResult }
   | { kind: 'sweep'; result: SweepResult }
   | { kind: 'idle'; result: IdleResult }
+  | { kind: 'ratecap'; result: RateCapResult }
 
 export interface BenchResults {
   readonly size: Size
@@ -113,6 +115,8 @@ function log(message: string): void {
 const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
 
 function targetsFor(scenario: Scenario): TargetSpec[] {
+  // Rate caps are jobwire's (subscribe_job max_hz): the baseline and the floor have none.
+  if (scenario.kind === 'ratecap') return [{ name: 'jobwire', kind: 'jobwire', workers: 1 }]
   // The baseline and the floor speak to one Redis.
   if (scenario.kind === 'stream' && scenario.broker === 'cluster') {
     return [
@@ -314,7 +318,10 @@ async function main(): Promise<void> {
           results.push({ kind: 'stream', result: await runStream(scenario, spec, cluster.backend, cluster.publisher) })
         } else if (scenario.kind === 'stream') results.push({ kind: 'stream', result: await runStream(scenario, spec, redis, publisher) })
         else if (scenario.kind === 'sweep') results.push({ kind: 'sweep', result: await runSweep(scenario, spec, redis, publisher) })
-        else results.push({ kind: 'idle', result: await runIdle(scenario, spec, redis) })
+        else if (scenario.kind === 'ratecap') {
+          const target = { name: spec.name, kind: 'jobwire' as const, workers: spec.workers }
+          results.push({ kind: 'ratecap', result: await runRateCap(scenario, target, { start: () => start(spec, redis), redis, publisher, loadgens: loadgensFor(scenario.sockets), log }) })
+        } else results.push({ kind: 'idle', result: await runIdle(scenario, spec, redis) })
       }
     }
     if (!only || only.includes('polling')) {

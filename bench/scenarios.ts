@@ -38,7 +38,28 @@ export interface IdleScenario {
   readonly aim: { bytesPerConnection: number; connectMs: number }
 }
 
-export type Scenario = StreamScenario | SweepScenario | IdleScenario
+/** Issue 12, item 3: the same load watched at full rate and with every subscription capped
+ * (subscribe_job max_hz), jobwire only (the baseline and the floor have no caps). Each job
+ * publishes at `perJobHz` for `publishMs`, its last update terminal. See bench/ratecap.ts. */
+export interface RateCapScenario {
+  readonly kind: 'ratecap'
+  readonly id: string
+  readonly title: string
+  readonly sockets: number
+  readonly jobs: number
+  /** Updates per second of each job. */
+  readonly perJobHz: number
+  /** The capped run's max_hz. */
+  readonly maxHz: number
+  readonly publishMs: number
+  /** After the publisher is done, how long to wait at most for every socket to hold its job's
+   * terminal state; what has not arrived by then is the backlog. */
+  readonly drainMs: number
+  /** One socket in this many (by fan-out position) records every frame it receives. */
+  readonly probeEvery: number
+}
+
+export type Scenario = StreamScenario | SweepScenario | IdleScenario | RateCapScenario
 
 /** Sockets per job: how many sockets one update goes to (loadgen.c spreads socket i over job
  * i % jobs). Sweeps and reports are labelled by it, never by the job count in their id. */
@@ -78,6 +99,7 @@ export function benchPlan(size: Size): BenchPlan {
         { kind: 'stream', id: 'seed', title: 'seed claim (tiny)', sockets: 60, jobs: 6, ratePerSec: 100, aim: { p99Ms: 2 } },
         { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, 10 jobs (tiny)', sockets: 60, jobs: 10, steps: [600, 1200], aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
         { kind: 'idle', id: 'idle', title: 'idle density (tiny)', sockets: 200, connectProbe: 100, aim: { bytesPerConnection: 2048, connectMs: 1000 } },
+        { kind: 'ratecap', id: 'ratecap', title: 'rate caps (tiny)', sockets: 100, jobs: 10, perJobHz: 50, maxHz: 5, publishMs: 1000, drainMs: 3000, probeEvery: 2 },
       ],
     }
   }
@@ -90,6 +112,7 @@ export function benchPlan(size: Size): BenchPlan {
         { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
         { kind: 'stream', id: 'broadcast', title: 'broadcast (quick: 2,000 sockets)', sockets: 2000, jobs: 2, ratePerSec: 10, aim: { p99Ms: 10 } },
         { kind: 'stream', id: 'cluster', title: 'seed claim on Redis Cluster', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, broker: 'cluster' },
+        { kind: 'ratecap', id: 'ratecap', title: 'rate caps (quick: 200 jobs, 2,000 sockets)', sockets: 2000, jobs: 200, perJobHz: 50, maxHz: 5, publishMs: 1000, drainMs: 2000, probeEvery: 5 },
       ],
     }
   }
@@ -106,6 +129,7 @@ export function benchPlan(size: Size): BenchPlan {
       { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, fan-out 1,000', sockets: 10_000, jobs: 10, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
       { kind: 'sweep', id: 'sweep-1000', title: 'throughput sweep, fan-out 10', sockets: 10_000, jobs: 1000, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
       { kind: 'idle', id: 'idle', title: 'idle density', sockets: 50_000, connectProbe: 10_000, aim: { bytesPerConnection: 2048, connectMs: 1000 } },
+      { kind: 'ratecap', id: 'ratecap', title: 'rate caps', sockets: 10_000, jobs: 1000, perJobHz: 50, maxHz: 5, publishMs: 4000, drainMs: 6000, probeEvery: 5 },
     ],
   }
 }

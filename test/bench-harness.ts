@@ -1,7 +1,9 @@
 // `make bench` at tiny size, so the harness cannot rot: every scenario kind runs against
-// jobwire, the baseline and the floor, and the results account for every frame. No figure is
-// asserted beyond "nothing was lost": performance is shown by make bench, not by unit tests.
-// The report itself is checked on made-up results: each figure under its own scenario's name.
+// jobwire, the baseline and the floor (the rate-cap scenario against jobwire alone), and the
+// results account for every frame. No figure is asserted beyond "nothing was lost", and for the
+// rate caps what a cap must do at any speed (far fewer deliveries, every terminal state, a
+// median wait under one period): performance is shown by make bench, not by unit tests. The
+// report and the rate-cap join are checked on made-up data.
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
@@ -11,9 +13,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { projectPath } from '../src/support/paths.js'
 import type { WindowResult } from '../bench/fleet.js'
-import { floorComparisons, printTable, renderMarkdown } from '../bench/report.js'
+import { latestHeld, type JobUpdates, type RateCapRun } from '../bench/ratecap.js'
+import { floorComparisons, printTable, rateCapRatios, renderMarkdown } from '../bench/report.js'
 import type { BenchResults, SweepResult, TargetSpec } from '../bench/run.js'
-import type { StreamScenario, SweepScenario } from '../bench/scenarios.js'
+import type { RateCapScenario, StreamScenario, SweepScenario } from '../bench/scenarios.js'
 
 const run = promisify(execFile)
 
@@ -37,10 +40,32 @@ t.test('bench harness at tiny size', async (t) => {
       t.ok(s.result.window.latencyMs.samples > 0, 'probes recorded latency')
     } else if (s.kind === 'sweep') {
       t.ok(s.result.steps.length > 0, `${s.result.scenario.id} ${s.result.target.name}: sweep ran`)
+    } else if (s.kind === 'ratecap') {
+      const { scenario, runs } = s.result
+      t.same(runs.map((r) => r.maxHz), [0, scenario.maxHz], 'rate caps: a full-rate run, then a capped one')
+      for (const r of runs) {
+        const name = `rate caps, ${r.maxHz === 0 ? 'full rate' : `max_hz ${r.maxHz}`}`
+        t.equal(r.connected, scenario.sockets, `${name}: every socket subscribed`)
+        t.ok(r.drained, `${name}: every socket held its job's terminal state`)
+        t.equal(r.terminalMissing, 0, `${name}: no terminal state missing`)
+        t.equal(r.closedByServer, 0, `${name}: no socket closed`)
+        t.equal(r.held.mismatched + r.seqUnparsed + r.recordsDropped, 0, `${name}: every probe frame read and matched to its update`)
+        t.equal(r.held.notHeld, 0, `${name}: every update held by every probe in the end`)
+        // every pair of an update and a probe of its job, counted once
+        t.equal(r.held.samples, (r.published / scenario.jobs) * r.held.probes, `${name}: one time per update and probe`)
+      }
+      const [full, capped] = runs as [RateCapRun, RateCapRun]
+      t.equal(full.delivered, full.offered, 'full rate: every update to every socket')
+      t.ok(capped.delivered * 3 < full.delivered, `max_hz ${scenario.maxHz}: far fewer deliveries (${capped.delivered} against ${full.delivered})`)
+      // A state waits for the next slot: half a period on average. Holding states back until
+      // the terminal one would put the median near half the window (500 ms).
+      t.ok(capped.held.p50 < 1000 / scenario.maxHz, `max_hz ${scenario.maxHz}: median time until held under one period (${capped.held.p50} ms)`)
     } else {
       t.equal(s.result.failed, 0, `${s.result.target.name}: every idle socket connected`)
     }
   }
+  t.ok(results.scenarios.some((s) => s.kind === 'ratecap'), 'the rate-cap scenario ran')
+  t.match(readFileSync(join(out, 'latest-tiny.md'), 'utf8'), /## Rate caps \(max_hz\)[^]*\| full rate \|[^]*\| max_hz 5 \|/)
   t.ok(results.polling && results.polling.pushFrameBytes > 0 && results.polling.pollResponseBytes > 0, 'polling comparison measured')
   t.match(readFileSync(join(out, 'latest-tiny.svg'), 'utf8'), /^<svg/)
 })
@@ -141,4 +166,68 @@ t.test('the report shows jobwire as multiples of the floor, with the aims comput
   t.match(why, /seed \(fan-out 10\), jobwire: 16\.0 us of gateway CPU per delivery against the floor's 10\.0 us \(1\.60x, aim <= 1\.3x\)\. Per delivery, user space 12\.8 us against the floor's 8\.0 us \(\+4\.8 us/)
   t.match(why, /broadcast \(fan-out 1,000\), jobwire: p99 13\.50 ms against the floor's 9\.00 ms \(1\.50x, aim <= 1\.3x\)/)
   t.notMatch(why, /broadcast \(fan-out 1,000\), jobwire: 8\.4 us/, 'the CPU aim met there is not listed')
+})
+
+// --- the rate-cap join, on made-up frames -------------------------------------------------------
+
+// One job, updates seq 11..15 published at 0, 10, 20, 30 and 40 ms.
+const ms = (n: number) => n * 1000
+const JOB: JobUpdates = { seq: Uint32Array.from([11, 12, 13, 14, 15]), stamp: Float64Array.from([0, 10, 20, 30, 40].map(ms)) }
+
+t.test('time until held: a skipped update counts until the frame that supersedes it', async (t) => {
+  // A capped socket: 12 at 25 ms (11 and 12 held), then 15 at 45 ms (13, 14, 15 held).
+  const { held, frameMs } = latestHeld([JOB], [{ job: 0, seq: [12, 15], recvUs: [ms(25), ms(45)], stampUs: [ms(10), ms(40)] }])
+  t.equal(held.samples, 5)
+  t.equal(held.notHeld, 0)
+  t.equal(held.max, 25, '11 waited from 0 to 25 ms, 13 from 20 to 45 ms')
+  t.ok(Math.abs(held.p50 - 15) < 0.05, `p50 ${held.p50}: 12, 14 and 15 waited 15, 15 and 5 ms (to the histogram's 3 digits)`)
+  t.equal(frameMs.max, 15, 'each frame itself was 15 ms old at worst')
+  t.equal(held.mismatched, 0)
+})
+
+t.test('time until held: an update nothing superseded is not held; an older frame after a newer changes nothing', async (t) => {
+  // 13 arrives, then a job_status of 12 (NaN stamp) that must not count as progress.
+  const { held } = latestHeld([JOB], [{ job: 0, seq: [13, 12], recvUs: [ms(21), ms(50)], stampUs: [ms(20), NaN] }])
+  t.equal(held.samples, 3, '11, 12, 13 held at 21 ms')
+  t.equal(held.max, 21)
+  t.equal(held.notHeld, 2, '14 and 15 never')
+  const silent = latestHeld([JOB], [{ job: 0, seq: [], recvUs: [], stampUs: [] }])
+  t.equal(silent.held.notHeld, 5, 'a probe that received nothing holds nothing')
+})
+
+t.test('time until held: a frame whose stamp is not its seq\'s is caught', async (t) => {
+  const { held } = latestHeld([JOB], [{ job: 0, seq: [14], recvUs: [ms(35)], stampUs: [ms(20)] }])
+  t.equal(held.mismatched, 1)
+})
+
+// --- the rate-cap report, on made-up results --------------------------------------------------------
+
+const RATECAP: RateCapScenario = { kind: 'ratecap', id: 'ratecap', title: 'rate caps', sockets: 10_000, jobs: 1000, perJobHz: 50, maxHz: 5, publishMs: 4000, drainMs: 6000, probeEvery: 10 }
+
+function capRun(maxHz: number, deliveriesPerSec: number, gatewayCpu: number, p99: number, drained: boolean): RateCapRun {
+  const pct = { p50: p99 / 2, p90: p99 * 0.9, p99, p999: p99, max: p99 }
+  return {
+    maxHz, connected: 10_000, published: 200_000, publishedPerSec: 50_000, publisherLagMs: 0, delivered: deliveriesPerSec * 4, otherFrames: 0,
+    offered: 2_000_000, deliveriesPerSec, wallMs: 4000, drained, drainMs: drained ? 20 : 6000, terminalMissing: drained ? 0 : 7000, closedByServer: 0,
+    cpu: { gateway: gatewayCpu, generator: 10, publisher: 10, redis: 20 }, gatewayKernelShare: 50,
+    gatewayUsPerDelivery: (gatewayCpu * 4e4) / (deliveriesPerSec * 4), gatewayUsPerUpdate: (gatewayCpu * 4e4) / 200_000,
+    held: { ...pct, samples: 200_000, notHeld: drained ? 0 : 150_000, probes: 1000, mismatched: 0 }, frameMs: { ...pct, samples: 1 },
+    records: 1, recordsDropped: 0, seqUnparsed: 0,
+  }
+}
+
+t.test('the report sets the capped run against the full-rate one', async (t) => {
+  const b: BenchResults = {
+    ...made, scenarios: [{ kind: 'ratecap', result: { scenario: RATECAP, target: { name: 'jobwire', kind: 'jobwire', workers: 1 }, runs: [capRun(0, 80_000, 100, 3000, false), capRun(5, 50_000, 60, 210, true)] } }],
+  }
+  const ratios = rateCapRatios(b.scenarios[0]!.result as never)!
+  t.equal(ratios.deliveries.toFixed(3), '0.625')
+  t.equal(ratios.cpu.toFixed(2), '0.60')
+  const md = renderMarkdown(b, 'x.svg')
+  t.match(md, /## Rate caps \(max_hz\)/)
+  t.match(md, /\| full rate \| 10,000 \| 50,000 \| 80,000 \| 1,680,000 \|[^\n]*\| 7,000 \| 0 \| NO \(bound 6,000 ms\) \|/)
+  t.match(md, /\| max_hz 5 \| 10,000 \| 50,000 \| 50,000 \| - \|[^\n]*\| yes, 20 ms \|/)
+  t.match(md, /max_hz 5 against full rate: deliveries\/s 50,000 vs 80,000 \(0\.63x\), gateway CPU 60\.0% vs 100\.0% of a core \(0\.60x\)/)
+  t.match(md, /this scenario alone: `node dist\/bench\/run\.js --size full --only ratecap`/)
+  t.match(printTable(b), /ratecap +max_hz 5 +10,000 +50,000 +50,000 +60\.0/)
 })

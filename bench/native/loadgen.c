@@ -6,15 +6,24 @@
  * receive - sent into a histogram. Nothing else is decoded.
  *
  * Driven by bench/run.ts: one command per line on stdin, one JSON reply per line on stdout.
- *   connect HOST PORT PATH SRCADDR COUNT OFFSET STRIDE JOBS JOBPREFIX PROBE_EVERY SUBSCRIBE CONCURRENCY
- *   subscribe | reset | report | close
+ *   connect HOST PORT PATH SRCADDR COUNT OFFSET STRIDE JOBS JOBPREFIX PROBE_EVERY SUBSCRIBE CONCURRENCY [MAX_HZ]
+ *   subscribe | reset | report | close | record PATH | record stop
  * Socket k of this process is socket i = OFFSET + k*STRIDE of the scenario; it watches job
  * i % JOBS and is a probe when (i / JOBS) % PROBE_EVERY == 0, so probes sit at every fan-out
- * position. */
+ * position. MAX_HZ > 0 adds "max_hz":MAX_HZ to every subscribe_job.
+ *
+ * Between "record PATH" and "record stop" (the rate-cap scenario, bench/ratecap.ts), every
+ * subscribed socket also reads the seq of each job_update and job_status it receives (the
+ * payload's "seq", the first "seq" of the frame: job ids cannot hold quotes) and keeps the
+ * highest, which "report" gives per job as the lowest over the job's sockets ("held"); and
+ * every probe socket appends one record_t per such frame to PATH. "record stop" closes PATH,
+ * lists the probe sockets (so that one that received nothing is accounted for too) and gives
+ * every subscribed socket's job and highest seq. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,11 +39,17 @@
 
 enum { CONNECTING, HANDSHAKE, OPEN, CLOSED };
 
+/* Enough of a frame's start for {"type":"job_update","job_id":"<id>","data":{"seq":<seq> with
+ * ids of up to 40 characters; other sockets keep the first 14 bytes (the type). */
+#define HEAD_SEQ 104
+#define HEAD_TYPE 14
+
 typedef struct {
   int fd, state, job;
+  uint32_t held; /* the highest seq received while recording */
   uint8_t probe, acked, waiting_ack, in_frame, opcode, hdr_len, head_len, tail_len;
   uint8_t hdr[14];
-  uint8_t head[14];
+  uint8_t head[HEAD_SEQ];
   char tail[48];
   uint64_t remaining;
   char *hs;
@@ -51,6 +66,17 @@ static uint64_t updates, other_frames, closed_by_server;
 static int closing;
 static hist_t hist;
 static double cpu_at_reset;
+static double last_update_us; /* when a probe (while recording: any socket) last got a job_update */
+
+/* One frame received by a probe socket while recording (little-endian, 32 bytes). */
+typedef struct {
+  uint32_t job, sock, seq, kind; /* kind: 0 job_update, 1 job_status */
+  double recv_us, stamp_us;      /* stamp_us: the frame's "t", NaN when absent */
+} record_t;
+#define RECORDS_MAX 4000000 /* 128 MB of file: far above what a scenario sizes its probes for */
+static FILE *record_file;
+static uint64_t records, records_dropped, seq_unparsed;
+static int max_hz;
 
 /* the current connect or subscribe command */
 static int phase; /* 0 idle, 1 connecting, 2 subscribing */
@@ -78,7 +104,8 @@ static void send_frame_text(conn_t *c, const char *text) {
 
 static void send_subscribe(conn_t *c) {
   char msg[200];
-  snprintf(msg, sizeof msg, "{\"type\":\"subscribe_job\",\"job_id\":\"%s%d\"}", job_prefix, c->job);
+  if (max_hz > 0) snprintf(msg, sizeof msg, "{\"type\":\"subscribe_job\",\"job_id\":\"%s%d\",\"max_hz\":%d}", job_prefix, c->job, max_hz);
+  else snprintf(msg, sizeof msg, "{\"type\":\"subscribe_job\",\"job_id\":\"%s%d\"}", job_prefix, c->job);
   c->waiting_ack = 1;
   send_frame_text(c, msg);
 }
@@ -99,6 +126,36 @@ static void close_conn(conn_t *c, int by_server) {
   if (by_server && !closing) closed_by_server++;
 }
 
+/* The publisher's stamp: the number after the frame's last "t":, or NaN. */
+static double frame_stamp(const conn_t *c) {
+  for (int i = c->tail_len - 4; i >= 0; i--) {
+    if (memcmp(c->tail + i, "\"t\":", 4) == 0) {
+      char num[48]; int n = c->tail_len - i - 4;
+      memcpy(num, c->tail + i + 4, (size_t)n); num[n] = 0;
+      return strtod(num, NULL);
+    }
+  }
+  return NAN;
+}
+
+/* While recording: the frame's seq raises what the socket holds; a probe logs the frame. */
+static void record_frame(conn_t *c, uint32_t kind, double recv) {
+  const uint8_t *at = memmem(c->head, c->head_len, "\"seq\":", 6);
+  if (at == NULL) { if (kind == 0) seq_unparsed++; return; } /* a job_status of no state has none */
+  char num[16]; size_t n = (size_t)(c->head + c->head_len - (at + 6));
+  if (n > sizeof num - 1) n = sizeof num - 1;
+  memcpy(num, at + 6, n); num[n] = 0;
+  char *end;
+  unsigned long seq = strtoul(num, &end, 10);
+  if (end == num || (*end != ',' && *end != '}')) { seq_unparsed++; return; }
+  if (seq > c->held) c->held = (uint32_t)seq;
+  if (!c->probe) return;
+  if (records >= RECORDS_MAX) { records_dropped++; return; }
+  record_t r = {(uint32_t)c->job, (uint32_t)(c - conns), (uint32_t)seq, kind, recv, frame_stamp(c)};
+  fwrite(&r, sizeof r, 1, record_file);
+  records++;
+}
+
 static void on_frame(conn_t *c) {
   if (c->opcode == 1 || c->opcode == 2) {
     if (c->waiting_ack) {
@@ -109,19 +166,17 @@ static void on_frame(conn_t *c) {
     }
     if (c->head_len > 13 && c->head[13] == 'u') {
       updates++; per_job[c->job]++;
+      if (!c->probe && !record_file) return; /* the common case: counted, nothing read */
+      double recv = now_us();
+      last_update_us = recv;
       if (c->probe && c->tail_len > 4) {
-        double recv = now_us();
-        for (int i = c->tail_len - 4; i >= 0; i--) {
-          if (memcmp(c->tail + i, "\"t\":", 4) == 0) {
-            char num[48]; int n = c->tail_len - i - 4;
-            memcpy(num, c->tail + i + 4, (size_t)n); num[n] = 0;
-            hist_record(&hist, recv - strtod(num, NULL));
-            break;
-          }
-        }
+        double stamp = frame_stamp(c);
+        if (!isnan(stamp)) hist_record(&hist, recv - stamp);
       }
+      if (record_file) record_frame(c, 0, recv);
     } else {
       other_frames++;
+      if (record_file && c->head_len > 13 && c->head[13] == 's') record_frame(c, 1, now_us());
     }
   } else if (c->opcode == 9) {
     static const uint8_t pong[6] = {0x8a, 0x80, 0, 0, 0, 0};
@@ -148,8 +203,9 @@ static void parse(conn_t *c, const uint8_t *p, size_t len) {
       continue;
     }
     size_t n = len - i < c->remaining ? len - i : (size_t)c->remaining;
-    if (c->head_len < 14) {
-      size_t room = (size_t)(14 - c->head_len);
+    size_t head_cap = record_file ? HEAD_SEQ : HEAD_TYPE;
+    if (c->head_len < head_cap) {
+      size_t room = head_cap - c->head_len;
       size_t h = room < n ? room : n;
       memcpy(c->head + c->head_len, p + i, h); c->head_len += (uint8_t)h;
     }
@@ -254,6 +310,7 @@ static void maybe_finish_phase(void) {
 static void reset(void) {
   memset(&hist, 0, sizeof hist);
   updates = other_frames = closed_by_server = 0;
+  last_update_us = 0;
   if (per_job) memset(per_job, 0, (size_t)jobs_count * sizeof *per_job);
   cpu_at_reset = cpu_us();
 }
@@ -266,16 +323,59 @@ static void report(void) {
   int first = 1;
   for (int j = 0; j < jobs_count; j++)
     if (per_job[j]) { printf("%s\"%s%d\":%llu", first ? "" : ",", job_prefix, j, (unsigned long long)per_job[j]); first = 0; }
-  printf("},\"histogram\":");
+  printf("},\"lastUpdateUs\":%.3f", last_update_us);
+  if (record_file) {
+    /* per job, the lowest seq any of its subscribed sockets holds */
+    uint32_t *low = malloc((size_t)jobs_count * sizeof *low);
+    for (int j = 0; j < jobs_count; j++) low[j] = UINT32_MAX;
+    for (int i = 0; i < nconns; i++) if (conns[i].acked && conns[i].held < low[conns[i].job]) low[conns[i].job] = conns[i].held;
+    printf(",\"held\":{");
+    first = 1;
+    for (int j = 0; j < jobs_count; j++)
+      if (low[j] != UINT32_MAX) { printf("%s\"%s%d\":%u", first ? "" : ",", job_prefix, j, low[j]); first = 0; }
+    printf("}");
+    free(low);
+  }
+  printf(",\"histogram\":");
   hist_print(stdout, &hist);
   printf("}}\n"); fflush(stdout);
+}
+
+static void record_command(const char *arg) {
+  if (strcmp(arg, "stop") == 0) {
+    if (record_file) fclose(record_file);
+    record_file = NULL;
+    printf("{\"type\":\"recorded\",\"records\":%llu,\"dropped\":%llu,\"unparsed\":%llu,\"probes\":[",
+      (unsigned long long)records, (unsigned long long)records_dropped, (unsigned long long)seq_unparsed);
+    int first = 1;
+    for (int i = 0; i < nconns; i++)
+      if (conns[i].acked && conns[i].probe) { printf("%s[%d,%d]", first ? "" : ",", i, conns[i].job); first = 0; }
+    printf("],\"sockets\":[");
+    first = 1;
+    for (int i = 0; i < nconns; i++)
+      if (conns[i].acked) { printf("%s[%d,%u]", first ? "" : ",", conns[i].job, conns[i].held); first = 0; }
+    printf("]}\n"); fflush(stdout);
+    return;
+  }
+  if (record_file) fclose(record_file);
+  record_file = fopen(arg, "wb");
+  if (!record_file) {
+    printf("{\"type\":\"error\",\"error\":\"cannot open %s\"}\n", strerror(errno)); fflush(stdout);
+    return;
+  }
+  setvbuf(record_file, NULL, _IOFBF, 1 << 20);
+  records = records_dropped = seq_unparsed = 0;
+  for (int i = 0; i < nconns; i++) conns[i].held = 0;
+  printf("{\"type\":\"recording\"}\n"); fflush(stdout);
 }
 
 static void command(char *line) {
   char srcaddr[64];
   int count, subscribe, jobs;
-  if (sscanf(line, "connect %63s %d %255s %63s %d %d %d %d %63s %d %d %d", host, &port, path, srcaddr, &count, &plan_offset,
-             &plan_stride, &jobs, job_prefix, &probe_every, &subscribe, &concurrency) == 12) {
+  int fields = sscanf(line, "connect %63s %d %255s %63s %d %d %d %d %63s %d %d %d %d", host, &port, path, srcaddr, &count, &plan_offset,
+                      &plan_stride, &jobs, job_prefix, &probe_every, &subscribe, &concurrency, &max_hz);
+  if (fields == 12 || fields == 13) {
+    if (fields == 12) max_hz = 0;
     jobs_count = jobs;
     per_job = calloc((size_t)jobs, sizeof *per_job);
     subs_per_job = calloc((size_t)jobs, sizeof *subs_per_job);
@@ -295,6 +395,8 @@ static void command(char *line) {
     printf("{\"type\":\"reset\"}\n"); fflush(stdout);
   } else if (strncmp(line, "report", 6) == 0) {
     report();
+  } else if (strncmp(line, "record ", 7) == 0) {
+    record_command(line + 7);
   } else if (strncmp(line, "close", 5) == 0) {
     closing = 1;
     for (int i = 0; i < nconns; i++) if (conns[i].state != CLOSED) close_conn(&conns[i], 0);

@@ -5,8 +5,20 @@
  * timeouts); replies are counted as they come back, in order on each connection.
  *
  *   publisher REDIS_HOST REDIS_PORT[,REDIS_PORT...] SCRIPT_PATH
- *   stdin:  run RATE DURATION_MS script|publish JOBS JOBPREFIX KEYPREFIX CHANNELPREFIX [ROUTE]
- *   stdout: {"type":"done","sent":..,"failed":..,"perJob":{..},"cpuMicros":..,"lagMs":..,"elapsedMs":..}
+ *   stdin:  run RATE DURATION_MS script|publish JOBS JOBPREFIX KEYPREFIX CHANNELPREFIX [ROUTE] [OPTION...]
+ *   stdout: {"type":"done","sent":..,"failed":..,"perJob":{..},"cpuMicros":..,"lagMs":..,"elapsedMs":..,"logged":..}
+ *
+ * Options (the rate-cap scenario, bench/ratecap.ts):
+ *   seq=1       with publish: the payload's first field is "seq", this process's own counter per
+ *               job index (strictly increasing for the life of the process, across runs), as
+ *               the producer script would number it
+ *   last=1      each job's last update of the run says "status":"completed" (terminal)
+ *   log=PATH    one pub_record_t per update Redis accepted: its job, its seq (the script's reply,
+ *               or the seq=1 counter) and its stamp "t", so that a reader can tell when each
+ *               state was published
+ *   tick=US     wake at most every US microseconds and send what is due then (each update
+ *               still stamped as it is written): at tens of thousands of updates a second a
+ *               wake-up per update would cost this process half a core
  *
  * Redis Cluster: one port per master, and ROUTE names each job's master, one letter per job
  * ('a' = the first port). The script then runs in the cluster layout (key
@@ -28,19 +40,33 @@
 
 /* One Redis connection (one per master on a cluster), with the jobs whose replies are due on
  * it, in the order they were sent. */
+/* An update sent and not yet answered. */
+typedef struct {
+  int job;
+  uint32_t seq; /* seq=1: the seq it carries */
+  double stamp; /* its "t" */
+} due_t;
+
 typedef struct {
   int fd;
   char *out;
   size_t out_len, out_cap;
   char rbuf[65536];
   size_t rlen;
-  int *due;
+  due_t *due;
   long head, tail;
 } conn_t;
+
+/* log=PATH: one per accepted update (little-endian, 16 bytes). */
+typedef struct {
+  uint32_t job, seq;
+  double stamp;
+} pub_record_t;
 
 static conn_t conns[MAX_CONNS];
 static int nconns;
 static char sha[41];
+static uint32_t next_seq[MAX_JOBS]; /* seq=1: the last seq given per job index */
 
 static void die(const char *what) {
   fprintf(stderr, "publisher: %s: %s\n", what, strerror(errno));
@@ -116,9 +142,22 @@ int main(int argc, char **argv) {
   char cmd[8192];
   while (fgets(cmd, sizeof cmd, stdin)) {
     double rate; long duration_ms; int jobs; char via[16], prefix[64], key_prefix[64], chan_prefix[64], route[MAX_JOBS + 1] = "";
-    int fields = sscanf(cmd, "run %lf %ld %15s %d %63s %63s %63s %4096s", &rate, &duration_ms, via, &jobs, prefix, key_prefix, chan_prefix, route);
-    int cluster = fields == 8;
-    if ((fields != 7 && !cluster) || jobs < 1 || (cluster && (int)strlen(route) != jobs)) {
+    int used = 0;
+    int fields = sscanf(cmd, "run %lf %ld %15s %d %63s %63s %63s%n", &rate, &duration_ms, via, &jobs, prefix, key_prefix, chan_prefix, &used);
+    /* What follows: the route (no '='), then options. */
+    int own_seq = 0, last_terminal = 0, bad_option = 0;
+    double tick_us = 0;
+    char log_path[1024] = "";
+    for (char *tok = fields == 7 ? strtok(cmd + used, " \n") : NULL; tok; tok = strtok(NULL, " \n")) {
+      if (strncmp(tok, "seq=", 4) == 0) own_seq = strcmp(tok + 4, "1") == 0;
+      else if (strncmp(tok, "last=", 5) == 0) last_terminal = strcmp(tok + 5, "1") == 0;
+      else if (strncmp(tok, "log=", 4) == 0) snprintf(log_path, sizeof log_path, "%s", tok + 4);
+      else if (strncmp(tok, "tick=", 5) == 0) tick_us = atof(tok + 5);
+      else if (!strchr(tok, '=') && !route[0] && strlen(tok) <= MAX_JOBS) strcpy(route, tok);
+      else bad_option = 1;
+    }
+    int cluster = route[0] != 0;
+    if (fields != 7 || bad_option || jobs < 1 || jobs > MAX_JOBS || (cluster && (int)strlen(route) != jobs)) {
       fprintf(stderr, "publisher: bad command: %s", cmd);
       continue;
     }
@@ -126,23 +165,34 @@ int main(int argc, char **argv) {
     for (int j = 0; cluster && j < jobs; j++) if (route[j] < 'a' || route[j] - 'a' >= nconns) bad_route = 1;
     if (bad_route) { fprintf(stderr, "publisher: the route names a port it was not given\n"); continue; }
     int script = strcmp(via, "script") == 0;
+    if (own_seq && script) { fprintf(stderr, "publisher: seq=1 is for publish (the script numbers updates itself)\n"); continue; }
+    if (log_path[0] && !script && !own_seq) { fprintf(stderr, "publisher: log= needs a seq: script, or publish with seq=1\n"); continue; }
+    FILE *log = NULL;
+    if (log_path[0] && !(log = fopen(log_path, "wb"))) { fprintf(stderr, "publisher: %s: %s\n", log_path, strerror(errno)); continue; }
+    if (log) setvbuf(log, NULL, _IOFBF, 1 << 20);
     long total = (long)(rate * (double)duration_ms / 1000.0 + 0.5);
     uint64_t *per_job = calloc((size_t)jobs, sizeof *per_job);
-    for (int i = 0; i < nconns; i++) { conns[i].due = malloc((size_t)(total + 1) * sizeof(int)); conns[i].head = conns[i].tail = 0; conns[i].rlen = 0; }
-    long sent = 0, replied = 0, failed = 0;
+    for (int i = 0; i < nconns; i++) { conns[i].due = malloc((size_t)(total + 1) * sizeof(due_t)); conns[i].head = conns[i].tail = 0; conns[i].rlen = 0; }
+    long sent = 0, replied = 0, failed = 0, logged = 0;
     char first_error[128] = "";
     double cpu0 = cpu_us(), start = now_us(), lag = 0;
-    char payload[160], key[200], chan[160];
+    char payload[200], key[200], chan[160];
     double deadline = start + (double)duration_ms * 1000 + 10e6;
+    double woke = 0;
     while (replied < total && now_us() < deadline) {
-      double now = now_us();
+      double now = woke = now_us();
       long due = (long)((now - start) * rate / 1e6);
       if (due > total) due = total;
       while (sent < due) {
         int job = (int)(sent % jobs);
         conn_t *c = &conns[cluster ? route[job] - 'a' : 0];
-        int pl = snprintf(payload, sizeof payload, "{\"status\":\"processing\",\"progress\":%.1f,\"message\":\"transcoding\",\"t\":%.3f}",
-                          (double)(sent % 100) + 0.5, now_us());
+        int terminal = last_terminal && sent >= total - jobs;
+        uint32_t seq = own_seq ? ++next_seq[job] : 0;
+        double stamp = now_us();
+        char seq_field[24] = "";
+        if (own_seq) snprintf(seq_field, sizeof seq_field, "\"seq\":%u,", seq);
+        int pl = snprintf(payload, sizeof payload, "{%s\"status\":\"%s\",\"progress\":%.1f,\"message\":\"transcoding\",\"t\":%.3f}",
+                          seq_field, terminal ? "completed" : "processing", terminal ? 100.0 : (double)(sent % 100) + 0.5, stamp);
         int cl = snprintf(chan, sizeof chan, "%s%s%d", chan_prefix, prefix, job);
         if (script && cluster) {
           int kl = snprintf(key, sizeof key, "%sjob:{%s}", key_prefix, chan);
@@ -155,21 +205,25 @@ int main(int argc, char **argv) {
         } else {
           append(c, "*3\r\n", 4); bulk(c, "PUBLISH", 7); bulk(c, chan, (size_t)cl); bulk(c, payload, (size_t)pl);
         }
-        c->due[c->tail++] = job;
+        c->due[c->tail++] = (due_t){job, seq, stamp};
         sent++;
       }
       for (int i = 0; i < nconns; i++) if (conns[i].out_len) flush_out(&conns[i]);
       if (sent == total && lag == 0) lag = now_us() - start - (double)duration_ms * 1000;
       /* Sleep until the next message is due or a reply arrives. */
       double next_due = start + (double)(sent + 1) * 1e6 / rate;
+      if (next_due < woke + tick_us) next_due = woke + tick_us;
       double wait_us = sent < total ? next_due - now_us() : 1000;
       if (wait_us < 0) wait_us = 0;
       struct timespec ts = {.tv_sec = (time_t)(wait_us / 1e6), .tv_nsec = (long)((wait_us - (double)(long)(wait_us / 1e6) * 1e6) * 1000)};
       struct pollfd p[MAX_CONNS];
       for (int i = 0; i < nconns; i++) p[i] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
-      if (ppoll(p, (nfds_t)nconns, &ts, NULL) > 0) {
+      /* With a tick, replies do not wake us while updates are still due: they are read (the
+       * sockets are non-blocking) at the next tick. */
+      int ticking = tick_us > 0 && sent < total;
+      if (ppoll(p, ticking ? 0 : (nfds_t)nconns, &ts, NULL) > 0 || ticking) {
         for (int i = 0; i < nconns; i++) {
-          if (!(p[i].revents & POLLIN)) continue;
+          if (!ticking && !(p[i].revents & POLLIN)) continue;
           conn_t *c = &conns[i];
           ssize_t r = read(c->fd, c->rbuf + c->rlen, sizeof c->rbuf - c->rlen);
           if (r <= 0) continue;
@@ -178,12 +232,18 @@ int main(int argc, char **argv) {
           char *nl;
           /* Every reply here is one line: an integer, or an error. */
           while ((nl = memchr(c->rbuf + at, '\n', c->rlen - at)) && c->head < c->tail) {
-            int job = c->due[c->head++];
+            due_t d = c->due[c->head++];
             if (c->rbuf[at] == '-') {
               failed++;
               if (!first_error[0]) snprintf(first_error, sizeof first_error, "%.*s", (int)(nl - (c->rbuf + at) - 1), c->rbuf + at + 1);
             } else {
-              per_job[job]++;
+              per_job[d.job]++;
+              if (log) {
+                /* The script answers the new seq (":N"); a PUBLISH, how many received it. */
+                pub_record_t r = {(uint32_t)d.job, script ? (uint32_t)strtoul(c->rbuf + at + 1, NULL, 10) : d.seq, d.stamp};
+                fwrite(&r, sizeof r, 1, log);
+                logged++;
+              }
             }
             replied++;
             at = (size_t)(nl - c->rbuf) + 1;
@@ -192,8 +252,9 @@ int main(int argc, char **argv) {
         }
       }
     }
-    printf("{\"type\":\"done\",\"sent\":%ld,\"failed\":%ld,\"unanswered\":%ld,\"cpuMicros\":%.0f,\"lagMs\":%.3f,\"elapsedMs\":%.1f,\"error\":\"",
-           replied - failed, failed, total - replied, cpu_us() - cpu0, lag > 0 ? lag / 1000 : 0, (now_us() - start) / 1000);
+    if (log) fclose(log);
+    printf("{\"type\":\"done\",\"sent\":%ld,\"failed\":%ld,\"unanswered\":%ld,\"logged\":%ld,\"cpuMicros\":%.0f,\"lagMs\":%.3f,\"elapsedMs\":%.1f,\"error\":\"",
+           replied - failed, failed, total - replied, logged, cpu_us() - cpu0, lag > 0 ? lag / 1000 : 0, (now_us() - start) / 1000);
     for (char *e = first_error; *e; e++) if (*e != '"' && *e != '\\') putchar(*e);
     printf("\",\"perJob\":{");
     for (int j = 0; j < jobs; j++) printf("%s\"%s%d\":%llu", j ? "," : "", prefix, j, (unsigned long long)per_job[j]);
