@@ -149,7 +149,9 @@ export class Fleet {
     // and the dropped SYNs wait a second for their retransmission.
     const replies = await Promise.all(gens.map((g, k) => {
       const count = Math.ceil((plan.sockets - k) / plan.loadgens)
-      return g.request(`connect 127.0.0.1 ${target.port} ${plan.path ?? '/ws/jobs'} ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
+      // Several nodes: generator k connects to node k % nodes (every node sees every job).
+      const port = target.ports?.[k % target.ports.length] ?? target.port
+      return g.request(`connect 127.0.0.1 ${port} ${plan.path ?? '/ws/jobs'} ${nextSourceAddress()} ${count} ${k} ${plan.loadgens} ` +
         `${plan.jobs} ${plan.jobPrefix} ${plan.probeEvery} ${plan.subscribe ? 1 : 0} 128 ${plan.maxHz ?? 0}`)
     }))
     for (const r of replies) {

@@ -261,6 +261,15 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
       md += `| ${r.scenario.title} (${int(r.scenario.jobs)} jobs, ${int(r.scenario.ratePerSec)} updates/s) | ${r.target.name} | ${int(r.connected)} | ${int(w.deliveriesPerSec)} | ${f2(w.latencyMs.p50)} | ${f2(w.latencyMs.p90)} | ${f2(w.latencyMs.p99)} | ${f2(w.latencyMs.p999)} | ${f2(w.latencyMs.max)} | ${int(w.lost)} of ${int(w.expected)} | ${f1(w.cpu.gateway)} | ${f1(w.gatewayKernelShare)} | ${f1(w.gatewayUsPerDelivery)} | ${f1(w.cpu.generator)} | ${f1(w.cpu.publisher)} | ${f1(w.cpu.redis)} | ${redisPerUpdate(w)} | ${mb(r.rssBytes)} | ${f1(r.rssPerConnection / 1024)} | ${streamVerdict(r)} |\n`
     }
     md += '\n'
+    const recorded = s.filter((r) => r.recorder !== undefined)
+    if (recorded.length > 0) {
+      md += '### Recording PUBLISH-only jobs\n\nWith producers that only PUBLISH, jobs have no stored state; each node writes the latest payload of the jobs it watches to Redis (coalesced to at most 4 writes per job per second, one node per job by lease), so that late subscribers on any node get it. Measured in the window: the writes the nodes attempted (their `jobwire_seen_records_total`; every node watching a job attempts its own, and the lease lets one node\'s through), and the Redis CPU of the recorder\'s script (`INFO commandstats`, EVALSHA; the producers run no script in these scenarios).\n\n| scenario | target | updates/s | write attempts/s (all nodes) | script calls/s | Redis us per attempt | Redis us per update |\n|---|---|---|---|---|---|---|\n'
+      for (const r of recorded) {
+        const c = r.recorder!
+        md += `| ${r.scenario.title} | ${r.target.name} | ${int(r.window.published / (r.window.durationMs / 1000))} | ${int(c.recordsPerSec)} | ${f1(c.scriptCallsPerSec)} | ${f1(c.redisUsPerRecord)} | ${f1(c.redisUsPerUpdate)} |\n`
+      }
+      md += '\n'
+    }
   }
   const w = sweeps(b)
   if (w.length > 0) {

@@ -19,7 +19,8 @@ import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
 import { runRateCap, type RateCapResult } from './ratecap.js'
-import { startBaseline, startFloor, startJobwire, startRedis, type Running } from './targets.js'
+import { commandStats, costBetween, seenRecords } from './redis-stats.js'
+import { startBaseline, startFloor, startJobwire, startJobwireNodes, startRedis, type Running } from './targets.js'
 import { startCluster } from './cluster.js'
 import { keySlot } from '../src/broker/slots.js'
 
@@ -27,6 +28,20 @@ export interface TargetSpec {
   readonly name: string
   readonly kind: 'jobwire' | 'baseline' | 'floor'
   readonly workers: number
+  /** Several single-process jobwire nodes on one Redis (see startJobwireNodes). */
+  readonly nodes?: number
+}
+
+/** PUBLISH-only producers: what the nodes' recorder wrote in the window and what Redis spent on
+ * it (every script call in such a window is the recorder's: record-seen.lua). */
+export interface RecorderCost {
+  /** Writes attempted by all nodes (each node watching a job attempts; one holds the lease). */
+  readonly recordsPerSec: number
+  readonly scriptCallsPerSec: number
+  /** Redis CPU in the recorder's script per attempted write, microseconds. */
+  readonly redisUsPerRecord: number
+  /** The same spread over every update published, microseconds. */
+  readonly redisUsPerUpdate: number
 }
 
 export interface StreamResult {
@@ -37,6 +52,7 @@ export interface StreamResult {
   readonly rssBytes: number
   readonly rssPerConnection: number
   readonly window: WindowResult
+  readonly recorder?: RecorderCost
 }
 
 export interface SweepResult {
@@ -117,6 +133,9 @@ const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
 function targetsFor(scenario: Scenario): TargetSpec[] {
   // Rate caps are jobwire's (subscribe_job max_hz): the baseline and the floor have none.
   if (scenario.kind === 'ratecap') return [{ name: 'jobwire', kind: 'jobwire', workers: 1 }]
+  if (scenario.kind === 'stream' && scenario.nodes !== undefined) {
+    return [{ name: `jobwire ${scenario.nodes} nodes`, kind: 'jobwire', workers: 1, nodes: scenario.nodes }]
+  }
   // The baseline and the floor speak to one Redis.
   if (scenario.kind === 'stream' && scenario.broker === 'cluster') {
     return [
@@ -153,6 +172,7 @@ interface Backend {
 async function start(spec: TargetSpec, backend: Backend): Promise<Running> {
   if (spec.kind === 'baseline') return startBaseline(backend.url)
   if (spec.kind === 'floor') return startFloor(backend.url)
+  if (spec.nodes !== undefined) return startJobwireNodes(backend.url, spec.nodes, [...(backend.gatewayArgs ?? [])])
   return startJobwire(backend.url, spec.workers, [...(backend.gatewayArgs ?? [])], values.profile)
 }
 
@@ -185,7 +205,8 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Back
   const target = await start(spec, redis)
   try {
     const rss0 = gatewayRss(target)
-    const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: loadgensFor(scenario.sockets), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
+    const fleetPlan = { sockets: scenario.sockets, jobs: scenario.jobs, loadgens: Math.max(loadgensFor(scenario.sockets), scenario.nodes ?? 0), probeEvery: 10, subscribe: true, jobPrefix: `${scenario.id}-` }
+    const via = scenario.via ?? 'script'
     const fleet = await Fleet.open(target, fleetPlan)
     try {
       if (fleet.failed > 0) log(`${spec.name}: ${fleet.failed} sockets failed to connect: ${fleet.errors.join('; ')}`)
@@ -193,9 +214,23 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Back
       // The warm-up lets V8 finish optimising the hot path first: its compiler threads take the
       // CPU from the gateway's main thread meanwhile, and after 1 s of the seed load they still
       // set the p99 (seed: 1.2-1.8 ms after 1 s, 0.44-0.62 ms after 6 s; README, Performance).
-      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(6000, 2 * plan.windowMs), via: 'script' })
-      const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via: 'script' })
-      return { scenario, target: spec, connected: fleet.connected, connectMs: fleet.connectMs, rssBytes: rss, rssPerConnection: (rss - rss0) / Math.max(1, fleet.connected), window }
+      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(6000, 2 * plan.windowMs), via })
+      const recording = via === 'publish' && redis.url !== '' ? { commands: await commandStats(redis.url), records: await seenRecords(target.ports ?? [target.port]) } : null
+      const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via })
+      let recorder: RecorderCost | undefined
+      if (recording !== null) {
+        const seconds = window.durationMs / 1000
+        const records = (await seenRecords(target.ports ?? [target.port])) - recording.records
+        const scripts = costBetween(recording.commands, await commandStats(redis.url), ['evalsha', 'eval'])
+        recorder = {
+          recordsPerSec: records / seconds,
+          scriptCallsPerSec: scripts.calls / seconds,
+          redisUsPerRecord: records > 0 ? scripts.usec / records : 0,
+          redisUsPerUpdate: window.published > 0 ? scripts.usec / window.published : 0,
+        }
+        log(`${spec.name} ${scenario.id}: recorder ${recorder.recordsPerSec.toFixed(0)} write attempts/s in ${recorder.scriptCallsPerSec.toFixed(1)} script calls/s, ${recorder.redisUsPerRecord.toFixed(1)} us of Redis per attempt`)
+      }
+      return { scenario, target: spec, connected: fleet.connected, connectMs: fleet.connectMs, rssBytes: rss, rssPerConnection: (rss - rss0) / Math.max(1, fleet.connected), window, ...(recorder ? { recorder } : {}) }
     } finally {
       await fleet.close()
     }

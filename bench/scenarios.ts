@@ -15,6 +15,13 @@ export interface StreamScenario {
    * of 3 masters and 3 replicas (sharded pub/sub; jobwire only: the baseline and the floor
    * speak to one Redis). */
   readonly broker?: 'redis' | 'cluster'
+  /** Several jobwire nodes (one process each) on one Redis, the sockets spread over them
+   * (issue 10, item 5); jobwire only. */
+  readonly nodes?: number
+  /** How producers report: the producer script (the default), or a plain PUBLISH whose jobs
+   * have no stored state, so every node records the latest payload it sees (the cost of
+   * issue 10, item 2, measured in Redis's commandstats and the nodes' seen_records_total). */
+  readonly via?: 'script' | 'publish'
 }
 
 export interface SweepScenario {
@@ -99,6 +106,7 @@ export function benchPlan(size: Size): BenchPlan {
         { kind: 'stream', id: 'seed', title: 'seed claim (tiny)', sockets: 60, jobs: 6, ratePerSec: 100, aim: { p99Ms: 2 } },
         { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, 10 jobs (tiny)', sockets: 60, jobs: 10, steps: [600, 1200], aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
         { kind: 'idle', id: 'idle', title: 'idle density (tiny)', sockets: 200, connectProbe: 100, aim: { bytesPerConnection: 2048, connectMs: 1000 } },
+        { kind: 'stream', id: 'nodes-publish', title: 'seed load over three nodes, PUBLISH-only (tiny)', sockets: 60, jobs: 6, ratePerSec: 100, aim: { p99Ms: 2 }, nodes: 3, via: 'publish' },
         { kind: 'ratecap', id: 'ratecap', title: 'rate caps (tiny)', sockets: 100, jobs: 10, perJobHz: 50, maxHz: 5, publishMs: 1000, drainMs: 3000, probeEvery: 2 },
       ],
     }
@@ -125,6 +133,8 @@ export function benchPlan(size: Size): BenchPlan {
       { kind: 'stream', id: 'edge', title: 'edge node', sockets: 10_000, jobs: 1000, ratePerSec: 2000, aim: { p99Ms: 3 } },
       { kind: 'stream', id: 'broadcast', title: 'broadcast-heavy', sockets: 10_000, jobs: 10, ratePerSec: 50, aim: { p99Ms: 10 } },
       { kind: 'stream', id: 'cluster', title: 'seed claim on Redis Cluster', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, broker: 'cluster' },
+      { kind: 'stream', id: 'nodes', title: 'seed load over three nodes', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, nodes: 3 },
+      { kind: 'stream', id: 'nodes-publish', title: 'seed load over three nodes, PUBLISH-only producers', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 }, nodes: 3, via: 'publish' },
       { kind: 'stream', id: 'cluster-edge', title: 'edge node on Redis Cluster', sockets: 10_000, jobs: 1000, ratePerSec: 2000, aim: { p99Ms: 3 }, broker: 'cluster' },
       { kind: 'sweep', id: 'sweep-10', title: 'throughput sweep, fan-out 1,000', sockets: 10_000, jobs: 10, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },
       { kind: 'sweep', id: 'sweep-1000', title: 'throughput sweep, fan-out 10', sockets: 10_000, jobs: 1000, steps: sweepSteps, aim: { p99Ms: 10, deliveriesPerCore: 100_000 } },

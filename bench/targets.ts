@@ -10,6 +10,9 @@ import { childPids } from './procstat.js'
 export interface Running {
   readonly name: string
   readonly port: number
+  /** Several nodes behind one name (a fleet without a balancer): their ports, the load
+   * generators spread over them. Absent for one node. */
+  readonly ports?: readonly number[]
   readonly proc: ChildProcess
   /** Every process doing the target's work (a primary and its workers). */
   pids(): number[]
@@ -126,4 +129,27 @@ export async function startFloor(redisUrl: string): Promise<Running> {
     { stdio: ['ignore', 'ignore', 'inherit'] })
   await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
   return { name: 'floor (C)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
+}
+
+/** `nodes` jobwire nodes of one worker each on one Redis, as separate machines behind a load
+ * balancer would run them (issue 10): one target whose sockets the load generators spread over
+ * the nodes, whose CPU and memory are the sum of the nodes'. */
+export async function startJobwireNodes(redisUrl: string, nodes: number, extra: string[] = []): Promise<Running> {
+  const started: Running[] = []
+  try {
+    for (let n = 0; n < nodes; n++) started.push(await startJobwire(redisUrl, 1, extra))
+  } catch (err) {
+    await Promise.all(started.map((node) => node.stop()))
+    throw err
+  }
+  return {
+    name: `jobwire ${nodes} nodes`,
+    port: started[0]!.port,
+    ports: started.map((node) => node.port),
+    proc: started[0]!.proc,
+    pids: () => started.flatMap((node) => node.pids()),
+    stop: async () => {
+      await Promise.all(started.map((node) => node.stop()))
+    },
+  }
 }

@@ -65,6 +65,13 @@ t.test('bench harness at tiny size', async (t) => {
     }
   }
   t.ok(results.scenarios.some((s) => s.kind === 'ratecap'), 'the rate-cap scenario ran')
+  // Three nodes on PUBLISH-only producers: the stream checks above hold for them too, and every
+  // node that watches a job tries to record its latest payload (issue 10, items 2 and 5).
+  const nodes = results.scenarios.find((s) => s.kind === 'stream' && s.result.scenario.id === 'nodes-publish')
+  t.equal(nodes?.result.target.name, 'jobwire 3 nodes', 'the three-node scenario ran on three nodes')
+  const recorder = nodes?.kind === 'stream' ? nodes.result.recorder : undefined
+  t.ok(recorder !== undefined && recorder.recordsPerSec > 0 && recorder.scriptCallsPerSec > 0, `the recorder's writes and their Redis cost measured (${JSON.stringify(recorder)})`)
+  t.match(readFileSync(join(out, 'latest-tiny.md'), 'utf8'), /### Recording PUBLISH-only jobs[^]*\| jobwire 3 nodes \|/)
   t.match(readFileSync(join(out, 'latest-tiny.md'), 'utf8'), /## Rate caps \(max_hz\)[^]*\| full rate \|[^]*\| max_hz 5 \|/)
   t.ok(results.polling && results.polling.pushFrameBytes > 0 && results.polling.pollResponseBytes > 0, 'polling comparison measured')
   t.match(readFileSync(join(out, 'latest-tiny.svg'), 'utf8'), /^<svg/)
