@@ -9,6 +9,7 @@ import { PROJECT_ROOT, projectPath } from '../src/support/paths.js'
 import { serveAppPage } from './fixtures/app-page.js'
 import { launchBrowser } from './fixtures/browser.js'
 import { startGateway } from './fixtures/gateway.js'
+import { until } from './fixtures/until.js'
 import { SECRET, token } from './fixtures/tokens.js'
 
 const APP = (wsUrl: string, tokenValue: string) => `
@@ -25,7 +26,9 @@ function Job({ id }) {
 }
 function App() {
   const [id, setId] = React.useState('r-1')
-  return h('div', null, h(Job, { id }), ...['r-1', 'r-2', 'theirs'].map((j) => h('button', { id: 'show-' + j, key: j, onClick: () => setId(j) }, j)))
+  const [shown, setShown] = React.useState(true)
+  return h('div', null, shown ? h(Job, { id }) : null, ...['r-1', 'r-2', 'theirs'].map((j) => h('button', { id: 'show-' + j, key: j, onClick: () => setId(j) }, j)),
+    h('button', { id: 'unmount', onClick: () => setShown(false) }, 'unmount'))
 }
 const client = new JobsClient({ url: ${JSON.stringify(wsUrl)}, token: ${JSON.stringify(tokenValue)} })
 createRoot(document.getElementById('root')).render(h(JobsContext.Provider, { value: client }, h(App)))
@@ -58,12 +61,19 @@ t.test('useJob in React', async (t) => {
   await publish('r-1', { progress: 55 })
   await page.locator('#job[data-progress="55"][data-status="processing"]').waitFor({ timeout: 5000 })
   t.pass('an update re-renders with the merged state')
+  const gauges = () => gw.gateway.metricsSnapshot().gauges
   await page.click('#show-r-2')
   await page.locator('#job[data-job="r-2"][data-status="queued"]').waitFor({ timeout: 5000 })
+  await until(() => gauges().subscriptions === 1, 'the gateway to hold r-2 alone (r-1 left)', 5000)
   await publish('r-2', { status: 'completed', progress: 100 })
   await page.locator('#job[data-job="r-2"][data-status="completed"]').waitFor({ timeout: 5000 })
   t.pass('a new id is watched instead')
   await page.click('#show-theirs')
   await page.locator('#job[data-job="theirs"][data-error="forbidden"]').waitFor({ timeout: 5000 })
   t.equal(await page.locator('#job').textContent(), 'refused: forbidden', "another user's job is refused, and says so")
+  await page.click('#show-r-1')
+  await until(() => gauges().subscriptions === 1, 'r-1 subscribed again', 5000)
+  await page.click('#unmount')
+  await until(() => gauges().subscriptions === 0, 'the gateway to drop the subscription when the component unmounts', 5000)
+  t.equal(gauges().connections, 1, "the client's socket is still open: the subscription ended, not the connection")
 })
