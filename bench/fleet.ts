@@ -22,6 +22,15 @@ export interface LatencySummary {
   samples: number
 }
 
+/** A histogram of microseconds as milliseconds' percentiles. */
+export function latencySummary(h: hdr.Histogram): LatencySummary {
+  const ms = (us: number) => Math.round(us) / 1000
+  return {
+    p50: ms(h.getValueAtPercentile(50)), p90: ms(h.getValueAtPercentile(90)), p99: ms(h.getValueAtPercentile(99)),
+    p999: ms(h.getValueAtPercentile(99.9)), max: ms(h.maxValue), samples: h.totalCount,
+  }
+}
+
 export interface WindowResult {
   ratePerSec: number
   durationMs: number
@@ -235,7 +244,6 @@ export class Fleet {
     for (const r of reports) for (const [value, count] of r.histogram) histogram.recordValueWithCount(value, count)
     const delivered = reports.reduce((s, r) => s + r.updates, 0)
     const pct = (micros: number) => (micros / (wallMs * 1000)) * 100
-    const ms = (us: number) => Math.round(us) / 1000
     return {
       ratePerSec: run.ratePerSec,
       durationMs: run.durationMs,
@@ -246,14 +254,7 @@ export class Fleet {
       otherFrames: reports.reduce((s, r) => s + r.otherFrames, 0),
       closedByServer: reports.reduce((s, r) => s + r.closedByServer, 0),
       deliveriesPerSec: Math.round(delivered / (published.elapsedMs / 1000)),
-      latencyMs: {
-        p50: ms(histogram.getValueAtPercentile(50)),
-        p90: ms(histogram.getValueAtPercentile(90)),
-        p99: ms(histogram.getValueAtPercentile(99)),
-        p999: ms(histogram.getValueAtPercentile(99.9)),
-        max: ms(histogram.maxValue),
-        samples: histogram.totalCount,
-      },
+      latencyMs: latencySummary(histogram),
       cpu: { gateway: pct(cpu1.gw - cpu0.gw), generator: pct(cpu1.gen - cpu0.gen), publisher: pct(cpu1.pub - cpu0.pub), redis: pct(cpu1.redis - cpu0.redis) },
       gatewayKernelShare: cpu1.gw > cpu0.gw ? ((kernel1 - kernel0) / (cpu1.gw - cpu0.gw)) * 100 : 0,
       gatewayUsPerDelivery: delivered > 0 ? (cpu1.gw - cpu0.gw) / delivered : 0,

@@ -22,23 +22,14 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as hdr from 'hdr-histogram-js'
-import { Fleet, jobIds, type LoadgenReport, type Publisher, type PublishResult, type Recorded } from './fleet.js'
+import { Fleet, jobIds, latencySummary, type LatencySummary, type LoadgenReport, type Publisher, type PublishResult, type Recorded } from './fleet.js'
 import { cpuMicros, cpuSplit, sum } from './procstat.js'
 import type { RateCapScenario } from './scenarios.js'
 import type { Running } from './targets.js'
 
-export interface Percentiles {
-  /** Milliseconds. */
-  p50: number
-  p90: number
-  p99: number
-  p999: number
-  max: number
-  samples: number
-}
 
 /** Time until the client holds the latest state, over every (update, probe socket) pair. */
-export interface HeldSummary extends Percentiles {
+export interface HeldSummary extends LatencySummary {
   /** Pairs whose update no frame of the socket superseded before the window closed. */
   notHeld: number
   probes: number
@@ -80,7 +71,7 @@ export interface RateCapRun {
   readonly gatewayUsPerUpdate: number
   readonly held: HeldSummary
   /** Publish -> receive of the frames themselves (job_update frames of probe sockets). */
-  readonly frameMs: Percentiles
+  readonly frameMs: LatencySummary
   readonly records: number
   readonly recordsDropped: number
   readonly seqUnparsed: number
@@ -162,17 +153,9 @@ function histogram(): hdr.Histogram {
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: 3 })
 }
 
-function percentiles(h: hdr.Histogram): Percentiles {
-  const ms = (us: number) => Math.round(us) / 1000
-  return {
-    p50: ms(h.getValueAtPercentile(50)), p90: ms(h.getValueAtPercentile(90)), p99: ms(h.getValueAtPercentile(99)),
-    p999: ms(h.getValueAtPercentile(99.9)), max: ms(h.maxValue), samples: h.totalCount,
-  }
-}
-
 /** The join: for every update of a probe's job and every probe, the time from the update's
  * stamp to the probe's first frame of a seq at least as high. */
-export function latestHeld(updates: readonly JobUpdates[], probes: readonly ProbeFrames[]): { held: HeldSummary; frameMs: Percentiles } {
+export function latestHeld(updates: readonly JobUpdates[], probes: readonly ProbeFrames[]): { held: HeldSummary; frameMs: LatencySummary } {
   const held = histogram()
   const frames = histogram()
   let notHeld = 0
@@ -202,7 +185,7 @@ export function latestHeld(updates: readonly JobUpdates[], probes: readonly Prob
     }
     notHeld += u.seq.length - next
   }
-  return { held: { ...percentiles(held), notHeld, probes: probes.length, mismatched }, frameMs: percentiles(frames) }
+  return { held: { ...latencySummary(held), notHeld, probes: probes.length, mismatched }, frameMs: latencySummary(frames) }
 }
 
 // --- the runs -------------------------------------------------------------------------------
