@@ -16,14 +16,13 @@
 //   CHAOS_SELF_TEST=1 (three tabs ignore one job's frames: the run must report lost views)
 
 import { randomBytes } from 'node:crypto'
-import { execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { projectPath } from '../src/support/paths.js'
 import { compare, covers, equals, StoredStates, type Behind } from './chaos/oracle.js'
-import { positiveEnv, sleep, startHarness } from './chaos/harness.js'
+import { commitLabel, positiveEnv, sleep, startHarness } from './chaos/harness.js'
 import { GatewayNode, killEverything, openFileLimit, RedisServer } from './chaos/procs.js'
 import { ProducerLoop } from './chaos/producer-loop.js'
 import { SimTab, type TabEvents } from './chaos/sim-client.js'
@@ -489,16 +488,6 @@ function pick<T>(from: readonly T[], n: number, seed = 0x5eed): T[] {
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`
 const int = (n: number) => n.toLocaleString('en-US')
 
-function commit(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectPath(), encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: projectPath(), encoding: 'utf8' }).trim() !== ''
-    return dirty ? `${sha} + uncommitted changes` : sha
-  } catch {
-    return 'unknown'
-  }
-}
-
 let reported = false
 
 function finishReport(abort: string | null): void {
@@ -509,7 +498,7 @@ function finishReport(abort: string | null): void {
   const elapsed = Date.now() - started
   const lines: string[] = []
   lines.push('# jobwire chaos run', '')
-  lines.push(`${new Date().toISOString()}, commit ${commit()}, \`make chaos\`${SCALE === 1 ? '' : ` with CHAOS_SCALE=${SCALE}`}.`)
+  lines.push(`${new Date().toISOString()}, commit ${commitLabel()}, \`make chaos\`${SCALE === 1 ? '' : ` with CHAOS_SCALE=${SCALE}`}.`)
   lines.push(`Own redis-server (loopback, persistence off), node 1: \`serve --workers 2\`, node 2: \`serve --workers 1\`, gateway defaults otherwise. ` +
     `${int(TABS)} WebSocket tabs (half per node) watching ${JOBS_PER_TAB} jobs each, ${int(JOBS)} jobs (${int((TABS * JOBS_PER_TAB) / JOBS)} watchers per job, on both nodes), ` +
     `producers at ${RATE} updates/s through the producer script. Harness CPU: ${((100 * (cpu.user + cpu.system)) / 1000 / elapsed).toFixed(0)}% of one core over ${secs(elapsed)}; ` +

@@ -31,13 +31,12 @@
 //   node dist/bench/soak.js      env: SOAK_MINUTES (10), SOAK_SCALE (1)
 
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { execFileSync } from 'node:child_process'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { projectPath } from '../src/support/paths.js'
 import { compare, equals, StoredStates } from './chaos/oracle.js'
-import { positiveEnv, sleep, startHarness } from './chaos/harness.js'
+import { commitLabel, positiveEnv, sleep, startHarness } from './chaos/harness.js'
 import { GatewayNode, killEverything, openFileLimit, RedisServer } from './chaos/procs.js'
 import { ProducerLoop } from './chaos/producer-loop.js'
 import { SimTab, type TabEvents } from './chaos/sim-client.js'
@@ -393,22 +392,12 @@ interface Summary {
   pids: number[]
 }
 
-function commit(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectPath(), encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: projectPath(), encoding: 'utf8' }).trim() !== ''
-    return dirty ? `${sha} + uncommitted changes` : sha
-  } catch {
-    return 'unknown'
-  }
-}
-
 function writeReport(s: Summary): void {
   const f1 = (n: number) => n.toFixed(1)
   const f2 = (n: number) => n.toFixed(2)
   const names = ['primary', ...s.pids.slice(1).map((_, i) => `worker ${i + 1}`)]
   const lines: string[] = ['# jobwire soak run', '']
-  lines.push(`${new Date().toISOString()}, commit ${commit()}, \`make soak\` with SOAK_MINUTES=${MINUTES}${SCALE === 1 ? '' : `, SOAK_SCALE=${SCALE}`}.`)
+  lines.push(`${new Date().toISOString()}, commit ${commitLabel()}, \`make soak\` with SOAK_MINUTES=${MINUTES}${SCALE === 1 ? '' : `, SOAK_SCALE=${SCALE}`}.`)
   lines.push(`One gateway node (\`serve --workers 2\`, defaults otherwise) on its own redis-server. ${TABS.toLocaleString('en-US')} WebSocket tabs watching ${JOBS_PER_TAB} of ${SLOTS} running jobs each; ` +
     `producers at ${RATE} updates/s through the producer script; each job finishes after ${STEPS_PER_JOB} updates and is replaced by a new job id (its watchers unsubscribe and subscribe to the new one); ` +
     `${CHURN_PER_SEC} tabs a second close and reopen 1-3 s later. ${reconnects.toLocaleString('en-US')} reconnects in all. ` +
