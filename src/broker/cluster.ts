@@ -31,7 +31,7 @@ import { rateLimitedLog } from '../support/log.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
 import { channelFor, clusterRecorderKey, stateKey } from '../wire/topics.js'
 import { defineProgressScript, runProgressScript } from '../producer/script.js'
-import { ownerIndexKey, OwnerIndexError, type OwnerIndex } from '../producer/owner-index.js'
+import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/owner-index.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
 import { RECORD_SEEN_SCRIPT, RECORDER_LEASE_MS } from './redis.js'
@@ -273,7 +273,7 @@ export class ClusterBroker implements Broker, OwnerIndex {
 
   /** The owner's index lives in its own slot; the command client finds it. */
   async ownerJobs(owner: string, limit: number): Promise<string[]> {
-    return this.cmd.zrevrange(ownerIndexKey(this.names.keyPrefix, owner), 0, Math.max(0, limit - 1))
+    return readOwnerJobs(this.cmd, this.names.keyPrefix, owner, limit)
   }
 
   publish(channel: string, payload: Buffer | string): Promise<void> {

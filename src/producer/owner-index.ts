@@ -54,6 +54,11 @@ export async function indexOwner(redis: Redis | Cluster, keyPrefix: string, jobI
   return (await run(ownerIndexKey(keyPrefix, owner), jobId, userJobsChannel(keyPrefix, owner), keepSec)) === 1
 }
 
+/** The owner's job ids, most recently updated first, through any client that reaches the set. */
+export function readOwnerJobs(redis: Redis | Cluster, keyPrefix: string, owner: string, limit: number): Promise<string[]> {
+  return redis.zrevrange(ownerIndexKey(keyPrefix, owner), 0, Math.max(0, limit - 1))
+}
+
 export interface OwnerIndex {
   /** The owner's job ids, most recently updated first; jobs whose state has expired since may
    * still be among them (readers check each job's state and owner). */
@@ -73,7 +78,7 @@ export class RedisOwnerIndex implements OwnerIndex {
       // Failures reach callers as rejected reads; the connection keeps retrying.
       this.redis.on('error', () => undefined)
     }
-    return this.redis.zrevrange(ownerIndexKey(this.keyPrefix, owner), 0, Math.max(0, limit - 1))
+    return readOwnerJobs(this.redis, this.keyPrefix, owner, limit)
   }
 
   async close(): Promise<void> {
