@@ -251,7 +251,7 @@ export function renderMarkdown(b: BenchResults, svgName: string): string {
     `load generators (bench/native/loadgen.c: epoll, each process on its own 127.0.x.y source address, SCHED_BATCH) and the publisher ` +
     `(bench/native/publisher.c: EVALSHA of the producer script at the scheduled times) share the same ${m.cpus} cores. Latency is end to end: ` +
     `the publisher's CLOCK_MONOTONIC stamp, through the producer script in Redis and the gateway, to the probe socket's read. ` +
-    `Measured windows: ${b.windowMs / 1000} s after a warm-up. The gateway's per-address connection and message caps are off (the load comes from a few loopback addresses).\n\n`
+    `Measured windows: ${b.windowMs / 1000} s after a ${b.warmupMs !== undefined ? `${b.warmupMs / 1000} s ` : ''}warm-up${b.size === 'full' ? '' : ' (the full run warms up for 6 s: a shorter warm-up leaves V8 optimising during the window, which shows in the light-load p99)'}. The gateway's per-address connection and message caps are off (the load comes from a few loopback addresses).\n\n`
   md += `![latency](${svgName})\n\n`
   const s = streams(b)
   if (s.length > 0) {

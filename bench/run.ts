@@ -96,6 +96,8 @@ export interface BenchResults {
   readonly commit: string
   readonly machine: { cpus: number; model: string; memoryGiB: number; node: string; kernel: string; fdLimit: number }
   readonly windowMs: number
+  /** Absent in results written before it was recorded (then 6 s in full runs). */
+  readonly warmupMs?: number
   readonly scenarios: ScenarioResult[]
   readonly polling: PollingResult | null
 }
@@ -130,6 +132,10 @@ function log(message: string): void {
 /** Runs wherever the baseline runs: what jobwire's CPU per delivery and p99 are compared with. */
 const FLOOR: TargetSpec = { name: 'floor (C)', kind: 'floor', workers: 1 }
 
+function workerTarget(): TargetSpec[] {
+  return plan.workerTargets && cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire', workers: cores }] : []
+}
+
 function targetsFor(scenario: Scenario): TargetSpec[] {
   // Rate caps are jobwire's (subscribe_job max_hz): the baseline and the floor have none.
   if (scenario.kind === 'ratecap') return [{ name: 'jobwire', kind: 'jobwire', workers: 1 }]
@@ -140,7 +146,7 @@ function targetsFor(scenario: Scenario): TargetSpec[] {
   if (scenario.kind === 'stream' && scenario.broker === 'cluster') {
     return [
       { name: 'jobwire', kind: 'jobwire', workers: 1 },
-      ...(cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire' as const, workers: cores }] : []),
+      ...workerTarget(),
     ]
   }
   if (scenario.kind === 'idle') {
@@ -154,7 +160,7 @@ function targetsFor(scenario: Scenario): TargetSpec[] {
   }
   return [
     { name: 'jobwire', kind: 'jobwire', workers: 1 },
-    ...(cores > 1 ? [{ name: `jobwire ${cores}w`, kind: 'jobwire' as const, workers: cores }] : []),
+    ...workerTarget(),
     { name: 'baseline (ws)', kind: 'baseline', workers: 1 },
     FLOOR,
   ]
@@ -214,7 +220,7 @@ async function runStream(scenario: StreamScenario, spec: TargetSpec, redis: Back
       // The warm-up lets V8 finish optimising the hot path first: its compiler threads take the
       // CPU from the gateway's main thread meanwhile, and after 1 s of the seed load they still
       // set the p99 (seed: 1.2-1.8 ms after 1 s, 0.44-0.62 ms after 6 s; README, Performance).
-      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: Math.min(6000, 2 * plan.windowMs), via })
+      await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.warmupMs, via })
       const recording = via === 'publish' && redis.url !== '' ? { commands: await commandStats(redis.url), records: await seenRecords(target.ports ?? [target.port]) } : null
       const window = await fleet.measure(target, redis, publisher, { jobs: jobIds(fleetPlan), jobPrefix: fleetPlan.jobPrefix, ratePerSec: scenario.ratePerSec, durationMs: plan.windowMs, via })
       let recorder: RecorderCost | undefined
@@ -331,6 +337,7 @@ function commit(): string {
 }
 
 async function main(): Promise<void> {
+  const began = performance.now()
   const redis = await startRedis()
   const publisher = new Publisher(redis.port)
   const results: ScenarioResult[] = []
@@ -368,7 +375,7 @@ async function main(): Promise<void> {
   }
   const bench: BenchResults = {
     size, date: new Date().toISOString(), command: `make ${size === 'full' ? 'bench' : size === 'quick' ? 'bench-quick' : 'bench-tiny'}`,
-    commit: commit(), machine: machine(), windowMs: plan.windowMs, scenarios: results, polling,
+    commit: commit(), machine: machine(), windowMs: plan.windowMs, warmupMs: plan.warmupMs, scenarios: results, polling,
   }
   mkdirSync(outDir, { recursive: true })
   const stamp = bench.date.replace(/[:.]/g, '-')
@@ -378,7 +385,7 @@ async function main(): Promise<void> {
   writeFileSync(join(outDir, `latest-${size}.md`), renderMarkdown(bench, `latest-${size}.svg`))
   writeFileSync(join(outDir, `latest-${size}.svg`), renderSvg(bench))
   process.stdout.write(printTable(bench))
-  log(`wrote ${json} and latest-${size}.{json,md,svg} in ${outDir}`)
+  log(`wrote ${json} and latest-${size}.{json,md,svg} in ${outDir}; ${((performance.now() - began) / 1000).toFixed(0)} s in all`)
 }
 
 /** --render FILE: print and write the report of an earlier run again, measuring nothing. */

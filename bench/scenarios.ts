@@ -90,6 +90,12 @@ export function floorAim(fanoutSockets: number): FloorAim | null {
 export interface BenchPlan {
   readonly size: Size
   readonly windowMs: number
+  /** Load before each stream window, while V8 optimises the fresh gateway's hot path (its
+   * compiler threads take the core from the main thread meanwhile: README, Light-load p99). */
+  readonly warmupMs: number
+  /** Also run jobwire with one worker per core. Quick and tiny leave it to the full run, so
+   * that bench-quick stays under a minute. */
+  readonly workerTargets: boolean
   readonly scenarios: readonly Scenario[]
   readonly pollingSeconds: number
 }
@@ -101,6 +107,8 @@ export function benchPlan(size: Size): BenchPlan {
     return {
       size,
       windowMs: 1000,
+      warmupMs: 1000,
+      workerTargets: false,
       pollingSeconds: 1,
       scenarios: [
         { kind: 'stream', id: 'seed', title: 'seed claim (tiny)', sockets: 60, jobs: 6, ratePerSec: 100, aim: { p99Ms: 2 } },
@@ -114,8 +122,10 @@ export function benchPlan(size: Size): BenchPlan {
   if (size === 'quick') {
     return {
       size,
-      windowMs: 3000,
-      pollingSeconds: 2,
+      windowMs: 2000,
+      warmupMs: 2000,
+      workerTargets: false,
+      pollingSeconds: 1,
       scenarios: [
         { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
         { kind: 'stream', id: 'broadcast', title: 'broadcast (quick: 2,000 sockets)', sockets: 2000, jobs: 2, ratePerSec: 10, aim: { p99Ms: 10 } },
@@ -127,6 +137,8 @@ export function benchPlan(size: Size): BenchPlan {
   return {
     size,
     windowMs: 10_000,
+    warmupMs: 6000,
+    workerTargets: true,
     pollingSeconds: 5,
     scenarios: [
       { kind: 'stream', id: 'seed', title: 'seed claim', sockets: 1000, jobs: 100, ratePerSec: 1000, aim: { p99Ms: 2 } },
