@@ -111,6 +111,16 @@ for (const kind of ['embedded', 'redis', 'cluster'] as const) {
       t.equal(second.replace(/"ts":\d+/, '"ts":T'), `{"seq":2,"epoch":${obj.epoch},"ts":T}`, 'same epoch while the job lives')
     })
 
+    t.test('readJobs reads several jobs at once, in the order asked, absent ones as nulls', async (t) => {
+      await broker.publishProgress('r1', Buffer.from('{"progress":1}'), { owner: 'alice' })
+      await broker.publishProgress('r2', Buffer.from('{"progress":2}'))
+      const records = await broker.readJobs(['r2', 'absent', 'r1', 'r2'])
+      t.same(records.map((r) => r.state === null ? null : JSON.parse(r.state.toString()).progress), [2, null, 1, 2])
+      t.same(records.map((r) => r.owner), [null, null, 'alice', null])
+      t.same(records.map((r) => r.seen), [null, null, null, null], 'nothing recorded for jobs with stored state')
+      t.same(await broker.readJobs([]), [], 'no jobs, no records')
+    })
+
     t.test('an update merges its fields into the stored state; frame = snapshot', async (t) => {
       await broker.subscribe(['progress:m1'])
       await broker.publishProgress('m1', Buffer.from('{"status":"processing","message":"transcoding","progress":10,"result":{"a":1,"b":2}}'))

@@ -19,6 +19,7 @@ import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
+const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
 /** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
 export const RECORDER_LEASE_MS = 5000
 
@@ -255,14 +256,16 @@ export class RedisBroker implements Broker {
   }
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
-    const pipeline = this.cmd.pipeline()
-    for (const id of jobIds) pipeline.hmgetBuffer(jobKey(this.names.keyPrefix, id), 'state', 'owner', 'seen')
-    const results = (await pipeline.exec()) ?? []
-    return results.map(([err, value]) => {
-      if (err) throw err
-      const [state, owner, seen] = value as [Buffer | null, Buffer | null, Buffer | null]
-      return { state, owner: owner === null ? null : owner.toString('utf8'), seen }
-    })
+    if (!('jobwireReadJobsBuffer' in this.cmd)) this.cmd.defineCommand('jobwireReadJobs', { lua: READ_JOBS_SCRIPT })
+    const keys = jobIds.map((id) => jobKey(this.names.keyPrefix, id))
+    const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<Array<Buffer | null>>>).jobwireReadJobsBuffer!
+    const fields = await run.call(this.cmd, keys.length, ...keys)
+    const records: JobRecord[] = new Array(jobIds.length)
+    for (let i = 0; i < jobIds.length; i++) {
+      const owner = fields[3 * i + 1] ?? null
+      records[i] = { state: fields[3 * i] ?? null, owner: owner === null ? null : owner.toString('utf8'), seen: fields[3 * i + 2] ?? null }
+    }
+    return records
   }
 
   async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<void> {
