@@ -7,9 +7,13 @@
 // state: their snapshot is the last payload this node saw while watching them, or null.
 //
 // Reads are coalesced: every read asked for in one event-loop turn goes to the broker as one
-// round trip with one HMGET per distinct job, so a reconnect storm of thousands of subscribes
-// costs a handful of pipelines, not thousands (coalescing keeps the ordering guarantee: a
-// read is still issued after the request that asked for it).
+// round trip (one command for a single Redis: src/broker/read-jobs.lua), and a watcher's read
+// asked for while one of the same job is on its way joins it. So a reconnect storm of
+// thousands of subscribes to a job costs a few reads, not one per socket, when the broker is
+// slow to answer. Only a watcher joins, and only a read that left after the job's channel was
+// live; the snapshot is chosen when that read lands, against everything the channel delivered
+// until then (chooseSnapshot), and the watcher joins the stream in the same step (watch.ts), so
+// it misses nothing published after the read left.
 
 import type { Broker, JobRecord } from '../broker/broker.js'
 import { UnsupportedJob, type SourceRoutes } from '../sources/router.js'
@@ -111,8 +115,16 @@ const BATCH = 500
 const RETRY_MIN_MS = 100
 const RETRY_MAX_MS = 2000
 
+interface Waiter {
+  resolve(s: Snapshot): void
+  reject(e: Error): void
+}
+
 export class SnapshotReader {
-  private queued = new Map<string, Array<{ resolve: (s: Snapshot) => void; reject: (e: Error) => void }>>()
+  /** Reads asked for in this turn, not yet sent. */
+  private queued = new Map<string, Waiter[]>()
+  /** Reads on their way to the broker, each job's waiters (more join until it lands). */
+  private readonly inFlight = new Map<string, Waiter[]>()
   private scheduled = false
 
   constructor(
@@ -129,10 +141,16 @@ export class SnapshotReader {
 
   /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
   read(jobId: string): Promise<Snapshot> {
+    return this.request(jobId, false)
+  }
+
+  /** `joinInFlight`: a read of the job already on its way will do. Only for a watcher: a
+   * one-off read (GET /jobs/<id>) must see what was stored before it was asked for. */
+  private request(jobId: string, joinInFlight: boolean): Promise<Snapshot> {
     return new Promise((resolve, reject) => {
-      const waiters = this.queued.get(jobId)
-      if (waiters) waiters.push({ resolve, reject })
-      else this.queued.set(jobId, [{ resolve, reject }])
+      const waiters = (joinInFlight ? this.inFlight.get(jobId) : undefined) ?? this.queued.get(jobId)
+      if (waiters) return void waiters.push({ resolve, reject })
+      this.queued.set(jobId, [{ resolve, reject }])
       if (!this.scheduled) {
         this.scheduled = true
         setImmediate(() => this.flush())
@@ -149,7 +167,7 @@ export class SnapshotReader {
     for (let attempt = 0; ; attempt++) {
       await withDeadline(this.watched.whenLive(job), Math.max(1, deadline - Date.now()), 'broker subscription')
       try {
-        return await this.read(job.id)
+        return await this.request(job.id, true)
       } catch (err) {
         const wait = RETRY_MIN_MS + backoff(attempt, RETRY_MIN_MS, RETRY_MAX_MS)
         if (Date.now() + wait >= deadline) throw err
@@ -167,14 +185,27 @@ export class SnapshotReader {
     this.scheduled = false
     const queued = this.queued
     this.queued = new Map()
+    // Joinable only where the read leaves after the job's channel went live: a read issued
+    // before would miss what was published in between.
+    for (const [id, waiters] of queued) {
+      const job = this.watched.get(id)
+      if (job !== undefined && this.watched.isLive(job)) this.inFlight.set(id, waiters)
+    }
     const ids = [...queued.keys()]
     for (let i = 0; i < ids.length; i += BATCH) {
       const batch = ids.slice(i, i + BATCH)
       this.fetch(batch).then(
-        (snapshots) => batch.forEach((id, k) => { for (const w of queued.get(id)!) w.resolve(snapshots[k]!) }),
-        (err: Error) => { for (const id of batch) for (const w of queued.get(id)!) w.reject(err) },
+        (snapshots) => batch.forEach((id, k) => { for (const w of this.landed(id, queued)) w.resolve(snapshots[k]!) }),
+        (err: Error) => { for (const id of batch) for (const w of this.landed(id, queued)) w.reject(err) },
       )
     }
+  }
+
+  /** A job's waiters once its read has landed; later reads of it start a new one. */
+  private landed(jobId: string, sent: Map<string, Waiter[]>): Waiter[] {
+    const waiters = sent.get(jobId)!
+    if (this.inFlight.get(jobId) === waiters) this.inFlight.delete(jobId)
+    return waiters
   }
 
   private async fetch(jobIds: readonly string[]): Promise<Snapshot[]> {
