@@ -10,7 +10,7 @@
 //
 //   node dist/bench/heap.js [--sockets 10000] [--jobs 10] [--workers 1] [--snapshot [--mid-snapshot-ms N]] [--sample]
 //     [--connect-only] [--jwt-secret S]
-//     [--settle-ms 12000] [--gc] [--node-arg FLAG]... [--out DIR] [-- extra serve flags]
+//     [--settle-ms 12000] [--settle-first] [--gc] [--node-arg FLAG]... [--out DIR] [-- extra serve flags]
 //
 // Snapshots stop the gateway for seconds and collect its garbage, so the RSS figures of a
 // --snapshot run are not the bench's: take those from a run without it.
@@ -39,6 +39,8 @@ const { values, positionals } = parseArgs({
     'jwt-secret': { type: 'string' },
     gc: { type: 'boolean', default: false },
     'settle-ms': { type: 'string', default: '12000' },
+    // As the bench's idle scenario: the empty gateway settles too before its reading.
+    'settle-first': { type: 'boolean', default: false },
     out: { type: 'string', default: '/tmp/jobwire-heap' },
     'node-arg': { type: 'string', multiple: true, default: [] },
   },
@@ -151,7 +153,9 @@ async function main(): Promise<void> {
     const probe = new Probe(target, outDir)
     let emptySnap: ProbeReport[] | null = null
     if (values.snapshot) emptySnap = await probe.ask('snapshot')
-    // As runStream: the empty gateway's RSS right after it is ready, then the fleet.
+    // As runStream: the empty gateway's RSS right after it is ready, then the fleet (as
+    // runIdle with --settle-first: after it has settled).
+    if (values['settle-first']) await new Promise((r) => setTimeout(r, settleMs))
     const rss0 = gatewayRss(target)
     const base: Reading = { label: 'empty', rss: rss0, reports: await probe.ask('stats') }
     if (values.sample) await probe.ask('sample-start')
