@@ -94,7 +94,8 @@ t.test('a worker whose primary does not answer refuses new connections (fails cl
   const redis = await startRedis()
   t.teardown(() => redis.stop())
   const port = await freePort()
-  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url])
+  // 127.0.0.1 is not a trusted proxy here, so its connections are counted by the primary.
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url, '--trusted-proxies', '192.0.2.1/32'])
   t.teardown(async () => {
     served.proc.kill('SIGCONT')
     await reap(served)
@@ -110,6 +111,25 @@ t.test('a worker whose primary does not answer refuses new connections (fails cl
   after.send({ type: 'ping', id: 1 })
   t.match(await after.nextOfType('pong'), { id: 1 }, 'admitted again once the primary answers')
   await after.close()
+})
+
+t.test('a connection the primary would not count is admitted without it', async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const port = await freePort()
+  // The defaults: 127.0.0.1 is a trusted proxy's address, never throttled as one client, and
+  // with no token there is no user to count.
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url])
+  t.teardown(async () => {
+    served.proc.kill('SIGCONT')
+    await reap(served)
+  })
+  await served.waitFor(/jobwire listening/, 20_000)
+  served.proc.kill('SIGSTOP')
+  const c = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  c.send({ type: 'ping', id: 1 })
+  t.match(await c.nextOfType('pong'), { id: 1 }, 'admitted while the primary is stopped')
+  await c.close()
 })
 
 t.test('with access control off, the startup warning names every open endpoint', async (t) => {

@@ -32,7 +32,19 @@ export interface AdmissionLimits {
   readonly connectRatePerIp: number
 }
 
-const ADMITTED: AdmissionResult = { ok: true }
+export const ADMITTED: AdmissionResult = { ok: true }
+
+/** Whether charge() spends anything for this address: the rate is on and the address is
+ * limited (trusted proxies' addresses are not). */
+export function rateLimited(limits: AdmissionLimits, address: string | null): boolean {
+  return limits.connectRatePerIp > 0 && address !== null
+}
+
+/** What admit() counts for a request: its address and user, each only while its cap is on.
+ * Both null: nothing to count, so nothing to ask the primary for either (node/serve.ts). */
+export function countedFor(limits: AdmissionLimits, { userId, address }: AdmissionRequest): { ip: string | null; user: string | null } {
+  return { ip: limits.maxConnectionsPerIp > 0 ? address : null, user: limits.maxConnectionsPerUser > 0 ? userId : null }
+}
 /** How long a client refused by a connection cap should wait before trying again. */
 const CAP_RETRY_MS = 5000
 /** Buckets of addresses that went quiet are forgotten after this long. */
@@ -54,21 +66,20 @@ export class LocalAdmission implements Admission {
 
   charge(ip: string | null): AdmissionResult {
     const rate = this.connectRate
-    if (rate === null || ip === null) return ADMITTED
+    if (rate === null || !rateLimited(this.limits, ip)) return ADMITTED
     const now = this.clock()
-    const bucket = this.buckets.get(ip) ?? FULL
+    const bucket = this.buckets.get(ip!) ?? FULL
     const next = rate.take(bucket, now)
     if (next !== null) {
-      this.buckets.set(ip, next)
+      this.buckets.set(ip!, next)
       return ADMITTED
     }
     return { ok: false, reason: `more than ${rate.rate} new connections per second from this address`, retryAfterMs: Math.max(1000, rate.waitMs(bucket, now)) }
   }
 
-  admit({ userId, address }: AdmissionRequest): AdmissionResult {
+  admit(request: AdmissionRequest): AdmissionResult {
     const { maxConnectionsPerUser, maxConnectionsPerIp } = this.limits
-    const ip = maxConnectionsPerIp > 0 ? address : null
-    const user = maxConnectionsPerUser > 0 ? userId : null
+    const { ip, user } = countedFor(this.limits, request)
     const ipCount = ip === null ? 0 : this.perIp.get(ip) ?? 0
     if (ip !== null && ipCount >= maxConnectionsPerIp) {
       return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }

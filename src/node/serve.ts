@@ -2,7 +2,7 @@
 // the same port (SO_REUSEPORT: the kernel spreads connections across them). This file is the
 // worker side and the entry point; primary.ts supervises the workers.
 
-import type { Admission, AdmissionRequest, AdmissionResult } from '../access/admission.js'
+import { ADMITTED, countedFor, rateLimited, type Admission, type AdmissionLimits, type AdmissionRequest, type AdmissionResult } from '../access/admission.js'
 import { ConfigError, type Config } from '../support/config.js'
 import { Gateway, WS_PATH } from '../gateway.js'
 import { createLogger, flushLogs, type Logger } from '../support/log.js'
@@ -34,8 +34,12 @@ export async function serve(config: Config, argv: readonly string[]): Promise<vo
   return runGateway(config, log, uws.detail, workerIndex !== undefined)
 }
 
-/** A worker's view of the primary: connection caps counted node-wide, and node-wide queries. */
-function primaryLink(log: Logger, local: () => Gateway) {
+/** A worker's view of the primary: connection caps counted node-wide, and node-wide queries.
+ * A connection the primary would not count (its caps off, or its address a trusted proxy's)
+ * is admitted here without a round trip: with every cap off, a worker's connections cost the
+ * primary nothing, where a ticket held for each cost about 0.2 KB per connection over the two
+ * processes (bench/heap.ts --sample --workers 3). */
+function primaryLink(log: Logger, local: () => Gateway, limits: AdmissionLimits) {
   const admits = new Calls<AdmissionResult>()
   const queries = new Calls<NodeAnswer[]>()
   const send = (message: WorkerMessage) => process.send!(message)
@@ -48,20 +52,24 @@ function primaryLink(log: Logger, local: () => Gateway) {
     log.error('the primary did not answer an admission request in time; refusing the connection')
     return { ok: false, reason: 'the node is busy; retry shortly', retryAfterMs: ADMIT_RETRY_MS }
   }
+  const admitOnPrimary = async (request: AdmissionRequest): Promise<AdmissionResult> => {
+    let ticket = 0
+    const result = await admits.ask((id) => {
+      ticket = id
+      // A plain copy: the request may be a class instance whose fields IPC would not carry.
+      send({ type: 'admit', id, request: { userId: request.userId, address: request.address } })
+    }, ADMIT_TIMEOUT_MS, () => {
+      send({ type: 'release', id: ticket })
+      return failClosed()
+    })
+    if (result.ok) ticketIds.set(request, ticket)
+    return result
+  }
   const admission: Admission = {
-    charge: (address) => admits.ask((id) => send({ type: 'charge', id, address }), ADMIT_TIMEOUT_MS, failClosed),
-    admit: async (request) => {
-      let ticket = 0
-      const result = await admits.ask((id) => {
-        ticket = id
-        // A plain copy: the request may be a class instance whose fields IPC would not carry.
-        send({ type: 'admit', id, request: { userId: request.userId, address: request.address } })
-      }, ADMIT_TIMEOUT_MS, () => {
-        send({ type: 'release', id: ticket })
-        return failClosed()
-      })
-      if (result.ok) ticketIds.set(request, ticket)
-      return result
+    charge: (address) => rateLimited(limits, address) ? admits.ask((id) => send({ type: 'charge', id, address }), ADMIT_TIMEOUT_MS, failClosed) : ADMITTED,
+    admit: (request) => {
+      const counted = countedFor(limits, request)
+      return counted.ip === null && counted.user === null ? ADMITTED : admitOnPrimary(request)
     },
     release: (request) => {
       const id = ticketIds.get(request)
@@ -86,7 +94,7 @@ function primaryLink(log: Logger, local: () => Gateway) {
 
 async function runGateway(config: Config, log: Logger, uwsDetail: string, isWorker: boolean): Promise<void> {
   let gateway: Gateway
-  const link = isWorker ? primaryLink(log, () => gateway) : null
+  const link = isWorker ? primaryLink(log, () => gateway, config) : null
   try {
     gateway = new Gateway({ config, log, processName: isWorker ? `worker-${process.env[WORKER_ENV]}` : 'main', ...(link ? { admission: link.admission, nodeQuery: link.nodeQuery } : {}) })
   } catch (err) {
