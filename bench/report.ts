@@ -64,8 +64,9 @@ function sweepVerdict(r: SweepResult): string {
 }
 
 function idleVerdict(r: IdleResult): string {
-  const ok = r.rssPerConnection < r.scenario.aim.bytesPerConnection && r.probeConnectMs < r.scenario.aim.connectMs
-  return `${ok ? 'met' : 'MISSED'} (< ${r.scenario.aim.bytesPerConnection} B/conn, ${int(r.scenario.connectProbe)} in < ${r.scenario.aim.connectMs} ms)`
+  const bytes = r.target.workers > 1 ? r.scenario.aim.bytesPerConnectionWorkers ?? r.scenario.aim.bytesPerConnection : r.scenario.aim.bytesPerConnection
+  const ok = r.rssPerConnection <= bytes && r.probeConnectMs < r.scenario.aim.connectMs
+  return `${ok ? 'met' : 'MISSED'} (<= ${bytes} B/conn, ${int(r.scenario.connectProbe)} in < ${r.scenario.aim.connectMs} ms)`
 }
 
 /** How lines and tables name a scenario: by its fan-out, computed from its sockets and jobs.
