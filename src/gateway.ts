@@ -35,6 +35,7 @@ import { withDeadline } from './support/deadline.js'
 import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
 import { ProcessSampler } from './support/process-stats.js'
+import { IdleCollector } from './support/idle-gc.js'
 import { uWS } from './support/uws.js'
 import { createWsBehavior } from './ws/behavior.js'
 import { CatchUp } from './ws/catch-up.js'
@@ -77,6 +78,7 @@ export class Gateway {
   private readonly catchUp: CatchUp
   private readonly recorder: Recorder
   private readonly sampler: ProcessSampler
+  private readonly idleCollector: IdleCollector
   private readonly userJobs: UserJobs
   private readonly ownerIndex: { close(): Promise<void> }
   private listenSocket: us_listen_socket | null = null
@@ -106,6 +108,7 @@ export class Gateway {
     this.fanout = new Fanout(this.app, this.metrics)
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.sampler = new ProcessSampler(options.processName ?? 'main')
+    this.idleCollector = new IdleCollector({ thresholdBytes: config.idleGcMb * 2 ** 20, log, onCollect: () => this.metrics.idleCollections++ })
     this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
@@ -219,6 +222,7 @@ export class Gateway {
     this.catchUp.stop()
     this.recorder.stop()
     this.sampler.stop()
+    this.idleCollector.stop()
     this.watched.dispose()
     this.userJobs.dispose()
     try {

@@ -4,6 +4,7 @@
 
 import { fork, type ChildProcess } from 'node:child_process'
 import { LocalAdmission, type AdmissionRequest } from '../access/admission.js'
+import { IdleCollector } from '../support/idle-gc.js'
 import { accessControl } from '../access/policy.js'
 import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, type Config } from '../support/config.js'
@@ -50,6 +51,8 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   let stopping = false
   let listening = 0
   const admission = new LocalAdmission(config)
+  // The primary's heap grows with its workers' admissions and log lines; it is mostly quiet.
+  new IdleCollector({ thresholdBytes: config.idleGcMb * 2 ** 20, log })
   // What each worker holds admitted, by admission id, so a worker that dies gives its
   // connections back.
   const held = workers.map(() => new Map<number, AdmissionRequest>())

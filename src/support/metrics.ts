@@ -25,6 +25,7 @@ export class Metrics {
   snapshotFailures = 0
   resyncs = 0
   seenRecords = 0
+  idleCollections = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
   /** Requests refused on any transport, keyed `transport="…",reason="…"`. */
@@ -99,6 +100,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
       seen_records_total: m.seenRecords,
+      idle_collections_total: m.idleCollections,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
     },
