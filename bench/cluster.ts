@@ -10,6 +10,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Cluster, Redis } from 'ioredis'
+import { track } from './children.js'
 
 /** Short enough that a failover takes a few seconds; long enough that a loaded test machine
  * does not fail nodes over by itself. */
@@ -122,11 +123,11 @@ export async function startCluster(): Promise<TestCluster> {
     rmSync(dir, { recursive: true, force: true })
   }
 
-  const launch = (port: number) => procs.set(port, spawn('redis-server', [
+  const launch = (port: number) => procs.set(port, track(spawn('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
     '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', String(NODE_TIMEOUT_MS),
     '--dir', dir, '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning',
-  ], { stdio: 'ignore' }))
+  ], { stdio: 'ignore' })))
 
   try {
     for (const port of ports) launch(port)
@@ -134,8 +135,8 @@ export async function startCluster(): Promise<TestCluster> {
       for (const port of ports) if (!alive(port) || await adminOf(port).ping() !== 'PONG') return false
       return true
     }, 'every redis-server to answer', 10_000)
-    const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'],
-      { stdio: ['ignore', 'pipe', 'pipe'] })
+    const create = track(spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'],
+      { stdio: ['ignore', 'pipe', 'pipe'] }))
     let output = ''
     create.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()))
     create.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()))

@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline'
 import * as hdr from 'hdr-histogram-js'
 import { projectPath } from '../src/support/paths.js'
 import { PROGRESS_SCRIPT_PATH } from '../src/producer/script.js'
+import { track } from './children.js'
 import { cpuMicros, cpuSplit, rssBytes, sum } from './procstat.js'
 import type { Running } from './targets.js'
 
@@ -151,7 +152,7 @@ export class Fleet {
 
   static async open(target: Running, plan: FleetPlan): Promise<Fleet> {
     const gens = Array.from({ length: plan.loadgens }, () =>
-      new Native(spawn(NATIVE('loadgen'), [], { stdio: ['pipe', 'pipe', 'inherit'] })))
+      new Native(track(spawn(NATIVE('loadgen'), [], { stdio: ['pipe', 'pipe', 'inherit'] }))))
     const fleet = new Fleet(gens)
     // Socket i of the scenario goes to generator i % loadgens (see loadgen.c for the plan).
     // 128 handshakes in flight per generator: more overflow the listen backlog (512 in uWS)
@@ -302,7 +303,7 @@ export class Publisher {
   /** Redis Cluster: one port per master, and for a job's channel the index of its master. */
   constructor(redisPort: number | readonly number[], private readonly masterOf: ((channel: string) => number) | null = null) {
     const ports = typeof redisPort === 'number' ? [redisPort] : redisPort
-    this.native = new Native(spawn(NATIVE('publisher'), ['127.0.0.1', ports.join(','), PROGRESS_SCRIPT_PATH], { stdio: ['pipe', 'pipe', 'inherit'] }))
+    this.native = new Native(track(spawn(NATIVE('publisher'), ['127.0.0.1', ports.join(','), PROGRESS_SCRIPT_PATH], { stdio: ['pipe', 'pipe', 'inherit'] })))
   }
   get proc(): ChildProcess {
     return this.native.proc

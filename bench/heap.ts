@@ -25,6 +25,7 @@ import { Fleet, gatewayRss } from './fleet.js'
 import type { ProbeReport } from './heap-probe.js'
 import { difference, profileSites, summarize, type Bucket, type HeapSummary } from './heap-summary.js'
 import { startJobwire, startRedis, type Running } from './targets.js'
+import { killTrackedOnExit } from './children.js'
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -131,6 +132,7 @@ function snapshotSummary(reports: readonly ProbeReport[], owned: readonly string
 }
 
 async function main(): Promise<void> {
+  killTrackedOnExit()
   rmSync(outDir, { recursive: true, force: true })
   mkdirSync(outDir, { recursive: true })
   const probeUrl = `${pathToFileURL(projectPath('dist', 'bench', 'heap-probe.js')).href}?dir=${encodeURIComponent(outDir)}`

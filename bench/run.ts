@@ -17,6 +17,7 @@ import { projectPath } from '../src/support/paths.js'
 import { Fleet, gatewayRss, jobIds, Publisher, type WindowResult } from './fleet.js'
 import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
+import { killTrackedOnExit } from './children.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
 import { runRateCap, type RateCapResult } from './ratecap.js'
 import { commandStats, costBetween, seenRecords } from './redis-stats.js'
@@ -348,7 +349,7 @@ async function main(): Promise<void> {
     await redis.stop()
     await cluster?.stop()
   }
-  process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
+  killTrackedOnExit()
   try {
     for (const scenario of plan.scenarios) {
       if (only && !only.includes(scenario.id)) continue

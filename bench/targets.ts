@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { gatewayExecArgv } from '../src/node/v8-flags.js'
 import { projectPath } from '../src/support/paths.js'
+import { track } from './children.js'
 import { childPids } from './procstat.js'
 
 export interface Running {
@@ -58,8 +59,8 @@ function stopper(proc: ChildProcess): () => Promise<void> {
 
 export async function startRedis(): Promise<Running & { url: string }> {
   const port = await freePort()
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--loglevel', 'warning', '--client-output-buffer-limit', 'pubsub 256mb 128mb 60'], { stdio: 'ignore' })
+  const proc = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--loglevel', 'warning', '--client-output-buffer-limit', 'pubsub 256mb 128mb 60'], { stdio: 'ignore' }))
   const deadline = Date.now() + 10_000
   const { Redis } = await import('ioredis')
   for (;;) {
@@ -92,10 +93,10 @@ export async function startJobwire(redisUrl: string, workers: number, extra: str
   const nodeArgs = gatewayExecArgv([...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []), ...extraNodeArgs])
   // The caps on connections and messages per address are off: all the load comes from a few
   // loopback addresses, which the defaults would (rightly) treat as a flood.
-  const proc = spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,
+  const proc = track(spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,
     '--workers', String(workers), '--log-level', 'warn', '--idle-timeout', '120', '--max-connections-per-ip', '0',
     '--connect-rate-per-ip', '0', '--max-messages-per-sec', '0', ...extra],
-  { stdio: ['ignore', 'ignore', 'inherit'], env: ENV })
+  { stdio: ['ignore', 'ignore', 'inherit'], env: ENV }))
   await waitHttp(`http://127.0.0.1:${port}/readyz`, proc)
   // With workers, readyz answered by one of them; give the others the same chance.
   if (workers > 1) {
@@ -114,8 +115,8 @@ export async function startJobwire(redisUrl: string, workers: number, extra: str
 
 export async function startBaseline(redisUrl: string): Promise<Running> {
   const port = await freePort()
-  const proc = spawn('node', [projectPath('dist', 'bench', 'baselines', 'ws-baseline.js'), '--port', String(port), '--redis', redisUrl],
-    { stdio: ['ignore', 'ignore', 'inherit'], env: ENV })
+  const proc = track(spawn('node', [projectPath('dist', 'bench', 'baselines', 'ws-baseline.js'), '--port', String(port), '--redis', redisUrl],
+    { stdio: ['ignore', 'ignore', 'inherit'], env: ENV }))
   await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
   return { name: 'baseline (ws)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
 }
@@ -125,8 +126,8 @@ export async function startBaseline(redisUrl: string): Promise<Running> {
 export async function startFloor(redisUrl: string): Promise<Running> {
   const port = await freePort()
   const redis = new URL(redisUrl)
-  const proc = spawn(projectPath('dist', 'bench', 'native', 'floor'), [String(port), redis.hostname, redis.port || '6379'],
-    { stdio: ['ignore', 'ignore', 'inherit'] })
+  const proc = track(spawn(projectPath('dist', 'bench', 'native', 'floor'), [String(port), redis.hostname, redis.port || '6379'],
+    { stdio: ['ignore', 'ignore', 'inherit'] }))
   await waitHttp(`http://127.0.0.1:${port}/healthz`, proc)
   return { name: 'floor (C)', port, proc, pids: () => [proc.pid!], stop: stopper(proc) }
 }

@@ -6,12 +6,14 @@
 // report and the rate-cap join are checked on made-up data.
 
 import t from 'tap'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { projectPath } from '../src/support/paths.js'
+import { childPids } from '../bench/procstat.js'
+import { until } from './fixtures/until.js'
 import type { WindowResult } from '../bench/fleet.js'
 import { latestHeld, type JobUpdates, type RateCapRun } from '../bench/ratecap.js'
 import { floorComparisons, printTable, rateCapRatios, renderMarkdown } from '../bench/report.js'
@@ -76,6 +78,38 @@ t.test('bench harness at tiny size', async (t) => {
   t.ok(results.polling && results.polling.pushFrameBytes > 0 && results.polling.pollResponseBytes > 0, 'polling comparison measured')
   t.match(readFileSync(join(out, 'latest-tiny.svg'), 'utf8'), /^<svg/)
 })
+
+t.test('a bench run ended by SIGTERM leaves none of its processes behind', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'jobwire-bench-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  const bench = spawn('node', [projectPath('dist', 'bench', 'run.js'), '--size', 'tiny', '--only', 'seed', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  bench.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => bench.once('exit', (code) => resolve(code)))
+  // The first target runs: redis-server, publisher, gateway and load generators are up.
+  await until(() => /seed claim \(tiny\): jobwire\n/.test(stderr) && descendants(bench.pid!).length >= 4, 'the first target to start', 60_000)
+  const started = descendants(bench.pid!)
+  bench.kill('SIGTERM')
+  t.equal(await exited, 143, 'the run exits as terminated')
+  await until(() => started.every((pid) => !running(pid)), `every process the run started to end (${started.join(', ')})`, 10_000)
+  t.pass(`${started.length} processes ended with the run`)
+})
+
+/** Every process below `pid`, children first. */
+function descendants(pid: number): number[] {
+  const out: number[] = []
+  for (const child of childPids(pid)) out.push(child, ...descendants(child))
+  return out
+}
+
+function running(pid: number): boolean {
+  try {
+    // A zombie still answers signal 0; it has ended all the same.
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').startsWith('Z')
+  } catch {
+    return false
+  }
+}
 
 // --- the report, on made-up results ---------------------------------------------------------
 

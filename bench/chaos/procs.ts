@@ -8,47 +8,21 @@ import { createWriteStream, existsSync, readFileSync, rmSync, type WriteStream }
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { projectPath } from '../../src/support/paths.js'
+import { alive, killTracked, signal, track } from '../children.js'
 import { childPids } from '../procstat.js'
 import { freePort } from '../targets.js'
 
-const started = new Set<ChildProcess>()
 /** A stopped (SIGSTOP) Redis ignores SIGTERM until continued; the exit handler must know. */
 const frozen = new Set<number>()
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-function alive(proc: ChildProcess): boolean {
-  return proc.exitCode === null && proc.signalCode === null
-}
-
-function track(proc: ChildProcess): ChildProcess {
-  started.add(proc)
-  proc.once('exit', () => started.delete(proc))
-  return proc
-}
-
-/**
- * Ends every process this harness started, at once and synchronously, so it can run from a
- * process 'exit' handler. Workers are found as children of their primary and killed by pid:
- * a primary killed first could leave them behind.
- */
+/** Ends every process this harness started, at once and synchronously (children.ts), frozen
+ * ones continued first. */
 export function killEverything(): void {
   for (const pid of frozen) signal(pid, 'SIGCONT')
   frozen.clear()
-  for (const proc of [...started]) {
-    if (proc.pid === undefined || !alive(proc)) continue
-    for (const child of childPids(proc.pid)) signal(child, 'SIGKILL')
-    signal(proc.pid, 'SIGKILL')
-  }
-  started.clear()
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig)
-  } catch {
-    // already gone
-  }
+  killTracked()
 }
 
 /** SIGTERM (or the given signal), then SIGKILL if it has not exited within hardMs. */
