@@ -3,7 +3,7 @@
 // at speed, the connect rate is charged before any signature check, and a worker whose
 // primary does not answer refuses rather than admits.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { SignJWT } from 'jose'
 import { freePort } from './fixtures/ports.js'
 import { reap, serveProcess } from './fixtures/process.js'
@@ -90,43 +90,40 @@ t.test('the connect rate is charged before the token is verified', async (t) => 
   t.equal(rateLimited + verified, 30, 'the rest were refused by the rate, unverified')
 })
 
-t.test('a worker whose primary does not answer refuses new connections (fails closed)', async (t) => {
+/** A node of two workers whose primary is stopped (SIGSTOP) once it listens. */
+async function primaryStopped(t: Test, extra: string[] = []): Promise<{ port: number; resume(): void }> {
   const redis = await startRedis()
   t.teardown(() => redis.stop())
   const port = await freePort()
-  // 127.0.0.1 is not a trusted proxy here, so its connections are counted by the primary.
-  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url, '--trusted-proxies', '192.0.2.1/32'])
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url, ...extra])
   t.teardown(async () => {
     served.proc.kill('SIGCONT')
     await reap(served)
   })
   await served.waitFor(/jobwire listening/, 20_000)
   served.proc.kill('SIGSTOP')
-  const c = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  return { port, resume: () => served.proc.kill('SIGCONT') }
+}
+
+t.test('a worker whose primary does not answer refuses new connections (fails closed)', async (t) => {
+  // 127.0.0.1 is not a trusted proxy here, so its connections are counted by the primary.
+  const node = await primaryStopped(t, ['--trusted-proxies', '192.0.2.1/32'])
+  const c = await connect(`ws://127.0.0.1:${node.port}/ws/jobs`)
   const error = await c.nextOfType('error', undefined, 5000)
   t.match(error, { code: 'rate_limited', message: /busy/ })
   t.equal(await c.closed, 1013, 'closed with try-again-later')
-  served.proc.kill('SIGCONT')
-  const after = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  node.resume()
+  const after = await connect(`ws://127.0.0.1:${node.port}/ws/jobs`)
   after.send({ type: 'ping', id: 1 })
   t.match(await after.nextOfType('pong'), { id: 1 }, 'admitted again once the primary answers')
   await after.close()
 })
 
 t.test('a connection the primary would not count is admitted without it', async (t) => {
-  const redis = await startRedis()
-  t.teardown(() => redis.stop())
-  const port = await freePort()
   // The defaults: 127.0.0.1 is a trusted proxy's address, never throttled as one client, and
   // with no token there is no user to count.
-  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url])
-  t.teardown(async () => {
-    served.proc.kill('SIGCONT')
-    await reap(served)
-  })
-  await served.waitFor(/jobwire listening/, 20_000)
-  served.proc.kill('SIGSTOP')
-  const c = await connect(`ws://127.0.0.1:${port}/ws/jobs`)
+  const node = await primaryStopped(t)
+  const c = await connect(`ws://127.0.0.1:${node.port}/ws/jobs`)
   c.send({ type: 'ping', id: 1 })
   t.match(await c.nextOfType('pong'), { id: 1 }, 'admitted while the primary is stopped')
   await c.close()
