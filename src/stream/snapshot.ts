@@ -10,10 +10,11 @@
 // round trip (one command for a single Redis: src/broker/read-jobs.lua), and a watcher's read
 // asked for while one of the same job is on its way joins it. So a reconnect storm of
 // thousands of subscribes to a job costs a few reads, not one per socket, when the broker is
-// slow to answer. Only a watcher joins, and only a read that left after the job's channel was
-// live; the snapshot is chosen when that read lands, against everything the channel delivered
-// until then (chooseSnapshot), and the watcher joins the stream in the same step (watch.ts), so
-// it misses nothing published after the read left.
+// slow to answer. Only a watcher joins, and only a read that left during the same watch of the
+// job (not one before it was released and watched again) while its channel was live, with no
+// outage since; the snapshot is chosen when that read lands, against everything the channel
+// delivered to that watch until then (chooseSnapshot), and the watcher joins the stream in the
+// same step (watch.ts), so it misses nothing published after the read left.
 
 import type { Broker, JobRecord } from '../broker/broker.js'
 import { UnsupportedJob, type SourceRoutes } from '../sources/router.js'
@@ -123,8 +124,10 @@ interface Waiter {
 export class SnapshotReader {
   /** Reads asked for in this turn, not yet sent. */
   private queued = new Map<string, Waiter[]>()
-  /** Reads on their way to the broker, each job's waiters (more join until it lands). */
-  private readonly inFlight = new Map<string, Waiter[]>()
+  /** Reads on their way to the broker that a watcher may join until they land: each left
+   * while its job was live, for this very watch of it (`job`), with WatchedJobs' liveBreaks
+   * then at `breaks`. */
+  private readonly inFlight = new Map<string, { readonly job: WatchedJob; readonly breaks: number; readonly waiters: Waiter[] }>()
   private scheduled = false
 
   constructor(
@@ -141,14 +144,17 @@ export class SnapshotReader {
 
   /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
   read(jobId: string): Promise<Snapshot> {
-    return this.request(jobId, false)
+    return this.request(jobId, null)
   }
 
-  /** `joinInFlight`: a read of the job already on its way will do. Only for a watcher: a
-   * one-off read (GET /jobs/<id>) must see what was stored before it was asked for. */
-  private request(jobId: string, joinInFlight: boolean): Promise<Snapshot> {
+  /** `watch`: the job a watcher reads for, so a read of it already on its way will do, if
+   * that read left during this watch of the job and it has been live since. A one-off read
+   * (GET /jobs/<id>) must see what was stored before it was asked for: it never joins. */
+  private request(jobId: string, watch: WatchedJob | null): Promise<Snapshot> {
     return new Promise((resolve, reject) => {
-      const waiters = (joinInFlight ? this.inFlight.get(jobId) : undefined) ?? this.queued.get(jobId)
+      const flying = watch === null ? undefined : this.inFlight.get(jobId)
+      const joinable = flying !== undefined && flying.job === watch && flying.breaks === this.watched.liveBreaks && this.watched.isLive(watch)
+      const waiters = (joinable ? flying.waiters : undefined) ?? this.queued.get(jobId)
       if (waiters) return void waiters.push({ resolve, reject })
       this.queued.set(jobId, [{ resolve, reject }])
       if (!this.scheduled) {
@@ -167,7 +173,7 @@ export class SnapshotReader {
     for (let attempt = 0; ; attempt++) {
       await withDeadline(this.watched.whenLive(job), Math.max(1, deadline - Date.now()), 'broker subscription')
       try {
-        return await this.request(job.id, true)
+        return await this.request(job.id, job)
       } catch (err) {
         const wait = RETRY_MIN_MS + backoff(attempt, RETRY_MIN_MS, RETRY_MAX_MS)
         if (Date.now() + wait >= deadline) throw err
@@ -189,7 +195,7 @@ export class SnapshotReader {
     // before would miss what was published in between.
     for (const [id, waiters] of queued) {
       const job = this.watched.get(id)
-      if (job !== undefined && this.watched.isLive(job)) this.inFlight.set(id, waiters)
+      if (job !== undefined && this.watched.isLive(job)) this.inFlight.set(id, { job, breaks: this.watched.liveBreaks, waiters })
     }
     const ids = [...queued.keys()]
     for (let i = 0; i < ids.length; i += BATCH) {
@@ -204,7 +210,7 @@ export class SnapshotReader {
   /** A job's waiters once its read has landed; later reads of it start a new one. */
   private landed(jobId: string, sent: Map<string, Waiter[]>): Waiter[] {
     const waiters = sent.get(jobId)!
-    if (this.inFlight.get(jobId) === waiters) this.inFlight.delete(jobId)
+    if (this.inFlight.get(jobId)?.waiters === waiters) this.inFlight.delete(jobId)
     return waiters
   }
 

@@ -136,6 +136,9 @@ export class WatchedJobs {
   private flushScheduled = false
   private patternIsLive = false
   private disposed = false
+  /** Bumped whenever jobs stop receiving messages, or what they saw is forgotten: a snapshot
+   * read that left before is no longer one a new watcher may share (snapshot.ts). */
+  liveBreaks = 0
 
   constructor(
     private readonly broker: Broker,
@@ -250,6 +253,7 @@ export class WatchedJobs {
   /** Pattern mode: the node-wide PSUBSCRIBE is live (or not). */
   setPatternLive(live: boolean): void {
     this.patternIsLive = live
+    if (!live) this.liveBreaks++
     for (const hold of this.holds.values()) {
       if (hold.source !== null || hold.refused !== null) continue
       live ? this.markLive(hold) : (hold.live = false)
@@ -258,12 +262,14 @@ export class WatchedJobs {
 
   /** The broker lost its data: forget every payload seen before. */
   forgetSeen(): void {
+    this.liveBreaks++
     for (const hold of this.holds.values()) hold.job.forget()
   }
 
   /** The broker connection is down: no job receives messages until it is restored. */
   markAllDown(): void {
     this.patternIsLive = false
+    this.liveBreaks++
     for (const hold of this.holds.values()) if (hold.source === null && hold.refused === null) hold.live = false
   }
 
@@ -285,6 +291,7 @@ export class WatchedJobs {
   /** A source's jobs are receiving messages again (or no longer). Jobs it has not been asked
    * to watch yet are not among them. */
   sourceLive(jobIds: readonly string[], live: boolean): void {
+    if (!live) this.liveBreaks++
     for (const jobId of jobIds) {
       const hold = this.holds.get(jobId)
       if (hold === undefined || hold.source === null) continue
