@@ -4,9 +4,12 @@
 // running on the machine.
 
 import type { ChildProcess } from 'node:child_process'
+import { rmSync } from 'node:fs'
 import { childPids } from './procstat.js'
 
 const started = new Set<ChildProcess>()
+/** Scratch directories of those processes (a cluster's node files), removed with them. */
+const scratch = new Set<string>()
 
 export function alive(proc: ChildProcess): boolean {
   return proc.exitCode === null && proc.signalCode === null
@@ -18,6 +21,10 @@ export function signal(pid: number, sig: NodeJS.Signals): void {
   } catch {
     // already gone
   }
+}
+
+export function removeOnExit(dir: string): void {
+  scratch.add(dir)
 }
 
 export function track<T extends ChildProcess>(proc: T): T {
@@ -36,6 +43,8 @@ export function killTracked(): void {
     signal(proc.pid, 'SIGKILL')
   }
   started.clear()
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true })
+  scratch.clear()
 }
 
 let installed = false

@@ -10,7 +10,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Cluster, Redis } from 'ioredis'
-import { track } from './children.js'
+import { removeOnExit, track } from './children.js'
 
 /** Short enough that a failover takes a few seconds; long enough that a loaded test machine
  * does not fail nodes over by itself. */
@@ -92,6 +92,7 @@ async function until(check: () => Promise<boolean>, what: string, timeoutMs: num
 
 export async function startCluster(): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'jobwire-cluster-'))
+  removeOnExit(dir)
   const ports = await clusterPorts(6)
   const procs = new Map<number, ChildProcess>()
   const clients: Array<Redis | Cluster> = []
