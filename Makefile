@@ -42,13 +42,19 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-build: install
+# Rebuilt only when a source changed, so that make bench-quick and make run start at once.
+BUILD_INPUTS := $(shell find src bench -name '*.ts' 2>/dev/null) tsconfig.json src/client/tsconfig.json package-lock.json
+
+build: dist/.build-stamp
+
+dist/.build-stamp: $(BUILD_INPUTS) node_modules/.install-stamp
 	$(NODE_BIN)/tsc -p tsconfig.json
 	@chmod +x dist/src/cli.js
 	$(NODE_BIN)/tsc -p src/client/tsconfig.json
 	$(NODE_BIN)/esbuild src/client/index.ts --bundle --format=esm --minify --target=es2020 --sourcemap --log-level=warning --outfile=dist/client/jobwire-client.js
 	$(NODE_BIN)/esbuild src/client/react.ts --bundle --format=esm --target=es2020 --external:react --log-level=warning --outfile=dist/client/jobwire-react.js
 	$(NODE_BIN)/esbuild src/client/vue.ts --bundle --format=esm --target=es2020 --external:vue --log-level=warning --outfile=dist/client/jobwire-vue.js
+	@touch $@
 
 typecheck: install
 	$(NODE_BIN)/tsc -p tsconfig.json --noEmit
