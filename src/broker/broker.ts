@@ -27,6 +27,9 @@ export interface JobRecord {
   readonly seen: Buffer | null
 }
 
+/** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
+export const RECORDER_LEASE_MS = 5000
+
 /** A PUBLISH-only job's latest payload, for recordSeen. */
 export interface SeenPayload {
   readonly jobId: string
@@ -81,8 +84,10 @@ export interface Broker {
    * publishes it. Resolves to the new seq; rejects with ProducerError for a bad payload. */
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number>
   /** Stores what this gateway saw of PUBLISH-only jobs, for the other workers and nodes
-   * (stream/recorder.ts); a no-op where one process is all there is. */
-  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<void>
+   * (stream/recorder.ts); a no-op where one process is all there is. Resolves to whether each
+   * entry was written: false where another gateway holds the job's lease, or the job has a
+   * stored state. */
+  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

@@ -6,7 +6,7 @@
 import { channelFor } from '../wire/topics.js'
 import { buildState, checkProducerPayload, isTerminalState, OwnerConflict, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
-import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions } from './broker.js'
+import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 
 interface StoredJob {
   seq: number
@@ -111,7 +111,10 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
   }
 
   /** One process: every watcher of a job is in it, and sees its channel itself. */
-  async recordSeen(): Promise<void> {}
+  /** One process holds everything: nothing to share, and nothing refused. */
+  async recordSeen(entries: readonly SeenPayload[]): Promise<boolean[]> {
+    return entries.map(() => true)
+  }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {
     this.deliver(channel, typeof payload === 'string' ? Buffer.from(payload) : payload)

@@ -16,12 +16,10 @@ import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
 import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
-import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
+import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
-/** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
-export const RECORDER_LEASE_MS = 5000
 
 /** Channels per SUBSCRIBE command when replaying thousands after a reconnect. */
 const SUBSCRIBE_BATCH = 1000
@@ -268,13 +266,17 @@ export class RedisBroker implements Broker {
     return records
   }
 
-  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<void> {
+  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]> {
     if (!('jobwireRecordSeen' in this.cmd)) this.cmd.defineCommand('jobwireRecordSeen', { numberOfKeys: 2, lua: RECORD_SEEN_SCRIPT })
     const pipeline = this.cmd.pipeline() as unknown as Record<string, (...args: Array<string | number>) => unknown> & { exec(): Promise<unknown> }
     for (const { jobId, json } of entries) {
       pipeline.jobwireRecordSeen!(recorderKey(this.names.keyPrefix, jobId), jobKey(this.names.keyPrefix, jobId), recorderId, json, RECORDER_LEASE_MS, this.names.stateTtlSec)
     }
-    await pipeline.exec()
+    const results = (await pipeline.exec()) as Array<[Error | null, unknown]> | null
+    return (results ?? []).map(([err, written]) => {
+      if (err) throw err
+      return written === 1
+    })
   }
 
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {
