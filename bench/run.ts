@@ -18,6 +18,7 @@ import { Fleet, gatewayRss, jobIds, Publisher, type WindowResult } from './fleet
 import { measurePolling, type PollingResult } from './polling.js'
 import { printTable, renderMarkdown, renderSvg } from './report.js'
 import { killTrackedOnExit } from './children.js'
+import { commitLabel } from './commit-label.js'
 import { benchPlan, type IdleScenario, type Scenario, type Size, type StreamScenario, type SweepScenario } from './scenarios.js'
 import { runRateCap, type RateCapResult } from './ratecap.js'
 import { commandStats, costBetween, seenRecords } from './redis-stats.js'
@@ -329,14 +330,6 @@ function machine(): BenchResults['machine'] {
   return { cpus: cores, model: cpus()[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, kernel: release(), fdLimit }
 }
 
-function commit(): string {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectPath() }).toString().trim()
-  } catch {
-    return 'unknown'
-  }
-}
-
 async function main(): Promise<void> {
   const began = performance.now()
   const redis = await startRedis()
@@ -376,7 +369,7 @@ async function main(): Promise<void> {
   }
   const bench: BenchResults = {
     size, date: new Date().toISOString(), command: `make ${size === 'full' ? 'bench' : size === 'quick' ? 'bench-quick' : 'bench-tiny'}`,
-    commit: commit(), machine: machine(), windowMs: plan.windowMs, warmupMs: plan.warmupMs, scenarios: results, polling,
+    commit: commitLabel(), machine: machine(), windowMs: plan.windowMs, warmupMs: plan.warmupMs, scenarios: results, polling,
   }
   mkdirSync(outDir, { recursive: true })
   const stamp = bench.date.replace(/[:.]/g, '-')

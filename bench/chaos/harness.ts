@@ -2,9 +2,7 @@
 // from the environment, a log stamped with the run's time, and the rule that whatever ends
 // the run (its end, an error, Ctrl-C) kills every process it started.
 
-import { execFileSync } from 'node:child_process'
 import { loadavg } from 'node:os'
-import { projectPath } from '../../src/support/paths.js'
 import { killEverything } from './procs.js'
 
 /** A positive number from the environment, or `fallback` when unset; exits with a message
@@ -46,13 +44,3 @@ export function startHarness(tag: string): Harness {
   return { log, started, loadAtStart: loadavg()[0]! }
 }
 
-/** The commit a report describes, marked when tracked files differ from it. */
-export function commitLabel(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: projectPath(), encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: projectPath(), encoding: 'utf8' }).trim() !== ''
-    return dirty ? `${sha} + uncommitted changes` : sha
-  } catch {
-    return 'unknown'
-  }
-}
