@@ -108,7 +108,7 @@ export class Gateway {
     this.fanout = new Fanout(this.app, this.metrics)
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.sampler = new ProcessSampler(options.processName ?? 'main')
-    this.idleCollector = new IdleCollector({ thresholdBytes: config.idleGcMb * 2 ** 20, log, onCollect: () => this.metrics.idleCollections++ })
+    this.idleCollector = new IdleCollector({ thresholdMb: config.idleGcMb, log, onCollect: () => this.metrics.idleCollections++ })
     this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)

@@ -26,7 +26,7 @@ function burst(mb: number): void {
 t.test('collects once after a burst, then waits for the heap to grow again', async (t) => {
   const freed: number[] = []
   const before = committed()
-  const collector = new IdleCollector({ thresholdBytes: 8 * MB, log: createLogger('silent'), checkMs: 100, onCollect: (bytes) => freed.push(bytes) })
+  const collector = new IdleCollector({ thresholdMb: 8, log: createLogger('silent'), checkMs: 100, onCollect: (bytes) => freed.push(bytes) })
   t.teardown(() => collector.stop())
   burst(40)
   const grown = committed()
@@ -44,7 +44,7 @@ t.test('collects once after a burst, then waits for the heap to grow again', asy
 
 t.test('a threshold of 0 never collects', async (t) => {
   let collected = 0
-  const collector = new IdleCollector({ thresholdBytes: 0, log: createLogger('silent'), checkMs: 100, onCollect: () => collected++ })
+  const collector = new IdleCollector({ thresholdMb: 0, log: createLogger('silent'), checkMs: 100, onCollect: () => collected++ })
   t.teardown(() => collector.stop())
   burst(40)
   await pause(1000)

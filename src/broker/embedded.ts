@@ -110,8 +110,8 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     return [...index.jobs].sort((a, b) => b[1] - a[1]).slice(0, limit).map(([id]) => id)
   }
 
-  /** One process: every watcher of a job is in it, and sees its channel itself. */
-  /** One process holds everything: nothing to share, and nothing refused. */
+  /** One process: every watcher of a job is in it and sees its channel itself, so there is
+   * nothing to share, and nothing is refused. */
   async recordSeen(entries: readonly SeenPayload[]): Promise<boolean[]> {
     return entries.map(() => true)
   }

@@ -52,7 +52,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   let listening = 0
   const admission = new LocalAdmission(config)
   // The primary's heap grows with its workers' admissions and log lines; it is mostly quiet.
-  new IdleCollector({ thresholdBytes: config.idleGcMb * 2 ** 20, log })
+  new IdleCollector({ thresholdMb: config.idleGcMb, log })
   // What each worker holds admitted, by admission id, so a worker that dies gives its
   // connections back.
   const held = workers.map(() => new Map<number, AdmissionRequest>())

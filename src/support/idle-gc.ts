@@ -5,13 +5,13 @@
 // readings settled): 1.64 KB of RSS per connection, 1.24 KB after a full collection.
 //
 // So once the process has been quiet for two checks in a row (event-loop utilisation under
-// QUIET_UTILISATION) and V8's heap has grown by at least `thresholdBytes` since the last such
+// QUIET_UTILISATION) and V8's heap has grown by at least `thresholdMb` since the last such
 // collection (or since the start), this asks V8 for one full collection. It runs as a task of
 // its own (execution: 'async'), not inside the check, and is one pause of tens of ms at tens
 // of thousands of sockets: taken while the process is quiet, at most once per growth. V8
 // shrinks its young generation only in a collection that follows about 5 s of low allocation
-// (its throughput window), which is why it waits for 6 s of quiet. A busy gateway never gets here: V8's own heuristics collect
-// it often enough.
+// (its throughput window), which is why it waits for 6 s of quiet. A busy gateway never gets
+// here: V8's own heuristics collect it often enough.
 
 import { getHeapStatistics, setFlagsFromString } from 'node:v8'
 import { performance, type EventLoopUtilization } from 'node:perf_hooks'
@@ -38,8 +38,9 @@ function gcFunction(): Collect | null {
 }
 
 export interface IdleCollectorOptions {
-  /** Collect when V8's heap grew by this much since the last collection; 0: never. */
-  readonly thresholdBytes: number
+  /** Collect when V8's heap grew by this many MB since the last collection (--idle-gc-mb);
+   * 0: never. */
+  readonly thresholdMb: number
   readonly log: Logger
   /** Counted for /metrics. */
   onCollect?(freedBytes: number): void
@@ -55,10 +56,12 @@ export class IdleCollector {
   /** V8's heap right after the last collection. */
   private base = 0
   private collecting = false
+  private readonly thresholdBytes: number
 
   constructor(private readonly options: IdleCollectorOptions) {
-    this.gc = options.thresholdBytes > 0 ? gcFunction() : null
-    if (options.thresholdBytes > 0 && this.gc === null) options.log.warn('V8 gc() is not available; memory after bursts is given back only by V8 itself')
+    this.thresholdBytes = options.thresholdMb * 2 ** 20
+    this.gc = options.thresholdMb > 0 ? gcFunction() : null
+    if (options.thresholdMb > 0 && this.gc === null) options.log.warn('V8 gc() is not available; memory after bursts is given back only by V8 itself')
     if (this.gc === null) return
     this.base = committed()
     this.timer = setInterval(() => this.check(), options.checkMs ?? CHECK_MS)
@@ -73,7 +76,7 @@ export class IdleCollector {
     const before = committed()
     // V8 may have given memory back on its own meanwhile.
     this.base = Math.min(this.base, before)
-    if (before - this.base < this.options.thresholdBytes) return
+    if (before - this.base < this.thresholdBytes) return
     this.collecting = true
     const rssBefore = process.memoryUsage.rss()
     // A promise in Node 20; a runtime whose gc() ignores the options returns nothing, and a
