@@ -166,7 +166,7 @@ const HELP: Record<string, string> = {
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',
   seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second)',
-  idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb)',
+  idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb): two per burst, the second compacting',
   broker_reconnects_total: 'times the broker connection came back after an outage',
   log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',
   client_errors_total: 'error replies sent to clients, by code',
