@@ -62,7 +62,7 @@ typecheck: install
 	$(NODE_BIN)/tsc -p test/tsconfig.json --noEmit
 
 run: build
-	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} node --max-semi-space-size=4 dist/src/cli.js serve --demo $(ARGS)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-1} node --max-semi-space-size=4 dist/src/cli.js serve --demo $(ARGS)
 
 test: deps build native typecheck
 	$(NODE_BIN)/tap

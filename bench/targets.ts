@@ -83,9 +83,9 @@ export async function startRedis(): Promise<Running & { url: string }> {
 /** Where --profile leaves the gateway's V8 CPU profiles (one per process). */
 export const PROFILE_DIR = projectPath('bench', 'results', 'profiles')
 
-/** Both gateways run as deployed: glibc limited to two malloc arenas (otherwise each helper
- * thread's arena keeps freed memory and RSS grows by ~0.6 KB per connection). */
-const ENV = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' }
+/** Both gateways run as deployed: glibc limited to one malloc arena (otherwise each helper
+ * thread's arena keeps freed memory and RSS grows by ~0.6 KB per connection; src/node/primary.ts). */
+const ENV = { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1' }
 
 export async function startJobwire(redisUrl: string, workers: number, extra: string[] = [], profile = false, extraNodeArgs: readonly string[] = []): Promise<Running> {
   const port = await freePort()

@@ -81,9 +81,10 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
 
   function start(index: number): void {
     const child = fork(process.argv[1]!, argv as string[], {
-      // Two malloc arenas: with one per helper thread, freed memory stays mapped and RSS grows
-      // by ~0.6 KB per connection (measured; see README, Performance).
-      env: { MALLOC_ARENA_MAX: '2', ...process.env, [WORKER_ENV]: String(index) },
+      // One malloc arena: with one per helper thread, freed memory stays mapped and RSS grows
+      // by ~0.6 KB per connection, and even a second arena keeps ~0.2 KB (measured, with no
+      // CPU cost we could see; README, Performance).
+      env: { MALLOC_ARENA_MAX: '1', ...process.env, [WORKER_ENV]: String(index) },
       execArgv: gatewayExecArgv(process.execArgv),
       // The workers' output comes through the primary rather than straight to the shared
       // stdout: a process that exits restores its stdio's blocking mode (Node's ResetStdio),
