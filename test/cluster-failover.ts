@@ -142,7 +142,8 @@ async function streamAcross(t: Test, scriptJob: string, plainJob: string, event:
   t.same(misplaced, [], `${plainJob}: plain messages in order, none twice`)
   await until(() => ws.all('job_status', scriptJob).length >= 2, 'a job_status after the event (the resync)')
   t.pass('the job was resynchronised')
-  t.ok(jobs.sent() > 20, `the producer kept going (${jobs.sent()} updates)`)
+  // 10 updates seen before the event and 10 after: a failover that loses no time ends at 20.
+  t.ok(jobs.sent() >= 20, `the producer kept going (${jobs.sent()} updates)`)
   ws.close()
 }
 
