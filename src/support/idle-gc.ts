@@ -16,11 +16,12 @@
 // That collection frees the garbage but leaves the pages it sat on part-empty: V8 picks the
 // pages to compact from the bytes its last sweep found on each, and that sweep ran during the
 // burst, when they were full. So one quiet check later a second collection follows, with V8's
-// --optimize-for-size set for its duration: V8 then compacts every page at least 20% free (up
-// to 6 MB moved) instead of only those 70% free (up to 4 MB), as its own memory reducer does,
-// but 20 to 40 s later. Measured with bench/heap.ts (18,000 sockets, one process, settled
-// 12 s), V8's committed heap per connection: 0.64 KB after the first collection alone, of
-// which 0.32 KB in use; 0.41-0.43 KB with the follow-up.
+// --optimize-for-size set for its duration, under which V8 compacts pages by a much lower bar
+// of free space than by default: as its own memory reducer does, but that one comes 20 to 40 s
+// later (bench/heap.js --settle-ms 40000). Measured with bench/heap.ts (18,000 sockets, one
+// process, settled 12 s), V8's committed heap per connection: 0.64 KB after the first
+// collection alone, of which 0.32 KB in use; 0.41-0.43 KB with the follow-up. A plain second
+// collection, without the flag, left the old space at 0.38-0.43 KB against 0.28-0.30 KB.
 
 import { getHeapStatistics, setFlagsFromString } from 'node:v8'
 import { performance, type EventLoopUtilization } from 'node:perf_hooks'
