@@ -260,7 +260,7 @@ export const OPTIONS = [
   { key: 'shutdownTimeoutMs', flag: 'shutdown-timeout-ms', env: ['JOBWIRE_SHUTDOWN_TIMEOUT_MS'], fallback: '5000',
     parse: integer(100, 600_000), help: 'upper bound on a graceful shutdown' },
   { key: 'idleGcMb', flag: 'idle-gc-mb', env: ['JOBWIRE_IDLE_GC_MB'], fallback: '4', parse: integer(0, 1_000_000),
-    help: 'once a process is quiet for 6 s and its V8 heap grew by this many MB since it last collected, collect once and give the memory back (0: off)' },
+    help: 'once a process is quiet for 6 s and its V8 heap grew by this many MB since it last collected, collect, then compact in a second collection, and give the memory back (0: off)' },
   { key: 'sharePort', flag: 'share-port', env: ['JOBWIRE_SHARE_PORT'], fallback: 'false', parse: switchValue, boolean: true,
     help: 'start even if another process serves the port, and share it (SO_REUSEPORT), e.g. a rolling restart on one machine' },
   { key: 'workers', flag: 'workers', env: ['JOBWIRE_WORKERS'], fallback: 'auto', parse: workers,
