@@ -9,6 +9,7 @@ import { SnapshotReader, type Snapshot } from '../src/stream/snapshot.js'
 import { WatchedJobs } from '../src/stream/watched-jobs.js'
 import { createLogger } from '../src/support/log.js'
 import { Metrics } from '../src/support/metrics.js'
+import { until } from './fixtures/until.js'
 
 interface PendingRead {
   readonly ids: readonly string[]
@@ -104,7 +105,7 @@ t.test('a read that left during an earlier watch of the job, or before an outage
   await turn()
   watched.release(first)
   // The release takes effect after unsubscribeDelayMs: the next acquire is a new watch.
-  await new Promise((r) => setTimeout(r, 50))
+  await until(() => watched.get('c') === undefined, 'the first watch released')
   const second = watched.acquire('c')
   t.not(second, first, 'a new watch of the job')
   await watched.whenLive(second)
