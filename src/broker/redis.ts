@@ -1,6 +1,6 @@
-// The Redis broker: one connection for commands, one in subscriber mode. Subscriptions are
-// tracked here and replayed by us (not by ioredis' autoResubscribe) after a reconnect, so we
-// know the moment they are live again and can tell the gateway to resynchronise snapshots.
+// The Redis broker: one connection for commands, one in subscriber mode (a SubscriberSession,
+// which replays the subscriptions itself after a reconnect, so we know the moment they are live
+// again and can tell the gateway to resynchronise snapshots).
 //
 // The state ladder: connecting -> ready; either connection lost -> down; both back ->
 // replaying until Redis has acknowledged every replayed SUBSCRIBE/PSUBSCRIBE -> ready, and only
@@ -16,45 +16,27 @@ import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
 import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
+import { ServerIdentity } from './redis-connection.js'
+import { SubscriberSession } from './subscriber-session.js'
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
 
-/** Channels per SUBSCRIBE command when replaying thousands after a reconnect. */
-const SUBSCRIBE_BATCH = 1000
 const RETRY_MIN_MS = 50
 const RETRY_MAX_MS = 2000
-
-interface ReplayWaiter {
-  /** The subscriber session when it started waiting: any later session's replay includes its
-   * channels, since a replay reads the channel set the moment its session begins. */
-  readonly since: number
-  resolve(): void
-  reject(err: Error): void
-}
 
 export class RedisBroker implements Broker {
   readonly kind = 'redis' as const
   reconnects = 0
   private readonly cmd: Redis
   private readonly sub: Redis
-  private readonly channels = new Set<string>()
-  private pattern: string | null = null
+  private readonly subscriptions: SubscriberSession
   private listener: BrokerListener | null = null
   private current: BrokerState = 'connecting'
-  /** Bumped whenever the subscriber connection opens or closes, so that an acknowledged replay
-   * counts only for the connection it was sent on. */
-  private subscriberSession = 0
-  /** The session whose replay Redis acknowledged. While it is the current one the subscriber
-   * holds every tracked channel, which is why losing only the command connection needs no
-   * replay. */
-  private replayedSession = -1
-  /** Subscribes made while the subscriber was away: the replay on its return covers them. */
-  private awaitingReplay: ReplayWaiter[] = []
   private readonly warn: ReturnType<typeof rateLimitedLog>
-  /** The server's run_id, and the command session it was checked for. */
-  private runId: string | null = null
+  /** The server's run_id, checked for each command session. */
+  private readonly identity = new ServerIdentity()
   private commandSession = 0
   private checkedSession = -1
   /** The server changed while we were away: told with the next restored(). */
@@ -74,6 +56,13 @@ export class RedisBroker implements Broker {
     // and failed when it drops, never resent. Our replay is then the only way subscriptions
     // come back, so its acknowledgement alone says when they are live.
     this.sub = new Redis(url, { ...common, maxRetriesPerRequest: 0, enableOfflineQueue: false, autoResubscribe: false })
+    this.subscriptions = new SubscriberSession(this.sub, 'redis subscriber', {
+      live: (_dataLost, outage) => {
+        if (outage) log.info({ channels: this.subscriptions.size }, 'redis subscriptions replayed')
+        this.settle()
+      },
+      down: () => this.settle(),
+    }, log, false)
     this.warn = rateLimitedLog(log, 5, 30_000)
   }
 
@@ -91,11 +80,9 @@ export class RedisBroker implements Broker {
       this.commandSession++
       this.settle()
     })
-    this.sub.on('ready', () => this.onSubscriberReady())
-    this.sub.on('close', () => {
-      this.subscriberSession++
-      this.settle()
-    })
+    // The subscriber's session calls settle() when its replay is acknowledged or it is lost.
+    this.sub.on('ready', () => this.settle())
+    this.sub.on('close', () => this.settle())
     for (const [name, conn] of [['commands', this.cmd], ['subscriber', this.sub]] as const) {
       conn.on('error', (err: Error) => this.warn({ connection: name, err: err.message }, redisConnectionProblem(conn.options, err, this.current === 'connecting')))
       conn.connect().catch(() => {
@@ -111,7 +98,7 @@ export class RedisBroker implements Broker {
     // The command connection counts as up once the server's run_id is known for it.
     const commandsUp = this.cmd.status === 'ready' && this.checkedSession === this.commandSession
     const subscriberUp = this.sub.status === 'ready'
-    const subscribed = subscriberUp && this.replayedSession === this.subscriberSession
+    const subscribed = this.subscriptions.live
     if (commandsUp && subscribed) return this.transition('ready')
     if (this.current === 'connecting') return
     this.transition(commandsUp && subscriberUp ? 'replaying' : 'down')
@@ -137,62 +124,16 @@ export class RedisBroker implements Broker {
    * loaded a dump) or a replica took over, so what the gateway saw before may be gone. */
   private async checkRunId(): Promise<void> {
     const session = ++this.commandSession
-    let runId: string | null = null
     try {
-      runId = /^run_id:(\w+)/m.exec(await this.cmd.info('server'))?.[1] ?? null
+      if (await this.identity.changed(this.cmd)) {
+        this.dataLost = true
+        this.log.warn('redis is another server process (restart or failover); stored state may be lost')
+      }
     } catch (err) {
       this.warn({ err: (err as Error).message }, 'redis INFO failed; a restart of Redis will not be noticed')
     }
     if (session !== this.commandSession) return
-    if (runId !== null) {
-      if (this.runId !== null && runId !== this.runId) {
-        this.dataLost = true
-        this.log.warn({ previous: this.runId, now: runId }, 'redis is another server process (restart or failover); stored state may be lost')
-      }
-      this.runId = runId
-    }
     this.checkedSession = session
-    this.settle()
-  }
-
-  private onSubscriberReady(): void {
-    // The event trails the status by a tick: the connection may already be gone again.
-    if (this.sub.status !== 'ready' || this.current === 'closed') return
-    const session = ++this.subscriberSession
-    this.settle()
-    void this.replay(session)
-  }
-
-  /** Sends the whole tracked set (the first time too: it covers subscribes made before the
-   * connection was up) and marks the session replayed once Redis has acknowledged all of it. */
-  private async replay(session: number): Promise<void> {
-    const channels = [...this.channels]
-    const pattern = this.pattern
-    let failure: Error | null = null
-    try {
-      const pending = this.sendSubscribe(channels)
-      if (pattern !== null) pending.push(this.sub.psubscribe(pattern))
-      await Promise.all(pending)
-    } catch (err) {
-      failure = err as Error
-    }
-    if (session !== this.subscriberSession || this.sub.status !== 'ready' || this.closed()) {
-      // This connection is gone; the next one replays for itself, and for those waiting.
-      if (failure !== null) this.log.warn({ err: failure.message }, 'redis replay interrupted')
-      return
-    }
-    if (failure !== null) {
-      // Redis refused a subscription on a live connection. Starting the connection over makes
-      // the retry strategy pace the next attempt instead of leaving us replaying forever.
-      this.log.error({ err: failure.message }, 'redis refused the replayed subscriptions; reconnecting')
-      this.sub.disconnect(true)
-      return
-    }
-    this.replayedSession = session
-    if (this.current !== 'connecting') this.log.info({ channels: channels.length, pattern }, 'redis subscriptions replayed')
-    const waiting = this.awaitingReplay
-    this.awaitingReplay = waiting.filter((waiter) => waiter.since >= session)
-    for (const waiter of waiting) if (waiter.since < session) waiter.resolve()
     this.settle()
   }
 
@@ -201,56 +142,18 @@ export class RedisBroker implements Broker {
     return this.current === 'closed'
   }
 
-  private sendSubscribe(channels: readonly string[]): Promise<unknown>[] {
-    const pending: Promise<unknown>[] = []
-    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      pending.push(this.sub.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
-    }
-    return pending
+  subscribe(channels: readonly string[]): Promise<void> {
+    if (this.closed()) return Promise.reject(new Error('broker closed'))
+    return this.subscriptions.subscribe(channels)
   }
 
-  /** Sends a subscription now if the subscriber is up, else (or if it drops before Redis
-   * answers) waits for the replay that brings it back. */
-  private async sendOrAwaitReplay(send: () => Promise<unknown>[]): Promise<void> {
-    if (this.closed()) throw new Error('broker closed')
-    if (this.sub.status === 'ready') {
-      try {
-        await Promise.all(send())
-        return
-      } catch (err) {
-        // Still up: Redis itself refused. Otherwise the connection went, and the replay follows.
-        if (this.sub.status === 'ready' || this.closed()) throw err
-      }
-    }
-    const since = this.subscriberSession
-    await new Promise<void>((resolve, reject) => this.awaitingReplay.push({ since, resolve, reject }))
+  unsubscribe(channels: readonly string[]): Promise<void> {
+    return this.subscriptions.unsubscribe(channels)
   }
 
-  async subscribe(channels: readonly string[]): Promise<void> {
-    for (const channel of channels) this.channels.add(channel)
-    await this.sendOrAwaitReplay(() => this.sendSubscribe(channels))
-  }
-
-  async unsubscribe(channels: readonly string[]): Promise<void> {
-    for (const channel of channels) this.channels.delete(channel)
-    // A fresh connection after an outage holds none of them: nothing to undo there.
-    if (this.sub.status !== 'ready') return
-    // Every batch is written now, in order, so a SUBSCRIBE issued later cannot be overtaken.
-    const pending: Promise<unknown>[] = []
-    for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) {
-      pending.push(this.sub.unsubscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
-    }
-    try {
-      await Promise.all(pending)
-    } catch (err) {
-      // Lost mid-way: the same as above, the next connection never holds them.
-      if (this.sub.status === 'ready') throw err
-    }
-  }
-
-  async psubscribe(pattern: string): Promise<void> {
-    this.pattern = pattern
-    await this.sendOrAwaitReplay(() => [this.sub.psubscribe(pattern)])
+  psubscribe(pattern: string): Promise<void> {
+    if (this.closed()) return Promise.reject(new Error('broker closed'))
+    return this.subscriptions.psubscribe(pattern)
   }
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
@@ -290,9 +193,7 @@ export class RedisBroker implements Broker {
   async close(): Promise<void> {
     if (this.current === 'closed') return
     this.transition('closed')
-    const waiting = this.awaitingReplay
-    this.awaitingReplay = []
-    for (const waiter of waiting) waiter.reject(new Error('broker closed'))
+    this.subscriptions.close()
     await Promise.all([this.cmd, this.sub].map(async (conn) => {
       if (conn.status === 'ready') {
         try {

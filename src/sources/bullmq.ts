@@ -17,7 +17,7 @@ import { backoff } from '../support/backoff.js'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
-import { closeConnection, ServerIdentity, sourceConnection, whenReady } from './connections.js'
+import { closeConnection, ServerIdentity, sourceConnection, whenReady } from '../broker/redis-connection.js'
 import { isRecord, liftDetails, ownerAt, parseJson, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const BULLMQ_JOB_PREFIX = 'bullmq:'

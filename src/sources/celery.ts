@@ -3,22 +3,22 @@
 // the same JSON on the channel of that name, in one MULTI (celery/backends/redis.py `_set`):
 // a watched task is one SUBSCRIBE on that channel, its snapshot one GET of that key.
 //
-// The subscriber connection is replayed by us (as the broker's is) so that we know when a
+// The subscriber connection is a SubscriberSession (as the broker's is), so that we know when a
 // task's channel is live again after an outage: messages published meanwhile are lost, so the
-// gateway then resynchronises the tasks' watchers from the stored results.
+// gateway then resynchronises the tasks' watchers from the stored results. Two connections per
+// process whatever the number of tasks: one for commands, one subscriber.
 
 import type { Redis } from 'ioredis'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
-import { closeConnection, ServerIdentity, sourceConnection } from './connections.js'
+import { closeConnection, sourceConnection } from '../broker/redis-connection.js'
+import { SubscriberSession } from '../broker/subscriber-session.js'
 import { carryProgress, isRecord, liftDetails, ownerAt, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const CELERY_JOB_PREFIX = 'celery:'
 /** Celery's key and channel prefix for task results (the Redis backend's default). */
 export const CELERY_KEY_PREFIX = 'celery-task-meta-'
-/** Channels per SUBSCRIBE when replaying after a reconnect. */
-const SUBSCRIBE_BATCH = 1000
 
 export interface CeleryOptions {
   /** Pass Python tracebacks to browsers (off: they may show code paths and values). */
@@ -95,28 +95,13 @@ function parseResult(bytes: Buffer): unknown {
   }
 }
 
-interface ReplayWaiter {
-  readonly since: number
-  resolve(): void
-  reject(err: Error): void
-}
-
 export class CelerySource implements JobSource {
   readonly name = 'celery' as const
   private readonly jobs = new SourceJobs()
-  private readonly channels = new Set<string>()
   private cmd: Redis | null = null
-  private sub: Redis | null = null
+  private sub: SubscriberSession | null = null
   private hooks: SourceHooks | null = null
-  /** Bumped whenever the subscriber connection opens or closes. */
-  private session = 0
-  /** The session whose replay Redis acknowledged: while current, every channel is live. */
-  private replayed = -1
-  private awaitingReplay: ReplayWaiter[] = []
-  /** The subscriber was lost after having been live: the next replay ends an outage. */
-  private outage = false
   private closed = false
-  private readonly identity = new ServerIdentity()
   private readonly warn: ReturnType<typeof rateLimitedLog>
 
   constructor(
@@ -134,36 +119,19 @@ export class CelerySource implements JobSource {
 
   async watch(jobIds: readonly string[]): Promise<void> {
     if (this.closed) throw new Error('celery source closed')
-    const sub = this.connect().sub
-    const channels = jobIds.map((id) => CELERY_KEY_PREFIX + id.slice(CELERY_JOB_PREFIX.length))
     for (const id of jobIds) this.jobs.add(id)
-    for (const channel of channels) this.channels.add(channel)
-    if (sub.status === 'ready') {
-      try {
-        await sub.subscribe(...channels)
-        return
-      } catch (err) {
-        // Still up: Redis itself refused. Otherwise the connection went, and the replay follows.
-        if (sub.status === 'ready' || this.closed) throw err
-      }
-    }
-    const since = this.session
-    await new Promise<void>((resolve, reject) => this.awaitingReplay.push({ since, resolve, reject }))
+    await this.connect().sub.subscribe(jobIds.map(channelOf))
   }
 
   unwatch(jobIds: readonly string[]): void {
-    const channels = jobIds.map((id) => CELERY_KEY_PREFIX + id.slice(CELERY_JOB_PREFIX.length))
     for (const id of jobIds) this.jobs.delete(id)
-    for (const channel of channels) this.channels.delete(channel)
-    // A connection that is away holds none of them once it is back.
-    if (this.sub?.status !== 'ready') return
-    this.sub.unsubscribe(...channels).catch((err: Error) => this.warn({ err: err.message }, 'celery unsubscribe failed'))
+    this.sub?.unsubscribe(jobIds.map(channelOf)).catch((err: Error) => this.warn({ err: err.message }, 'celery unsubscribe failed'))
   }
 
   async read(jobIds: readonly string[]): Promise<SourceRecord[]> {
     if (this.closed) throw new Error('celery source closed')
     const { cmd } = this.connect()
-    const values = await cmd.mgetBuffer(...jobIds.map((id) => CELERY_KEY_PREFIX + id.slice(CELERY_JOB_PREFIX.length)))
+    const values = await cmd.mgetBuffer(...jobIds.map(channelOf))
     return jobIds.map((jobId, i) => {
       const value = values[i]
       if (value === null || value === undefined) return { state: null, owner: null }
@@ -178,20 +146,20 @@ export class CelerySource implements JobSource {
 
   async close(): Promise<void> {
     this.closed = true
-    const waiting = this.awaitingReplay
-    this.awaitingReplay = []
-    for (const waiter of waiting) waiter.reject(new Error('celery source closed'))
-    await Promise.all([this.cmd, this.sub].filter((c): c is Redis => c !== null).map(closeConnection))
+    this.sub?.close()
+    await Promise.all([this.cmd, this.sub?.conn ?? null].filter((c): c is Redis => c !== null).map(closeConnection))
   }
 
   /** The connections, opened on first use. */
-  private connect(): { cmd: Redis; sub: Redis } {
+  private connect(): { cmd: Redis; sub: SubscriberSession } {
     if (this.cmd === null || this.sub === null) {
       this.cmd = sourceConnection(this.url, 'celery', 'commands', this.log)
-      const sub = (this.sub = sourceConnection(this.url, 'celery-sub', 'subscriber', this.log))
-      sub.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.onMessage(channel, payload))
-      sub.on('ready', () => void this.onSubscriberReady(sub))
-      sub.on('close', () => this.onSubscriberClose())
+      const conn = sourceConnection(this.url, 'celery-sub', 'subscriber', this.log)
+      conn.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.onMessage(channel, payload))
+      this.sub = new SubscriberSession(conn, 'celery subscriber', {
+        live: (dataLost, outage) => this.onLive(dataLost, outage),
+        down: () => this.hooks?.live(this.jobs.ids(), false),
+      }, this.log, true)
     }
     return { cmd: this.cmd, sub: this.sub }
   }
@@ -209,52 +177,20 @@ export class CelerySource implements JobSource {
     this.hooks.message(Buffer.from(this.channelPrefix + jobId, 'latin1'), this.jobs.deliver(job, state))
   }
 
-  private async onSubscriberReady(sub: Redis): Promise<void> {
-    // The event trails the status by a tick: the connection may already be gone again.
-    if (sub.status !== 'ready' || this.closed) return
-    const session = ++this.session
-    let dataLost = false
-    let failure: Error | null = null
-    try {
-      // Before SUBSCRIBE: a connection in subscriber mode takes no other command.
-      dataLost = await this.identity.changed(sub)
-      // Read after the await: a watch or unwatch meanwhile went straight to this connection,
-      // and the replay must not undo an UNSUBSCRIBE sent before it.
-      const channels = [...this.channels]
-      const pending: Promise<unknown>[] = []
-      for (let i = 0; i < channels.length; i += SUBSCRIBE_BATCH) pending.push(sub.subscribe(...channels.slice(i, i + SUBSCRIBE_BATCH)))
-      await Promise.all(pending)
-    } catch (err) {
-      failure = err as Error
-    }
-    if (session !== this.session || sub.status !== 'ready' || this.closed) return
-    if (failure !== null) {
-      // Refused on a live connection: starting over lets the retry strategy pace the retries.
-      this.log.error({ err: failure.message }, 'celery result backend refused the subscriptions; reconnecting')
-      sub.disconnect(true)
-      return
-    }
-    this.replayed = session
+  private onLive(dataLost: boolean, outage: boolean): void {
     if (dataLost) {
       this.log.warn('the celery result backend is another redis server process (restart or failover); task states may be lost')
       this.jobs.renew()
     }
-    const waiting = this.awaitingReplay
-    this.awaitingReplay = waiting.filter((waiter) => waiter.since >= session)
-    for (const waiter of waiting) if (waiter.since < session) waiter.resolve()
     this.hooks?.live(this.jobs.ids(), true)
-    if (this.outage) {
-      this.outage = false
+    if (outage) {
       this.log.info({ tasks: this.jobs.size }, 'celery subscriptions restored')
       this.hooks?.restored(this.jobs.ids(), dataLost)
     }
   }
+}
 
-  private onSubscriberClose(): void {
-    const wasLive = this.replayed === this.session
-    this.session++
-    if (!wasLive || this.closed) return
-    this.outage = true
-    this.hooks?.live(this.jobs.ids(), false)
-  }
+/** `celery:<task id>` -> Celery's key and channel of the task's result. */
+function channelOf(jobId: string): string {
+  return CELERY_KEY_PREFIX + jobId.slice(CELERY_JOB_PREFIX.length)
 }

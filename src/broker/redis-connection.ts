@@ -1,6 +1,7 @@
-// Redis connections of the sources: each source reads its queue's Redis with connections of its
-// own (not the broker's), created on first use so that a gateway whose users never watch a
-// Celery or BullMQ job opens none.
+// Redis connections outside the broker's command connection: their roles, the "is it still
+// the same server?" check, and closing. Sources open theirs on first use, so a gateway whose
+// users never watch a Celery or BullMQ job opens none. Every role is one connection per
+// Redis and per process, whatever the number of jobs, queues or users (docs/deploy.md).
 
 import { Redis, type RedisOptions } from 'ioredis'
 import { backoff } from '../support/backoff.js'
