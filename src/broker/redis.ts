@@ -193,7 +193,7 @@ export class RedisBroker implements Broker {
   async close(): Promise<void> {
     if (this.current === 'closed') return
     this.transition('closed')
-    this.subscriptions.close()
+    this.subscriptions.close('broker closed')
     await Promise.all([this.cmd, this.sub].map(async (conn) => {
       if (conn.status === 'ready') {
         try {

@@ -41,7 +41,8 @@ export class SubscriberSession {
   private replayed = -1
   private awaitingReplay: ReplayWaiter[] = []
   private wasLive = false
-  private closed = false
+  /** Why it was closed; null while open. */
+  private closed: string | null = null
   private readonly identity: ServerIdentity | null
   private readonly warn: ReturnType<typeof rateLimitedLog>
 
@@ -94,12 +95,13 @@ export class SubscriberSession {
     }
   }
 
-  /** Rejects whoever waits for a replay; the owner closes the connection. */
-  close(): void {
-    this.closed = true
+  /** Rejects whoever waits for a replay, and every later subscribe, with `reason`; the owner
+   * closes the connection. */
+  close(reason: string): void {
+    this.closed = reason
     const waiting = this.awaitingReplay
     this.awaitingReplay = []
-    for (const waiter of waiting) waiter.reject(new Error(`${this.name} closed`))
+    for (const waiter of waiting) waiter.reject(new Error(reason))
   }
 
   private send(command: 'subscribe' | 'unsubscribe', channels: readonly string[]): Promise<unknown>[] {
@@ -111,14 +113,14 @@ export class SubscriberSession {
   /** Sends now if the connection is up, else (or if it drops before Redis answers) waits for
    * the replay that brings the channels back. */
   private async sendOrAwaitReplay(send: () => Promise<unknown>[]): Promise<void> {
-    if (this.closed) throw new Error(`${this.name} closed`)
+    if (this.closed !== null) throw new Error(this.closed)
     if (this.conn.status === 'ready') {
       try {
         await Promise.all(send())
         return
       } catch (err) {
         // Still up: Redis itself refused. Otherwise the connection went, and the replay follows.
-        if (this.conn.status === 'ready' || this.closed) throw err
+        if (this.conn.status === 'ready' || this.closed !== null) throw err
       }
     }
     const since = this.session
@@ -127,7 +129,7 @@ export class SubscriberSession {
 
   private async onReady(): Promise<void> {
     // The event trails the status by a tick: the connection may already be gone again.
-    if (this.conn.status !== 'ready' || this.closed) return
+    if (this.conn.status !== 'ready' || this.closed !== null) return
     const session = ++this.session
     let dataLost = false
     let failure: Error | null = null
@@ -142,7 +144,7 @@ export class SubscriberSession {
     } catch (err) {
       failure = err as Error
     }
-    if (session !== this.session || this.conn.status !== 'ready' || this.closed) {
+    if (session !== this.session || this.conn.status !== 'ready' || this.closed !== null) {
       // This connection is gone; the next one replays for itself, and for those waiting.
       if (failure !== null) this.warn({ connection: this.name, err: failure.message }, 'redis replay interrupted')
       return
@@ -166,6 +168,6 @@ export class SubscriberSession {
   private onClose(): void {
     const wasLive = this.replayed === this.session
     this.session++
-    if (wasLive && !this.closed) this.events.down()
+    if (wasLive && this.closed === null) this.events.down()
   }
 }

@@ -146,7 +146,7 @@ export class CelerySource implements JobSource {
 
   async close(): Promise<void> {
     this.closed = true
-    this.sub?.close()
+    this.sub?.close('celery source closed')
     await Promise.all([this.cmd, this.sub?.conn ?? null].filter((c): c is Redis => c !== null).map(closeConnection))
   }
 
