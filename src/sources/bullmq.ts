@@ -4,13 +4,13 @@
 // (`progress` with `data`, `completed` with `returnvalue`, `failed` with `failedReason`,
 // `active`, `waiting`, `removed`, `stalled`...).
 //
-// A watched queue is one loop per node: `XREAD BLOCK` on its event stream, on a connection of
-// its own, from the last id it read, so an outage delays events but loses none (as long as
-// the stream, trimmed by BullMQ to about 10,000 events, still holds them). The loop starts when
-// the first job of the queue is watched and stops with the last. A snapshot reads the job's
-// hash together with the stream's last id (one MULTI, so the hash is exactly the state that id
-// led to), then waits until the loop has read up to that id: whatever the node delivered is
-// then at least as new as the hash.
+// The watched queues' streams are read by one connection per process (StreamReader): each
+// round one `XREAD BLOCK` naming every watched queue's stream, each from the last id read, so
+// an outage delays events but loses none (as long as the stream, trimmed by BullMQ to about
+// 10,000 events, still holds them). A queue is read from when its first job is watched until
+// its last is unwatched. A snapshot reads the job's hash together with the stream's last id
+// (one MULTI, so the hash is exactly the state that id led to), then waits until the reader
+// has read up to that id: whatever the node delivered is then at least as new as the hash.
 
 import type { Redis } from 'ioredis'
 import { backoff } from '../support/backoff.js'
@@ -21,9 +21,9 @@ import { closeConnection, ServerIdentity, sourceConnection, whenReady } from '..
 import { isRecord, liftDetails, ownerAt, parseJson, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const BULLMQ_JOB_PREFIX = 'bullmq:'
-/** Events per XREAD. */
+/** Events per stream per XREAD. */
 const READ_BATCH = 500
-/** How long one XREAD waits for events before it is sent again. */
+/** How long one XREAD waits for events before it is sent again (a new queue wakes it sooner). */
 const BLOCK_MS = 5000
 const RETRY_MIN_MS = 100
 const RETRY_MAX_MS = 2000
@@ -127,139 +127,252 @@ export function compareStreamIds(a: string, b: string): number {
 
 type StreamReply = Array<[key: string, entries: Array<[id: string, fields: string[]]>]> | null
 
-interface LoopOwner {
+interface ReaderOwner {
   entry(queue: string, fields: readonly string[]): void
-  live(loop: QueueLoop, live: boolean): void
-  /** The Redis behind the loop is another server process than before. */
+  live(queue: QueueStream, live: boolean): void
+  /** The Redis behind the reader is another server process than before. */
   serverChanged(): void
-  /** The stream was trimmed past where the loop had read: events of its jobs may be lost. */
-  gap(loop: QueueLoop): void
+  /** The stream was trimmed past where it had been read: events of its jobs may be lost. */
+  gap(queue: QueueStream): void
 }
 
-/** The XREAD loop of one queue's event stream. */
-class QueueLoop {
+interface Waiter {
+  resolve(): void
+  reject(err: Error): void
+}
+
+/** One watched queue's event stream, as the reader follows it. */
+class QueueStream {
   /** The watched jobs of this queue (jobwire ids). */
   readonly jobs = new Set<string>()
+  /** The last stream id read: reading resumes after it. Null until the reader has placed it. */
+  position: string | null = null
+  live = false
+  liveWaiters: Waiter[] = []
+  positionWaiters: Array<Waiter & { readonly target: string }> = []
+
+  constructor(readonly queue: string, readonly key: string) {}
+
+  reached(target: string): boolean {
+    return this.position !== null && compareStreamIds(this.position, target) >= 0
+  }
+}
+
+/**
+ * Every watched queue's event stream read by one connection: each round is one `XREAD BLOCK`
+ * naming all of them, so the connections this costs are two per Redis (this one and the
+ * commands connection) whatever the number of queues or users. A queue added while the read
+ * is blocked wakes it with `CLIENT UNBLOCK` (sent on the commands connection), and the next
+ * round includes it.
+ */
+class StreamReader {
+  private readonly queues = new Map<string, QueueStream>()
+  private readonly byKey = new Map<string, QueueStream>()
   private readonly conn: Redis
-  /** The last stream id read: the loop resumes after it. Null until the loop has started. */
-  private position: string | null = null
-  private isLive = false
-  private stopped = false
+  /** Bumped whenever the connection closes; the server is checked once per session. */
   private session = 0
   private checkedSession = -1
-  private liveWaiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = []
-  private positionWaiters: Array<{ target: string; resolve: () => void; reject: (err: Error) => void }> = []
+  /** The connection's CLIENT ID, for CLIENT UNBLOCK; null until known for this session. */
+  private clientId: number | null = null
+  /** Rounds of XREAD sent; `blockedRound` is the one Redis may be blocking on now. */
+  private round = 0
+  private blockedRound = -1
+  /** Resolved when a queue is added while there is nothing to read. */
+  private wake: (() => void) | null = null
+  private stopped = false
 
   constructor(
-    readonly queue: string,
-    private readonly streamKey: string,
     url: string,
-    private readonly owner: LoopOwner,
-    private readonly identity: ServerIdentity,
+    private readonly owner: ReaderOwner,
+    private readonly unblock: (clientId: number) => Promise<number>,
     private readonly log: Logger,
+    private readonly identity: ServerIdentity = new ServerIdentity(),
   ) {
-    this.conn = sourceConnection(url, `bullmq-${queue}`, 'stream', log)
+    this.conn = sourceConnection(url, 'bullmq-stream', 'stream', log)
     this.conn.on('close', () => {
       this.session++
-      this.setLive(false)
+      this.clientId = null
+      for (const queue of this.queues.values()) this.setLive(queue, false)
     })
     void this.run()
   }
 
-  get live(): boolean {
-    return this.isLive
+  get size(): number {
+    return this.queues.size
   }
 
-  whenLive(): Promise<void> {
-    if (this.isLive) return Promise.resolve()
-    if (this.stopped) return Promise.reject(new Error('queue no longer watched'))
-    return new Promise((resolve, reject) => this.liveWaiters.push({ resolve, reject }))
+  get(queue: string): QueueStream | undefined {
+    return this.queues.get(queue)
   }
 
-  /** Resolves once the loop has read the stream up to `target`. */
-  reached(target: string): Promise<void> {
-    if (this.position !== null && compareStreamIds(this.position, target) >= 0) return Promise.resolve()
-    if (this.stopped) return Promise.reject(new Error('queue no longer watched'))
-    return new Promise((resolve, reject) => this.positionWaiters.push({ target, resolve, reject }))
+  /** The queue's stream, followed from now on; `whenLive` says when its events flow. */
+  add(queue: string, key: string): QueueStream {
+    let stream = this.queues.get(queue)
+    if (stream !== undefined) return stream
+    stream = new QueueStream(queue, key)
+    this.queues.set(queue, stream)
+    this.byKey.set(key, stream)
+    this.wakeUp()
+    return stream
   }
 
-  stop(): void {
-    this.stopped = true
+  /** Stops following the queue (its round may still be blocked on it: its events are ignored). */
+  remove(stream: QueueStream): void {
+    if (this.queues.get(stream.queue) !== stream) return
+    this.queues.delete(stream.queue)
+    this.byKey.delete(stream.key)
     const err = new Error('queue no longer watched')
-    for (const w of [...this.liveWaiters, ...this.positionWaiters]) w.reject(err)
-    this.liveWaiters = []
-    this.positionWaiters = []
+    for (const w of [...stream.liveWaiters, ...stream.positionWaiters]) w.reject(err)
+    stream.liveWaiters = []
+    stream.positionWaiters = []
+  }
+
+  whenLive(stream: QueueStream): Promise<void> {
+    if (stream.live) return Promise.resolve()
+    if (this.stopped || this.queues.get(stream.queue) !== stream) return Promise.reject(new Error('queue no longer watched'))
+    return new Promise((resolve, reject) => stream.liveWaiters.push({ resolve, reject }))
+  }
+
+  /** Resolves once the stream has been read up to `target`. */
+  reached(stream: QueueStream, target: string): Promise<void> {
+    if (stream.reached(target)) return Promise.resolve()
+    if (this.stopped || this.queues.get(stream.queue) !== stream) return Promise.reject(new Error('queue no longer watched'))
+    return new Promise((resolve, reject) => stream.positionWaiters.push({ target, resolve, reject }))
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true
+    for (const stream of [...this.queues.values()]) this.remove(stream)
+    this.wake?.()
     // Ends the blocked XREAD too.
     this.conn.disconnect()
   }
 
-  private setLive(live: boolean): void {
-    if (live === this.isLive || (live && this.stopped)) return
-    this.isLive = live
+  private wakeUp(): void {
+    if (this.wake !== null) {
+      const wake = this.wake
+      this.wake = null
+      wake()
+      return
+    }
+    const clientId = this.clientId
+    if (clientId === null || this.blockedRound !== this.round) return
+    const round = this.round
+    // The UNBLOCK can reach Redis before the XREAD it is meant for: then it unblocks nothing,
+    // and is sent again while that round is still the one blocked.
+    const attempt = (left: number): void => {
+      this.unblock(clientId).then((unblocked) => {
+        if (unblocked === 0 && left > 0 && this.blockedRound === round && this.round === round && !this.stopped) {
+          setTimeout(() => attempt(left - 1), 5)
+        }
+      }, (err: Error) => this.log.warn({ err: err.message }, 'bullmq CLIENT UNBLOCK failed; a new queue is read within the block time'))
+    }
+    attempt(20)
+  }
+
+  private setLive(stream: QueueStream, live: boolean): void {
+    if (live === stream.live) return
+    stream.live = live
     if (live) {
-      const waiters = this.liveWaiters
-      this.liveWaiters = []
+      const waiters = stream.liveWaiters
+      stream.liveWaiters = []
       for (const w of waiters) w.resolve()
     }
-    this.owner.live(this, live)
+    this.owner.live(stream, live)
   }
 
   private async run(): Promise<void> {
     for (let attempt = 0; !this.stopped;) {
       try {
         await whenReady(this.conn, () => this.stopped)
-        let gap = false
-        if (this.checkedSession !== this.session) {
-          const session = this.session
-          if (await this.identity.changed(this.conn)) this.owner.serverChanged()
-          else if (this.position !== null) {
-            // Back on the same server: BullMQ trims the stream (about 10,000 events), so after a
-            // long outage its oldest event may be past where this loop stopped reading.
-            const oldest = (await this.conn.xrange(this.streamKey, '-', '+', 'COUNT', 1))[0]?.[0]
-            gap = oldest !== undefined && compareStreamIds(oldest, this.position) > 0
-          }
-          this.checkedSession = session
+        if (this.checkedSession !== this.session) await this.checkSession()
+        if (this.queues.size === 0) {
+          await new Promise<void>((resolve) => (this.wake = resolve))
+          continue
         }
-        // From the stream's last id on: everything after it reaches this loop, however late.
-        if (this.position === null) this.position = (await this.conn.xrevrange(this.streamKey, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0'
-        this.setLive(true)
-        if (gap) this.owner.gap(this)
-        const reply = (await this.conn.xread('COUNT', READ_BATCH, 'BLOCK', BLOCK_MS, 'STREAMS', this.streamKey, this.position)) as StreamReply
+        await this.place()
+        const streams = [...this.queues.values()].filter((q) => q.position !== null)
+        for (const stream of streams) this.setLive(stream, true)
+        const round = ++this.round
+        this.blockedRound = round
+        const reply = (await this.conn.xread('COUNT', READ_BATCH, 'BLOCK', BLOCK_MS, 'STREAMS',
+          ...streams.map((q) => q.key), ...streams.map((q) => q.position!))) as StreamReply
+        this.blockedRound = -1
         attempt = 0
-        for (const [, entries] of reply ?? []) {
+        for (const [key, entries] of reply ?? []) {
+          const stream = this.byKey.get(key)
+          if (stream === undefined) continue
           for (const [id, fields] of entries) {
-            this.position = id
-            this.owner.entry(this.queue, fields)
+            stream.position = id
+            this.owner.entry(stream.queue, fields)
           }
         }
-        this.settlePositionWaiters()
+        for (const stream of streams) settlePositionWaiters(stream)
       } catch (err) {
+        this.blockedRound = -1
         if (this.stopped) return
         // A dropped connection reconnects by itself; anything else (a refusal) is retried with
         // backoff, so a misconfigured Redis costs a log line a while, not a busy loop.
-        if (this.conn.status === 'ready') this.log.warn({ queue: this.queue, err: (err as Error).message }, 'bullmq event stream read failed; retrying')
+        if (this.conn.status === 'ready') this.log.warn({ queues: this.queues.size, err: (err as Error).message }, 'bullmq event stream read failed; retrying')
         await new Promise((resolve) => setTimeout(resolve, RETRY_MIN_MS + backoff(attempt++, RETRY_MIN_MS, RETRY_MAX_MS)))
       }
     }
   }
 
-  private settlePositionWaiters(): void {
-    if (this.positionWaiters.length === 0 || this.position === null) return
-    const position = this.position
-    const waiting = this.positionWaiters
-    this.positionWaiters = []
-    for (const w of waiting) {
-      if (compareStreamIds(position, w.target) >= 0) w.resolve()
-      else this.positionWaiters.push(w)
+  /** Once per connection: its id (for CLIENT UNBLOCK), whether the server is the one it was,
+   * and, if so, whether a long outage let BullMQ trim a stream past where it was read. */
+  private async checkSession(): Promise<void> {
+    const session = this.session
+    const clientId = Number(await this.conn.client('ID'))
+    if (await this.identity.changed(this.conn)) {
+      this.owner.serverChanged()
+    } else {
+      const placed = [...this.queues.values()].filter((q) => q.position !== null)
+      if (placed.length > 0) {
+        const pipeline = this.conn.pipeline()
+        for (const stream of placed) pipeline.xrange(stream.key, '-', '+', 'COUNT', 1)
+        const replies = (await pipeline.exec()) ?? []
+        placed.forEach((stream, i) => {
+          const oldest = (replies[i]?.[1] as Array<[string, string[]]> | undefined)?.[0]?.[0]
+          if (oldest !== undefined && stream.position !== null && compareStreamIds(oldest, stream.position) > 0) this.owner.gap(stream)
+        })
+      }
     }
+    if (session !== this.session) return
+    this.clientId = clientId
+    this.checkedSession = session
+  }
+
+  /** New queues are read from their stream's last id on: everything after it reaches the
+   * reader, however late. */
+  private async place(): Promise<void> {
+    const unplaced = [...this.queues.values()].filter((q) => q.position === null)
+    if (unplaced.length === 0) return
+    const pipeline = this.conn.pipeline()
+    for (const stream of unplaced) pipeline.xrevrange(stream.key, '+', '-', 'COUNT', 1)
+    const replies = (await pipeline.exec()) ?? []
+    unplaced.forEach((stream, i) => {
+      const [err, reply] = replies[i] ?? [new Error('no reply'), null]
+      if (err) throw err
+      if (stream.position === null) stream.position = (reply as Array<[string, string[]]>)[0]?.[0] ?? '0-0'
+    })
   }
 }
 
-export class BullmqSource implements JobSource, LoopOwner {
+function settlePositionWaiters(stream: QueueStream): void {
+  if (stream.positionWaiters.length === 0 || stream.position === null) return
+  const waiting = stream.positionWaiters
+  stream.positionWaiters = []
+  for (const w of waiting) {
+    if (stream.reached(w.target)) w.resolve()
+    else stream.positionWaiters.push(w)
+  }
+}
+
+export class BullmqSource implements JobSource, ReaderOwner {
   readonly name = 'bullmq' as const
   private readonly jobs = new SourceJobs()
-  private readonly loops = new Map<string, QueueLoop>()
-  private readonly identity = new ServerIdentity()
+  private reader: StreamReader | null = null
   private cmd: Redis | null = null
   private hooks: SourceHooks | null = null
   private closed = false
@@ -280,41 +393,35 @@ export class BullmqSource implements JobSource, LoopOwner {
 
   async watch(jobIds: readonly string[]): Promise<void> {
     if (this.closed) throw new Error('bullmq source closed')
-    const loops = new Set<QueueLoop>()
+    const reader = this.streams()
+    const streams = new Set<QueueStream>()
     for (const jobId of jobIds) {
       const parsed = parseBullmqJobId(jobId)
       if (parsed === null) continue
       this.jobs.add(jobId)
-      let loop = this.loops.get(parsed.queue)
-      if (loop === undefined) {
-        loop = new QueueLoop(parsed.queue, this.streamKey(parsed.queue), this.url, this, this.identity, this.log)
-        this.loops.set(parsed.queue, loop)
-      }
-      loop.jobs.add(jobId)
-      loops.add(loop)
+      const stream = reader.add(parsed.queue, this.streamKey(parsed.queue))
+      stream.jobs.add(jobId)
+      streams.add(stream)
     }
-    await Promise.all([...loops].map((loop) => loop.whenLive()))
+    await Promise.all([...streams].map((stream) => reader.whenLive(stream)))
   }
 
   unwatch(jobIds: readonly string[]): void {
     for (const jobId of jobIds) {
       this.jobs.delete(jobId)
       const parsed = parseBullmqJobId(jobId)
-      const loop = parsed === null ? undefined : this.loops.get(parsed.queue)
-      if (loop === undefined) continue
-      loop.jobs.delete(jobId)
-      if (loop.jobs.size === 0) {
-        loop.stop()
-        this.loops.delete(loop.queue)
-      }
+      const stream = parsed === null ? undefined : this.reader?.get(parsed.queue)
+      if (stream === undefined) continue
+      stream.jobs.delete(jobId)
+      if (stream.jobs.size === 0) this.reader!.remove(stream)
     }
   }
 
   async read(jobIds: readonly string[]): Promise<SourceRecord[]> {
     if (this.closed) throw new Error('bullmq source closed')
     const parsed = jobIds.map(parseBullmqJobId)
-    // Only queues this node reads need the stream's position, to wait for their loop.
-    const queues = [...new Set(parsed.flatMap((p) => (p !== null && this.loops.has(p.queue) ? [p.queue] : [])))]
+    // Only queues this node reads need the stream's position, to wait for the reader.
+    const queues = [...new Set(parsed.flatMap((p) => (p !== null && this.reader?.get(p.queue) !== undefined ? [p.queue] : [])))]
     const multi = this.commands().multi()
     for (const p of parsed) multi.hgetall(p === null ? '' : `${this.options.prefix}:${p.queue}:${p.id}`)
     for (const queue of queues) multi.xrevrange(this.streamKey(queue), '+', '-', 'COUNT', 1)
@@ -326,23 +433,23 @@ export class BullmqSource implements JobSource, LoopOwner {
     }
     await Promise.all(queues.map((queue, k) => {
       const last = (value(jobIds.length + k) as Array<[string, string[]]>)[0]?.[0]
-      return last === undefined ? undefined : this.loops.get(queue)?.reached(last)
+      const stream = this.reader?.get(queue)
+      return last === undefined || stream === undefined ? undefined : this.reader!.reached(stream, last)
     }))
     return jobIds.map((jobId, i) => {
       const translated = translateBullmqHash(value(i) as Record<string, string>, this.options.ownerField)
       if (translated === null) return { state: null, owner: null }
-      return { state: this.jobs.stored(this.jobs.get(jobId), translated.state), owner: translated.owner }
+      return { state: this.jobs.stored(this.jobs.get(jobId), translated.state, translated.owner), owner: translated.owner }
     })
   }
 
   async close(): Promise<void> {
     this.closed = true
-    for (const loop of this.loops.values()) loop.stop()
-    this.loops.clear()
+    await this.reader?.stop()
     if (this.cmd !== null) await closeConnection(this.cmd)
   }
 
-  /** A loop read an event of its queue. */
+  /** The reader read an event of a watched queue. */
   entry(queue: string, list: readonly string[]): void {
     const hooks = this.hooks
     if (hooks === null) return
@@ -359,20 +466,25 @@ export class BullmqSource implements JobSource, LoopOwner {
     const job = this.jobs.get(jobId)
     if (job === undefined) return
     try {
-      const state = translateBullmqEvent(fieldsOf(list), job.last)
+      const fields = fieldsOf(list)
+      // A job added under an id already known is another job (the old one was removed): a new
+      // generation, so the gateway checks its watchers against the new job's owner before they
+      // see any of it.
+      if (fields.event === 'added' && (job.seq > 0 || job.last !== null)) this.jobs.newGeneration(job)
+      const state = translateBullmqEvent(fields, job.last)
       if (state !== null) hooks.message(Buffer.from(this.channelPrefix + jobId, 'latin1'), this.jobs.deliver(job, state))
     } catch (err) {
       this.warn({ job: jobId, err: (err as Error).message }, 'bullmq event could not be translated; dropped')
     }
   }
 
-  live(loop: QueueLoop, live: boolean): void {
-    this.hooks?.live([...loop.jobs], live)
+  live(stream: QueueStream, live: boolean): void {
+    this.hooks?.live([...stream.jobs], live)
   }
 
-  gap(loop: QueueLoop): void {
-    this.log.warn({ queue: loop.queue }, 'the bullmq event stream was trimmed past where it was read; resynchronising its watchers')
-    this.hooks?.restored([...loop.jobs], false)
+  gap(stream: QueueStream): void {
+    this.log.warn({ queue: stream.queue }, 'the bullmq event stream was trimmed past where it was read; resynchronising its watchers')
+    this.hooks?.restored([...stream.jobs], false)
   }
 
   serverChanged(): void {
@@ -388,5 +500,14 @@ export class BullmqSource implements JobSource, LoopOwner {
   private commands(): Redis {
     if (this.cmd === null) this.cmd = sourceConnection(this.url, 'bullmq', 'commands', this.log)
     return this.cmd
+  }
+
+  /** The stream reader, started on first use. */
+  private streams(): StreamReader {
+    if (this.reader === null) {
+      const cmd = this.commands()
+      this.reader = new StreamReader(this.url, this, async (clientId) => Number(await cmd.client('UNBLOCK', clientId)), this.log)
+    }
+    return this.reader
   }
 }

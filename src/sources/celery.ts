@@ -61,7 +61,7 @@ function exceptionText(result: unknown): string {
  * "date_done", "task_id"}`, plus `name`, `args`, `kwargs`... with result_extended) as a jobwire
  * state; null when it is not one. Only what the vocabulary names is passed on: never the
  * worker's host name or the task's arguments. */
-export function translateCelery(meta: unknown, options: CeleryOptions): Translated | null {
+export function translateCelery(meta: unknown, options: CeleryOptions): (Translated & { readonly ownerKnown: boolean }) | null {
   if (!isRecord(meta) || typeof meta.status !== 'string') return null
   const celeryState = meta.status
   const status = statusOf(celeryState)
@@ -83,8 +83,8 @@ export function translateCelery(meta: unknown, options: CeleryOptions): Translat
     state.meta = result
   }
   if (options.tracebacks && typeof meta.traceback === 'string' && meta.traceback !== '') state.traceback = meta.traceback
-  const owner = options.ownerField !== '' && isRecord(meta.kwargs) ? ownerAt(meta.kwargs, options.ownerField) : null
-  return { state, owner }
+  const ownerKnown = options.ownerField !== '' && isRecord(meta.kwargs)
+  return { state, owner: ownerKnown ? ownerAt(meta.kwargs, options.ownerField) : null, ownerKnown }
 }
 
 function parseResult(bytes: Buffer): unknown {
@@ -140,7 +140,7 @@ export class CelerySource implements JobSource {
         this.warn({ job: jobId }, 'celery result is not JSON with a status (is result_serializer json?); ignoring it')
         return { state: null, owner: null }
       }
-      return { state: this.jobs.stored(this.jobs.get(jobId), translated.state), owner: translated.owner }
+      return { state: this.jobs.stored(this.jobs.get(jobId), translated.state, translated.owner), owner: translated.owner }
     })
   }
 
@@ -173,8 +173,11 @@ export class CelerySource implements JobSource {
       this.warn({ job: jobId }, 'celery published a result that is not JSON with a status (is result_serializer json?); dropped')
       return
     }
-    const state = carryProgress(translated.state, job.last)
-    this.hooks.message(Buffer.from(this.channelPrefix + jobId, 'latin1'), this.jobs.deliver(job, state))
+    // Only a result that carries the task's kwargs (result_extended) can say its owner changed,
+    // i.e. that the task id was re-used for someone else's task.
+    const owner = translated.ownerKnown ? translated.owner : undefined
+    const state = carryProgress(translated.state, owner === undefined || owner === job.owner ? job.last : null)
+    this.hooks.message(Buffer.from(this.channelPrefix + jobId, 'latin1'), this.jobs.deliver(job, state, owner))
   }
 
   private onLive(dataLost: boolean, outage: boolean): void {

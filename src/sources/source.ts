@@ -60,6 +60,8 @@ export interface SourceJob {
   /** The last state translated (delivered or read): a message that tells only part of the state
    * (a BullMQ event) is merged onto it. */
   last: JobPayload | null
+  /** The owner the source last read from the job; undefined until one was read. */
+  owner: string | null | undefined
 }
 
 /** The jobs one source delivers on this node, and their numbering. */
@@ -78,7 +80,7 @@ export class SourceJobs {
   add(jobId: string): SourceJob {
     let job = this.jobs.get(jobId)
     if (job === undefined) {
-      job = { epoch: this.nextEpoch(), seq: 0, last: null }
+      job = { epoch: this.nextEpoch(), seq: 0, last: null, owner: undefined }
       this.jobs.set(jobId, job)
     }
     return job
@@ -100,14 +102,30 @@ export class SourceJobs {
     }
   }
 
+  /** The job id now names another job (a queue re-used it): what is known of the old one is
+   * dropped, and the new epoch makes the gateway check the watchers against the new owner
+   * before they see anything of it (stream/generations.ts). */
+  newGeneration(job: SourceJob): void {
+    job.epoch = this.nextEpoch()
+    job.last = null
+  }
+
+  /** A job whose owner changed is another job under the same id. */
+  private sawOwner(job: SourceJob, owner: string | null): void {
+    if (job.owner !== undefined && job.owner !== owner) this.newGeneration(job)
+    job.owner = owner
+  }
+
   /** Epochs are milliseconds, strictly increasing within the process. */
   nextEpoch(): number {
     this.lastEpoch = Math.max(Date.now(), this.lastEpoch + 1)
     return this.lastEpoch
   }
 
-  /** The next payload of a watched job, as bytes for the bridge. */
-  deliver(job: SourceJob, state: JobPayload): Buffer {
+  /** The next payload of a watched job, as bytes for the bridge. `owner`, where the message
+   * names one: a change of owner is a new generation. */
+  deliver(job: SourceJob, state: JobPayload, owner?: string | null): Buffer {
+    if (owner !== undefined) this.sawOwner(job, owner)
     job.last = state
     job.seq++
     return encodeState(job.seq, job.epoch, state)
@@ -115,8 +133,9 @@ export class SourceJobs {
 
   /** A stored state read for a snapshot: numbered as the last payload delivered, so every
    * later one is newer. An unwatched job (a one-off read) gets a generation of its own. */
-  stored(job: SourceJob | undefined, state: JobPayload): Buffer {
+  stored(job: SourceJob | undefined, state: JobPayload, owner: string | null): Buffer {
     if (job === undefined) return encodeState(0, this.nextEpoch(), state)
+    this.sawOwner(job, owner)
     if (job.seq === 0) job.last = state
     return encodeState(job.seq, job.epoch, state)
   }
