@@ -113,16 +113,32 @@ t.test('a source numbers what it delivers: seq 1, 2, 3; snapshots carry the last
   const job = jobs.add('celery:a')
   t.equal(jobs.add('celery:a'), job, 'one record per job')
   const stored = (bytes: Buffer) => JSON.parse(bytes.toString()) as Record<string, unknown>
-  t.match(stored(jobs.stored(job, { status: 'queued' })), { seq: 0, epoch: job.epoch, status: 'queued' })
+  t.match(stored(jobs.stored(job, { status: 'queued' }, null)), { seq: 0, epoch: job.epoch, status: 'queued' })
   t.match(stored(jobs.deliver(job, { status: 'processing' })), { seq: 1, epoch: job.epoch })
   t.match(stored(jobs.deliver(job, { status: 'processing', progress: 5 })), { seq: 2 })
-  t.match(stored(jobs.stored(job, { status: 'processing' })), { seq: 2 }, 'a snapshot is as new as the last payload delivered, no newer')
+  t.match(stored(jobs.stored(job, { status: 'processing' }, null)), { seq: 2 }, 'a snapshot is as new as the last payload delivered, no newer')
   const epoch = job.epoch
   jobs.renew()
   t.ok(job.epoch > epoch, 'a new generation')
-  t.ok(stored(jobs.stored(undefined, {})).epoch as number > job.epoch, 'a one-off read has its own generation')
+  t.ok(stored(jobs.stored(undefined, {}, null)).epoch as number > job.epoch, 'a one-off read has its own generation')
   jobs.delete('celery:a')
   t.equal(jobs.size, 0)
+})
+
+t.test('a job id that names another owner is a new generation, without what the old job carried', async (t) => {
+  const jobs = new SourceJobs()
+  const job = jobs.add('celery:reused')
+  const parsed = (bytes: Buffer) => JSON.parse(bytes.toString()) as Record<string, unknown>
+  const first = parsed(jobs.stored(job, { status: 'processing', progress: 40 }, 'alice'))
+  t.equal(parsed(jobs.deliver(job, { status: 'processing', progress: 50 }, 'alice')).epoch, first.epoch, 'the same owner: the same generation')
+  t.equal(parsed(jobs.deliver(job, { status: 'processing' })).epoch, first.epoch, 'a message that names no owner changes nothing')
+  const taken = parsed(jobs.deliver(job, { status: 'processing' }, 'bob'))
+  t.ok((taken.epoch as number) > (first.epoch as number), 'another owner: a new epoch')
+  t.equal(job.owner, 'bob')
+  const read = parsed(jobs.stored(job, { status: 'completed' }, null))
+  t.ok((read.epoch as number) > (taken.epoch as number), 'a read that finds no owner any more is another generation too')
+  jobs.newGeneration(job)
+  t.equal(job.last, null, 'a new generation forgets the old job\'s state')
 })
 
 t.test('WatchedJobs routes source jobs to their source: watch on the first holder, unwatch after the delay; broker outages do not touch them', async (t) => {
