@@ -62,7 +62,7 @@ t.test('producer API', async (t) => {
     }
     t.same(statuses.slice(0, 10), new Array(10).fill(401), 'a burst of ten is answered')
     t.ok(statuses.slice(10).every((s) => s === 429), `then refused before checking: ${statuses.slice(10).join(', ')}`)
-    t.equal((await fetch(`${fresh.http}/admin/connections`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).status, 429, 'even the right key, until the address calms down')
+    t.equal((await fetch(`${fresh.http}/admin/connections`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).status, 200, 'but never the right key (test/access-credentials.ts)')
   })
 })
 

@@ -27,10 +27,24 @@ export interface ProducerGrant {
   readonly jobs: readonly string[] | null
 }
 
+const ANY_PRODUCER: ProducerGrant = { admin: false, jobs: null }
+const ANY_ADMIN: ProducerGrant = { admin: true, jobs: null }
+
+/** Why a producer or admin credential was refused: none valid (401), or none valid and the
+ * address is over its failure budget (429). */
+export type CredentialRefusal = 'unauthorized' | 'throttled'
+
 /** Failed producer/admin credentials per address: a burst of this many, then one a second. */
 const FAILURE_BURST = 10
 const FAILURES_PER_SEC = 1
 
+/**
+ * The failed-credential throttle. Validity is checked first, always: a correct static key (a
+ * constant-time compare) or a valid token (a signature check, none for a token in the
+ * principal cache) is answered whatever else came from its address, since that address may
+ * be a NAT, a proxy or the same host as an attacker. Only failures are counted per address;
+ * past the burst they are answered 429 rather than 401, with the connection closed.
+ */
 export class Access {
   private readonly failures = new Map<string, TokenBucket>()
 
@@ -46,7 +60,9 @@ export class Access {
     return this.auth.enabled
   }
 
-  /** The caller's principal (null with access control off), or the AuthError that refuses it. */
+  /** The caller's principal (null with access control off), or the AuthError that refuses it.
+   * For the WebSocket, SSE and job reads: the token from the Authorization header, else from
+   * `?token=` (browsers cannot set headers on a WebSocket or an EventSource). */
   async authenticate(credentials: Credentials, transport: Transport): Promise<Principal | null | AuthError> {
     try {
       return await principalFor(this.auth, tokenFrom(credentials.authorization, credentials.queryToken))
@@ -57,63 +73,55 @@ export class Access {
     }
   }
 
-  /** An address that keeps presenting bad producer/admin credentials is refused for a while
-   * before anything is checked, so keys cannot be guessed at speed. */
-  throttled(ip: string): boolean {
-    const bucket = this.failures.get(ip)
-    return bucket !== undefined && bucket.waitMs(Date.now()) > 0
+  /** The admin routes: true for the static admin key or a token with the admin role, both
+   * from the Authorization header only (never `?token=`: URLs end up in logs). With access
+   * control off and no admin key set, anyone who reaches the gateway is admin. */
+  async checkAdmin(credentials: Credentials, ip: string): Promise<true | CredentialRefusal> {
+    const bearer = headerToken(credentials)
+    if (this.auth.isAdminKey(bearer)) return true
+    const principal = await this.verified(bearer, !this.auth.hasAdminKey)
+    return principal?.admin === true ? true : this.failed(ip, 'not_admin')
   }
 
-  /** The static admin key (Authorization header only: keys must not sit in URLs and logs), or
-   * a token with the admin role. With access control off and no admin key set, anyone who
-   * reaches the gateway (loopback only) is admin. */
-  async isAdmin(credentials: Credentials, ip: string): Promise<boolean> {
-    const key = headerToken(credentials)
-    if (this.auth.isAdminKey(key)) return true
-    const principal = await this.verified(credentials, !this.auth.hasAdminKey)
-    return principal?.admin === true || this.failed(ip, 'not_admin')
-  }
-
-  /** What the caller may produce: the static producer or admin key (header only), or a token
-   * with the producer or admin role, whose `jobs` claim, when present, scopes what it may write. */
-  async producerGrant(credentials: Credentials, ip: string): Promise<ProducerGrant | null> {
-    const key = headerToken(credentials)
-    if (this.auth.isAdminKey(key)) return { admin: true, jobs: null }
-    if (this.auth.isProducerKey(key)) return { admin: false, jobs: null }
-    if (!this.auth.enabled && !this.auth.hasProducerKey) return { admin: false, jobs: null }
-    const principal = await this.verified(credentials, false)
-    if (principal?.admin) return { admin: true, jobs: null }
+  /** What the caller may produce: the static producer or admin key, or a token with the
+   * producer or admin role, all from the Authorization header only. */
+  async producerGrant(credentials: Credentials, ip: string): Promise<ProducerGrant | CredentialRefusal> {
+    const bearer = headerToken(credentials)
+    if (this.auth.isAdminKey(bearer)) return ANY_ADMIN
+    if (this.auth.isProducerKey(bearer)) return ANY_PRODUCER
+    if (!this.auth.enabled && !this.auth.hasProducerKey) return ANY_PRODUCER
+    const principal = await this.verified(bearer, false)
+    if (principal?.admin) return ANY_ADMIN
     if (principal?.producer) return { admin: false, jobs: principal.jobs.length > 0 ? principal.jobs : null }
-    this.failed(ip, 'not_producer')
-    return null
+    return this.failed(ip, 'not_producer')
   }
 
   /** A verified token's principal; with access control off, an admin-like principal when
    * `openWhenOff` (nothing to verify against), else null. */
-  private async verified(credentials: Credentials, openWhenOff: boolean): Promise<Principal | null> {
+  private async verified(token: string, openWhenOff: boolean): Promise<Principal | null> {
     if (!this.auth.enabled) return openWhenOff ? OPEN_ADMIN : null
     try {
-      return await this.auth.verify(tokenFrom(credentials.authorization, credentials.queryToken))
+      return await this.auth.verify(token)
     } catch {
       return null
     }
   }
 
-  private failed(ip: string, reason: string): false {
+  /** Counts a failure against the address: 'throttled' once it is past its burst. */
+  private failed(ip: string, reason: string): CredentialRefusal {
     this.metrics.countRefusal('http', reason)
     let bucket = this.failures.get(ip)
     if (bucket === undefined) {
-      bucket = new TokenBucket(FAILURES_PER_SEC, FAILURE_BURST, Date.now())
+      bucket = new TokenBucket(FAILURES_PER_SEC, FAILURE_BURST)
       this.failures.set(ip, bucket)
     }
-    bucket.take(Date.now())
-    return false
+    return bucket.take(Date.now()) ? 'unauthorized' : 'throttled'
   }
 }
 
 const OPEN_ADMIN: Principal = { userId: 'local', admin: true, producer: true, jobs: [], expiresAt: null }
 
-/** A static key is read from the Authorization header only. */
+/** Producer and admin credentials: `Authorization: Bearer <key or token>` only. */
 function headerToken(credentials: Credentials): string {
   return tokenFrom(credentials.authorization, '')
 }

@@ -1,5 +1,5 @@
-// Admin endpoints (admin credentials: the static admin key, or a token with the admin role;
-// with access control off, loopback callers):
+// Admin endpoints (admin credentials in the Authorization header, never in ?token=: the static
+// admin key, or a token with the admin role; with access control off, loopback callers):
 //   GET  /admin/connections[?user=U]       open connections with their subscriptions, node-wide
 //   GET  /admin/jobs[?top=N]               connections and watched jobs per worker process, and
 //                                          the node's most watched jobs
@@ -37,10 +37,15 @@ function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { abor
     const param = req.getParameter(0) ?? ''
     const user = req.getQuery('user') ?? ''
     const { ip } = clientOf(res, req, ctx.addressRule)
-    if (ctx.access.throttled(ip)) return respondThrottled(res)
     const aborted = trackAborted(res)
     void (async () => {
-      if (!(await ctx.access.isAdmin(credentials, ip))) return aborted.aborted || respondUnauthorized(res, 'admin credentials required: Authorization: Bearer <admin key or admin token>')
+      // Valid admin credentials are answered even from an address that keeps failing (the
+      // throttle counts and answers failures only: see Access).
+      const admitted = await ctx.access.checkAdmin(credentials, ip)
+      if (admitted !== true) {
+        if (aborted.aborted) return
+        return admitted === 'throttled' ? respondThrottled(res) : respondUnauthorized(res, 'admin credentials required: Authorization: Bearer <admin key or admin token> (never ?token=)')
+      }
       try {
         await handler(res, aborted, param, user)
       } catch (err) {

@@ -1,7 +1,7 @@
 // POST /jobs/<id>/progress: the producer API for workers that speak HTTP rather than Redis.
 // It runs the same atomic producer path as progress.lua (stored state, seq, owner, TTL,
 // publish) and answers with the new seq. A bad body is refused with 400 and the reason, before
-// anything is written.
+// anything is written. Credentials come from the Authorization header only.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
@@ -45,10 +45,6 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
       return refuseOrigin(res, origin, true)
     }
     addAnswerHeaders(res, cors)
-    if (ctx.access.throttled(ip)) {
-      refused('rate_limited', 'repeated bad credentials')
-      return respondThrottled(res)
-    }
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'
@@ -64,16 +60,18 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const granted = ctx.access.producerGrant(credentials, ip)
     void (async () => {
       const grant = await granted
-      const refusal = grant === null ? 'producer credentials required: Authorization: Bearer <producer key or producer token>'
+      const refusal = typeof grant === 'string' ? 'producer credentials required: Authorization: Bearer <producer key or producer token> (never ?token=)'
         : grant.jobs !== null && !claimCovers(grant.jobs, jobId) ? `this producer token may not write job ${jobId} (its jobs claim)`
           : replaceOwner && !grant.admin ? 'replace_owner=1 needs admin credentials'
             : null
       if (refusal !== null) {
         aborted.abandoned = true
         body.catch(() => undefined)
-        refused('refused', grant === null ? 'no producer credentials' : refusal)
+        if (grant === 'throttled') refused('rate_limited', 'repeated bad credentials')
+        else refused('refused', typeof grant === 'string' ? 'no producer credentials' : refusal)
         if (aborted.aborted) return
-        if (grant === null) respondUnauthorized(res, refusal, true)
+        if (grant === 'throttled') respondThrottled(res)
+        else if (grant === 'unauthorized') respondUnauthorized(res, refusal, true)
         else respondJson(res, 403, { error: 'forbidden', message: refusal }, {}, true)
         return
       }
