@@ -1,6 +1,6 @@
-// Producer and admin credentials (issue 18, items 6 and 8): valid credentials are never
-// refused by the failed-credential throttle, and admin and producer credentials count only in
-// the Authorization header.
+// Producer and admin credentials (issue 18, items 6, 8 and 9): valid credentials are never
+// refused by the failed-credential throttle, admin and producer credentials count only in the
+// Authorization header, and a producer token records only the owners its claims allow.
 
 import t, { type Test } from 'tap'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
@@ -79,4 +79,59 @@ t.test('admin and producer credentials count only in the Authorization header', 
   const c = await gw.connectAs(await token('alice'))
   c.send({ type: 'ping', id: 1 })
   t.match(await c.nextOfType('pong'), { id: 1 }, '?token= still authenticates a WebSocket')
+})
+
+t.test("a producer token records only the owners its claims allow", async (t) => {
+  const gw = await gateway(t)
+  const stored = async (job: string) => (await gw.gateway.broker.readJobs([job]))[0]!
+  const scoped = await token('worker-1', { role: 'producer', jobs: ['video-*'] })
+
+  t.test('scoped by jobs, without an owners claim: only itself', async (t) => {
+    for (const [how, query, headers] of [['?owner=', '?owner=bob', {}], ['x-jobwire-owner', '', { 'x-jobwire-owner': 'bob' }]] as const) {
+      const res = await post(gw, 'video-planted', { ...bearer(scoped), ...headers }, query)
+      t.equal(res.status, 403, `owner bob by ${how}: refused`)
+      t.match(res.body, { error: 'forbidden', message: /may not record bob as a job's owner.*owners claim/ })
+    }
+    t.match(await stored('video-planted'), { state: null, owner: null }, 'nothing was written')
+    const listing = await fetch(`${gw.http}/jobs?owner=me`, { headers: bearer(await token('bob')) })
+    t.same(((await listing.json()) as { jobs: unknown[] }).jobs, [], "nothing planted in bob's jobs")
+    t.equal((await post(gw, 'video-1', bearer(scoped))).status, 200, 'no owner: allowed')
+    t.equal((await post(gw, 'video-2', bearer(scoped), '?owner=worker-1')).status, 200, 'its own sub: allowed')
+    t.equal((await stored('video-2')).owner, 'worker-1')
+  })
+
+  t.test('an owners claim: the owners it covers, no others', async (t) => {
+    const teamToken = await token('worker-2', { role: 'producer', jobs: ['video-*'], owners: ['carol', 'team-a-*'] })
+    t.equal((await post(gw, 'video-3', bearer(teamToken), '?owner=carol')).status, 200, 'a listed id')
+    t.equal((await post(gw, 'video-4', bearer(teamToken), '?owner=team-a-dave')).status, 200, 'a prefix')
+    t.equal((await stored('video-4')).owner, 'team-a-dave')
+    const refused = await post(gw, 'video-5', bearer(teamToken), '?owner=bob')
+    t.equal(refused.status, 403)
+    t.match(refused.body.message, /may not record bob as a job's owner \(its owners claim\)/)
+    t.equal((await post(gw, 'video-5', bearer(teamToken), '?owner=worker-2')).status, 403, 'with the claim, its own sub only if listed')
+    t.equal((await stored('video-5')).state, null, 'nothing was written')
+    const unscopedWithClaim = await token('worker-3', { role: 'producer', owners: ['carol'] })
+    t.equal((await post(gw, 'any-1', bearer(unscopedWithClaim), '?owner=bob')).status, 403, 'the claim binds an unscoped token too')
+    t.equal((await post(gw, 'any-1', bearer(unscopedWithClaim), '?owner=carol')).status, 200)
+    const everyone = await token('worker-4', { role: 'producer', jobs: ['video-*'], owners: ['*'] })
+    t.equal((await post(gw, 'video-6', bearer(everyone), '?owner=bob')).status, 200, '"*" covers anyone')
+  })
+
+  t.test('the static keys, admins and unscoped producer tokens record anyone', async (t) => {
+    t.equal((await post(gw, 'video-7', bearer(PRODUCER_KEY), '?owner=bob')).status, 200, 'the producer key')
+    t.equal((await post(gw, 'video-8', bearer(ADMIN_KEY), '?owner=bob')).status, 200, 'the admin key')
+    t.equal((await post(gw, 'video-9', bearer(await token('root', { role: 'admin' })), '?owner=bob')).status, 200, 'an admin token')
+    t.equal((await post(gw, 'video-10', bearer(await token('worker-5', { role: 'producer' })), '?owner=bob')).status, 200, 'an unscoped producer token without an owners claim')
+    t.equal((await stored('video-10')).owner, 'bob')
+  })
+
+  t.test('the owners claim is parsed strictly', async (t) => {
+    for (const owners of ['carol', [1], ['carol', null], [''], ['x'.repeat(258)], new Array(1001).fill('carol'), { carol: true }]) {
+      const res = await post(gw, 'video-11', bearer(await token('worker-6', { role: 'producer', owners: owners as string[] })), '?owner=carol')
+      t.equal(res.status, 401, `owners ${JSON.stringify(owners).slice(0, 40)}: the token is refused`)
+    }
+    const none = await post(gw, 'video-11', bearer(await token('worker-6', { role: 'producer', owners: [] })), '?owner=carol')
+    t.equal(none.status, 403, 'an empty owners list allows no owner')
+    t.equal((await post(gw, 'video-11', bearer(await token('worker-6', { role: 'producer', owners: [] })))).status, 200, '...and writes without one')
+  })
 })

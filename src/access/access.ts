@@ -4,7 +4,7 @@
 
 import type { HttpRequest } from 'uWebSockets.js'
 import type { Metrics } from '../support/metrics.js'
-import { AuthError, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
+import { AuthError, claimCovers, principalFor, tokenFrom, type Authenticator, type Principal } from './auth.js'
 import { TokenBucket } from './token-bucket.js'
 
 export type Transport = 'websocket' | 'sse' | 'http'
@@ -21,14 +21,35 @@ export function credentialsOf(req: HttpRequest): Credentials {
 }
 
 /** What a producer credential allows: `jobs` null means any job; `admin` may also replace a
- * job's recorded owner. */
+ * job's recorded owner. `owners` null means any owner may be recorded; otherwise only the
+ * owners it covers (ids or `prefix*` patterns) or, when `self` is set, that exact user id. */
 export interface ProducerGrant {
   readonly admin: boolean
   readonly jobs: readonly string[] | null
+  readonly owners: readonly string[] | null
+  readonly self: string | null
 }
 
-const ANY_PRODUCER: ProducerGrant = { admin: false, jobs: null }
-const ANY_ADMIN: ProducerGrant = { admin: true, jobs: null }
+const ANY_PRODUCER: ProducerGrant = { admin: false, jobs: null, owners: null, self: null }
+const ANY_ADMIN: ProducerGrant = { admin: true, jobs: null, owners: null, self: null }
+const NOBODY: readonly string[] = Object.freeze([])
+
+/** A producer token's grant. Its `owners` claim says whom it may record as owner; without
+ * one, a token scoped by a `jobs` claim may record only itself (its sub) and an unscoped one
+ * anybody, as the static producer key may. */
+export function producerGrantOf(principal: Principal): ProducerGrant {
+  const jobs = principal.jobs.length > 0 ? principal.jobs : null
+  if (principal.owners !== undefined) return { admin: false, jobs, owners: principal.owners, self: null }
+  return jobs === null ? ANY_PRODUCER : { admin: false, jobs, owners: NOBODY, self: principal.userId }
+}
+
+/** Why the grant may not record `owner` as a job's owner, or null when it may. */
+export function ownerRefusal(grant: ProducerGrant, owner: string): string | null {
+  if (grant.owners === null || claimCovers(grant.owners, owner) || owner === grant.self) return null
+  return grant.self === null
+    ? `this producer token may not record ${owner} as a job's owner (its owners claim)`
+    : `this producer token may not record ${owner} as a job's owner: a token scoped by a jobs claim records only itself (${grant.self}) unless its owners claim names others`
+}
 
 /** Why a producer or admin credential was refused: none valid (401), or none valid and the
  * address is over its failure budget (429). */
@@ -92,7 +113,7 @@ export class Access {
     if (!this.auth.enabled && !this.auth.hasProducerKey) return ANY_PRODUCER
     const principal = await this.verified(bearer, false)
     if (principal?.admin) return ANY_ADMIN
-    if (principal?.producer) return { admin: false, jobs: principal.jobs.length > 0 ? principal.jobs : null }
+    if (principal?.producer) return producerGrantOf(principal)
     return this.failed(ip, 'not_producer')
   }
 

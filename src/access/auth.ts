@@ -5,8 +5,9 @@
 // Claims: `sub` (required) is the user id; `jobs` (optional) lists job ids, or prefixes
 // ending in `*`, that the holder may watch besides its own; `role: "admin"` or
 // `roles: ["admin"]` sees every job and the admin endpoints; `role`/`roles` containing
-// "producer" may use the producer API. `exp` is required and ends the connection when it
-// passes.
+// "producer" may use the producer API; `owners` (optional, producer tokens) lists the user ids,
+// or prefixes ending in `*`, that the holder may record as a job's owner (ownerRefusal, access.ts).
+// `exp` is required and ends the connection when it passes.
 
 import { createPublicKey, timingSafeEqual, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -21,6 +22,9 @@ export interface Principal {
   readonly producer: boolean
   /** Job ids and `prefix*` patterns granted by the token, besides the user's own jobs. */
   readonly jobs: readonly string[]
+  /** The `owners` claim: user ids and `prefix*` patterns a producer token may record as a job's
+   * owner; absent when the token has no such claim (ownerRefusal, access.ts). */
+  readonly owners?: readonly string[]
   /** Expiry in ms since the epoch; null only where nothing was verified (access control off). */
   readonly expiresAt: number | null
 }
@@ -44,6 +48,10 @@ export interface Authenticator {
 }
 
 const MAX_TOKEN_LENGTH = 8192
+/** Entries a `jobs` or `owners` claim may list. */
+const MAX_CLAIM_ENTRIES = 1000
+/** A user id (a token's sub, a job's owner) is at most this long. */
+export const MAX_OWNER_LENGTH = 256
 /** The token text the principal cache may hold, in characters. */
 const PRINCIPAL_CACHE_CHARS = 256 * 1024
 /** A token without a `jobs` claim: one shared empty list, not an array per connection. */
@@ -64,21 +72,27 @@ function principalFrom(payload: JWTPayload): Principal {
   const roles = new Set<string>()
   if (typeof payload.role === 'string') roles.add(payload.role)
   if (Array.isArray(payload.roles)) for (const r of payload.roles) if (typeof r === 'string') roles.add(r)
-  let jobs: readonly string[] = NO_JOBS
-  if (payload.jobs !== undefined) {
-    if (!Array.isArray(payload.jobs) || payload.jobs.length > 1000 ||
-        !payload.jobs.every((j) => typeof j === 'string' && j.length > 0 && j.length <= MAX_JOB_ID_LENGTH + 1)) {
-      throw new AuthError('token claim jobs must be a list of job ids or prefix* patterns', 'invalid')
-    }
-    jobs = payload.jobs as string[]
-  }
+  const jobs = patternClaim(payload.jobs, MAX_JOB_ID_LENGTH, 'jobs', 'job ids') ?? NO_JOBS
+  const owners = patternClaim(payload.owners, MAX_OWNER_LENGTH, 'owners', 'user ids')
   return {
     userId: sub,
     admin: roles.has('admin'),
     producer: roles.has('producer'),
     jobs,
+    ...(owners !== undefined ? { owners } : {}),
     expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
   }
+}
+
+/** A claim listing ids or `prefix*` patterns, strictly: a list of at most 1,000 non-empty
+ * strings, each at most `maxLength` characters (one more for the `*`). Undefined when absent. */
+function patternClaim(value: unknown, maxLength: number, name: string, what: string): readonly string[] | undefined {
+  if (value === undefined) return undefined
+  if (!Array.isArray(value) || value.length > MAX_CLAIM_ENTRIES ||
+      !value.every((v) => typeof v === 'string' && v.length > 0 && v.length <= maxLength + 1)) {
+    throw new AuthError(`token claim ${name} must be a list of ${what} or prefix* patterns`, 'invalid')
+  }
+  return value as string[]
 }
 
 type Verifier = { key: Uint8Array | KeyObject | JWTVerifyGetKey; algorithms: string[] }

@@ -1,10 +1,13 @@
 // POST /jobs/<id>/progress: the producer API for workers that speak HTTP rather than Redis.
 // It runs the same atomic producer path as progress.lua (stored state, seq, owner, TTL,
 // publish) and answers with the new seq. A bad body is refused with 400 and the reason, before
-// anything is written. Credentials come from the Authorization header only.
+// anything is written. Credentials come from the Authorization header only. The owner
+// (?owner= or x-jobwire-owner) must be one the credential may record (ownerRefusal): a producer
+// token's `owners` claim, else for a token scoped by `jobs` only its own sub; the static keys
+// and admins may record anyone. Otherwise 403 with the reason, and nothing is written.
 
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
-import { credentialsOf, type Access } from '../access/access.js'
+import { credentialsOf, ownerRefusal, type Access } from '../access/access.js'
 import type { AddressRule } from '../access/client-address.js'
 import { claimCovers } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
@@ -63,7 +66,8 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
       const refusal = typeof grant === 'string' ? 'producer credentials required: Authorization: Bearer <producer key or producer token> (never ?token=)'
         : grant.jobs !== null && !claimCovers(grant.jobs, jobId) ? `this producer token may not write job ${jobId} (its jobs claim)`
           : replaceOwner && !grant.admin ? 'replace_owner=1 needs admin credentials'
-            : null
+            : owner !== '' ? ownerRefusal(grant, owner)
+              : null
       if (refusal !== null) {
         aborted.abandoned = true
         body.catch(() => undefined)
