@@ -67,6 +67,23 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
 
 /** Repeated rate-limit refusals without a pause end the connection (1008). */
 const MAX_STRIKES = 20
+
+/** A ping or pong from the client spends one message token: uWS answers pings itself, so
+ * otherwise a flood of them costs CPU and is never refused. No error frame is sent (that would
+ * answer a flood with a flood); refusals count strikes as messages' do, and the socket is
+ * closed with 1008 past MAX_STRIKES. The pong answering our own idle-timeout ping costs one
+ * token per idle period, and a strike, if any, is cleared by the next accepted frame. */
+function chargeControlFrame(conn: SocketConnection, rate: TokenRate | null, metrics: Metrics): void {
+  if (rate === null || conn.closed) return
+  if (rate.spend(conn, Date.now())) {
+    conn.strikes = 0
+    return
+  }
+  if (++conn.strikes < MAX_STRIKES) return
+  metrics.countClientError('rate_abuse')
+  conn.end(CloseCode.PolicyViolation, 'ping/pong rate limit exceeded repeatedly')
+}
+
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder> {
   const { config, watched, watches, metrics, log, access, admission } = ctx
   const messageBurst = config.maxMessagesPerSec * 2 + config.maxSubscriptionsPerSocket
@@ -277,6 +294,14 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
         case 'unsubscribe_user_jobs':
           return unsubscribeUser(conn, request.user)
       }
+    },
+
+    ping(ws) {
+      chargeControlFrame(ws.getUserData().conn, messageRate, metrics)
+    },
+
+    pong(ws) {
+      chargeControlFrame(ws.getUserData().conn, messageRate, metrics)
     },
 
     subscription(_ws, topic, newCount, oldCount) {
