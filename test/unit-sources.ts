@@ -3,7 +3,7 @@
 
 import t from 'tap'
 import { compareStreamIds, parseBullmqJobId, translateBullmqEvent, translateBullmqHash } from '../src/sources/bullmq.js'
-import { translateCelery } from '../src/sources/celery.js'
+import { readCeleryResult, translateCelery } from '../src/sources/celery.js'
 import { Sources, UnsupportedJob } from '../src/sources/router.js'
 import { carryProgress, ownerAt, progressOf, SourceJobs } from '../src/sources/source.js'
 import { createLogger } from '../src/support/log.js'
@@ -139,6 +139,27 @@ t.test('a job id that names another owner is a new generation, without what the 
   t.ok((read.epoch as number) > (taken.epoch as number), 'a read that finds no owner any more is another generation too')
   jobs.newGeneration(job)
   t.equal(job.last, null, 'a new generation forgets the old job\'s state')
+})
+
+t.test('a result that cannot be shown keeps its status and says why; nothing ends the process', async (t) => {
+  const options = { tracebacks: false, ownerField: 'user_id' }
+  const meta = (result: string) => Buffer.from(`{"status": "SUCCESS", "result": ${result}, "kwargs": {"user_id": "alice"}}`)
+  const jobs = new SourceJobs()
+  const job = jobs.add('celery:x')
+  const sent = (record: ReturnType<typeof readCeleryResult>) => JSON.parse(jobs.deliver(job, record!.state).toString()) as Record<string, unknown>
+
+  const deep = '['.repeat(6000) + ']'.repeat(6000)
+  t.match(sent(readCeleryResult(meta(deep), options)), { status: 'completed', error: /not shown: .*deeper than 64/ }, '6,000-deep JSON')
+  t.notOk('result' in sent(readCeleryResult(meta(deep), options)))
+  const nan = readCeleryResult(meta('{"loss": NaN, "best": -Infinity, "note": "NaN stays in a string"}'), options)
+  t.match(sent(nan), { status: 'completed', error: /NaN or Infinity/ }, "Python's NaN")
+  t.equal(nan!.owner, 'alice', 'the owner is still read')
+  t.match(sent(readCeleryResult(meta(JSON.stringify('x'.repeat(300 * 1024))), options)), { status: 'completed', error: /larger than 262144 bytes/ }, 'over the payload limit')
+  const huge = Buffer.concat([Buffer.from('{"status": "FAILURE", "result": "'), Buffer.alloc(5 * 1024 * 1024, 0x61), Buffer.from('"}')])
+  t.match(sent(readCeleryResult(huge, options)), { status: 'failed', source_status: 'FAILURE', error: /more than the 4194304 bytes jobwire reads/ }, 'too large to parse')
+  t.equal(readCeleryResult(Buffer.from([0xff, 0xfe, 0x00]), options), null, 'binary: not a result')
+  t.equal(readCeleryResult(Buffer.from('{"status": 7}'), options), null, 'a status that is not a string: not a result')
+  t.match(sent({ state: translateBullmqEvent({ event: 'completed', returnvalue: deep }, null)!, owner: null, ownerKnown: false }), { status: 'completed', error: /deeper/ }, 'BullMQ: the same guard')
 })
 
 t.test('WatchedJobs routes source jobs to their source: watch on the first holder, unwatch after the delay; broker outages do not touch them', async (t) => {

@@ -14,7 +14,7 @@ import { rateLimitedLog } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { closeConnection, sourceConnection } from '../broker/redis-connection.js'
 import { SubscriberSession } from '../broker/subscriber-session.js'
-import { carryProgress, isRecord, liftDetails, ownerAt, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
+import { carryProgress, isRecord, liftDetails, MAX_SOURCE_VALUE_BYTES, ownerAt, parseQueueJson, progressOf, SourceJobs, unshowable, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const CELERY_JOB_PREFIX = 'celery:'
 /** Celery's key and channel prefix for task results (the Redis backend's default). */
@@ -87,12 +87,25 @@ export function translateCelery(meta: unknown, options: CeleryOptions): (Transla
   return { state, owner: ownerKnown ? ownerAt(meta.kwargs, options.ownerField) : null, ownerKnown }
 }
 
-function parseResult(bytes: Buffer): unknown {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as unknown
-  } catch {
-    return undefined
+type CeleryRecord = Translated & { readonly ownerKnown: boolean }
+
+/** A stored or published result as a jobwire state, read defensively: a result too large to
+ * parse, or with NaN or Infinity (Python's json writes them), keeps its status and says in
+ * `error` why it is not shown, instead of being dropped (the job would look stuck). Null when
+ * it is not a Celery result at all. */
+export function readCeleryResult(bytes: Buffer, options: CeleryOptions): CeleryRecord | null {
+  if (bytes.length > MAX_SOURCE_VALUE_BYTES) {
+    // Celery writes "status" first: the head says how the task ended without parsing the rest.
+    const celeryState = /^\s*\{\s*"status"\s*:\s*"(\w{1,64})"/.exec(bytes.toString('utf8', 0, 256))?.[1]
+    if (celeryState === undefined) return null
+    const state: JobPayload = { status: statusOf(celeryState), source: 'celery', source_status: celeryState }
+    return { state: unshowable(state, `the result is ${bytes.length} bytes, more than the ${MAX_SOURCE_VALUE_BYTES} bytes jobwire reads`), owner: null, ownerKnown: false }
   }
+  const parsed = parseQueueJson(bytes.toString('utf8'))
+  if (parsed === undefined) return null
+  const translated = translateCelery(parsed.value, options)
+  if (translated === null || !parsed.lossy) return translated
+  return { ...translated, state: unshowable(translated.state, 'the result has NaN or Infinity, which JSON cannot carry') }
 }
 
 export class CelerySource implements JobSource {
@@ -135,7 +148,7 @@ export class CelerySource implements JobSource {
     return jobIds.map((jobId, i) => {
       const value = values[i]
       if (value === null || value === undefined) return { state: null, owner: null }
-      const translated = translateCelery(parseResult(value), this.options)
+      const translated = readCeleryResult(value, this.options)
       if (translated === null) {
         this.warn({ job: jobId }, 'celery result is not JSON with a status (is result_serializer json?); ignoring it')
         return { state: null, owner: null }
@@ -164,11 +177,20 @@ export class CelerySource implements JobSource {
     return { cmd: this.cmd, sub: this.sub }
   }
 
+  /** Runs inside ioredis' event: whatever a result holds, nothing may escape from here. */
   private onMessage(channel: Buffer, payload: Buffer): void {
     const jobId = CELERY_JOB_PREFIX + channel.toString('latin1', CELERY_KEY_PREFIX.length)
+    try {
+      this.deliver(jobId, payload)
+    } catch (err) {
+      this.warn({ job: jobId, err: (err as Error).message }, 'celery result could not be translated; dropped')
+    }
+  }
+
+  private deliver(jobId: string, payload: Buffer): void {
     const job = this.jobs.get(jobId)
     if (job === undefined || this.hooks === null) return
-    const translated = translateCelery(parseResult(payload), this.options)
+    const translated = readCeleryResult(payload, this.options)
     if (translated === null) {
       this.warn({ job: jobId }, 'celery published a result that is not JSON with a status (is result_serializer json?); dropped')
       return

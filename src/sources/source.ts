@@ -13,6 +13,7 @@
 // process (a restart or failover): its queue may then hand the same job id to another job, and
 // a new epoch makes the gateway check the job's watchers again before they see it.
 
+import { jsonValueProblem, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import type { JobPayload } from '../wire/protocol.js'
 
 export type SourceName = 'celery' | 'bullmq'
@@ -141,8 +142,52 @@ export class SourceJobs {
   }
 }
 
+/** The most of a queue's stored value (a Celery result's JSON) that is parsed: a larger one is
+ * shown as its status and an error, never parsed. */
+export const MAX_SOURCE_VALUE_BYTES = 4 * 1024 * 1024
+
+/** What every source delivers passes here, so nothing a queue's producer stored can end the
+ * process or reach a browser in a form the payload rules refuse (wire/payload.ts): a state
+ * with a value JSON cannot carry, nested too deep or too large keeps its status and says why
+ * in `error`, without the fields that could not be shown. */
 function encodeState(seq: number, epoch: number, state: JobPayload): Buffer {
-  return Buffer.from(JSON.stringify({ seq, epoch, ...state }))
+  let problem = jsonValueProblem(state)
+  if (problem === null) {
+    const bytes = Buffer.from(JSON.stringify({ seq, epoch, ...state }))
+    if (bytes.length <= MAX_PAYLOAD_BYTES) return bytes
+    problem = `the state is larger than ${MAX_PAYLOAD_BYTES} bytes`
+  }
+  return Buffer.from(JSON.stringify({ seq, epoch, ...unshowable(state, problem) }))
+}
+
+/** The part of a state that can always be shown, with why the rest is not. */
+export function unshowable(state: JobPayload, problem: string): JobPayload {
+  const shown: JobPayload = { status: typeof state.status === 'string' ? state.status : 'processing', error: `not shown: ${problem}` }
+  for (const key of ['source', 'source_status', 'task', 'name'] as const) {
+    const value = state[key]
+    if (typeof value === 'string' && value.length <= 1024) shown[key] = value
+  }
+  if (typeof state.progress === 'number' && Number.isFinite(state.progress)) shown.progress = state.progress
+  return shown
+}
+
+/** A queue's JSON text as a value: Python's json writes NaN and Infinity bare, which JSON.parse
+ * refuses; they are read as null and `lossy` says so. Undefined when it is not JSON, or larger
+ * than MAX_SOURCE_VALUE_BYTES. */
+export function parseQueueJson(text: string): { value: unknown; lossy: boolean } | undefined {
+  if (text.length > MAX_SOURCE_VALUE_BYTES) return undefined
+  try {
+    return { value: JSON.parse(text) as unknown, lossy: false }
+  } catch {
+    // Only the bare tokens, never inside a string.
+    const patched = text.replace(/"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g, (token) => (token.startsWith('"') ? token : 'null'))
+    if (patched === text) return undefined
+    try {
+      return { value: JSON.parse(patched) as unknown, lossy: true }
+    } catch {
+      return undefined
+    }
+  }
 }
 
 /** A number as a percentage: finite, clamped to 0..100. */
@@ -198,10 +243,5 @@ export function ownerAt(value: unknown, path: string): string | null {
 }
 
 export function parseJson(text: string | undefined): unknown {
-  if (text === undefined) return undefined
-  try {
-    return JSON.parse(text) as unknown
-  } catch {
-    return undefined
-  }
+  return text === undefined ? undefined : parseQueueJson(text)?.value
 }

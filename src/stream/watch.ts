@@ -3,7 +3,7 @@
 // requests and GET /jobs/<id> read. The access rule, the ordering guarantee and the refusal
 // counts live here once.
 
-import { canWatch, type Principal } from '../access/auth.js'
+import { canWatch, claimCovers, type Principal } from '../access/auth.js'
 import type { Transport } from '../access/access.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
@@ -25,7 +25,11 @@ export class Watches {
   ) {}
 
   /**
-   * Holds the job while its snapshot is read (only once its channel is live, so nothing
+   * Access comes before anything a watch costs: a principal whom the job's owner does not
+   * decide for (access off, an admin, a `jobs` claim covering it) goes on at once; anyone else
+   * is checked against the owner read once (one coalesced read on the command connection),
+   * so a refusal costs no SUBSCRIBE, no source connection and no stream read. Then the job
+   * is held while its snapshot is read (only once its channel is live, so nothing
    * published later can be missing from snapshot + stream), applies the access rule, then
    * calls `attach` in the same synchronous step: the receiver joins the job's stream and
    * sends the snapshot before any later message can reach it. `attach` holds the job on its
@@ -38,6 +42,10 @@ export class Watches {
     transport: Transport,
     attach: (job: WatchedJob, snapshot: Snapshot) => boolean,
   ): Promise<ReadResult> {
+    if (!ownerDecidesNothing(principal, jobId)) {
+      const refused = await this.checkOwner(principal, jobId, transport)
+      if (refused !== null) return refused
+    }
     const job = this.watched.acquire(jobId)
     try {
       const snapshot = await this.snapshots.readLive(job)
@@ -69,8 +77,25 @@ export class Watches {
     return { ok: true, data: snapshot.data }
   }
 
+  /** The refusal of a principal the job's stored owner does not admit, or null to go on. */
+  private async checkOwner(principal: Principal | null, jobId: string, transport: Transport): Promise<ReadResult | null> {
+    let owner: string | null
+    try {
+      owner = (await this.snapshots.read(jobId)).owner
+    } catch (err) {
+      this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: owner unreadable')
+      return this.refuse(transport, 'unavailable')
+    }
+    return canWatch(principal, jobId, owner) ? null : this.refuse(transport, 'forbidden')
+  }
+
   private refuse(transport: Transport, refusal: Refusal): ReadResult {
     this.metrics.countRefusal(transport, refusal)
     return { ok: false, refusal }
   }
+}
+
+/** Whether the access rule admits the principal whoever owns the job. */
+function ownerDecidesNothing(principal: Principal | null, jobId: string): boolean {
+  return principal === null || principal.admin || claimCovers(principal.jobs, jobId)
 }

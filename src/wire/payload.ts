@@ -95,6 +95,12 @@ export function decodePayload(bytes: Buffer): DecodedPayload | MalformedPayload 
   }
 }
 
+/** Why a value (a translated source state) cannot travel as a payload: a number that is not
+ * finite, or nesting past MAX_PAYLOAD_DEPTH. Null when it can. */
+export function jsonValueProblem(value: unknown): string | null {
+  return checkJsonValue(value, 1)?.reason ?? null
+}
+
 function checkJsonValue(value: unknown, depth: number): MalformedPayload | null {
   if (typeof value === 'number') return Number.isFinite(value) ? null : NOT_FINITE
   if (typeof value !== 'object' || value === null) return null

@@ -13,8 +13,8 @@ import type { Admission } from '../access/admission.js'
 import { AuthError } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenRate } from '../access/token-bucket.js'
-import { isSameOrigin } from '../http/cors.js'
-import { clientOf, originAllowed, respondJson, trackAborted } from '../http/respond.js'
+import { originAccepted } from '../http/cors.js'
+import { clientOf, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow, Fanout } from '../stream/fanout.js'
 import { MAX_LISTED_JOBS, MAX_USERS_PER_SOCKET, resolveUser, userTopic, parseUserTopic, type UserJobs } from '../stream/user-jobs.js'
 import type { Watches } from '../stream/watch.js'
@@ -171,6 +171,10 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     const result = await watches.read(conn.principal, jobId, 'websocket')
     if (result.ok) return conn.send(statusMessage(jobId, result.data))
     if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
+    const state = conn.jobs.get(jobId)
+    // Forbidden now (the job id names someone else's job): a subscription to it ends too, or
+    // its next update would still arrive.
+    if (result.refusal === 'forbidden' && (state === 'subscribed' || state === 'parked')) return conn.revoke(jobId)
     conn.refuse(result.refusal, jobId)
   }
 
@@ -205,7 +209,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       }
       // The gateway's own pages (demo, test page, admin) connect from its own origin, which an
       // operator's list of app origins need not name.
-      if (!originAllowed(origin, config.allowedOrigins) && !isSameOrigin(origin, req.getHeader('host'))) {
+      if (!originAccepted(origin, req.getHeader('host'), config.allowedOrigins)) {
         return refuse(403, 'origin', { error: `origin ${origin} is not allowed` })
       }
       const aborted = trackAborted(res)
