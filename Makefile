@@ -9,8 +9,8 @@ APT_PACKAGES_TEST := redis-server python3-redis python3-celery
 .PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile chaos soak screenshots clean
 
 help:
-	@echo "make run          install, build and start the gateway (embedded broker; REDIS_URL=redis://... for Redis,"
-	@echo "                  REDIS_CLUSTER=host:port,... for a Redis Cluster)"
+	@echo "make run          install, build and start the gateway, open to this machine (--open; embedded broker;"
+	@echo "                  REDIS_URL=redis://... for Redis, REDIS_CLUSTER=host:port,... for a Redis Cluster)"
 	@echo "make test         install what is missing, build, typecheck and run every test"
 	@echo "make bench        full benchmark against the baseline (writes bench/results/)"
 	@echo "make bench-quick  the same at small size, under a minute"
@@ -61,8 +61,12 @@ typecheck: install
 	$(NODE_BIN)/tsc -p src/client/tsconfig.json --noEmit
 	$(NODE_BIN)/tsc -p test/tsconfig.json --noEmit
 
+# --open: without a token verification key the gateway refuses to start unless told to run
+# open; it then says at startup, in a WARN line, that it is open and to whom (anyone who can
+# connect to 127.0.0.1, and pages from its own and loopback origins only). With a key
+# (JOBWIRE_JWT_SECRET=... make run) --open has no effect and tokens are required.
 run: build
-	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-1} node --max-semi-space-size=4 dist/src/cli.js serve --demo $(ARGS)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-1} node --max-semi-space-size=4 dist/src/cli.js serve --demo --open $(ARGS)
 
 test: deps build native typecheck
 	$(NODE_BIN)/tap

@@ -93,7 +93,7 @@ export async function startJobwire(redisUrl: string, workers: number, extra: str
   const nodeArgs = gatewayExecArgv([...(profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : []), ...extraNodeArgs])
   // The caps on connections and messages per address are off: all the load comes from a few
   // loopback addresses, which the defaults would (rightly) treat as a flood.
-  const proc = track(spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--port', String(port), '--redis', redisUrl,
+  const proc = track(spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--open', '--port', String(port), '--redis', redisUrl,
     '--workers', String(workers), '--log-level', 'warn', '--idle-timeout', '120', '--max-connections-per-ip', '0',
     '--connect-rate-per-ip', '0', '--max-messages-per-sec', '0', ...extra],
   { stdio: ['ignore', 'ignore', 'inherit'], env: ENV }))

@@ -121,6 +121,7 @@ export class Gateway {
       access,
       watches,
       allowedOrigins: config.allowedOrigins,
+      allowPrivateNetwork: config.allowPrivateNetwork,
       addressRule: config,
       log: log.child({ component: 'http' }),
       isReady: () => this.readiness.ready,

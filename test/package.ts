@@ -74,7 +74,7 @@ void seq
   t.equal(typecheck, '', 'the package\'s types check')
 
   // Served from the installed files: the client bundle, the pages and the producer script.
-  const proc = spawn(join(project, 'node_modules', '.bin', 'jobwire'), ['serve', '--port', '0', '--log-format', 'json'], { cwd: project, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawn(join(project, 'node_modules', '.bin', 'jobwire'), ['serve', '--open', '--port', '0', '--log-format', 'json'], { cwd: project, env, stdio: ['ignore', 'pipe', 'pipe'] })
   const lines: string[] = []
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })))
   t.teardown(async () => {

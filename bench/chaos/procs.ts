@@ -242,7 +242,7 @@ export class GatewayNode {
   async start(): Promise<void> {
     if (this.running) throw new Error(`${this.name} is already running`)
     this.log ??= createWriteStream(this.options.logPath, { flags: 'a' })
-    const proc = track(spawn('node', [projectPath('dist', 'src', 'cli.js'), 'serve', '--host', '127.0.0.1', '--port', String(this.port),
+    const proc = track(spawn('node', [projectPath('dist', 'src', 'cli.js'), 'serve', '--open', '--host', '127.0.0.1', '--port', String(this.port),
       '--redis', this.options.redisUrl, '--workers', String(this.options.workers), '--log-level', 'warn', ...(this.options.extraArgs ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'] }))
     proc.stdout!.pipe(this.log, { end: false })

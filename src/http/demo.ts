@@ -1,6 +1,8 @@
 // The demo producer (--demo, on in `make run`): POST /demo/jobs starts a simulated video
 // download that reports its progress through the normal producer path (stored state, seq,
 // publish): queued -> processing through its stages -> completed, or now and then failed.
+// Same-origin only: only the gateway's own demo page may start jobs (cors.ts sameOriginOnly),
+// whatever --allowed-origins says, so a website cannot start jobs from a visitor's browser.
 
 import { randomBytes } from 'node:crypto'
 import type { TemplatedApp } from 'uWebSockets.js'
@@ -8,6 +10,7 @@ import { credentialsOf, type Access } from '../access/access.js'
 import { AuthError } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
 import { LOCAL_USER } from '../stream/user-jobs.js'
+import { sameOriginOnly } from './cors.js'
 import { respondJson, respondUnauthorized, trackAborted } from './respond.js'
 import type { Logger } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
@@ -93,8 +96,13 @@ export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoPro
     const credentials = credentialsOf(req)
     const outcome = (req.getQuery('outcome') || 'random') as Outcome
     const stepMs = Math.min(5000, Math.max(20, Number(req.getQuery('step_ms') || 450)))
+    const origin = req.getHeader('origin')
+    const ownPage = sameOriginOnly(origin, req.getHeader('host'), req.getHeader('sec-fetch-site'))
     const aborted = trackAborted(res)
     res.onData(() => undefined) // the body, if any, is not used
+    if (!ownPage) {
+      return respondJson(res, 403, { error: 'origin_not_allowed', message: `the demo routes answer only the gateway's own page, not ${origin || 'a cross-site request'}` }, {}, true)
+    }
     if (!['success', 'fail', 'random'].includes(outcome)) return respondJson(res, 400, { error: 'bad_outcome', message: 'outcome is success, fail or random' })
     if (demo.running >= MAX_RUNNING) return respondJson(res, 429, { error: 'busy', message: `at most ${MAX_RUNNING} demo jobs at once` })
     void (async () => {

@@ -16,6 +16,8 @@ export interface HttpContext {
   readonly watches: Watches
   /** --allowed-origins: which other origins' pages may read job routes (see cors.ts). */
   readonly allowedOrigins: readonly string[]
+  /** --allow-private-network: answer Private Network Access preflights (cors.ts). */
+  readonly allowPrivateNetwork?: boolean
   readonly addressRule: AddressRule
   readonly log: Logger
   isReady(): boolean
@@ -40,7 +42,7 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
     )
   })
 
-  addPreflightRoutes(app, ctx.allowedOrigins)
+  addPreflightRoutes(app, ctx.allowedOrigins, ctx.allowPrivateNetwork === true)
 
   app.get('/jobs/:id', (res, req) => {
     const jobId = safeDecode(req.getParameter(0))

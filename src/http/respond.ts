@@ -4,6 +4,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
 import { resolveClient, type AddressRule, type ClientAddress } from '../access/client-address.js'
+import { LOOPBACK_ORIGINS } from '../support/config.js'
 import { JOB_ID_RULE } from '../wire/protocol.js'
 
 export function statusLine(status: number): string {
@@ -69,16 +70,23 @@ export function clientOf(res: HttpResponse, req: HttpRequest, rule: AddressRule)
 }
 
 /** Browsers always send Origin on WebSocket upgrades; other clients need not. An empty list
- * allows every origin; `https://*.example.com` allows its subdomains. */
+ * allows every origin; `https://*.example.com` allows its subdomains; `loopback` allows
+ * http(s) origins on localhost, 127.0.0.0/8 and [::1], on any port. */
 export function originAllowed(origin: string, allowed: readonly string[]): boolean {
   if (allowed.length === 0 || origin === '') return true
   return allowed.some((pattern) => {
+    if (pattern === LOOPBACK_ORIGINS) return isLoopbackOrigin(origin)
     const star = pattern.indexOf('://*.')
     if (star < 0) return pattern === origin
     const scheme = pattern.slice(0, star + 3)
     const suffix = pattern.slice(star + 4) // ".example.com[:port]"
     return origin.startsWith(scheme) && origin.endsWith(suffix) && origin.length > scheme.length + suffix.length
   })
+}
+
+/** `http(s)://localhost[:port]`, `http(s)://127.x.x.x[:port]` or `http(s)://[::1][:port]`. */
+export function isLoopbackOrigin(origin: string): boolean {
+  return /^https?:\/\/(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(:\d{1,5})?$/i.test(origin)
 }
 
 /** Reads a request body up to `limit` bytes. uWS hands out chunks that are only valid during

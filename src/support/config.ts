@@ -59,7 +59,16 @@ export interface Config {
   readonly producerKey: string
   readonly adminKey: string
   readonly insecureNoAuth: boolean
+  /** --open: anonymous access without any verification key (src/access/policy.ts). */
+  readonly open: boolean
+  /** The origins that may use the gateway from a browser, as decided: empty means any (only
+   * with access control on, or when the operator wrote `*`); `loopback` stands for every
+   * http(s) origin on localhost, 127.0.0.0/8 or [::1]. While the gateway is open and
+   * --allowed-origins is not given, it is ['loopback']. The gateway's own origin always may. */
   readonly allowedOrigins: readonly string[]
+  /** Answer Access-Control-Request-Private-Network preflights (a public page reaching a
+   * gateway on a private address) for an allowed origin. */
+  readonly allowPrivateNetwork: boolean
   readonly trustProxy: boolean
   readonly trustedProxies: BlockList
   // limits (0 = no limit)
@@ -185,14 +194,39 @@ function switchValue(raw: string, where: string): boolean {
   throw new ConfigError(`${where}: '${raw}' is not a yes/no value (use 1 or 0)`)
 }
 
+/** `loopback` in an origin list: http(s) origins on localhost, 127.0.0.0/8 and [::1], any port. */
+export const LOOPBACK_ORIGINS = 'loopback'
+/** `*` in an origin list: any origin (without credentials). */
+export const ANY_ORIGIN = '*'
+
 function origins(raw: string, where: string): readonly string[] {
   const list = raw.split(',').map((o) => o.trim()).filter((o) => o !== '')
   for (const o of list) {
+    if (o === LOOPBACK_ORIGINS || o === ANY_ORIGIN) continue
     if (!/^https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:\d+)?$/.test(o)) {
-      throw new ConfigError(`${where}: '${o}' is not an origin like https://app.example.com or https://*.example.com`)
+      throw new ConfigError(`${where}: '${o}' is not an origin like https://app.example.com or https://*.example.com (or loopback, or *)`)
     }
   }
   return Object.freeze(list)
+}
+
+/** Whether a key verifying client tokens is configured (access control is then on). */
+export function verificationConfigured(config: Pick<Config, 'jwtSecret' | 'jwtPublicKeyFile' | 'jwksFile'>): boolean {
+  return config.jwtSecret !== '' || config.jwtPublicKeyFile !== '' || config.jwksFile !== ''
+}
+
+/** Whether anonymous access was asked for and applies: no verification key, and --open (or
+ * --insecure-no-auth, which implies it). With a key, tokens are required whatever these say. */
+export function isOpen(config: Pick<Config, 'jwtSecret' | 'jwtPublicKeyFile' | 'jwksFile' | 'open' | 'insecureNoAuth'>): boolean {
+  return !verificationConfigured(config) && (config.open || config.insecureNoAuth)
+}
+
+/** The origin list in force: `*` anywhere means any origin (empty); while open, an empty list
+ * means the loopback origins, not any origin. */
+function effectiveOrigins(given: readonly string[], open: boolean): readonly string[] {
+  if (given.includes(ANY_ORIGIN)) return Object.freeze([])
+  if (given.length === 0 && open) return Object.freeze([LOOPBACK_ORIGINS])
+  return given
 }
 
 function cidrs(raw: string, where: string): BlockList {
@@ -287,10 +321,14 @@ export const OPTIONS = [
     help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>)' },
   { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16),
     help: 'static key for the /admin endpoints (Authorization: Bearer <key>)' },
+  { key: 'open', flag: 'open', env: ['JOBWIRE_OPEN'], fallback: 'false', parse: switchValue, boolean: true,
+    help: 'allow anonymous access without a token verification key: anyone who reaches the gateway may watch, read and publish any job and use /admin (unless --producer-key/--admin-key); browsers only from its own and loopback origins unless --allowed-origins. Without a key, serve refuses to start unless given. Ignored when a key is configured (make run passes it)' },
   { key: 'insecureNoAuth', flag: 'insecure-no-auth', env: ['JOBWIRE_INSECURE_NO_AUTH'], fallback: 'false', parse: switchValue,
-    boolean: true, help: 'allow a non-loopback --host without any token verification (anyone may watch any job)' },
+    boolean: true, help: 'allow a non-loopback --host without any token verification (implies --open: anyone who reaches it may watch any job)' },
   { key: 'allowedOrigins', flag: 'allowed-origins', env: ['JOBWIRE_ALLOWED_ORIGINS'], fallback: '', parse: origins,
-    help: 'comma-separated browser origins allowed to open sockets and read job routes (https://*.example.com works; the gateway\'s own origin always is); empty: any' },
+    help: 'comma-separated browser origins allowed to open sockets and read job routes (https://*.example.com works; loopback: http(s) on localhost, 127.x, [::1], any port; *: any; the gateway\'s own origin always is); empty: any with a key configured, loopback while --open' },
+  { key: 'allowPrivateNetwork', flag: 'allow-private-network', env: ['JOBWIRE_ALLOW_PRIVATE_NETWORK'], fallback: 'false', parse: switchValue,
+    boolean: true, help: 'answer Private Network Access preflights (Access-Control-Allow-Private-Network: true) for allowed origins, so public pages may reach a gateway on a private address; off: never' },
   { key: 'trustProxy', flag: 'trust-proxy', env: ['JOBWIRE_TRUST_PROXY'], fallback: 'false', parse: switchValue,
     boolean: true, help: 'take the client address from X-Forwarded-For: the right-most entry that is not a trusted proxy' },
   { key: 'trustedProxies', flag: 'trusted-proxies', env: ['JOBWIRE_TRUSTED_PROXIES'], fallback: '127.0.0.0/8,::1/128', parse: cidrs,
@@ -368,6 +406,7 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
         'a finished job is kept for less time than a running one, not more',
     )
   }
+  config.allowedOrigins = effectiveOrigins(config.allowedOrigins, isOpen(config))
   config.notes = Object.freeze(notes)
   return Object.freeze(config as Config)
 }
