@@ -89,10 +89,54 @@ function stdoutWriter(bufferBytes: number): StdoutWriter {
   return stdout
 }
 
+/**
+ * Credentials never reach the log. Browsers cannot set headers on a WebSocket (nor on an
+ * EventSource), so their token travels as `?token=` in the URL, which is legal on /ws/jobs and
+ * the SSE route; any URL, query or header value that reaches a log line has these taken out:
+ * `token=`, `access_token=` and `key=` query values, and `Bearer <credential>`.
+ */
+const SECRET_PARAM = /([?&;]|\b)(token|access_token|id_token|jwt|key|admin_key|producer_key)=[^&\s"';,]*/gi
+const BEARER = /\b(Bearer)\s+[A-Za-z0-9._~+/=-]+/gi
+export const REDACTED = '[redacted]'
+
+/** `text` with credentials in query strings and Authorization values replaced by [redacted]. */
+export function redactSecrets(text: string): string {
+  if (!text.includes('=') && !/bearer/i.test(text)) return text
+  return text.replace(SECRET_PARAM, `$1$2=${REDACTED}`).replace(BEARER, `$1 ${REDACTED}`)
+}
+
+/** A log call's fields with every string value redacted (a copy only when one changed); nested
+ * plain objects and arrays one level down too (a list of URLs). */
+export function redactFields(fields: Record<string, unknown>): Record<string, unknown> {
+  let out: Record<string, unknown> | null = null
+  for (const [key, value] of Object.entries(fields)) {
+    let clean: unknown = value
+    if (typeof value === 'string') clean = redactSecrets(value)
+    else if (Array.isArray(value)) {
+      const mapped = value.map((v) => (typeof v === 'string' ? redactSecrets(v) : v))
+      if (mapped.some((v, i) => v !== value[i])) clean = mapped
+    } else if (value !== null && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+      clean = redactFields(value as Record<string, unknown>)
+    }
+    if (clean !== value) (out ??= { ...fields })[key] = clean
+  }
+  return out ?? fields
+}
+
+/** pino's logMethod hook: the message and the merged fields of every call are redacted. */
+function redactingHook(this: Logger, args: Parameters<Logger['info']>, method: (...a: unknown[]) => void): void {
+  const clean = (args as unknown[]).map((arg) => {
+    if (typeof arg === 'string') return redactSecrets(arg)
+    if (arg !== null && typeof arg === 'object' && !(arg instanceof Error)) return redactFields(arg as Record<string, unknown>)
+    return arg
+  })
+  method.apply(this, clean)
+}
+
 /** `format`: json (one JSON object a line, for machines), pretty (one readable line for a
  * person at a terminal), or auto (pretty when stdout is a terminal, else json). */
 export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}, bufferBytes = 1024 * 1024, format: LogFormat = 'json'): Logger {
-  const options = { level, base: { pid: process.pid, ...bindings } }
+  const options = { level, base: { pid: process.pid, ...bindings }, hooks: { logMethod: redactingHook } }
   if (level === 'silent') return pino(options)
   const writer = stdoutWriter(bufferBytes)
   // isatty, not process.stdout.isTTY: creating process.stdout on a pipe puts the pipe in
@@ -191,7 +235,8 @@ export class SampledLog {
     }
     if (window.logged < this.perInterval) {
       window.logged++
-      log.info({ access: kind, ...fields }, msg)
+      // Whatever logger it is given: an access line never carries a credential (a URL with ?token=).
+      log.info({ access: kind, ...redactFields(fields) }, redactSecrets(msg))
       return
     }
     window.suppressed++
