@@ -173,12 +173,15 @@ t.test('a page on another origin', async (t) => {
   })
 })
 
-t.test('empty --allowed-origins: any origin, never with credentials', async (t) => {
-  const gw = await startGateway()
+t.test('empty --allowed-origins with a key: any origin, never with credentials', async (t) => {
+  // With a verification key every route needs a token anyway. Without one (--open) an empty
+  // list means loopback origins only (test/open-by-choice.ts).
+  const gw = await startGateway({ 'jwt-secret': SECRET })
   t.teardown(() => gw.stop())
   const origin = 'https://anywhere.example'
-  const get = await raw(gw, 'GET', '/jobs/any-1', { origin })
-  t.equal(get.status, 404)
+  const producer = await token('worker', { role: 'producer' })
+  const get = await raw(gw, 'GET', '/jobs/any-1', { origin, authorization: `Bearer ${producer}` })
+  t.equal(get.status, 403, 'a producer token may not read the job; the CORS headers are there all the same')
   t.equal(get.headers['access-control-allow-origin'], '*')
   t.equal(get.headers['access-control-allow-credentials'], undefined, 'never * together with credentials')
   t.match(get.headers['access-control-expose-headers'], /retry-after/)
@@ -186,8 +189,18 @@ t.test('empty --allowed-origins: any origin, never with credentials', async (t) 
   t.equal(preflight.status, 204)
   t.equal(preflight.headers['access-control-allow-origin'], '*')
   t.equal(preflight.headers['access-control-allow-credentials'], undefined)
-  t.equal(preflight.headers['access-control-allow-private-network'], 'true')
-  const post = await raw(gw, 'POST', '/jobs/any-1/progress', { origin, 'content-type': 'application/json' }, '{"progress":5}')
+  t.equal(preflight.headers['access-control-allow-private-network'], undefined, 'Private Network Access only with --allow-private-network')
+  const post = await raw(gw, 'POST', '/jobs/any-1/progress', { origin, 'content-type': 'application/json', authorization: `Bearer ${producer}` }, '{"progress":5}')
   t.equal(post.status, 200, post.body)
   t.equal(post.headers['access-control-allow-origin'], '*')
+})
+
+t.test('--allow-private-network: a public page may reach a gateway on a private address', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET, 'allow-private-network': 'true' })
+  t.teardown(() => gw.stop())
+  const preflight = await raw(gw, 'OPTIONS', '/jobs/any-1', { origin: 'https://anywhere.example', 'access-control-request-method': 'GET', 'access-control-request-private-network': 'true' })
+  t.equal(preflight.status, 204)
+  t.equal(preflight.headers['access-control-allow-private-network'], 'true')
+  const unasked = await raw(gw, 'OPTIONS', '/jobs/any-1', { origin: 'https://anywhere.example', 'access-control-request-method': 'GET' })
+  t.equal(unasked.headers['access-control-allow-private-network'], undefined, 'only when the browser asks')
 })

@@ -23,7 +23,12 @@ t.test('pages in Chromium', async (t) => {
     const gw = await startGateway({ demo: 'true', 'jwt-secret': SECRET })
     t.teardown(() => gw.stop())
     const alice = await token('alice')
-    const page = await open(`${gw.http}/?step_ms=30&outcome=success&token=${alice}`)
+    // The token is pasted into the page's Token field (kept for the tab), never put in its URL.
+    const page = await open(`${gw.http}/?step_ms=30&outcome=success`)
+    await page.click('details.token summary')
+    await page.fill('#token', alice)
+    await Promise.all([page.waitForEvent('load'), page.click('#token-form button')])
+    t.notMatch(page.url(), /token/, 'no token in the URL')
     await page.click('#start')
     const card = page.locator('[data-job-id]').first()
     await card.locator('.badge[data-status="completed"]').waitFor({ timeout: 15_000 })
