@@ -5,7 +5,8 @@
 import type { TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission, AdmissionRequest } from '../access/admission.js'
-import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
+import { admitConnection } from '../access/admit-connection.js'
+import { FORBIDDEN_MESSAGE } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { jobRouteCors, refuseOrigin } from '../http/cors.js'
 import { addAnswerHeaders, answerHeadersOf, clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
@@ -64,17 +65,17 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
       if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: refusal.reason, retry_after_ms: refusal.retryAfterMs }, { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)) })
     }
     void (async () => {
-      // The connection rate before the credentials, as for WebSocket upgrades.
-      const charged = await ctx.admission.charge(limitKey)
-      if (!charged.ok) return refuse(charged)
-      const principal = await ctx.access.authenticate(credentials, 'sse')
-      if (principal instanceof AuthError) {
-        refused(`token_${principal.code}`)
-        return request.aborted || respondUnauthorized(res, principal.message)
+      const admitted = await admitConnection(ctx.admission, ctx.access, {
+        credentials, limitKey, transport: 'sse', gone: () => request.aborted,
+        ticketFor: (principal): AdmissionRequest => ({ userId: principal?.userId ?? null, address: limitKey }),
+      })
+      if (admitted.kind === 'gone') return
+      if (admitted.kind === 'limited') return refuse(admitted)
+      if (admitted.kind === 'unauthenticated') {
+        refused(`token_${admitted.error.code}`)
+        return request.aborted || respondUnauthorized(res, admitted.error.message)
       }
-      const ticket: AdmissionRequest = { userId: principal?.userId ?? null, address: limitKey }
-      const admitted = await ctx.admission.admit(ticket)
-      if (!admitted.ok) return refuse(admitted)
+      const { principal, ticket } = admitted
       const result = await ctx.watches.open(principal, jobId, 'sse', (job, snapshot) => {
         if (request.aborted) return false
         const user = principal?.userId ?? null

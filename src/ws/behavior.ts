@@ -10,7 +10,8 @@
 import type { HttpRequest, HttpResponse, us_socket_context_t, WebSocketBehavior } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import type { Admission } from '../access/admission.js'
-import { AuthError } from '../access/auth.js'
+import { admitConnection } from '../access/admit-connection.js'
+import type { Principal } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenRate } from '../access/token-bucket.js'
 import { originAccepted } from '../http/cors.js'
@@ -216,29 +217,27 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const upgrade = (conn: SocketConnection) => res.cork(() => {
         res.upgrade<SocketHolder>({ conn }, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
       })
+      const newConnection = (principal: Principal | null) =>
+        new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), metrics)
       void (async () => {
-        // The connection rate first: a flood of upgrades costs a bucket lookup each, not a
-        // signature check.
-        const charged = await admission.charge(limitKey)
-        if (aborted.aborted) return
-        if (!charged.ok) {
-          const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, null, Date.now(), metrics)
-          conn.refused = { reason: charged.reason, retryAfterMs: charged.retryAfterMs }
-          return upgrade(conn)
+        const admitted = await admitConnection(admission, access, {
+          credentials, limitKey, transport: 'websocket', ticketFor: newConnection, gone: () => aborted.aborted,
+        })
+        switch (admitted.kind) {
+          case 'gone':
+            return
+          case 'unauthenticated':
+            if (!aborted.aborted) refuse(401, `token_${admitted.error.code}`, { error: 'unauthorized', message: admitted.error.message }, { 'www-authenticate': 'Bearer' })
+            return
+          case 'limited': {
+            // Browsers cannot read an HTTP status: the socket opens to say why (open()).
+            const conn = admitted.ticket ?? newConnection(null)
+            conn.refused = { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs }
+            return upgrade(conn)
+          }
+          case 'admitted':
+            return upgrade(admitted.ticket)
         }
-        const principal = await access.authenticate(credentials, 'websocket')
-        if (principal instanceof AuthError) {
-          if (!aborted.aborted) refuse(401, `token_${principal.code}`, { error: 'unauthorized', message: principal.message }, { 'www-authenticate': 'Bearer' })
-          return
-        }
-        const conn = new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), metrics)
-        const admitted = await admission.admit(conn)
-        if (aborted.aborted) {
-          if (admitted.ok) admission.release(conn)
-          return
-        }
-        if (!admitted.ok) conn.refused = { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs }
-        upgrade(conn)
       })()
     },
 
