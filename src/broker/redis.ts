@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
 import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
-import { ServerIdentity } from './redis-connection.js'
+import { closeConnection, ServerIdentity } from './redis-connection.js'
 import { SubscriberSession } from './subscriber-session.js'
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
 
@@ -194,16 +194,6 @@ export class RedisBroker implements Broker {
     if (this.current === 'closed') return
     this.transition('closed')
     this.subscriptions.close('broker closed')
-    await Promise.all([this.cmd, this.sub].map(async (conn) => {
-      if (conn.status === 'ready') {
-        try {
-          await conn.quit()
-          return
-        } catch {
-          // fall through to a hard disconnect
-        }
-      }
-      conn.disconnect()
-    }))
+    await Promise.all([this.cmd, this.sub].map(closeConnection))
   }
 }
