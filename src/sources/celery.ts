@@ -133,7 +133,7 @@ export class CelerySource implements JobSource {
   async watch(jobIds: readonly string[]): Promise<void> {
     if (this.closed) throw new Error('celery source closed')
     for (const id of jobIds) this.jobs.add(id)
-    await this.connect().sub.subscribe(jobIds.map(channelOf))
+    await this.subscriber().subscribe(jobIds.map(channelOf))
   }
 
   unwatch(jobIds: readonly string[]): void {
@@ -143,7 +143,7 @@ export class CelerySource implements JobSource {
 
   async read(jobIds: readonly string[]): Promise<SourceRecord[]> {
     if (this.closed) throw new Error('celery source closed')
-    const { cmd } = this.connect()
+    const cmd = this.commands()
     const values = await cmd.mgetBuffer(...jobIds.map(channelOf))
     return jobIds.map((jobId, i) => {
       const value = values[i]
@@ -163,10 +163,15 @@ export class CelerySource implements JobSource {
     await Promise.all([this.cmd, this.sub?.conn ?? null].filter((c): c is Redis => c !== null).map(closeConnection))
   }
 
-  /** The connections, opened on first use. */
-  private connect(): { cmd: Redis; sub: SubscriberSession } {
-    if (this.cmd === null || this.sub === null) {
-      this.cmd = sourceConnection(this.url, 'celery', 'commands', this.log)
+  /** Each connection is opened on first use: a gateway that only reads tasks (or refuses to
+   * watch them) holds no subscriber. */
+  private commands(): Redis {
+    if (this.cmd === null) this.cmd = sourceConnection(this.url, 'celery', 'commands', this.log)
+    return this.cmd
+  }
+
+  private subscriber(): SubscriberSession {
+    if (this.sub === null) {
       const conn = sourceConnection(this.url, 'celery-sub', 'subscriber', this.log)
       conn.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.onMessage(channel, payload))
       this.sub = new SubscriberSession(conn, 'celery subscriber', {
@@ -174,7 +179,7 @@ export class CelerySource implements JobSource {
         down: () => this.hooks?.live(this.jobs.ids(), false),
       }, this.log, true)
     }
-    return { cmd: this.cmd, sub: this.sub }
+    return this.sub
   }
 
   /** Runs inside ioredis' event: whatever a result holds, nothing may escape from here. */
