@@ -2,7 +2,8 @@
 // the test extracts it, points it at a gateway and a free port with a throwaway self-signed
 // certificate, and checks through it the demo page, /client.js, a wss:// subscribe that sees
 // an update, the SSE fallback, and the http:// redirect. Also a guard on why the block says
-// proxy_http_version 1.1: uWS 20.30 still never answers an HTTP/1.0 request.
+// proxy_http_version 1.1: uWS 20.30 still never answers an HTTP/1.0 request. And its access
+// log, in the block's own format, never holds a browser's ?token=.
 
 import t from 'tap'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
@@ -32,7 +33,7 @@ function shippedConfig(): string {
 
 /** The shipped block with only what a test must change: addresses, ports, certificate. Each
  * replacement must match, so a doc that drifts from what the test understands fails here. */
-function localise(config: string, to: { upstream: number; http: number; https: number; cert: string; key: string }): string {
+function localise(config: string, to: { upstream: number; http: number; https: number; cert: string; key: string; accessLog: string }): string {
   const edits: Array<[RegExp, string]> = [
     [/server 127\.0\.0\.1:8080;/, `server 127.0.0.1:${to.upstream};`],
     [/listen 80;/, `listen 127.0.0.1:${to.http};`],
@@ -46,7 +47,10 @@ function localise(config: string, to: { upstream: number; http: number; https: n
     if (!pattern.test(config)) throw new Error(`the nginx block in docs/deploy.md no longer has ${pattern}; update test/nginx.ts with it`)
     config = config.replace(pattern, replacement)
   }
-  return config
+  // Every server's access log (the redirect's too), in the block's own format.
+  const accessLog = '/var/log/nginx/jobwire.access.log'
+  if (config.split(accessLog).length !== 3) throw new Error(`the nginx block in docs/deploy.md no longer names ${accessLog} in both servers; update test/nginx.ts`)
+  return config.replaceAll(accessLog, to.accessLog)
 }
 
 function waitForPort(port: number, proc: ChildProcess, log: () => string): Promise<void> {
@@ -98,7 +102,8 @@ t.test('jobwire behind nginx with the config docs/deploy.md ships', async (t) =>
   const gw = await startGateway()
   t.teardown(() => gw.stop())
   const [httpPort, httpsPort] = [await freePort(), await freePort()]
-  writeFileSync(join(dir, 'jobwire.conf'), localise(shipped, { upstream: gw.port, http: httpPort, https: httpsPort, cert, key }))
+  const accessLog = join(dir, 'jobwire.access.log')
+  writeFileSync(join(dir, 'jobwire.conf'), localise(shipped, { upstream: gw.port, http: httpPort, https: httpsPort, cert, key, accessLog }))
   // A main config that keeps every file nginx writes in the temp dir, so it runs as any user.
   writeFileSync(join(dir, 'nginx.conf'), `daemon off;
 master_process on;
@@ -193,6 +198,26 @@ http {
     const answer = await get({ host: '127.0.0.1', port: httpPort, path: '/client.js' }, false)
     t.equal(answer.status, 301)
     t.match(answer.headers.location, /^https:\/\/127\.0\.0\.1\/client\.js$/)
+  })
+
+  t.test("the access log holds no browser token (the block's jobwire_noquery format)", async (t) => {
+    const secret = 'tok-do-not-log-4a7f'
+    const socket = new WebSocket(`wss://127.0.0.1:${httpsPort}/ws/jobs?token=${secret}-ws`, 'jobwire.json', { ca })
+    await new Promise<void>((resolve, reject) => {
+      socket.once('open', () => resolve())
+      socket.once('error', reject)
+    })
+    socket.close()
+    await get(tls(`/jobs/nginx-log?token=${secret}-poll`), true)
+    await get({ host: '127.0.0.1', port: httpPort, path: `/ws/jobs?token=${secret}-redirect` }, false)
+    // nginx writes a request's line when the request ends: the WebSocket's once it closed (the
+    // subscribe test above left one upgrade line already).
+    const text = () => (existsSync(accessLog) ? readFileSync(accessLog, 'utf8') : '')
+    const count = (pattern: string) => text().split(pattern).length - 1
+    await until(() => count('"GET /ws/jobs HTTP/1.1" 101 ') >= 2 && count('"GET /ws/jobs HTTP/1.1" 301 ') >= 1 && count('"GET /jobs/nginx-log HTTP/1.1"') >= 1,
+      'the requests in the access log, by their paths', 10_000)
+    t.notMatch(text(), secret, 'no token in the access log')
+    t.notMatch(text(), /\?/, 'no query string at all')
   })
 
   t.test('why the config says proxy_http_version 1.1: an HTTP/1.0 request gets no answer from uWS 20.30', async (t) => {
