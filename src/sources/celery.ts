@@ -90,9 +90,9 @@ export function translateCelery(meta: unknown, options: CeleryOptions): (Transla
 type CeleryRecord = Translated & { readonly ownerKnown: boolean }
 
 /** A stored or published result as a jobwire state, read defensively: a result too large to
- * parse, or with NaN or Infinity (Python's json writes them), keeps its status and says in
- * `error` why it is not shown, instead of being dropped (the job would look stuck). Null when
- * it is not a Celery result at all. */
+ * parse keeps its status and says in `error` why it is not shown, instead of being dropped (the
+ * job would look stuck); so does one with NaN or Infinity (Python's json writes them), once
+ * encoded (sources/source.ts). Null when it is not a Celery result at all. */
 export function readCeleryResult(bytes: Buffer, options: CeleryOptions): CeleryRecord | null {
   if (bytes.length > MAX_SOURCE_VALUE_BYTES) {
     // Celery writes "status" first: the head says how the task ended without parsing the rest.
@@ -101,11 +101,7 @@ export function readCeleryResult(bytes: Buffer, options: CeleryOptions): CeleryR
     const state: JobPayload = { status: statusOf(celeryState), source: 'celery', source_status: celeryState }
     return { state: unshowable(state, `the result is ${bytes.length} bytes, more than the ${MAX_SOURCE_VALUE_BYTES} bytes jobwire reads`), owner: null, ownerKnown: false }
   }
-  const parsed = parseQueueJson(bytes.toString('utf8'))
-  if (parsed === undefined) return null
-  const translated = translateCelery(parsed.value, options)
-  if (translated === null || !parsed.lossy) return translated
-  return { ...translated, state: unshowable(translated.state, 'the result has NaN or Infinity, which JSON cannot carry') }
+  return translateCelery(parseQueueJson(bytes.toString('utf8')), options)
 }
 
 export class CelerySource implements JobSource {

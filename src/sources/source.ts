@@ -171,19 +171,20 @@ export function unshowable(state: JobPayload, problem: string): JobPayload {
   return shown
 }
 
-/** A queue's JSON text as a value: Python's json writes NaN and Infinity bare, which JSON.parse
- * refuses; they are read as null and `lossy` says so. Undefined when it is not JSON, or larger
- * than MAX_SOURCE_VALUE_BYTES. */
-export function parseQueueJson(text: string): { value: unknown; lossy: boolean } | undefined {
+/** A queue's JSON text as a value. Python's json writes NaN and Infinity bare, which JSON.parse
+ * refuses: they are read as infinities, which encodeState then refuses to show, so the state
+ * keeps its status and says why. Undefined when it is not JSON, or larger than
+ * MAX_SOURCE_VALUE_BYTES. */
+export function parseQueueJson(text: string): unknown {
   if (text.length > MAX_SOURCE_VALUE_BYTES) return undefined
   try {
-    return { value: JSON.parse(text) as unknown, lossy: false }
+    return JSON.parse(text) as unknown
   } catch {
     // Only the bare tokens, never inside a string.
-    const patched = text.replace(/"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g, (token) => (token.startsWith('"') ? token : 'null'))
+    const patched = text.replace(/"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g, (token) => (token.startsWith('"') ? token : token.startsWith('-') ? '-1e999' : '1e999'))
     if (patched === text) return undefined
     try {
-      return { value: JSON.parse(patched) as unknown, lossy: true }
+      return JSON.parse(patched) as unknown
     } catch {
       return undefined
     }
@@ -243,5 +244,5 @@ export function ownerAt(value: unknown, path: string): string | null {
 }
 
 export function parseJson(text: string | undefined): unknown {
-  return text === undefined ? undefined : parseQueueJson(text)?.value
+  return text === undefined ? undefined : parseQueueJson(text)
 }
