@@ -10,6 +10,7 @@ import { configHelp, ConfigError, helpColumns, loadConfig, OPTIONS } from './sup
 import { projectPath } from './support/paths.js'
 import { redactRedisUrl, redisCause } from './support/redis-problem.js'
 import { clusterClient, nodeOptions, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
+import { MAX_OWNER_LENGTH } from './access/auth.js'
 import { ProducerError } from './producer/merge.js'
 import { OwnerIndexError, Producer } from './producer/producer.js'
 import { isValidJobId, JOB_ID_RULE, MAX_JOB_ID_LENGTH, type JobPayload } from './wire/protocol.js'
@@ -64,7 +65,8 @@ Where it goes: --redis or --redis-cluster, else --gateway, else JOBWIRE_GATEWAY,
 REDIS_CLUSTER, else ${DEFAULT_GATEWAY}.
 `
 
-const TOKEN_HELP = `usage: jobwire token --sub <user> [--jobs <ids>] [--ttl <duration>] [--role producer|admin]
+const TOKEN_HELP = `usage: jobwire token --sub <user> [--jobs <ids>] [--owners <ids>] [--ttl <duration>]
+                     [--role producer|admin]
 
 Mints an HS256 token signed with the secret the gateway verifies with, and prints only the
 token: give it to a browser (?token= or getToken) or to a worker (Authorization: Bearer).
@@ -72,6 +74,7 @@ token: give it to a browser (?token= or getToken) or to a worker (Authorization:
 ${helpColumns([
     ['--sub <user>', 'the user id (required); the user may watch the jobs it owns'],
     ['--jobs <ids>', 'job ids or prefix* patterns the token may watch besides the user\'s own (comma-separated; repeatable)'],
+    ['--owners <ids>', 'user ids or prefix* patterns a producer token may record as a job\'s owner (comma-separated; repeatable; * alone: anyone)'],
     ['--ttl <duration>', 'lifetime: 90s, 15m, 1h, 7d or plain seconds [default 1h]'],
     ['--role <role>', 'producer (may use the producer API) or admin (every job and the /admin endpoints)'],
     ['--jwt-secret <secret>', 'the gateway\'s HS256 secret, at least 32 bytes\n[env JOBWIRE_JWT_SECRET; prefer the environment]'],
@@ -378,6 +381,7 @@ async function runToken(args: readonly string[]): Promise<number> {
       options: {
         sub: { type: 'string' },
         jobs: { type: 'string', multiple: true },
+        owners: { type: 'string', multiple: true },
         ttl: { type: 'string' },
         role: { type: 'string' },
         'jwt-secret': { type: 'string' },
@@ -406,13 +410,25 @@ async function runToken(args: readonly string[]): Promise<number> {
   const jobs = (values.jobs ?? []).flatMap((j) => j.split(',')).map((j) => j.trim()).filter((j) => j !== '')
   const badJob = jobs.find((j) => !isValidJobId(j.endsWith('*') ? j.slice(0, -1) || 'x' : j) || j.length > MAX_JOB_ID_LENGTH + 1)
   if (badJob !== undefined) return fail(`--jobs: '${badJob}' is not a job id or a prefix ending in * (${JOB_ID_RULE})`)
+  // The gateway takes an owner of 1..256 characters without whitespace (the producer API's
+  // ?owner=), and an owners claim of at most 1,000 entries (access/auth.ts).
+  const owners = values.owners === undefined ? undefined
+    : values.owners.flatMap((o) => o.split(',')).map((o) => o.trim()).filter((o) => o !== '')
+  if (owners !== undefined) {
+    if (owners.length === 0) return fail('--owners needs user ids or prefix* patterns (comma-separated), e.g. --owners alice,team-*')
+    const badOwner = owners.find((o) => !OWNER_ENTRY.test(o))
+    if (badOwner !== undefined) {
+      return fail(`--owners: '${badOwner}' is not a user id (1..${MAX_OWNER_LENGTH} characters without whitespace) or a prefix ending in *`)
+    }
+    if (owners.length > MAX_OWNERS) return fail(`--owners: ${owners.length} entries; the gateway accepts at most ${MAX_OWNERS}`)
+  }
   if (values.role !== undefined && values.role !== 'producer' && values.role !== 'admin') {
     return fail(`--role must be producer or admin, not '${values.role}'`)
   }
   const issuer = values['jwt-issuer'] ?? process.env.JOBWIRE_JWT_ISSUER ?? ''
   const audience = values['jwt-audience'] ?? process.env.JOBWIRE_JWT_AUDIENCE ?? ''
   const now = Math.floor(Date.now() / 1000)
-  let jwt = new SignJWT({ ...(jobs.length > 0 ? { jobs } : {}), ...(values.role ? { role: values.role } : {}) })
+  let jwt = new SignJWT({ ...(jobs.length > 0 ? { jobs } : {}), ...(owners !== undefined ? { owners } : {}), ...(values.role ? { role: values.role } : {}) })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject(sub)
     .setIssuedAt(now)
@@ -422,6 +438,11 @@ async function runToken(args: readonly string[]): Promise<number> {
   process.stdout.write(`${await jwt.sign(new TextEncoder().encode(secret))}\n`)
   return 0
 }
+
+/** One `--owners` entry: a user id, or a prefix (possibly empty: anyone) ending in `*`. */
+const OWNER_ENTRY = new RegExp(`^(?:\\S{1,${MAX_OWNER_LENGTH}}|\\S{0,${MAX_OWNER_LENGTH}}\\*)$`)
+/** Entries an owners claim may list (access/auth.ts refuses a token with more). */
+const MAX_OWNERS = 1000
 
 /** 90s, 15m, 1h, 7d or plain seconds; null for anything else (or zero). */
 function parseDuration(text: string): number | null {

@@ -67,6 +67,23 @@ t.test('jobwire token mints a token the gateway accepts', async (t) => {
   })
   t.equal(posted.status, 200, 'the producer role may use the producer API')
 
+  // --owners: whom a producer token may record as a job's owner (comma-separated and repeatable).
+  const worker = await jobwire(['token', '--sub', 'worker-1', '--role', 'producer', '--jobs', 'video-*', '--owners', 'alice, team-*', '--owners', 'bob'], { JOBWIRE_JWT_SECRET: SECRET })
+  t.equal(worker.code, 0, worker.stderr)
+  t.match(worker.stdout, /^[\w-]+\.[\w-]+\.[\w-]+\n$/, 'prints only the token')
+  const workerClaims = (await jwtVerify(worker.stdout.trim(), new TextEncoder().encode(SECRET))).payload
+  t.same(workerClaims.owners, ['alice', 'team-*', 'bob'], 'the token carries the owners claim')
+  const record = (job: string, owner: string) => fetch(`${gw.http}/jobs/${job}/progress?owner=${owner}`, {
+    method: 'POST', headers: { authorization: `Bearer ${worker.stdout.trim()}`, 'content-type': 'application/json' }, body: '{"status":"queued"}',
+  })
+  t.equal((await record('video-50', 'team-7')).status, 200, 'the gateway lets it record an owner its claim covers')
+  const planted = await record('video-51', 'mallory')
+  t.equal(planted.status, 403, 'and refuses one it does not cover')
+  t.match(await planted.json(), { error: 'forbidden', message: /may not record mallory as a job's owner/ })
+  const everyone = await jobwire(['token', '--sub', 'worker-2', '--role', 'producer', '--owners', '*'], { JOBWIRE_JWT_SECRET: SECRET })
+  t.same((await jwtVerify(everyone.stdout.trim(), new TextEncoder().encode(SECRET))).payload.owners, ['*'], '--owners * (anyone)')
+  t.notOk('owners' in payload, 'no owners claim unless --owners is given')
+
   for (const [args, env, message] of [
     [['token', '--sub', 'u'], {}, /token needs the secret the gateway verifies with: set JOBWIRE_JWT_SECRET/],
     [['token', '--sub', 'u', '--jwt-secret', 'short'], {}, /at least 32 bytes/],
@@ -74,6 +91,9 @@ t.test('jobwire token mints a token the gateway accepts', async (t) => {
     [['token', '--sub', 'u', '--ttl', 'soon'], { JOBWIRE_JWT_SECRET: SECRET }, /--ttl 'soon' is not a duration/],
     [['token', '--sub', 'u', '--role', 'root'], { JOBWIRE_JWT_SECRET: SECRET }, /--role must be producer or admin/],
     [['token', '--sub', 'u', '--jobs', 'bad id'], { JOBWIRE_JWT_SECRET: SECRET }, /--jobs: 'bad id' is not a job id/],
+    [['token', '--sub', 'u', '--role', 'producer', '--owners', 'alice,bad id'], { JOBWIRE_JWT_SECRET: SECRET }, /--owners: 'bad id' is not a user id \(1\.\.256 characters without whitespace\) or a prefix ending in \*/],
+    [['token', '--sub', 'u', '--role', 'producer', '--owners', 'x'.repeat(257)], { JOBWIRE_JWT_SECRET: SECRET }, /--owners: 'x{257}' is not a user id/],
+    [['token', '--sub', 'u', '--role', 'producer', '--owners', ','], { JOBWIRE_JWT_SECRET: SECRET }, /--owners needs user ids or prefix\* patterns/],
   ] as const) {
     const refused = await jobwire([...args], env)
     t.equal(refused.code, 2, args.join(' '))
