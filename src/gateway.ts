@@ -11,6 +11,7 @@ import { createBroker } from './broker/create.js'
 import { addAdminRoutes } from './http/admin.js'
 import { addDemoRoutes, DemoProducer } from './http/demo.js'
 import { addHttpRoutes, addNotFound } from './http/jobs.js'
+import { loopbackHostsOnly } from './http/host-guard.js'
 import { addProducerRoute } from './http/producer.js'
 import { addUserJobsRoute } from './http/user-jobs.js'
 import { ownerIndexFor } from './producer/owner-index.js'
@@ -30,7 +31,7 @@ import { UserJobs } from './stream/user-jobs.js'
 import { Watches } from './stream/watch.js'
 import { WatchedJobs, type WatchedJob } from './stream/watched-jobs.js'
 import { createReauthorizer } from './stream/generations.js'
-import type { Config } from './support/config.js'
+import { isOpen, type Config } from './support/config.js'
 import { withDeadline } from './support/deadline.js'
 import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
 import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
@@ -115,9 +116,11 @@ export class Gateway {
     const isClosing = () => this.readiness.closing
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
 
+    // Route handlers see the app through the host guard while open (http/host-guard.ts).
+    const routes = isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, config.trustProxy, this.metrics) : this.app
     this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes)
-    this.app.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
-    addHttpRoutes(this.app, {
+    routes.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
+    addHttpRoutes(routes, {
       access,
       watches,
       allowedOrigins: config.allowedOrigins,
@@ -128,13 +131,13 @@ export class Gateway {
       brokerState: () => this.broker.state,
       renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))),
     })
-    this.stopSse = addSseRoute(this.app, { ...shared, snapshots, log: log.child({ component: 'sse' }) })
-    addProducerRoute(this.app, { broker: this.broker, access, log, addressRule: config, allowedOrigins: config.allowedOrigins })
+    this.stopSse = addSseRoute(routes, { ...shared, snapshots, log: log.child({ component: 'sse' }) })
+    addProducerRoute(routes, { broker: this.broker, access, log, addressRule: config, allowedOrigins: config.allowedOrigins })
     this.demo = config.demo ? new DemoProducer({ broker: this.broker, access, log: log.child({ component: 'demo' }) }) : null
-    if (this.demo) addDemoRoutes(this.app, { broker: this.broker, access, log }, this.demo)
-    addStaticRoutes(this.app)
-    addUserJobsRoute(this.app, { access, userJobs: this.userJobs, allowedOrigins: config.allowedOrigins })
-    addAdminRoutes(this.app, {
+    if (this.demo) addDemoRoutes(routes, { broker: this.broker, access, log }, this.demo)
+    addStaticRoutes(routes)
+    addUserJobsRoute(routes, { access, userJobs: this.userJobs, allowedOrigins: config.allowedOrigins })
+    addAdminRoutes(routes, {
       access,
       log,
       addressRule: config,
@@ -142,7 +145,7 @@ export class Gateway {
       disconnectUser: async (user) => disconnectedOf(await this.nodeQuery({ kind: 'disconnect', user })),
       workers: async (top) => workersOf(await this.nodeQuery({ kind: 'jobs', top })),
     })
-    addNotFound(this.app)
+    addNotFound(routes)
   }
 
   get port(): number {

@@ -175,6 +175,47 @@ t.test('while open: its own origin and loopback origins only', async (t) => {
   })
 })
 
+t.test('while open, a page on a rebound name (DNS rebinding) is refused by its Host', async (t) => {
+  const gw = await startGateway({ demo: 'true' })
+  t.teardown(() => gw.stop())
+  const clients = new Set<TestClient>()
+  t.teardown(() => closeAll(clients))
+  // What a page on http://rebound.example:<port> sends once that name resolves to 127.0.0.1:
+  // its own origin, as Origin (or none, for a same-origin GET), and its name as Host.
+  const rebound = `rebound.example:${gw.port}`
+  const page = { host: rebound, origin: `http://${rebound}` }
+  await raw(gw, 'POST', '/jobs/secret-1/progress', { 'content-type': 'application/json' }, '{"status":"processing","secret":"s3"}')
+  for (const [method, path, headers] of [
+    ['GET', '/jobs/secret-1', { host: rebound }],
+    ['GET', '/jobs/secret-1/events', page],
+    ['GET', '/jobs?owner=me', { host: rebound }],
+    ['POST', '/jobs/planted-2/progress', { ...page, 'content-type': 'application/json' }],
+    ['POST', '/demo/jobs?outcome=success&step_ms=20', { ...page, 'sec-fetch-site': 'same-origin' }],
+    ['GET', '/admin/connections', { host: rebound }],
+    ['GET', '/metrics', { host: rebound }],
+  ] as const) {
+    const answer = await raw(gw, method, path, headers)
+    t.equal(answer.status, 403, `${method} ${path} with Host ${rebound}`)
+    t.notMatch(answer.body, /s3/)
+  }
+  t.match(JSON.parse((await raw(gw, 'GET', '/jobs/secret-1', { host: rebound })).body), { error: 'host_not_allowed', message: /configure a key/ })
+  t.equal((await raw(gw, 'GET', '/jobs/planted-2', {})).status, 404, 'nothing was planted')
+  const ws = await connect(gw.wsUrl, undefined, page, clients).then(() => 'connected', (err: Error) => err.message)
+  t.equal(ws, 'upgrade refused: 403', 'a WebSocket from the rebound page')
+  for (const host of [`127.0.0.1:${gw.port}`, `localhost:${gw.port}`, `LOCALHOST`, `[::1]:${gw.port}`, '127.9.9.9']) {
+    t.equal((await raw(gw, 'GET', '/jobs/secret-1', { host })).status, 200, `Host ${host}`)
+  }
+
+  const keyed = await startGateway({ 'jwt-secret': SECRET })
+  t.teardown(() => keyed.stop())
+  t.equal((await raw(keyed, 'GET', '/healthz', { host: 'jobs.example.com' })).status, 200, 'with a key, any name (tokens decide)')
+  const proxied = await startGateway({ 'trust-proxy': 'true', 'trusted-proxies': '127.0.0.1/32' })
+  t.teardown(() => proxied.stop())
+  t.equal((await raw(proxied, 'GET', '/healthz', { host: 'jobs.example.com', 'x-forwarded-for': '203.0.113.9' })).status, 200,
+    'open behind a trusted proxy: its name is the Host (startup warned about exactly this)')
+  t.equal((await raw(proxied, 'GET', '/healthz', { host: 'jobs.example.com' })).status, 403, '...but not without having come through it')
+})
+
 t.test('while open, --allowed-origins says otherwise; --allow-private-network asks for the header', async (t) => {
   const listed = await startGateway({ 'allowed-origins': EVIL, 'allow-private-network': 'true', demo: 'true' })
   t.teardown(() => listed.stop())
