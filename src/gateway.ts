@@ -167,7 +167,10 @@ export class Gateway {
       (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder)
     const parts = { watched: this.watched, userJobs: this.userJobs, resync: this.resync, readiness: this.readiness, channelPrefix: this.config.channelPrefix }
     this.broker.start(brokerListener(parts, bridge))
-    this.sources.start(sourceHooks(parts, bridge))
+    this.sources.start(sourceHooks(parts, bridge, (jobId, reason) => {
+      this.metrics.malformedPayloads++
+      malformed({ job: jobId, reason }, 'dropped a source message')
+    }))
     if (this.config.subscriptionMode === 'pattern') {
       this.watched.subscribePattern().then(() => this.readiness.check(),
         (err: Error) => this.log.error({ err: err.message }, 'pattern subscription failed'))

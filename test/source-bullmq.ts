@@ -282,3 +282,24 @@ t.test('Redis restarts: watchers get the truth (gone), and the id\'s next job is
   const again = await until_(c, 'bullmq:clips:first', (d) => d.status === 'completed' && d.result === 'again', 20_000)
   t.not(again.epoch, before.epoch, 'a new generation of the id')
 })
+
+t.test('a Redis user without CLIENT ID and CLIENT UNBLOCK (an ACL): every queue is still read, a new one within a second', async (t) => {
+  await admin.call('ACL', 'SETUSER', 'jobwire-acl', 'on', '>acl-secret-1', '~*', '&*', '+@all', '-client|id', '-client|unblock')
+  const url = new URL(redis.url)
+  url.username = 'jobwire-acl'
+  url.password = 'acl-secret-1'
+  const limited = await startGateway({ redis: redis.url, 'bullmq-redis': url.toString() })
+  t.teardown(() => limited.stop())
+  const c = await limited.connect()
+  t.teardown(() => c.close())
+  await c.subscribe('bullmq:clips:acl-1')
+  await queue.add('transcode', { steps: [40] }, { jobId: 'acl-1' })
+  t.match(await until_(c, 'bullmq:clips:acl-1', (d) => d.status === 'completed'), { progress: 100 }, 'the first queue streams')
+  // A second queue cannot wake the blocked read: it joins when the (shortened, 1 s) block ends,
+  // within the client's 5 s wait for its job_status.
+  const other = new Queue('acl-other', { connection })
+  t.teardown(() => other.close())
+  await c.subscribe('bullmq:acl-other:r1')
+  await other.add('report', {}, { jobId: 'r1' })
+  t.match(await until_(c, 'bullmq:acl-other:r1', (d) => d.status === 'queued'), { source_status: /added|waiting/ }, 'the second queue streams too')
+})

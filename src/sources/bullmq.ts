@@ -25,6 +25,8 @@ export const BULLMQ_JOB_PREFIX = 'bullmq:'
 const READ_BATCH = 500
 /** How long one XREAD waits for events before it is sent again (a new queue wakes it sooner). */
 const BLOCK_MS = 5000
+/** The same where nothing can wake it (CLIENT refused by an ACL): a new queue waits this long. */
+const UNWAKEABLE_BLOCK_MS = 1000
 const RETRY_MIN_MS = 100
 const RETRY_MAX_MS = 2000
 
@@ -174,20 +176,24 @@ class StreamReader {
   private checkedSession = -1
   /** The connection's CLIENT ID, for CLIENT UNBLOCK; null until known for this session. */
   private clientId: number | null = null
+  /** CLIENT UNBLOCK was refused: reads block for a short time instead. */
+  private unwakeable = false
   /** Rounds of XREAD sent; `blockedRound` is the one Redis may be blocking on now. */
   private round = 0
   private blockedRound = -1
   /** Resolved when a queue is added while there is nothing to read. */
   private wake: (() => void) | null = null
   private stopped = false
+  private readonly identity = new ServerIdentity()
+  private readonly warn: ReturnType<typeof rateLimitedLog>
 
   constructor(
     url: string,
     private readonly owner: ReaderOwner,
     private readonly unblock: (clientId: number) => Promise<number>,
-    private readonly log: Logger,
-    private readonly identity: ServerIdentity = new ServerIdentity(),
+    log: Logger,
   ) {
+    this.warn = rateLimitedLog(log, 5, 30_000)
     this.conn = sourceConnection(url, 'bullmq-stream', 'stream', log)
     this.conn.on('close', () => {
       this.session++
@@ -265,7 +271,10 @@ class StreamReader {
         if (unblocked === 0 && left > 0 && this.blockedRound === round && this.round === round && !this.stopped) {
           setTimeout(() => attempt(left - 1), 5)
         }
-      }, (err: Error) => this.log.warn({ err: err.message }, 'bullmq CLIENT UNBLOCK failed; a new queue is read within the block time'))
+      }, (err: Error) => {
+        this.unwakeable = true
+        this.warn({ err: err.message }, 'bullmq CLIENT UNBLOCK failed (a Redis ACL?); a new queue is read once the current block ends (1 s at most)')
+      })
     }
     attempt(20)
   }
@@ -295,7 +304,8 @@ class StreamReader {
         for (const stream of streams) this.setLive(stream, true)
         const round = ++this.round
         this.blockedRound = round
-        const reply = (await this.conn.xread('COUNT', READ_BATCH, 'BLOCK', BLOCK_MS, 'STREAMS',
+        const block = this.clientId === null || this.unwakeable ? UNWAKEABLE_BLOCK_MS : BLOCK_MS
+        const reply = (await this.conn.xread('COUNT', READ_BATCH, 'BLOCK', block, 'STREAMS',
           ...streams.map((q) => q.key), ...streams.map((q) => q.position!))) as StreamReply
         this.blockedRound = -1
         attempt = 0
@@ -313,17 +323,22 @@ class StreamReader {
         if (this.stopped) return
         // A dropped connection reconnects by itself; anything else (a refusal) is retried with
         // backoff, so a misconfigured Redis costs a log line a while, not a busy loop.
-        if (this.conn.status === 'ready') this.log.warn({ queues: this.queues.size, err: (err as Error).message }, 'bullmq event stream read failed; retrying')
+        if (this.conn.status === 'ready') this.warn({ queues: this.queues.size, err: (err as Error).message }, 'bullmq event stream read failed; retrying')
         await new Promise((resolve) => setTimeout(resolve, RETRY_MIN_MS + backoff(attempt++, RETRY_MIN_MS, RETRY_MAX_MS)))
       }
     }
   }
 
-  /** Once per connection: its id (for CLIENT UNBLOCK), whether the server is the one it was,
+  /** Once per connection: its id (for CLIENT UNBLOCK, where allowed), whether the server is the one it was,
    * and, if so, whether a long outage let BullMQ trim a stream past where it was read. */
   private async checkSession(): Promise<void> {
     const session = this.session
-    const clientId = Number(await this.conn.client('ID'))
+    // Without CLIENT (a Redis ACL may forbid it) nothing can wake a blocked read: new queues
+    // then join when the current block ends.
+    const clientId = await this.conn.client('ID').then(Number, (err: Error) => {
+      this.warn({ err: err.message }, 'bullmq CLIENT ID refused (a Redis ACL?); a new queue is read once the current block ends (1 s at most)')
+      return null
+    })
     if (await this.identity.changed(this.conn)) {
       this.owner.serverChanged()
     } else {
@@ -376,16 +391,13 @@ export class BullmqSource implements JobSource, ReaderOwner {
   private cmd: Redis | null = null
   private hooks: SourceHooks | null = null
   private closed = false
-  private readonly warn: ReturnType<typeof rateLimitedLog>
 
   constructor(
     private readonly url: string,
     private readonly channelPrefix: string,
     private readonly options: BullmqOptions,
     private readonly log: Logger,
-  ) {
-    this.warn = rateLimitedLog(log, 5, 30_000)
-  }
+  ) {}
 
   start(hooks: SourceHooks): void {
     this.hooks = hooks
@@ -474,7 +486,7 @@ export class BullmqSource implements JobSource, ReaderOwner {
       const state = translateBullmqEvent(fields, job.last)
       if (state !== null) hooks.message(Buffer.from(this.channelPrefix + jobId, 'latin1'), this.jobs.deliver(job, state))
     } catch (err) {
-      this.warn({ job: jobId, err: (err as Error).message }, 'bullmq event could not be translated; dropped')
+      hooks.malformed(jobId, `bullmq event could not be translated: ${(err as Error).message}`)
     }
   }
 

@@ -184,7 +184,7 @@ export class CelerySource implements JobSource {
     try {
       this.deliver(jobId, payload)
     } catch (err) {
-      this.warn({ job: jobId, err: (err as Error).message }, 'celery result could not be translated; dropped')
+      this.hooks?.malformed(jobId, `celery result could not be translated: ${(err as Error).message}`)
     }
   }
 
@@ -193,7 +193,7 @@ export class CelerySource implements JobSource {
     if (job === undefined || this.hooks === null) return
     const translated = readCeleryResult(payload, this.options)
     if (translated === null) {
-      this.warn({ job: jobId }, 'celery published a result that is not JSON with a status (is result_serializer json?); dropped')
+      this.hooks.malformed(jobId, 'celery published a result that is not JSON with a status (is result_serializer json?)')
       return
     }
     // Only a result that carries the task's kwargs (result_extended) can say its owner changed,

@@ -27,6 +27,9 @@ export interface SourceHooks {
    * Redis is another server process than before, so what was delivered before may describe a
    * job that no longer exists. The jobs' watchers need a fresh job_status. */
   restored(jobIds: readonly string[], dataLost: boolean): void
+  /** A message of a watched job was dropped (not a record of the queue's, or it failed to
+   * translate): counted and logged with the producer payloads dropped for the same reason. */
+  malformed(jobId: string, reason: string): void
 }
 
 /** A job's stored state, translated, with the owner the source read from the job. */

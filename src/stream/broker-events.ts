@@ -51,9 +51,14 @@ export function brokerListener(parts: StreamParts, bridge: (channel: Buffer, pay
 }
 
 /** Source jobs go through the same bridge: a source's payload is a producer's payload. */
-export function sourceHooks(parts: StreamParts, bridge: (channel: Buffer, payload: Buffer) => void): SourceHooks {
+export function sourceHooks(
+  parts: StreamParts,
+  bridge: (channel: Buffer, payload: Buffer) => void,
+  malformed: (jobId: string, reason: string) => void,
+): SourceHooks {
   return {
     message: bridge,
+    malformed,
     live: (jobIds, live) => parts.watched.sourceLive(jobIds, live),
     restored: (jobIds, dataLost) => {
       if (dataLost) for (const jobId of jobIds) parts.watched.get(jobId)?.forget()
