@@ -78,3 +78,19 @@ t.test('a poisoned stored state is ignored, not a 503', async (t) => {
   const c = await gw.connect('jobwire.msgpack')
   t.same((await c.subscribe('hp-3')).data, null, 'job_status carries no state')
 })
+
+t.test("a job's state key of another type is no job, and fails no other job read with it", async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const gw = await startGateway({ redis: redis.url })
+  t.teardown(() => gw.stop())
+  const writer = redis.client()
+  await writer.set('jobwire:job:squatted', 'a string where a hash goes')
+  await gw.gateway.broker.publishProgress('beside-squatted', Buffer.from('{"status":"processing","progress":5}'))
+  // Read in one turn: one script call for both.
+  const [squatted, beside] = await Promise.all([fetch(`${gw.http}/jobs/squatted`), fetch(`${gw.http}/jobs/beside-squatted`)])
+  t.equal(squatted.status, 404, 'the squatted id reads as no job')
+  t.equal(beside.status, 200, 'the job read with it is answered')
+  t.match(await beside.json(), { data: { progress: 5 } })
+  t.same(crashes, [])
+})

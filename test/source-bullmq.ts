@@ -303,3 +303,19 @@ t.test('a Redis user without CLIENT ID and CLIENT UNBLOCK (an ACL): every queue 
   await other.add('report', {}, { jobId: 'r1' })
   t.match(await until_(c, 'bullmq:acl-other:r1', (d) => d.status === 'queued'), { source_status: /added|waiting/ }, 'the second queue streams too')
 })
+
+t.test("keys of another type where a queue's keys should be: no job, and nobody else's reads or events fail", async (t) => {
+  // Anyone who may write to the queues' Redis (or a queue name that meets BullMQ's own keys:
+  // bullmq:<queue>:id is its counter, a string) can put them there.
+  await admin.set('bull:broken:events', 'not a stream')
+  await queue.add('transcode', { steps: [20] }, { jobId: 'beside-broken' })
+  const c = await connect(t)
+  // Read in the same turn as the string key: one batch, one MULTI.
+  const [idKey, mine] = await Promise.all([fetch(`${gw.http}/jobs/bullmq:clips:id`), fetch(`${gw.http}/jobs/bullmq:clips:beside-broken`)])
+  t.equal(idKey.status, 404, 'a key that is not a job hash reads as no job')
+  t.equal(mine.status, 200, 'the job read beside it is answered')
+  t.same((await c.subscribe('bullmq:broken:1')).data, null, 'a queue whose events key is not a stream: watched, nothing to show')
+  await c.subscribe('bullmq:clips:later')
+  await queue.add('transcode', { steps: [30] }, { jobId: 'later' })
+  t.match(await until_(c, 'bullmq:clips:later', (d) => d.status === 'completed'), { progress: 100 }, 'the other queues\' events still stream')
+})

@@ -160,6 +160,8 @@ t.test('a result that cannot be shown keeps its status and says why; nothing end
   t.equal(readCeleryResult(Buffer.from([0xff, 0xfe, 0x00]), options), null, 'binary: not a result')
   t.equal(readCeleryResult(Buffer.from('{"status": 7}'), options), null, 'a status that is not a string: not a result')
   t.match(sent({ state: translateBullmqEvent({ event: 'completed', returnvalue: deep }, null)!, owner: null, ownerKnown: false }), { status: 'completed', error: /deeper/ }, 'BullMQ: the same guard')
+  const failed = readCeleryResult(Buffer.from(`{"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": ["bad", ${'['.repeat(20000)}${']'.repeat(20000)}]}}`), options)
+  t.match(sent(failed), { status: 'failed', error: /^ValueError: bad, \(an argument not shown: .*deeper than 64/ }, "an exception's argument nested 20,000 deep")
 })
 
 t.test('WatchedJobs routes source jobs to their source: watch on the first holder, unwatch after the delay; broker outages do not touch them', async (t) => {

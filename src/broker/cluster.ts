@@ -34,6 +34,7 @@ import { defineProgressScript, runProgressScript } from '../producer/script.js'
 import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/owner-index.js'
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
+import { isWrongType } from './redis-connection.js'
 import { RECORD_SEEN_SCRIPT } from './redis.js'
 import { keySlot } from './slots.js'
 
@@ -230,7 +231,11 @@ export class ClusterBroker implements Broker, OwnerIndex {
       const node = masters.get(this.ownerOf(keySlot(keys[i]!)) ?? '')
       if (node !== undefined) group(byNode, node, () => []).push(i)
     }
-    const read = (i: number) => this.cmd.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen')
+    // A key that is not a hash is no job: it reads as absent rather than failing the batch.
+    const read = (i: number) => this.cmd.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen').catch((err: Error) => {
+      if (isWrongType(err)) return [null, null, null]
+      throw err
+    })
     const fields = new Array<Promise<Array<Buffer | null>> | undefined>(keys.length)
     for (const [node, indexes] of byNode) {
       const pipeline = node.pipeline()

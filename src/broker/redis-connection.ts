@@ -86,3 +86,9 @@ export async function closeConnection(conn: Redis): Promise<void> {
   }
   conn.disconnect()
 }
+
+/** Redis refused a command for the type of the key it names (a key some other writer holds as
+ * a string, a list...): a fact about that one key, not about the connection. */
+export function isWrongType(err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith('WRONGTYPE')
+}

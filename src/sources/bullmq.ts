@@ -17,7 +17,7 @@ import { backoff } from '../support/backoff.js'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
-import { closeConnection, ServerIdentity, sourceConnection, whenReady } from '../broker/redis-connection.js'
+import { closeConnection, isWrongType, ServerIdentity, sourceConnection, whenReady } from '../broker/redis-connection.js'
 import { isRecord, liftDetails, ownerAt, parseJson, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const BULLMQ_JOB_PREFIX = 'bullmq:'
@@ -27,6 +27,8 @@ const READ_BATCH = 500
 const BLOCK_MS = 5000
 /** The same where nothing can wake it (CLIENT refused by an ACL): a new queue waits this long. */
 const UNWAKEABLE_BLOCK_MS = 1000
+/** How long a queue whose events key is not a stream is left aside before it is tried again. */
+const UNREADABLE_RETRY_MS = 30_000
 const RETRY_MIN_MS = 100
 const RETRY_MAX_MS = 2000
 
@@ -153,6 +155,11 @@ class QueueStream {
   liveWaiters: Waiter[] = []
   positionWaiters: Array<Waiter & { readonly target: string }> = []
 
+  /** Its events key held another type than a stream (anyone who may write to the queue's Redis
+   * can put one there): not read until then (ms since the epoch), when it is placed again.
+   * Its watchers are live meanwhile and see what snapshots read from the jobs' hashes. */
+  unreadableUntil = 0
+
   constructor(readonly queue: string, readonly key: string) {}
 
   reached(target: string): boolean {
@@ -178,9 +185,11 @@ class StreamReader {
   private clientId: number | null = null
   /** CLIENT UNBLOCK was refused: reads block for a short time instead. */
   private unwakeable = false
-  /** Rounds of XREAD sent; `blockedRound` is the one Redis may be blocking on now. */
+  /** Rounds of XREAD sent; `blockedRound` is the one Redis may be blocking on now, and
+   * `wokenRound` the last one a CLIENT UNBLOCK was sent for. */
   private round = 0
   private blockedRound = -1
+  private wokenRound = -1
   /** Resolved when a queue is added while there is nothing to read. */
   private wake: (() => void) | null = null
   private stopped = false
@@ -262,8 +271,11 @@ class StreamReader {
       return
     }
     const clientId = this.clientId
-    if (clientId === null || this.blockedRound !== this.round) return
+    // One wake per blocked round, however many queues arrive meanwhile: the next round reads
+    // them all.
+    if (clientId === null || this.blockedRound !== this.round || this.wokenRound === this.round) return
     const round = this.round
+    this.wokenRound = round
     // The UNBLOCK can reach Redis before the XREAD it is meant for: then it unblocks nothing,
     // and is sent again while that round is still the one blocked.
     const attempt = (left: number): void => {
@@ -295,12 +307,13 @@ class StreamReader {
       try {
         await whenReady(this.conn, () => this.stopped)
         if (this.checkedSession !== this.session) await this.checkSession()
-        if (this.queues.size === 0) {
-          await new Promise<void>((resolve) => (this.wake = resolve))
-          continue
-        }
         await this.place()
         const streams = [...this.queues.values()].filter((q) => q.position !== null)
+        if (streams.length === 0) {
+          // Nothing to read: until a queue is added, or an unreadable one may be placed again.
+          await this.idle(this.queues.size === 0 ? null : UNREADABLE_RETRY_MS)
+          continue
+        }
         for (const stream of streams) this.setLive(stream, true)
         const round = ++this.round
         this.blockedRound = round
@@ -321,6 +334,8 @@ class StreamReader {
       } catch (err) {
         this.blockedRound = -1
         if (this.stopped) return
+        // One queue's key changed type under the read: that queue is set aside, the rest go on.
+        if (isWrongType(err) && this.conn.status === 'ready' && await this.setAsideUnreadable().catch(() => false)) continue
         // A dropped connection reconnects by itself; anything else (a refusal) is retried with
         // backoff, so a misconfigured Redis costs a log line a while, not a busy loop.
         if (this.conn.status === 'ready') this.warn({ queues: this.queues.size, err: (err as Error).message }, 'bullmq event stream read failed; retrying')
@@ -361,15 +376,53 @@ class StreamReader {
   /** New queues are read from their stream's last id on: everything after it reaches the
    * reader, however late. */
   private async place(): Promise<void> {
-    const unplaced = [...this.queues.values()].filter((q) => q.position === null)
+    const now = Date.now()
+    const unplaced = [...this.queues.values()].filter((q) => q.position === null && q.unreadableUntil <= now)
     if (unplaced.length === 0) return
     const pipeline = this.conn.pipeline()
     for (const stream of unplaced) pipeline.xrevrange(stream.key, '+', '-', 'COUNT', 1)
     const replies = (await pipeline.exec()) ?? []
     unplaced.forEach((stream, i) => {
       const [err, reply] = replies[i] ?? [new Error('no reply'), null]
+      if (isWrongType(err)) return this.unreadable(stream)
       if (err) throw err
       if (stream.position === null) stream.position = (reply as Array<[string, string[]]>)[0]?.[0] ?? '0-0'
+    })
+  }
+
+  /** After an XREAD refused for a key's type: finds the queues whose key is no longer a stream
+   * and sets them aside. False when none is (the refusal was something else). */
+  private async setAsideUnreadable(): Promise<boolean> {
+    const placed = [...this.queues.values()].filter((q) => q.position !== null)
+    const pipeline = this.conn.pipeline()
+    for (const stream of placed) pipeline.type(stream.key)
+    const types = (await pipeline.exec()) ?? []
+    const found = placed.filter((_, i) => types[i]?.[1] !== 'stream' && types[i]?.[1] !== 'none')
+    for (const stream of found) {
+      stream.position = null
+      this.unreadable(stream)
+    }
+    return found.length > 0
+  }
+
+  private unreadable(stream: QueueStream): void {
+    stream.unreadableUntil = Date.now() + UNREADABLE_RETRY_MS
+    this.warn({ queue: stream.queue, key: stream.key }, 'a bullmq queue\'s events key is not a stream; its events are not read (its jobs are shown from their hashes)')
+    // Its watchers need not wait for events that cannot come: they go on with snapshots.
+    this.setLive(stream, true)
+  }
+
+  /** Waits for a queue to be added, or `ms` (null: no limit). */
+  private idle(ms: number | null): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = ms === null ? null : setTimeout(() => {
+        this.wake = null
+        resolve()
+      }, ms)
+      this.wake = () => {
+        if (timer !== null) clearTimeout(timer)
+        resolve()
+      }
     })
   }
 }
@@ -438,18 +491,22 @@ export class BullmqSource implements JobSource, ReaderOwner {
     for (const p of parsed) multi.hgetall(p === null ? '' : `${this.options.prefix}:${p.queue}:${p.id}`)
     for (const queue of queues) multi.xrevrange(this.streamKey(queue), '+', '-', 'COUNT', 1)
     const replies = (await multi.exec()) ?? []
-    const value = (i: number): unknown => {
+    // A key of another type where a job's hash or a queue's stream should be (anyone who may
+    // write to the queue's Redis can put one there) is no job and no stream: it reads as
+    // absent, and never fails the other ids read with it.
+    const value = (i: number, absent: unknown): unknown => {
       const [err, reply] = replies[i] ?? [new Error('no reply'), null]
+      if (isWrongType(err)) return absent
       if (err) throw err
       return reply
     }
     await Promise.all(queues.map((queue, k) => {
-      const last = (value(jobIds.length + k) as Array<[string, string[]]>)[0]?.[0]
+      const last = (value(jobIds.length + k, []) as Array<[string, string[]]>)[0]?.[0]
       const stream = this.reader?.get(queue)
       return last === undefined || stream === undefined ? undefined : this.reader!.reached(stream, last)
     }))
     return jobIds.map((jobId, i) => {
-      const translated = translateBullmqHash(value(i) as Record<string, string>, this.options.ownerField)
+      const translated = translateBullmqHash(value(i, {}) as Record<string, string>, this.options.ownerField)
       if (translated === null) return { state: null, owner: null }
       return { state: this.jobs.stored(this.jobs.get(jobId), translated.state, translated.owner), owner: translated.owner }
     })

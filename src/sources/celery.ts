@@ -11,6 +11,7 @@
 import type { Redis } from 'ioredis'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
+import { jsonValueProblem } from '../wire/payload.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { closeConnection, sourceConnection } from '../broker/redis-connection.js'
 import { SubscriberSession } from '../broker/subscriber-session.js'
@@ -46,13 +47,21 @@ function statusOf(celeryState: string): string {
   }
 }
 
+/** One argument of an exception as text; one that cannot be written as JSON (nested past the
+ * payload limit, or with NaN) is named, not written. */
+function argumentText(part: unknown): string {
+  if (typeof part === 'string') return part
+  const problem = jsonValueProblem(part)
+  return problem === null ? JSON.stringify(part) : `(an argument not shown: ${problem})`
+}
+
 /** `ValueError: bad input` from Celery's serialised exception
  * ({"exc_type": ..., "exc_message": [...args], "exc_module": ...}). */
 function exceptionText(result: unknown): string {
   if (typeof result === 'string') return result
   if (!isRecord(result) || typeof result.exc_type !== 'string') return 'task failed'
   const message = result.exc_message
-  const text = Array.isArray(message) ? message.map((part) => (typeof part === 'string' ? part : JSON.stringify(part))).join(', ')
+  const text = Array.isArray(message) ? message.map(argumentText).join(', ')
     : typeof message === 'string' ? message : ''
   return text === '' ? result.exc_type : `${result.exc_type}: ${text}`
 }
@@ -144,12 +153,15 @@ export class CelerySource implements JobSource {
     return jobIds.map((jobId, i) => {
       const value = values[i]
       if (value === null || value === undefined) return { state: null, owner: null }
-      const translated = readCeleryResult(value, this.options)
-      if (translated === null) {
+      // One task's result never fails the others read with it.
+      try {
+        const translated = readCeleryResult(value, this.options)
+        if (translated !== null) return { state: this.jobs.stored(this.jobs.get(jobId), translated.state, translated.owner), owner: translated.owner }
         this.warn({ job: jobId }, 'celery result is not JSON with a status (is result_serializer json?); ignoring it')
-        return { state: null, owner: null }
+      } catch (err) {
+        this.hooks?.malformed(jobId, `celery result could not be translated: ${(err as Error).message}`)
       }
-      return { state: this.jobs.stored(this.jobs.get(jobId), translated.state, translated.owner), owner: translated.owner }
+      return { state: null, owner: null }
     })
   }
 
