@@ -117,7 +117,7 @@ export class Gateway {
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
 
     // Route handlers see the app through the host guard while open (http/host-guard.ts).
-    const routes = isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, config.trustProxy, this.metrics) : this.app
+    const routes = isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, this.metrics) : this.app
     this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes)
     routes.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
     addHttpRoutes(routes, {

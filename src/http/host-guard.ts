@@ -5,11 +5,12 @@
 // Host it sends: its own name. So while open, every route refuses a Host that is not
 // localhost, 127.x.x.x or [::1] (any port) before anything else runs.
 //
-// Exceptions: a request without Host (HTTP/1.1 clients always send one, browsers included),
-// --insecure-no-auth (the operator chose to be reached by other names), and, with
-// --trust-proxy, a request that came through a trusted proxy (it says so with X-Forwarded-For):
-// the proxy's own name is then the Host, and that exposure is what startup's "OPEN BEHIND A
-// PROXY" warning is about.
+// Exceptions: a request without Host (HTTP/1.1 clients always send one, browsers included) and
+// --insecure-no-auth (the operator chose to be reached by other names). Nothing a request says
+// about itself makes one: a rebound page may send X-Forwarded-For on a same-origin fetch, and
+// comes from loopback like a same-host proxy. An open gateway behind a proxy that serves it
+// under another name therefore answers nothing until that proxy sends a loopback Host, or a
+// key is configured, which is what serving it under a public name calls for.
 
 import type { HttpRequest, HttpResponse, TemplatedApp, WebSocketBehavior } from 'uWebSockets.js'
 import { isLoopbackHost } from '../access/auth.js'
@@ -40,9 +41,8 @@ const ROUTE_METHODS = new Set(['get', 'post', 'options', 'del', 'patch', 'put', 
  * WebSocket upgrade) first checks the request's Host. Publishing and everything else go to
  * the app itself.
  */
-export function loopbackHostsOnly(app: TemplatedApp, trustProxy: boolean, metrics: Metrics): TemplatedApp {
-  const allowed = (req: HttpRequest): boolean =>
-    loopbackHostAllowed(req.getHeader('host')) || (trustProxy && req.getHeader('x-forwarded-for') !== '')
+export function loopbackHostsOnly(app: TemplatedApp, metrics: Metrics): TemplatedApp {
+  const allowed = (req: HttpRequest): boolean => loopbackHostAllowed(req.getHeader('host'))
   const refuse = (res: HttpResponse, req: HttpRequest): void => {
     metrics.countRefusal('http', 'host_not_allowed')
     respondJson(res, 403, {
