@@ -62,3 +62,19 @@ t.test('a ping flood closes the flooding socket, nobody else', async (t) => {
   normal.send({ type: 'ping', id: 7 })
   t.match(await normal.next((m) => m.type === 'pong' && m.id === 7), { id: 7 }, 'and it is still served')
 })
+
+t.test('a flood paced to slip one frame through per refill is closed too', async (t) => {
+  const gw = await startGateway({ 'jwt-secret': SECRET, 'max-messages-per-sec': '20' })
+  t.teardown(() => gw.stop())
+  const flooder = await gw.connectAs(await token('mallory'))
+  const started = Date.now()
+  let sent = 0
+  // 300 pings a second, 15 times the budget, in small bursts: between two of them the bucket
+  // refills one token, so an accepted frame keeps coming; at most 8 s.
+  while (flooder.closeCode === undefined && Date.now() - started < 8000) {
+    for (let i = 0; i < 15; i++, sent++) flooder.ws.ping()
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  const code = await Promise.race([flooder.closed, new Promise((resolve) => setTimeout(() => resolve('still open'), 2000))])
+  t.equal(code, 1008, `closed with 1008 after ${sent} pings in ${Date.now() - started} ms`)
+})

@@ -66,18 +66,25 @@ export function chooseSubprotocol(header: string): Encoding | null | undefined {
   return null
 }
 
-/** Repeated rate-limit refusals without a pause end the connection (1008). */
+/** Rate-limit refusals beyond the accepted frames by this many end the connection (1008). */
 const MAX_STRIKES = 20
+
+/** An accepted frame takes back one strike, not all: a client that keeps sending well over its
+ * rate is refused more often than served and is closed, however its frames interleave (with a
+ * reset, one accepted frame per refill kept a 15x flood of pings open). */
+function forgiveStrike(conn: SocketConnection): void {
+  if (conn.strikes > 0) conn.strikes--
+}
 
 /** A ping or pong from the client spends one message token: uWS answers pings itself, so
  * otherwise a flood of them costs CPU and is never refused. No error frame is sent (that would
  * answer a flood with a flood); refusals count strikes as messages' do, and the socket is
  * closed with 1008 past MAX_STRIKES. The pong answering our own idle-timeout ping costs one
- * token per idle period, and a strike, if any, is cleared by the next accepted frame. */
+ * token per idle period. */
 function chargeControlFrame(conn: SocketConnection, rate: TokenRate | null, metrics: Metrics): void {
   if (rate === null || conn.closed) return
   if (rate.spend(conn, Date.now())) {
-    conn.strikes = 0
+    forgiveStrike(conn)
     return
   }
   if (++conn.strikes < MAX_STRIKES) return
@@ -275,7 +282,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
         conn.send({ type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: messageRate.waitMs(conn.bucket, Date.now()) })
         return
       }
-      conn.strikes = 0
+      forgiveStrike(conn)
       if (message.byteLength > config.maxMessageBytes) {
         metrics.countClientError('message_too_big')
         conn.end(CloseCode.MessageTooBig, `message larger than ${config.maxMessageBytes} bytes`)
