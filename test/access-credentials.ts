@@ -135,3 +135,15 @@ t.test("a producer token records only the owners its claims allow", async (t) =>
     t.equal((await post(gw, 'video-11', bearer(await token('worker-6', { role: 'producer', owners: [] })))).status, 200, '...and writes without one')
   })
 })
+
+t.test('failures from one IPv6 /64 count together, however its addresses rotate', async (t) => {
+  // Clients behind a trusted proxy (loopback here), named by X-Forwarded-For.
+  const gw = await startGateway({ ...KEYS, 'trust-proxy': 'true', 'trusted-proxies': '127.0.0.1/32' })
+  t.teardown(() => gw.stop())
+  const from = (address: string) => ({ 'x-forwarded-for': address })
+  const statuses: number[] = []
+  for (let i = 1; i <= 14; i++) statuses.push(await adminGet(gw, { ...bearer(`wrong-${i}`), ...from(`2001:db8:0:1::${i.toString(16)}`) }))
+  t.same(statuses.slice(10), [429, 429, 429, 429], 'the eleventh address of the /64 is already throttled')
+  t.equal(await adminGet(gw, { ...bearer('wrong'), ...from('2001:db8:0:2::1') }), 401, 'another /64 is not')
+  t.equal(await adminGet(gw, { ...bearer(ADMIN_KEY), ...from('2001:db8:0:1::99') }), 200, 'and the right key from the throttled /64 is answered')
+})

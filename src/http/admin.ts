@@ -36,12 +36,14 @@ function guarded(ctx: AdminContext, handler: (res: HttpResponse, aborted: { abor
     const credentials = credentialsOf(req)
     const param = req.getParameter(0) ?? ''
     const user = req.getQuery('user') ?? ''
-    const { ip } = clientOf(res, req, ctx.addressRule)
+    // Failures are counted per limit key: an IPv6 client's /64, so rotating addresses in it
+    // counts as one (the map of counts stays as small as the clients are few).
+    const { ip, limitKey } = clientOf(res, req, ctx.addressRule)
     const aborted = trackAborted(res)
     void (async () => {
       // Valid admin credentials are answered even from an address that keeps failing (the
       // throttle counts and answers failures only: see Access).
-      const admitted = await ctx.access.checkAdmin(credentials, ip)
+      const admitted = await ctx.access.checkAdmin(credentials, limitKey ?? ip)
       if (admitted !== true) {
         if (aborted.aborted) return
         return admitted === 'throttled' ? respondThrottled(res) : respondUnauthorized(res, 'admin credentials required: Authorization: Bearer <admin key or admin token> (never ?token=)')

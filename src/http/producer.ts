@@ -38,7 +38,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const replaceOwner = (req.getQuery('replace_owner') ?? '') === '1'
     // Merging the body into the stored state is the default; ?replace=1 stores it alone.
     const replace = (req.getQuery('replace') ?? '') === '1'
-    const { ip } = clientOf(res, req, ctx.addressRule)
+    const { ip, limitKey } = clientOf(res, req, ctx.addressRule)
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
     const refused = (kind: 'refused' | 'rate_limited', reason: string) =>
@@ -60,7 +60,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     })
     const body = readBody(res, MAX_PAYLOAD_BYTES, aborted)
     // Credentials first: an unauthenticated client must not make us buffer its upload.
-    const granted = ctx.access.producerGrant(credentials, ip)
+    const granted = ctx.access.producerGrant(credentials, limitKey ?? ip) // failures per limit key, as admin.ts
     void (async () => {
       const grant = await granted
       const refusal = typeof grant === 'string' ? 'producer credentials required: Authorization: Bearer <producer key or producer token> (never ?token=)'
