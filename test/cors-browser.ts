@@ -6,9 +6,10 @@
 // origin, `*` without credentials for "any origin", nothing for requests without Origin.
 
 import t from 'tap'
-import { createServer, request, type IncomingHttpHeaders, type Server } from 'node:http'
+import { createServer, type Server } from 'node:http'
 import type { Browser, Page } from 'playwright-core'
 import { launchBrowser } from './fixtures/browser.js'
+import { rawRequest, type RawAnswer } from './fixtures/raw-http.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { freePort } from './fixtures/ports.js'
 import { SECRET, token } from './fixtures/tokens.js'
@@ -80,17 +81,8 @@ async function publish(gw: TestGateway, jobId: string, body: Record<string, unkn
   if (res.status !== 200) throw new Error(`publish refused: ${res.status} ${await res.text()}`)
 }
 
-/** A raw request, so the test sets Origin (and Host) exactly as a browser would send them. */
-function raw(gw: TestGateway, method: string, path: string, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: gw.port, method, path, headers }, (res) => {
-      let text = ''
-      res.on('data', (c: Buffer) => (text += c.toString()))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }))
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
+function raw(gw: TestGateway, method: string, path: string, headers: Record<string, string>, body?: string): Promise<RawAnswer> {
+  return rawRequest(gw.port, method, path, headers, body)
 }
 
 t.test('a page on another origin', async (t) => {

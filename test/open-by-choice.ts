@@ -7,11 +7,11 @@
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { request, type IncomingHttpHeaders } from 'node:http'
 import { readdirSync, readFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { projectPath } from '../src/support/paths.js'
 import { redactFields, redactSecrets, SampledLog, type Logger } from '../src/support/log.js'
+import { rawRequest, type RawAnswer } from './fixtures/raw-http.js'
 import { startGateway, type TestGateway } from './fixtures/gateway.js'
 import { freePort } from './fixtures/ports.js'
 import { CLI, reap, serveProcess } from './fixtures/process.js'
@@ -24,16 +24,8 @@ const EVIL = 'https://evil.example'
 /** No key, no --open: what a bare `jobwire serve` sees (the fixtures run open by default). */
 const SHUT = { JOBWIRE_OPEN: '', JOBWIRE_JWT_SECRET: '', JOBWIRE_JWT_PUBLIC_KEY: '', JOBWIRE_JWKS_FILE: '', JOBWIRE_INSECURE_NO_AUTH: '', REDIS_URL: '' }
 
-function raw(gw: TestGateway, method: string, path: string, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: gw.port, method, path, headers }, (res) => {
-      let text = ''
-      res.on('data', (c: Buffer) => (text += c.toString()))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }))
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
+function raw(gw: TestGateway, method: string, path: string, headers: Record<string, string>, body?: string): Promise<RawAnswer> {
+  return rawRequest(gw.port, method, path, headers, body)
 }
 
 async function upgradeWith(gw: TestGateway, origin: string | undefined, clients: Set<TestClient>): Promise<string> {

@@ -5,56 +5,21 @@
 // the worker.
 
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { createInterface } from 'node:readline'
-import { projectPath } from '../src/support/paths.js'
+import { startCelery, type CeleryRequest } from './fixtures/celery.js'
 import { startGateway } from './fixtures/gateway.js'
 import { startRedis } from './fixtures/redis.js'
 import { SECRET, token } from './fixtures/tokens.js'
 import { pause, until } from './fixtures/until.js'
 import type { Message, TestClient } from './fixtures/ws-client.js'
 
-const EXAMPLE = projectPath('examples', 'celery')
 type Data = Record<string, unknown>
 
 const redis = await startRedis()
 t.teardown(() => redis.stop())
 const backendUrl = `${redis.url}/1`
-const pythonEnv = { ...process.env, REDIS_URL: backendUrl, PYTHONPATH: EXAMPLE, PYTHONDONTWRITEBYTECODE: '1' }
-
-/** A process the test started, stopped in teardown whatever happens. */
-function track(proc: ChildProcess): void {
-  t.teardown(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = new Promise((resolve) => proc.once('exit', resolve))
-    proc.kill('SIGTERM')
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 5000)
-    await exited
-    clearTimeout(timer)
-  })
-}
-
-// The worker: what a Celery user already runs, unchanged.
-const worker = spawn('/usr/bin/python3', ['-m', 'celery', '-A', 'tasks', 'worker', '--pool', 'solo', '--loglevel', 'info',
-  '--without-gossip', '--without-mingle', '--without-heartbeat'], { cwd: EXAMPLE, env: pythonEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-track(worker)
-const workerLog: string[] = []
-for (const stream of [worker.stdout!, worker.stderr!]) stream.on('data', (chunk: Buffer) => workerLog.push(chunk.toString()))
-await until(() => workerLog.join('').includes('ready.'), 'the celery worker to be ready', 30_000, 50).catch((err: Error) => {
-  throw new Error(`${err.message}:\n${workerLog.join('')}`)
-})
-
-// The app's side: queues and revokes tasks (one Python process for the whole test).
-const app = spawn('/usr/bin/python3', [projectPath('test', 'fixtures', 'celery_client.py')], { env: pythonEnv, stdio: ['pipe', 'pipe', 'inherit'] })
-track(app)
-const answers = createInterface({ input: app.stdout! })[Symbol.asyncIterator]()
-await answers.next() // {"ready": true}
-async function celery(request: { op: 'delay' | 'revoke'; task_id: string; kwargs?: Data; countdown?: number }): Promise<void> {
-  app.stdin!.write(`${JSON.stringify(request)}\n`)
-  await answers.next()
-}
-t.teardown(() => app.stdin!.end())
+const app = await startCelery(t, backendUrl)
+const celery = (request: CeleryRequest) => app.send(request)
 
 /** Queues a transcode task under a fresh id and returns the jobwire job id. */
 async function queue(kwargs: Data, taskId: string = randomUUID(), countdown?: number): Promise<string> {

@@ -14,12 +14,10 @@
 // alice before that pong has reached her by then.
 
 import t, { type Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { createInterface } from 'node:readline'
 import { Queue, Worker, type Job } from 'bullmq'
 import { Redis } from 'ioredis'
-import { projectPath } from '../src/support/paths.js'
+import { startCelery } from './fixtures/celery.js'
 import { startGateway } from './fixtures/gateway.js'
 import { startRedis } from './fixtures/redis.js'
 import { SECRET, token } from './fixtures/tokens.js'
@@ -116,33 +114,8 @@ t.test('BullMQ: a job id re-used for bob after alice\'s job was removed', async 
 })
 
 t.test('Celery: a task id sent again with kwargs.user_id = bob', async (t) => {
-  const example = projectPath('examples', 'celery')
-  const pythonEnv = { ...process.env, REDIS_URL: celeryDb, PYTHONPATH: example, PYTHONDONTWRITEBYTECODE: '1' }
-  const track = (proc: ChildProcess) => t.teardown(async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return
-    const exited = new Promise((resolve) => proc.once('exit', resolve))
-    proc.kill('SIGTERM')
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 5000)
-    await exited
-    clearTimeout(timer)
-  })
-  const worker = spawn('/usr/bin/python3', ['-m', 'celery', '-A', 'tasks', 'worker', '--pool', 'solo', '--loglevel', 'info',
-    '--without-gossip', '--without-mingle', '--without-heartbeat'], { cwd: example, env: pythonEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-  track(worker)
-  const workerLog: string[] = []
-  for (const stream of [worker.stdout!, worker.stderr!]) stream.on('data', (chunk: Buffer) => workerLog.push(chunk.toString()))
-  await until(() => workerLog.join('').includes('ready.'), 'the celery worker to be ready', 30_000, 50).catch((err: Error) => {
-    throw new Error(`${err.message}:\n${workerLog.join('')}`)
-  })
-  const app = spawn('/usr/bin/python3', [projectPath('test', 'fixtures', 'celery_client.py')], { env: pythonEnv, stdio: ['pipe', 'pipe', 'inherit'] })
-  track(app)
-  t.teardown(() => app.stdin!.end())
-  const answers = createInterface({ input: app.stdout! })[Symbol.asyncIterator]()
-  await answers.next() // {"ready": true}
-  const delay = async (taskId: string, kwargs: Data) => {
-    app.stdin!.write(`${JSON.stringify({ op: 'delay', task_id: taskId, kwargs })}\n`)
-    await answers.next()
-  }
+  const app = await startCelery(t, celeryDb)
+  const delay = (taskId: string, kwargs: Data) => app.send({ op: 'delay', task_id: taskId, kwargs })
   const taskId = randomUUID()
   const jobId = `celery:${taskId}`
   const meta = async () => JSON.parse((await backend.get(`celery-task-meta-${taskId}`)) ?? 'null') as Data | null
