@@ -6,7 +6,7 @@
 import type { TemplatedApp } from 'uWebSockets.js'
 import { sseEvent } from '../sse/event.js'
 import type { Metrics } from '../support/metrics.js'
-import { encodeMessage, frameBytes, jsonUpdateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
+import { encodeMessage, frameBytes, jsonRateFrame, jsonUpdateFrame, msgpackRateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
 import type { DecodedPayload } from '../wire/payload.js'
 import { isTerminalStatus, type JobPayload, type ServerMessage } from '../wire/protocol.js'
 import { topicFor } from '../wire/topics.js'
@@ -68,27 +68,37 @@ export class Fanout {
   }
 
   /** A rate class gets an update at once when its slot is free or the job just ended;
-   * otherwise the update waits for the slot, replaced by any newer one (the trailing edge). */
+   * otherwise the update waits for the slot, replaced by any newer one (the trailing edge).
+   * A frame that skips seqs the class received carries prev_seq (frames.ts), so clients do
+   * not take the conflation for a loss and ask for a snapshot. */
   private throttled(job: WatchedJob, hz: number, rate: RateState, update: DecodedPayload): void {
+    const seq = update.seq
+    rate.unbroken &&= seq !== undefined && rate.seenSeq !== undefined && seq === rate.seenSeq + 1 && update.epoch === rate.seenEpoch
+    rate.seenSeq = seq
+    rate.seenEpoch = update.epoch
     const now = Date.now()
     if (isTerminalStatus(update.obj.status) || now - rate.lastSentAt >= 1000 / hz) {
       if (rate.timer !== null) clearTimeout(rate.timer)
       rate.timer = null
       rate.pending = null
       rate.lastSentAt = now
-      this.publishRate(rate, () => jsonUpdateFrame(job.id, job.heads, update), () => msgpackUpdateFrame(job.id, job.heads, update))
+      const prevSeq = sent(rate, seq)
+      this.publishRate(rate, () => jsonRateFrame(job.id, job.heads, update, prevSeq), () => msgpackRateFrame(job.id, job.heads, update, prevSeq))
       return
     }
     // The producer's bytes are only valid during this call: keep the decoded object.
     rate.pending = update.obj
-    rate.pendingSeq = update.seq
+    rate.pendingSeq = seq
     rate.timer ??= setTimeout(() => {
       rate.timer = null
       const data = rate.pending
       if (data === null) return
       rate.pending = null
       rate.lastSentAt = Date.now()
-      const message: ServerMessage = { type: 'job_update', job_id: job.id, data }
+      const prevSeq = sent(rate, rate.pendingSeq)
+      const message: ServerMessage = prevSeq === undefined
+        ? { type: 'job_update', job_id: job.id, data }
+        : { type: 'job_update', job_id: job.id, data, prev_seq: prevSeq }
       this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
     }, rate.lastSentAt + 1000 / hz - now)
   }
@@ -106,7 +116,10 @@ export class Fanout {
     job.rates ??= new Map()
     let rate = job.rates.get(hz)
     if (rate === undefined) {
-      rate = { jsonTopic: topicFor('json', job.id, hz), msgpackTopic: topicFor('msgpack', job.id, hz), members: 0, lastSentAt: 0, pending: null, pendingSeq: undefined, timer: null }
+      rate = {
+        jsonTopic: topicFor('json', job.id, hz), msgpackTopic: topicFor('msgpack', job.id, hz), members: 0, lastSentAt: 0,
+        pending: null, pendingSeq: undefined, timer: null, sentSeq: undefined, seenSeq: undefined, seenEpoch: undefined, unbroken: false,
+      }
       job.rates.set(hz, rate)
     }
     rate.members++
@@ -140,6 +153,10 @@ export class Fanout {
         if (rate.timer !== null) clearTimeout(rate.timer)
         rate.timer = null
         rate.pending = null
+        // The class's sockets now hold this state: later skips are counted from it.
+        rate.sentSeq = rate.seenSeq = integer(data?.seq)
+        rate.seenEpoch = integer(data?.epoch)
+        rate.unbroken = true
         this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
       }
     }
@@ -151,4 +168,19 @@ export class Fanout {
     this.metrics.bytesOut += frameBytes(frame) * subscribers
     this.delivery.mark()
   }
+}
+
+/** A rate class delivers the update numbered `seq`: the prev_seq its frame carries (undefined:
+ * none), and the class's count moves on. Marked only when the frame skips seqs and every one
+ * skipped passed through the class (an update the gateway never received stays a gap). */
+function sent(rate: RateState, seq: number | undefined): number | undefined {
+  const prev = rate.sentSeq
+  const prevSeq = rate.unbroken && prev !== undefined && seq !== undefined && seq > prev + 1 ? prev : undefined
+  rate.sentSeq = seq
+  rate.unbroken = true
+  return prevSeq
+}
+
+function integer(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isSafeInteger(value) ? value : undefined
 }

@@ -40,6 +40,14 @@ export interface RateState {
   pending: JobPayload | null
   pendingSeq: number | undefined
   timer: NodeJS.Timeout | null
+  /** The seq of the update (or status) the class last delivered; undefined: none known. */
+  sentSeq: number | undefined
+  /** The seq and epoch of the last update that reached the class, sent or held back. */
+  seenSeq: number | undefined
+  seenEpoch: number | undefined
+  /** Every update since the last delivery followed the one before it (seq + 1, same epoch):
+   * what the next frame skips was conflated here, and the frame may say so (prev_seq). */
+  unbroken: boolean
 }
 
 /** One watched job as the stream sees it: names and frame prefixes fixed at creation, the

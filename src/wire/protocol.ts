@@ -113,7 +113,9 @@ export type ClientMessage =
 
 export type ServerMessage =
   | { type: 'job_status'; job_id: string; data: JobPayload | null }
-  | { type: 'job_update'; job_id: string; data: JobPayload }
+  /** prev_seq (jobwire extension): on a rate-capped subscription's update that skips seqs, the
+   * seq of the update delivered before it; what lies between was conflated, not lost. */
+  | { type: 'job_update'; job_id: string; data: JobPayload; prev_seq?: number }
   | { type: 'pong'; id?: string | number }
   | { type: 'unsubscribed'; job_id: string }
   /** jobwire extension: the answer to subscribe_user_jobs (and again after a resync): the
