@@ -117,6 +117,42 @@ t.test('JobView: a new epoch is the new truth, whatever its seq', (t) => {
   t.end()
 })
 
+t.test('JobView: a skip marked as conflation (prev_seq the view holds) is no gap; any other skip is', (t) => {
+  const v = new JobView()
+  v.applyStatus({ seq: 5, epoch: 1, progress: 50 })
+  t.equal(v.applyUpdate({ seq: 9, epoch: 1, progress: 90 }, 5), 'applied', 'seqs 6-8 were conflated by a rate cap, after the 5 held')
+  t.equal(v.applyUpdate({ seq: 12, epoch: 1 }, 10), 'gap', 'seq 10, delivered before this one, was never seen')
+  t.equal(v.applyUpdate({ seq: 20, epoch: 1 }, 11), 'applied', 'prev_seq below what is held: nothing between was lost')
+  t.equal(v.applyUpdate({ seq: 25, epoch: 1 }), 'gap', 'an unmarked skip is still a gap')
+  t.equal(v.applyUpdate({ seq: 30, epoch: 1 }, 'x'), 'gap', 'a prev_seq that is not an integer marks nothing')
+  t.equal(v.applyUpdate({ seq: 29, epoch: 1 }, 3), 'stale', 'stale stays stale')
+  t.same([v.seq, v.epoch], [30, 1])
+  t.end()
+})
+
+t.test('the client asks for a snapshot on a gap, not on a skip the server marked as conflated', async (t) => {
+  const { client } = makeClient()
+  const updates: unknown[] = []
+  client.subscribe('cf', { onUpdate: (d) => updates.push(d.seq) }, { maxHz: 2 })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  t.same(ws.sent, [{ type: 'subscribe_job', job_id: 'cf', max_hz: 2 }])
+  ws.push({ type: 'job_status', job_id: 'cf', data: { seq: 1, epoch: 9 } })
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 2, epoch: 9 } })
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 7, epoch: 9 }, prev_seq: 2 })
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 12, epoch: 9, status: 'completed' }, prev_seq: 7 })
+  t.same(ws.sent.filter((m) => m.type === 'job_status'), [], 'conflated skips: no job_status request')
+  t.same(updates, [2, 7, 12])
+  t.same(client.job('cf')?.seq, 12)
+  // A gateway without prev_seq (or a real loss) still gets the resync.
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 15, epoch: 9 } })
+  t.same(ws.sent.at(-1), { type: 'job_status', job_id: 'cf' }, 'an unmarked skip asks for a snapshot')
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 20, epoch: 9 }, prev_seq: 17 })
+  t.equal(ws.sent.filter((m) => m.type === 'job_status').length, 2, 'so does a skip past a prev_seq never seen')
+  client.close()
+})
+
 t.test('a subscribe answered unavailable is asked again, after the advised wait, until it succeeds', async (t) => {
   const { client } = makeClient()
   const statuses: unknown[] = []

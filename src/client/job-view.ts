@@ -10,7 +10,8 @@ export type Applied = 'applied' | 'stale' | 'gap'
  * generation of the job (the server lost the state and the producer began again, or the job
  * changed hands) and is the new truth, whatever its seq. An update that skips seqs is applied
  * (payloads carry the whole state) and reported as a gap, so the caller can ask for a fresh
- * snapshot.
+ * snapshot; unless the frame says the skip was conflation (a rate-capped subscription's
+ * `prev_seq`, the seq delivered before it) and the view already holds that seq or newer.
  */
 export class JobView {
   data: JobPayload | null = null
@@ -27,12 +28,13 @@ export class JobView {
     return 'applied'
   }
 
-  applyUpdate(data: JobPayload): Applied {
+  applyUpdate(data: JobPayload, prevSeq?: unknown): Applied {
     const seq = integer(data.seq)
     const epoch = integer(data.epoch)
     const newEpoch = epoch !== undefined && this.epoch !== undefined && epoch !== this.epoch
     if (!newEpoch && seq !== undefined && this.seq !== undefined && seq <= this.seq) return 'stale'
-    const gap = !newEpoch && seq !== undefined && this.seq !== undefined && seq > this.seq + 1
+    const conflatedFrom = integer(prevSeq)
+    const gap = !newEpoch && seq !== undefined && this.seq !== undefined && seq > this.seq + 1 && !(conflatedFrom !== undefined && conflatedFrom <= this.seq)
     this.data = data
     if (seq !== undefined) this.seq = seq
     if (epoch !== undefined) this.epoch = epoch

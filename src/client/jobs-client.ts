@@ -298,7 +298,7 @@ export class JobsClient extends EventTarget {
           for (const h of [...w.handlers]) h.onStatus?.(message.data, message.job_id)
           return
         }
-        const applied = w.view.applyUpdate(message.data)
+        const applied = w.view.applyUpdate(message.data, message.prev_seq)
         if (applied === 'stale') return
         for (const h of [...w.handlers]) h.onUpdate?.(message.data, message.job_id)
         if (applied === 'gap' && this.current === 'open') this.send({ type: 'job_status', job_id: message.job_id })
