@@ -3,6 +3,8 @@
 // once, nothing reordered; full-rate subscribers of the same job are untouched.
 
 import t from 'tap'
+import WebSocket from 'ws'
+import { JobsClient } from '../src/client/jobs-client.js'
 import { rateClass } from '../src/wire/topics.js'
 import { startGateway } from './fixtures/gateway.js'
 import { until } from './fixtures/until.js'
@@ -99,4 +101,134 @@ t.test('in the fan-out: a held update is replaced by newer ones; a terminal goes
   t.same([rate.pending, rate.timer], [null, null], 'what it superseded is dropped with its timer: it can never be sent after the terminal')
   t.same(published.map((p) => p.seq), [1, 4])
   fanout.leaveRate(job, 1)
+})
+
+t.test('a rate class marks the seqs it conflated: prev_seq after data, in both encodings, spliced or re-encoded', async (t) => {
+  const { Fanout } = await import('../src/stream/fanout.js')
+  const { Metrics } = await import('../src/support/metrics.js')
+  const { WatchedJobs } = await import('../src/stream/watched-jobs.js')
+  const { createBridge } = await import('../src/stream/bridge.js')
+  const { createLogger } = await import('../src/support/log.js')
+  const { pack, unpack } = await import('msgpackr')
+  const frames: Array<{ topic: string; frame: Record<string, unknown>; raw: string | Buffer }> = []
+  const app = {
+    numSubscribers: (topic: string) => (/^[jm]50:/.test(topic) ? 1 : 0),
+    publish: (topic: string, frame: string | Buffer, binary: boolean) => {
+      frames.push({ topic, frame: (binary ? unpack(frame as Buffer) : JSON.parse(frame.toString())) as Record<string, unknown>, raw: frame })
+      return true
+    },
+  }
+  const watched = new WatchedJobs({ subscribe: async () => {}, unsubscribe: async () => {} } as never, { mode: 'pattern', channelPrefix: 'progress:', unsubscribeDelayMs: 10 }, createLogger('silent'))
+  const fanout = new Fanout(app as never, new Metrics())
+  const bridge = createBridge(watched, fanout, new Metrics(), 'progress:'.length, () => undefined)
+  const of = (topic: string) => frames.filter((f) => f.topic === topic).map((f) => f.frame)
+
+  for (const [producer, encode] of [['json', (o: object) => Buffer.from(JSON.stringify(o))], ['msgpack', (o: object) => pack(o)]] as const) {
+    frames.length = 0
+    const job = watched.acquire('rc-m')
+    fanout.joinRate(job, 50) // a 20 ms slot
+    const send = (body: object) => bridge(Buffer.from('progress:rc-m'), encode(body))
+    send({ seq: 1, epoch: 7, status: 'processing' })
+    await sleep(25)
+    send({ seq: 2, epoch: 7, status: 'processing' }) // a free slot, nothing skipped
+    send({ seq: 3, epoch: 7, status: 'processing' }) // held, then replaced
+    send({ seq: 4, epoch: 7, status: 'processing' }) // held: the trailing edge (a timer)
+    await until(() => of('j50:rc-m').length === 3, 'the trailing edge')
+    send({ seq: 5, epoch: 7, status: 'processing' }) // held, then replaced
+    send({ seq: 6, epoch: 7, status: 'completed' }) // at once: terminal
+    for (const topic of ['j50:rc-m', 'm50:rc-m']) {
+      t.same(of(topic), [
+        { type: 'job_update', job_id: 'rc-m', data: { seq: 1, epoch: 7, status: 'processing' } },
+        { type: 'job_update', job_id: 'rc-m', data: { seq: 2, epoch: 7, status: 'processing' } },
+        { type: 'job_update', job_id: 'rc-m', data: { seq: 4, epoch: 7, status: 'processing' }, prev_seq: 2 },
+        { type: 'job_update', job_id: 'rc-m', data: { seq: 6, epoch: 7, status: 'completed' }, prev_seq: 4 },
+      ], `${producer} producer, ${topic}: only the frames that skip are marked`)
+    }
+    const terminal = frames.find((f) => f.topic === 'j50:rc-m' && (f.frame.data as { seq: number }).seq === 6)!
+    t.match(terminal.raw.toString(), /^\{"type":"job_update","job_id":"rc-m","data":\{.*\},"prev_seq":4\}$/, 'the frame head is unchanged: prev_seq follows data')
+
+    // An update the class never received is no conflation: the skip stays unmarked.
+    frames.length = 0
+    send({ seq: 1, epoch: 8, status: 'processing' }) // a new epoch: a skip of nothing
+    send({ seq: 3, epoch: 8, status: 'processing' }) // seq 2 never arrived
+    send({ seq: 4, epoch: 8, status: 'completed' })
+    // (seq 1 goes out at once or waits for the slot the terminal took, as timing has it)
+    t.same(of('j50:rc-m').at(-1), { type: 'job_update', job_id: 'rc-m', data: { seq: 4, epoch: 8, status: 'completed' } }, `${producer}: a skip over a missed seq is not marked`)
+    t.notOk(of('j50:rc-m').some((f) => 'prev_seq' in f), 'nor anything else here')
+    fanout.leaveRate(job, 50)
+    watched.release(job)
+  }
+})
+
+/** The ws WebSocket, recording what the client library sends. */
+function countingWebSocket(sent: Array<Record<string, unknown>>): typeof globalThis.WebSocket {
+  return class extends WebSocket {
+    override send(data: string): void {
+      sent.push(JSON.parse(data) as Record<string, unknown>)
+      super.send(data)
+    }
+  } as unknown as typeof globalThis.WebSocket
+}
+
+t.test('maxHz 2: the client library asks for no job_status for what the cap conflated, and ends on the final state', async (t) => {
+  const gw = await startGateway()
+  t.teardown(() => gw.stop())
+  const sent: Array<Record<string, unknown>> = []
+  const received: Array<Record<string, unknown>> = []
+  const client = new JobsClient({ url: gw.wsUrl, WebSocket: countingWebSocket(sent), EventSource: null })
+  t.teardown(() => client.close())
+  client.addEventListener('message', (e) => received.push((e as CustomEvent).detail))
+  let statuses = 0
+  client.subscribe('rc-c', { onStatus: () => statuses++ }, { maxHz: 2 })
+  await until(() => statuses === 1, 'the subscription')
+  let last = 0
+  for (let i = 1; i <= 19; i++) {
+    last = await gw.gateway.broker.publishProgress('rc-c', Buffer.from(JSON.stringify({ status: 'processing', progress: i * 5 })))
+    await sleep(10)
+  }
+  last = await gw.gateway.broker.publishProgress('rc-c', Buffer.from(JSON.stringify({ status: 'completed', progress: 100 })))
+  await until(() => client.job('rc-c')?.seq === last, 'the final state', 5000)
+  await sleep(100) // a resync request would be answered by now
+  t.match(client.job('rc-c')!.data, { status: 'completed', progress: 100, seq: last })
+  const updates = received.filter((m) => m.type === 'job_update')
+  t.ok(updates.length < 10, `the cap held (${updates.length} updates of ${last})`)
+  t.ok(updates.some((m) => typeof m.prev_seq === 'number'), 'skips were marked')
+  t.same(sent.filter((m) => m.type === 'job_status'), [], 'no job_status requests')
+  t.equal(received.filter((m) => m.type === 'job_status').length, 1, 'only the subscription\'s job_status')
+})
+
+t.test('a repeated subscribe_job with a new max_hz moves the socket to that rate, losing and repeating nothing', async (t) => {
+  const gw = await startGateway()
+  t.teardown(() => gw.stop())
+  const c = await gw.connect()
+  await c.subscribe('rc-r')
+  const publish = (body: object) => gw.gateway.broker.publishProgress('rc-r', Buffer.from(JSON.stringify(body)))
+  const burst = async (n: number): Promise<number> => {
+    let last = 0
+    for (let i = 0; i < n; i++) {
+      last = await publish({ status: 'processing', progress: i })
+      await sleep(10)
+    }
+    return last
+  }
+  let last = await burst(3)
+  await until(() => seqs(c).at(-1) === last, 'full rate')
+  t.same(seqs(c), [1, 2, 3], 'full rate: every update')
+
+  c.send({ type: 'subscribe_job', job_id: 'rc-r', max_hz: 1 })
+  t.match(await c.nextOfType('job_status', 'rc-r'), { data: { seq: 3 } }, 'answered with a job_status')
+  const before = seqs(c).length
+  last = await burst(20)
+  await until(() => seqs(c).at(-1) === last, 'the trailing edge at 1 Hz', 5000)
+  const capped = seqs(c).length - before
+  t.ok(capped <= 3, `capped to 1 Hz: ${capped} updates for 20 in ~${20 * 12} ms`)
+
+  c.send({ type: 'subscribe_job', job_id: 'rc-r' })
+  await c.nextOfType('job_status', 'rc-r')
+  const uncapped = seqs(c).length
+  const first = last + 1
+  last = await burst(5)
+  await until(() => seqs(c).at(-1) === last, 'full rate again')
+  t.same(seqs(c).slice(uncapped), [first, first + 1, first + 2, first + 3, first + 4], 'without max_hz: full rate again')
+  t.same(seqs(c), [...new Set(seqs(c))].sort((a, b) => a - b), 'nothing repeated or reordered across the moves')
 })

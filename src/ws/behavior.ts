@@ -100,8 +100,13 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
 
   async function subscribe(conn: SocketConnection, jobId: string, maxHz: number | undefined): Promise<void> {
     const state = conn.jobs.get(jobId)
-    if (state === 'pending') return // the first request will answer
-    if (state === 'subscribed' || state === 'parked') return status(conn, jobId)
+    if (state !== undefined) {
+      // Already watched: the latest request's max_hz applies; the first request answers a
+      // pending one, a fresh job_status any other.
+      changeRate(conn, jobId, rateClass(maxHz, config.maxUpdateHz))
+      if (state === 'pending') return
+      return status(conn, jobId)
+    }
     if (conn.jobs.size >= config.maxSubscriptionsPerSocket) {
       refusedLog(conn, jobId, ErrorCode.TooManySubscriptions)
       return conn.sendError(ErrorCode.TooManySubscriptions, `at most ${config.maxSubscriptionsPerSocket} jobs per connection`, jobId)
@@ -114,9 +119,26 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       return true
     })
     if (result.ok) return
-    if (conn.jobs.get(jobId) === 'pending') conn.jobs.delete(jobId)
+    if (conn.jobs.get(jobId) === 'pending') {
+      conn.jobs.delete(jobId)
+      conn.setRate(jobId, 0)
+    }
     if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
     conn.refuse(result.refusal, jobId)
+  }
+
+  /** Moves a watched job to another rate class. A subscribed socket joins the new class's
+   * topic and leaves the old one in the same synchronous step, so no frame falls between or
+   * arrives twice; joining first keeps the job held throughout. A pending or parked job joins
+   * its topic later, and takes the rate it has then. */
+  function changeRate(conn: SocketConnection, jobId: string, hz: number): void {
+    if ((conn.rates?.get(jobId) ?? 0) === hz) return
+    const ws = conn.ws
+    if (conn.jobs.get(jobId) !== 'subscribed' || conn.closed || ws === null) return conn.setRate(jobId, hz)
+    const from = conn.topicOf(jobId)
+    conn.setRate(jobId, hz)
+    ws.subscribe(conn.topicOf(jobId))
+    ws.unsubscribe(from)
   }
 
   function refusedLog(conn: SocketConnection, jobId: string, reason: string): void {
@@ -133,6 +155,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       ctx.catchUp.release(conn, jobId)
       metrics.subscriptions--
     }
+    conn.setRate(jobId, 0)
     conn.send({ type: 'unsubscribed', job_id: jobId })
   }
 
