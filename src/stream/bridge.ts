@@ -38,7 +38,12 @@ export function createBridge(
         onNewGeneration(job)
       }
     }
-    if (job.reauthorizing) return
+    // Held, not dropped: the newest payload waits for the job_status that follows the check,
+    // and is sent after it if newer (generations.ts). A copy: the bytes are the network's.
+    if (job.reauthorizing) {
+      job.held = Buffer.from(payload)
+      return
+    }
     fanout.update(job, update)
     const ts = update.obj.ts
     if (typeof ts === 'number') metrics.observeLatency(ts, Date.now())

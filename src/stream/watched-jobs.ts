@@ -65,6 +65,10 @@ export class WatchedJob {
   /** While a new generation's watchers are checked, its frames are held back; a job_status
    * follows. */
   reauthorizing = false
+  /** While reauthorizing: a copy of the newest payload held back (the bridge's bytes are only
+   * valid during its call), sent after the job_status when newer than it (generations.ts).
+   * Null otherwise, so the hot path copies nothing. */
+  held: Buffer | null = null
   /** Rate classes (max_hz) that sockets on this node watch the job at; fanout.ts owns them. */
   rates: Map<number, RateState> | null = null
   /** Stall detection's clock for the job (stalls.ts owns it); null while it has none. */
