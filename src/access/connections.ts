@@ -24,8 +24,10 @@ export interface Connection {
   subscriptions(): string[]
   /** Whether it receives the job (or is about to). */
   watches(jobId: string): boolean
-  /** It may no longer see the job: stop sending it, and say so (forbidden). */
-  revoke(jobId: string): void
+  /** It may no longer see the job: stop sending it, and say so (`forbidden`). With
+   * `unavailable`: whether it may see the job cannot be decided now (its owner could not be
+   * read); stop sending it and say so with a retry_after_ms, so the client watches again. */
+  revoke(jobId: string, reason?: 'forbidden' | 'unavailable'): void
   /** Its token expired: tell the client why, then close. */
   expire(): void
   /** An administrator disconnected its user. */

@@ -17,7 +17,7 @@ import type { Config } from '../support/config.js'
 import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { isValidJobId } from '../wire/protocol.js'
-import { SseStream } from './stream.js'
+import { SSE_RETRY_MS, SseStream } from './stream.js'
 
 const HEARTBEAT_MS = 15_000
 
@@ -96,7 +96,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
             .writeHeader('cache-control', 'no-store')
             .writeHeader('x-accel-buffering', 'no')
           for (const [name, value] of Object.entries(answerHeadersOf(res))) res.writeHeader(name, value)
-          res.write('retry: 2000\n\n')
+          res.write(`retry: ${SSE_RETRY_MS}\n\n`)
         })
         accessLog.info(ctx.log, 'connect', { transport: 'sse', stream: stream.id, ip, user, job: jobId }, 'SSE stream opened')
         // The stream holds the job for its lifetime; joining its sinks and sending the

@@ -15,6 +15,8 @@ import { sseEvent } from './event.js'
 
 /** A stream congested this long is closed; EventSource reconnects and resynchronises. */
 const MAX_CONGESTED_MS = 30_000
+/** The reconnect delay every stream sets with `retry:` (route.ts). */
+export const SSE_RETRY_MS = 2000
 
 export class SseStream implements JobSink, Connection {
   ended = false
@@ -50,9 +52,14 @@ export class SseStream implements JobSink, Connection {
     return jobId === this.jobId
   }
 
-  revoke(): void {
+  /** Either way the stream ends. After `unavailable` EventSource reconnects by itself (the
+   * stream's `retry:`), and the new stream is checked and sent the job's state afresh. */
+  revoke(_jobId?: string, reason: 'forbidden' | 'unavailable' = 'forbidden'): void {
     if (this.ended) return
-    this.write(sseEvent('jobwire_error', JSON.stringify({ type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: this.jobId }), undefined))
+    const error = reason === 'forbidden'
+      ? { type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: this.jobId }
+      : { type: 'error', code: ErrorCode.Unavailable, message: "the job's owner cannot be read right now; reconnect shortly", job_id: this.jobId, retry_after_ms: SSE_RETRY_MS }
+    this.write(sseEvent('jobwire_error', JSON.stringify(error), undefined))
     this.end()
   }
 
