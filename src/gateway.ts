@@ -96,7 +96,11 @@ export class Gateway {
     this.broker = options.broker ?? createBroker(config, log)
     this.sources = new Sources(config, log.child({ component: 'sources' }))
     // A stalled job's watchers are told through the fan-out, as after a resync.
-    const stalls = new Stalls(config.stallAfterSec * 1000, (job, data) => this.fanout.status(job, data))
+    // Not while a new generation's watchers are checked: the job_status that follows the check
+    // carries the flag (snapshot.ts).
+    const stalls = new Stalls(config.stallAfterSec * 1000, (job, data) => {
+      if (!job.reauthorizing) this.fanout.status(job, data)
+    })
     this.watched = new WatchedJobs(this.broker, {
       mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, sources: this.sources, stalls,
     }, log.child({ component: 'subscriptions' }))
@@ -110,7 +114,9 @@ export class Gateway {
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.sampler = new ProcessSampler(options.processName ?? 'main')
     this.idleCollector = new IdleCollector({ thresholdMb: config.idleGcMb, log, onCollect: () => this.metrics.idleCollections++ })
-    this.reauthorize = access.enabled ? createReauthorizer(this.connections, snapshots, this.fanout, this.metrics, log) : null
+    this.reauthorize = access.enabled
+      ? createReauthorizer({ connections: this.connections, snapshots, fanout: this.fanout, watched: this.watched, metrics: this.metrics, log, holdMs: config.outageHoldMs })
+      : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
     const isClosing = () => this.readiness.closing
