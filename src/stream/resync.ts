@@ -52,6 +52,8 @@ export class Resync {
               return this.onNewGeneration(job)
             }
             if (typeof epoch === 'number') job.generation = epoch
+            // Its watchers are being checked: the job_status follows that check, not before it.
+            if (job.reauthorizing) return
             this.fanout.status(job, data)
           })
           break
