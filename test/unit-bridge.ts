@@ -110,3 +110,24 @@ t.test('anything that still throws in the hot path costs one message, not the pr
   t.match(malformed, [/failed in the hot path: boom/])
   t.equal(published.length, 1, 'the next message went out')
 })
+
+t.test('while a new generation is checked, the newest payload is held as a copy; nothing is held otherwise', async (t) => {
+  const published: string[] = []
+  const app = { numSubscribers: (topic: string) => (topic === 'j:h1' ? 1 : 0), publish: (_topic: string, frame: string | Buffer) => published.push(frame.toString()) } as unknown as TemplatedApp
+  const broker = { subscribe: async () => {}, unsubscribe: async () => {} } as unknown as Broker
+  const watched = new WatchedJobs(broker, { mode: 'pattern', channelPrefix: 'progress:', unsubscribeDelayMs: 10 }, createLogger('silent'))
+  const metrics = new Metrics()
+  const checked: string[] = []
+  const bridge = createBridge(watched, new Fanout(app, metrics), metrics, 'progress:'.length, () => undefined, (job) => checked.push(job.id))
+  const job = watched.acquire('h1')
+  bridge(Buffer.from('progress:h1'), Buffer.from('{"seq":4,"epoch":1}'))
+  t.equal(job.held, null, 'no copy on the ordinary path')
+  const network = Buffer.from('{"seq":1,"epoch":2}')
+  bridge(Buffer.from('progress:h1'), network)
+  t.same(checked, ['h1'])
+  network.fill(0) // the network's buffer is reused
+  t.equal(job.held?.toString(), '{"seq":1,"epoch":2}', 'a copy of the new generation\'s frame')
+  bridge(Buffer.from('progress:h1'), Buffer.from('{"seq":2,"epoch":2}'))
+  t.equal(job.held?.toString(), '{"seq":2,"epoch":2}', 'the newest replaces it')
+  t.equal(published.length, 1, 'nothing of the new generation is published during the check')
+})
