@@ -124,7 +124,8 @@ export class Gateway {
 
     // Route handlers see the app through the host guard while open (http/host-guard.ts).
     const routes = isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, this.metrics) : this.app
-    this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes)
+    this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes, config.maxBackpressureBytes)
+    this.fanout.published = this.catchUp.published
     routes.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
     addHttpRoutes(routes, {
       access,

@@ -6,6 +6,7 @@
 import type { TemplatedApp } from 'uWebSockets.js'
 import { sseEvent } from '../sse/event.js'
 import type { Metrics } from '../support/metrics.js'
+import type { PublishedBytes } from '../ws/catch-up.js'
 import { encodeMessage, frameBytes, jsonRateFrame, jsonUpdateFrame, msgpackRateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
 import type { DecodedPayload } from '../wire/payload.js'
 import { isTerminalStatus, type JobPayload, type ServerMessage } from '../wire/protocol.js'
@@ -42,6 +43,9 @@ export class DeliveryWindow {
 
 export class Fanout {
   readonly delivery = new DeliveryWindow()
+  /** Counts the bytes each publish adds to a subscriber's queue, so catch-up can check the
+   * job's sockets before a burst takes them past the hard cap (catch-up.ts says why). */
+  published: PublishedBytes | null = null
 
   constructor(private readonly app: Publisher, private readonly metrics: Metrics) {}
 
@@ -52,7 +56,7 @@ export class Fanout {
     if (jsonSubscribers > 0 || job.sinks.size > 0) {
       const frame = jsonUpdateFrame(job.id, job.heads, update)
       if (jsonSubscribers > 0) {
-        this.publish(job.jsonTopic, frame, false, jsonSubscribers)
+        this.publish(job, job.jsonTopic, frame, false, jsonSubscribers)
         this.metrics.updatesPublished++
       }
       if (job.sinks.size > 0) {
@@ -61,7 +65,7 @@ export class Fanout {
       }
     }
     if (msgpackSubscribers > 0) {
-      this.publish(job.msgpackTopic, msgpackUpdateFrame(job.id, job.heads, update), true, msgpackSubscribers)
+      this.publish(job, job.msgpackTopic, msgpackUpdateFrame(job.id, job.heads, update), true, msgpackSubscribers)
       this.metrics.updatesPublished++
     }
     if (job.rates !== null) for (const [hz, rate] of job.rates) this.throttled(job, hz, rate, update)
@@ -83,7 +87,7 @@ export class Fanout {
       rate.pending = null
       rate.lastSentAt = now
       const prevSeq = sent(rate, seq)
-      this.publishRate(rate, () => jsonRateFrame(job.id, job.heads, update, prevSeq), () => msgpackRateFrame(job.id, job.heads, update, prevSeq))
+      this.publishRate(job, rate, () => jsonRateFrame(job.id, job.heads, update, prevSeq), () => msgpackRateFrame(job.id, job.heads, update, prevSeq))
       return
     }
     // The producer's bytes are only valid during this call: keep the decoded object.
@@ -99,15 +103,15 @@ export class Fanout {
       const message: ServerMessage = prevSeq === undefined
         ? { type: 'job_update', job_id: job.id, data }
         : { type: 'job_update', job_id: job.id, data, prev_seq: prevSeq }
-      this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
+      this.publishRate(job, rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
     }, rate.lastSentAt + 1000 / hz - now)
   }
 
-  private publishRate(rate: RateState, json: () => Frame, msgpack: () => Frame): void {
+  private publishRate(job: WatchedJob, rate: RateState, json: () => Frame, msgpack: () => Frame): void {
     const jsonSubscribers = this.app.numSubscribers(rate.jsonTopic)
     const msgpackSubscribers = this.app.numSubscribers(rate.msgpackTopic)
-    if (jsonSubscribers > 0) this.publish(rate.jsonTopic, json(), false, jsonSubscribers)
-    if (msgpackSubscribers > 0) this.publish(rate.msgpackTopic, msgpack(), true, msgpackSubscribers)
+    if (jsonSubscribers > 0) this.publish(job, rate.jsonTopic, json(), false, jsonSubscribers)
+    if (msgpackSubscribers > 0) this.publish(job, rate.msgpackTopic, msgpack(), true, msgpackSubscribers)
     if (jsonSubscribers + msgpackSubscribers > 0) this.metrics.updatesPublished++
   }
 
@@ -140,13 +144,13 @@ export class Fanout {
     const msgpackSubscribers = this.app.numSubscribers(job.msgpackTopic)
     if (jsonSubscribers > 0 || job.sinks.size > 0) {
       const frame = encodeMessage('json', message)
-      if (jsonSubscribers > 0) this.publish(job.jsonTopic, frame, false, jsonSubscribers)
+      if (jsonSubscribers > 0) this.publish(job, job.jsonTopic, frame, false, jsonSubscribers)
       if (job.sinks.size > 0) {
         const event = sseEvent('job_status', frame, typeof data?.seq === 'number' ? data.seq : undefined)
         for (const sink of [...job.sinks]) sink.resync(event)
       }
     }
-    if (msgpackSubscribers > 0) this.publish(job.msgpackTopic, encodeMessage('msgpack', message), true, msgpackSubscribers)
+    if (msgpackSubscribers > 0) this.publish(job, job.msgpackTopic, encodeMessage('msgpack', message), true, msgpackSubscribers)
     // Rate classes too: the status carries the latest state, so what they held back is moot.
     if (job.rates !== null) {
       for (const rate of job.rates.values()) {
@@ -157,16 +161,20 @@ export class Fanout {
         rate.sentSeq = rate.seenSeq = integer(data?.seq)
         rate.seenEpoch = integer(data?.epoch)
         rate.unbroken = true
-        this.publishRate(rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
+        this.publishRate(job, rate, () => encodeMessage('json', message), () => encodeMessage('msgpack', message))
       }
     }
   }
 
-  private publish(topic: string, frame: Frame, binary: boolean, subscribers: number): void {
+  private publish(job: WatchedJob, topic: string, frame: Frame, binary: boolean, subscribers: number): void {
     this.app.publish(topic, frame, binary)
+    const bytes = frameBytes(frame)
     this.metrics.framesOut += subscribers
-    this.metrics.bytesOut += frameBytes(frame) * subscribers
+    this.metrics.bytesOut += bytes * subscribers
     this.delivery.mark()
+    // May check (and park) the job's sockets now: parking only unsubscribes, which the loops
+    // over job.rates and job.sinks that may be running around this call tolerate.
+    if (this.published !== null) this.published.add(job, bytes)
   }
 }
 

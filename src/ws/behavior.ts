@@ -212,8 +212,9 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
   return {
     compression: 0, // uWS.DISABLED: progress frames are small; deflate would cost more than it saves
     maxPayloadLength: uwsPayloadCeiling(config.maxMessageBytes),
-    // The hard cap: a socket is parked (catch-up.ts) long before this, so only one whose
-    // buffer still grows (a huge frame, a burst between samples) reaches it. Past it uWS
+    // The hard cap: a socket is parked (catch-up.ts) long before this, checked at least once
+    // per quarter of the room above --catch-up-bytes published to its jobs, so only a frame
+    // larger than that room (or a threshold set above the cap) reaches it. Past it uWS
     // closes the socket rather than silently skipping frames; the client reconnects and its
     // job_status brings it to the latest state.
     maxBackpressure: config.maxBackpressureBytes,
@@ -354,10 +355,12 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (newCount > oldCount) {
         const job = watched.acquire(parsed.jobId)
         if (parsed.hz > 0) ctx.fanout.joinRate(job, parsed.hz)
+        ctx.catchUp.joined(job, _ws.getUserData().conn)
       } else {
         const job = watched.get(parsed.jobId)
         if (job === undefined) return
         if (parsed.hz > 0) ctx.fanout.leaveRate(job, parsed.hz)
+        ctx.catchUp.left(job, _ws.getUserData().conn)
         watched.release(job)
       }
     },
@@ -380,6 +383,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       for (const state of conn.jobs.values()) if (state !== 'pending') metrics.subscriptions--
       const parked = conn.held !== null
       if (parked) ctx.catchUp.release(conn)
+      ctx.catchUp.closed(conn)
       if (code === CloseCode.Abnormal && (parked || ctx.delivery.open)) {
         metrics.slowConsumerCloses++
         log.debug({ socket: conn.id, ip: conn.ip }, 'cut a socket that could not take its frames (over its backpressure limit, or gone)')

@@ -9,16 +9,65 @@
 // uWS has no per-socket signal for "this socket is falling behind" (no dropped handler in
 // 20.30), so sockets are sampled: a round-robin pass over the open sockets every PASS_MS,
 // skipped entirely while nothing was sent, and parked sockets every tick.
+//
+// A timed pass alone is a race: a burst can carry a socket's queue from under --catch-up-bytes
+// past the hard cap between two samples (the event loop may not even reach the timer between
+// the frames of one burst), and uWS then cuts it with 1006 instead of us parking it. So the
+// sampling is also driven by bytes: a socket's queue grows by at most the size of the frames
+// published to topics it is in, hence by at most the bytes published on this node since it was
+// last checked. Fanout counts those bytes (PublishedBytes, one add per publish) and, past a
+// budget of a quarter of the room between --catch-up-bytes and the hard cap, the sockets of the
+// jobs published to since the last such check are checked at once. Every socket that received
+// anything is then checked at least once per budget, so a queue that was under the threshold
+// at its last check holds less than threshold + a few budgets (the bytes of a check that ran
+// before uWS wrote the frames queued in this turn, and those forgotten when a timed pass
+// completes) when the next check comes: still under the cap, however fast the stream.
+// The work is bounded: the check touches only the sockets of jobs that were published to
+// (never all sockets), at most once per budget of bytes (960 KiB by default), which is far
+// less than the copies uWS made into those sockets' queues meanwhile. For common frames (far
+// below the budget) the hot path pays an addition, a comparison and, when the job differs from
+// the previous publish's, one array push; nothing is allocated per publish.
 
 import type { Connection, Connections } from '../access/connections.js'
 import type { Watches } from '../stream/watch.js'
-import type { WatchedJobs } from '../stream/watched-jobs.js'
+import type { WatchedJob, WatchedJobs } from '../stream/watched-jobs.js'
 import type { Metrics } from '../support/metrics.js'
 import { SocketConnection } from './connection.js'
 
 const TICK_MS = 50
 /** A full pass over the open sockets takes at most this long while frames flow. */
 const PASS_MS = 250
+
+/** HOT PATH (fanout.ts): the bytes published since the sockets that received them were last
+ * checked, and the jobs they went to. A job published many times in a row is listed once. */
+export class PublishedBytes {
+  private bytes = 0
+  private last: WatchedJob | null = null
+  private readonly jobs: WatchedJob[] = []
+
+  constructor(private readonly budget: number, private readonly onBudget: (jobs: readonly WatchedJob[]) => void) {}
+
+  /** A frame of `bytes` went to one of the job's topics (each subscriber's queue grows by it). */
+  add(job: WatchedJob, bytes: number): void {
+    if (job !== this.last) {
+      this.last = job
+      this.jobs.push(job)
+    }
+    if ((this.bytes += bytes) < this.budget) return
+    // Reset first: checking may park sockets, and parking publishes nothing, but a re-entrant
+    // add must not see the old count.
+    const jobs = this.jobs.splice(0)
+    this.reset()
+    this.onBudget(jobs)
+  }
+
+  /** A timed pass looked at every socket: what was counted before it is covered. */
+  reset(): void {
+    this.bytes = 0
+    this.last = null
+    this.jobs.length = 0
+  }
+}
 
 export class CatchUp {
   /** The pass under way, a live iterator over the registry: a pass copies nothing (a copy of
@@ -28,6 +77,13 @@ export class CatchUp {
   private lastFramesOut = -1
   private readonly parked = new Set<SocketConnection>()
   private readonly timer: NodeJS.Timeout
+  /** The sockets subscribed to each watched job's topics, for the byte-driven check: kept by
+   * uWS's subscription handler (joined/left) and the close handler, and weakly, so a job
+   * dropped by WatchedJobs takes its set with it. One entry per subscription. */
+  private readonly sockets = new WeakMap<WatchedJob, Set<SocketConnection>>()
+  /** What Fanout tells us of each publish; null when parking cannot beat the hard cap
+   * (--catch-up-bytes at or above it). */
+  readonly published: PublishedBytes | null
 
   constructor(
     private readonly connections: Connections,
@@ -35,9 +91,45 @@ export class CatchUp {
     private readonly watches: Watches,
     private readonly metrics: Metrics,
     private readonly thresholdBytes: number,
+    hardCapBytes: number,
   ) {
     this.timer = setInterval(() => this.tick(), TICK_MS)
     this.timer.unref()
+    const room = hardCapBytes - thresholdBytes
+    this.published = room > 0 ? new PublishedBytes(Math.max(1, Math.floor(room / 4)), (jobs) => this.checkJobs(jobs)) : null
+  }
+
+  /** A socket joined one of the job's topics. */
+  joined(job: WatchedJob, conn: SocketConnection): void {
+    let set = this.sockets.get(job)
+    if (set === undefined) this.sockets.set(job, (set = new Set()))
+    set.add(conn)
+  }
+
+  /** A socket left one of the job's topics: it stays listed while it is still subscribed (a
+   * rate change joins the new topic before leaving the old one). */
+  left(job: WatchedJob, conn: SocketConnection): void {
+    if (conn.closed || conn.jobs.get(job.id) !== 'subscribed') this.sockets.get(job)?.delete(conn)
+  }
+
+  /** A socket closed: uWS's leave events came while it still looked subscribed. */
+  closed(conn: SocketConnection): void {
+    for (const [jobId] of conn.jobs) {
+      const job = this.watched.get(jobId)
+      if (job !== undefined) this.sockets.get(job)?.delete(conn)
+    }
+  }
+
+  /** The budget of bytes was spent: check every socket that may have received them. */
+  private checkJobs(jobs: readonly WatchedJob[]): void {
+    for (const job of jobs) {
+      const set = this.sockets.get(job)
+      if (set === undefined) continue
+      for (const conn of set) {
+        if (conn.closed || conn.jobs.get(job.id) !== 'subscribed') set.delete(conn)
+        else this.check(conn)
+      }
+    }
   }
 
   stop(): void {
@@ -70,6 +162,7 @@ export class CatchUp {
       const next = this.pass.next()
       if (next.done === true) {
         this.pass = null
+        this.published?.reset()
         return
       }
       if (next.value instanceof SocketConnection) this.check(next.value)
