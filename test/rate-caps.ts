@@ -3,8 +3,14 @@
 // once, nothing reordered; full-rate subscribers of the same job are untouched.
 
 import t from 'tap'
+import { pack, unpack } from 'msgpackr'
 import WebSocket from 'ws'
 import { JobsClient } from '../src/client/jobs-client.js'
+import { createBridge } from '../src/stream/bridge.js'
+import { Fanout } from '../src/stream/fanout.js'
+import { WatchedJobs } from '../src/stream/watched-jobs.js'
+import { createLogger } from '../src/support/log.js'
+import { Metrics } from '../src/support/metrics.js'
 import { rateClass } from '../src/wire/topics.js'
 import { startGateway } from './fixtures/gateway.js'
 import { until } from './fixtures/until.js'
@@ -70,11 +76,6 @@ t.test('--max-update-hz caps everyone; a bad max_hz is refused', async (t) => {
 })
 
 t.test('in the fan-out: a held update is replaced by newer ones; a terminal goes out synchronously', async (t) => {
-  const { Fanout } = await import('../src/stream/fanout.js')
-  const { Metrics } = await import('../src/support/metrics.js')
-  const { WatchedJobs } = await import('../src/stream/watched-jobs.js')
-  const { createBridge } = await import('../src/stream/bridge.js')
-  const { createLogger } = await import('../src/support/log.js')
   const published: Array<{ topic: string; seq: number }> = []
   const app = {
     numSubscribers: (topic: string) => (topic === 'j1:rc-u' ? 1 : 0),
@@ -104,12 +105,6 @@ t.test('in the fan-out: a held update is replaced by newer ones; a terminal goes
 })
 
 t.test('a rate class marks the seqs it conflated: prev_seq after data, in both encodings, spliced or re-encoded', async (t) => {
-  const { Fanout } = await import('../src/stream/fanout.js')
-  const { Metrics } = await import('../src/support/metrics.js')
-  const { WatchedJobs } = await import('../src/stream/watched-jobs.js')
-  const { createBridge } = await import('../src/stream/bridge.js')
-  const { createLogger } = await import('../src/support/log.js')
-  const { pack, unpack } = await import('msgpackr')
   const frames: Array<{ topic: string; frame: Record<string, unknown>; raw: string | Buffer }> = []
   const app = {
     numSubscribers: (topic: string) => (/^[jm]50:/.test(topic) ? 1 : 0),

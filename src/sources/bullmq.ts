@@ -18,7 +18,7 @@ import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { closeConnection, isWrongType, ServerIdentity, sourceConnection, whenReady } from '../broker/redis-connection.js'
-import { isRecord, liftDetails, ownerAt, parseJson, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
+import { isRecord, liftDetails, ownerAt, parseQueueJson, progressOf, SourceJobs, type JobSource, type SourceHooks, type SourceRecord, type Translated } from './source.js'
 
 export const BULLMQ_JOB_PREFIX = 'bullmq:'
 /** Events per stream per XREAD. */
@@ -50,7 +50,7 @@ export function parseBullmqJobId(jobId: string): { queue: string; id: string } |
 
 /** The progress BullMQ stores or streams: `updateProgress(42)` or `updateProgress({...})`. */
 function applyProgress(data: string | undefined, state: JobPayload): void {
-  const details = parseJson(data)
+  const details = parseQueueJson(data)
   const progress = progressOf(details)
   if (progress !== undefined) state.progress = progress
   if (isRecord(details)) {
@@ -67,7 +67,7 @@ export function translateBullmqHash(hash: Record<string, string>, ownerField: st
   applyProgress(hash.progress, state)
   if (hash.finishedOn !== undefined) {
     if (hash.returnvalue !== undefined) {
-      Object.assign(state, { status: 'completed', source_status: 'completed', progress: 100, result: parseJson(hash.returnvalue) ?? null })
+      Object.assign(state, { status: 'completed', source_status: 'completed', progress: 100, result: parseQueueJson(hash.returnvalue) ?? null })
     } else {
       Object.assign(state, { status: 'failed', source_status: 'failed', error: hash.failedReason ?? 'job failed' })
     }
@@ -76,7 +76,7 @@ export function translateBullmqHash(hash: Record<string, string>, ownerField: st
     // `ats` (BullMQ before 5.x) processedOn is all there is.
     Object.assign(state, { status: 'processing', source_status: 'active' })
   }
-  return { state, owner: ownerAt(parseJson(hash.data), ownerField) }
+  return { state, owner: ownerAt(parseQueueJson(hash.data), ownerField) }
 }
 
 const QUEUED_EVENTS = new Set(['added', 'waiting', 'delayed', 'prioritized', 'waiting-children'])
@@ -99,7 +99,7 @@ export function translateBullmqEvent(fields: Record<string, string>, last: JobPa
     state.status = 'processing'
     applyProgress(fields.data, state)
   } else if (event === 'completed') {
-    Object.assign(state, { status: 'completed', progress: 100, result: parseJson(fields.returnvalue) ?? null })
+    Object.assign(state, { status: 'completed', progress: 100, result: parseQueueJson(fields.returnvalue) ?? null })
   } else if (event === 'failed') {
     Object.assign(state, { status: 'failed', error: fields.failedReason ?? 'job failed' })
   } else if (event === 'removed') {

@@ -176,10 +176,10 @@ export function unshowable(state: JobPayload, problem: string): JobPayload {
 
 /** A queue's JSON text as a value. Python's json writes NaN and Infinity bare, which JSON.parse
  * refuses: they are read as infinities, which encodeState then refuses to show, so the state
- * keeps its status and says why. Undefined when it is not JSON, or larger than
+ * keeps its status and says why. Undefined when absent, not JSON, or larger than
  * MAX_SOURCE_VALUE_BYTES. */
-export function parseQueueJson(text: string): unknown {
-  if (text.length > MAX_SOURCE_VALUE_BYTES) return undefined
+export function parseQueueJson(text: string | undefined): unknown {
+  if (text === undefined || text.length > MAX_SOURCE_VALUE_BYTES) return undefined
   try {
     return JSON.parse(text) as unknown
   } catch {
@@ -244,8 +244,4 @@ export function ownerAt(value: unknown, path: string): string | null {
   if (typeof at === 'string' && at !== '') return at
   if (typeof at === 'number' && Number.isFinite(at)) return String(at)
   return null
-}
-
-export function parseJson(text: string | undefined): unknown {
-  return text === undefined ? undefined : parseQueueJson(text)
 }

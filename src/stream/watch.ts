@@ -3,7 +3,7 @@
 // requests and GET /jobs/<id> read. The access rule, the ordering guarantee and the refusal
 // counts live here once.
 
-import { canWatch, claimCovers, type Principal } from '../access/auth.js'
+import { canWatch, type Principal } from '../access/auth.js'
 import type { Transport } from '../access/access.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
@@ -42,7 +42,8 @@ export class Watches {
     transport: Transport,
     attach: (job: WatchedJob, snapshot: Snapshot) => boolean,
   ): Promise<ReadResult> {
-    if (!ownerDecidesNothing(principal, jobId)) {
+    // canWatch without an owner: whether the rule admits the principal whoever owns the job.
+    if (!canWatch(principal, jobId, null)) {
       const refused = await this.checkOwner(principal, jobId, transport)
       if (refused !== null) return refused
     }
@@ -93,9 +94,4 @@ export class Watches {
     this.metrics.countRefusal(transport, refusal)
     return { ok: false, refusal }
   }
-}
-
-/** Whether the access rule admits the principal whoever owns the job. */
-function ownerDecidesNothing(principal: Principal | null, jobId: string): boolean {
-  return principal === null || principal.admin || claimCovers(principal.jobs, jobId)
 }

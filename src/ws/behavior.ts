@@ -76,20 +76,27 @@ function forgiveStrike(conn: SocketConnection): void {
   if (conn.strikes > 0) conn.strikes--
 }
 
-/** A ping or pong from the client spends one message token: uWS answers pings itself, so
- * otherwise a flood of them costs CPU and is never refused. No error frame is sent (that would
- * answer a flood with a flood); refusals count strikes as messages' do, and the socket is
- * closed with 1008 past MAX_STRIKES. The pong answering our own idle-timeout ping costs one
- * token per idle period. */
-function chargeControlFrame(conn: SocketConnection, rate: TokenRate | null, metrics: Metrics): void {
-  if (rate === null || conn.closed) return
+/** Spends one token of the socket's budget (messages, pings and pongs alike): 'ok', 'refused'
+ * (a strike), or 'closed' once refusals outnumber accepted frames by MAX_STRIKES (1008, with
+ * `what` in the reason). */
+function spendBudget(conn: SocketConnection, rate: TokenRate | null, metrics: Metrics, what: string): 'ok' | 'refused' | 'closed' {
+  if (rate === null) return 'ok'
   if (rate.spend(conn, Date.now())) {
     forgiveStrike(conn)
-    return
+    return 'ok'
   }
-  if (++conn.strikes < MAX_STRIKES) return
+  if (++conn.strikes < MAX_STRIKES) return 'refused'
   metrics.countClientError('rate_abuse')
-  conn.end(CloseCode.PolicyViolation, 'ping/pong rate limit exceeded repeatedly')
+  conn.end(CloseCode.PolicyViolation, `${what} rate limit exceeded repeatedly`)
+  return 'closed'
+}
+
+/** A ping or pong from the client spends one message token: uWS answers pings itself, so
+ * otherwise a flood of them costs CPU and is never refused. No error frame is sent (that would
+ * answer a flood with a flood). The pong answering our own idle-timeout ping costs one token
+ * per idle period. */
+function chargeControlFrame(conn: SocketConnection, rate: TokenRate | null, metrics: Metrics): void {
+  if (!conn.closed) spendBudget(conn, rate, metrics, 'ping/pong')
 }
 
 export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder> {
@@ -295,18 +302,14 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     message(ws, message, isBinary) {
       const conn = ws.getUserData().conn
       if (conn.closed) return
-      if (messageRate !== null && !messageRate.spend(conn, Date.now())) {
-        if (++conn.strikes >= MAX_STRIKES) {
-          metrics.countClientError('rate_abuse')
-          conn.end(CloseCode.PolicyViolation, 'message rate limit exceeded repeatedly')
-          return
-        }
+      const spent = spendBudget(conn, messageRate, metrics, 'message')
+      if (spent === 'closed') return
+      if (spent === 'refused') {
         metrics.countClientError(ErrorCode.RateLimited)
         accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, strikes: conn.strikes }, 'message refused: over --max-messages-per-sec')
-        conn.send({ type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: messageRate.waitMs(conn.bucket, Date.now()) })
+        conn.send({ type: 'error', code: ErrorCode.RateLimited, message: `at most ${config.maxMessagesPerSec} messages per second`, retry_after_ms: messageRate!.waitMs(conn.bucket, Date.now()) })
         return
       }
-      forgiveStrike(conn)
       if (message.byteLength > config.maxMessageBytes) {
         metrics.countClientError('message_too_big')
         conn.end(CloseCode.MessageTooBig, `message larger than ${config.maxMessageBytes} bytes`)

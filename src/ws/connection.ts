@@ -28,8 +28,6 @@ export type JobSocket = WebSocket<SocketHolder>
 const UNAVAILABLE_MESSAGE = 'job state is unavailable right now (the broker is down); retry shortly'
 /** What an unavailable answer advises waiting before the retry. */
 const UNAVAILABLE_RETRY_MS = 1000
-/** A subscription ended because the job's new generation could not be checked (generations.ts). */
-const RECHECK_UNAVAILABLE_MESSAGE = "the job's owner cannot be read right now (the broker is down); subscribe again shortly"
 
 export interface Refused {
   readonly reason: string
@@ -237,9 +235,7 @@ export class SocketConnection extends JobTable implements Connection {
     if (state === 'subscribed') this.ws?.unsubscribe(this.topicOf(jobId))
     this.setRate(jobId, 0)
     if (state !== 'pending') this.metrics.subscriptions--
-    if (reason === 'forbidden') return this.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
-    this.metrics.countClientError(ErrorCode.Unavailable)
-    this.send({ type: 'error', code: ErrorCode.Unavailable, message: RECHECK_UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS })
+    this.refuse(reason, jobId)
   }
 
   send(message: ServerMessage): void {
