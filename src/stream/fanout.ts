@@ -6,7 +6,6 @@
 import type { TemplatedApp } from 'uWebSockets.js'
 import { sseEvent } from '../sse/event.js'
 import type { Metrics } from '../support/metrics.js'
-import type { PublishedBytes } from '../ws/catch-up.js'
 import { encodeMessage, frameBytes, jsonRateFrame, jsonUpdateFrame, msgpackRateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
 import type { DecodedPayload } from '../wire/payload.js'
 import { isTerminalStatus, type JobPayload, type ServerMessage } from '../wire/protocol.js'
@@ -41,11 +40,18 @@ export class DeliveryWindow {
   }
 }
 
+/** What the fan-out tells of each publish (ws/catch-up.ts PublishedBytes): declared here so
+ * the stream depends on no transport. */
+export interface PublishCounter {
+  /** A frame of `bytes` went to one of the job's topics. */
+  add(job: WatchedJob, bytes: number): void
+}
+
 export class Fanout {
   readonly delivery = new DeliveryWindow()
   /** Counts the bytes each publish adds to a subscriber's queue, so catch-up can check the
-   * job's sockets before a burst takes them past the hard cap (catch-up.ts says why). */
-  published: PublishedBytes | null = null
+   * job's sockets before a burst takes them past the hard cap (ws/catch-up.ts says why). */
+  published: PublishCounter | null = null
 
   constructor(private readonly app: Publisher, private readonly metrics: Metrics) {}
 
