@@ -15,6 +15,7 @@ import { loopbackHostsOnly } from './http/host-guard.js'
 import { addProducerRoute } from './http/producer.js'
 import { addUserJobsRoute } from './http/user-jobs.js'
 import { ownerIndexFor } from './producer/owner-index.js'
+import { withHead } from './http/head.js'
 import { addStaticRoutes } from './http/static.js'
 import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
 import { Readiness } from './node/readiness.js'
@@ -122,8 +123,9 @@ export class Gateway {
     const isClosing = () => this.readiness.closing
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
 
-    // Route handlers see the app through the host guard while open (http/host-guard.ts).
-    const routes = isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, this.metrics) : this.app
+    // Route handlers see the app through the host guard while open (http/host-guard.ts), and
+    // every GET route answers HEAD too (http/head.ts).
+    const routes = withHead(isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, this.metrics) : this.app)
     this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes, config.maxBackpressureBytes)
     this.fanout.published = this.catchUp.published
     routes.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
