@@ -52,6 +52,8 @@ dist/.build-stamp: $(BUILD_INPUTS) node_modules/.install-stamp
 	@chmod +x dist/src/cli.js
 	$(NODE_BIN)/tsc -p src/client/tsconfig.json
 	$(NODE_BIN)/esbuild src/client/index.ts --bundle --format=esm --minify --target=es2020 --sourcemap --log-level=warning --outfile=dist/client/jobwire-client.js
+	@# Compressed once here, so the gateway never compresses per request (http/static.ts).
+	@node -e "const z=require('zlib'),f=require('fs'),p='dist/client/jobwire-client.js',b=f.readFileSync(p);f.writeFileSync(p+'.gz',z.gzipSync(b,{level:9}));f.writeFileSync(p+'.br',z.brotliCompressSync(b,{params:{[z.constants.BROTLI_PARAM_QUALITY]:11}}))"
 	$(NODE_BIN)/esbuild src/client/react.ts --bundle --format=esm --target=es2020 --external:react --log-level=warning --outfile=dist/client/jobwire-react.js
 	$(NODE_BIN)/esbuild src/client/vue.ts --bundle --format=esm --target=es2020 --external:vue --log-level=warning --outfile=dist/client/jobwire-vue.js
 	@touch $@

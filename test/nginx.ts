@@ -14,6 +14,7 @@ import { connect as netConnect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { brotliDecompressSync, gunzipSync } from 'node:zlib'
 import WebSocket from 'ws'
 import { projectPath } from '../src/support/paths.js'
 import { startGateway } from './fixtures/gateway.js'
@@ -86,6 +87,26 @@ function get(options: RequestOptions, tls: boolean, body?: string): Promise<Answ
   })
 }
 
+interface BytesAnswer {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  body: Buffer
+}
+
+/** One HTTPS request through nginx, the body as raw bytes (compressed ones stay compressed). */
+function getBytes(options: RequestOptions): Promise<BytesAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(options, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }))
+    })
+    req.on('error', reject)
+    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${options.path} within 10 s`)))
+    req.end()
+  })
+}
+
 t.test('jobwire behind nginx with the config docs/deploy.md ships', async (t) => {
   const shipped = shippedConfig()
   t.match(shipped, /proxy_http_version 1\.1;/, 'the shipped config speaks HTTP/1.1 upstream')
@@ -150,6 +171,42 @@ http {
     t.match(client.headers['content-type'], /javascript/)
     t.equal(client.headers['access-control-allow-origin'], '*')
     t.match(client.body, /JobsClient/)
+  })
+
+  t.test('HEAD answers every GET route with its status and headers, and no body', async (t) => {
+    for (const path of ['/healthz', '/readyz', '/client.js', '/metrics', '/jobs/nginx-head-none', '/']) {
+      const full = await getBytes(tls(path, { headers: { 'accept-encoding': 'identity' } }))
+      const head = await getBytes(tls(path, { method: 'HEAD', headers: { 'accept-encoding': 'identity' } }))
+      t.equal(head.status, full.status, `HEAD ${path}: the GET's status`)
+      t.equal(head.headers['content-type'], full.headers['content-type'], `HEAD ${path}: the GET's content-type`)
+      t.equal(head.body.length, 0, `HEAD ${path}: no body`)
+      // /metrics changes between two requests; everything else is the same bytes.
+      if (path !== '/metrics') t.equal(Number(head.headers['content-length']), full.body.length, `HEAD ${path}: the GET's length`)
+    }
+  })
+
+  t.test('/client.js passes through compressed, with a validator and a versioned URL cached for a year', async (t) => {
+    const plain = await getBytes(tls('/client.js', { headers: { 'accept-encoding': 'identity' } }))
+    t.equal(plain.headers['content-encoding'], undefined)
+    for (const encoding of ['gzip', 'br'] as const) {
+      const packed = await getBytes(tls('/client.js', { headers: { 'accept-encoding': encoding } }))
+      t.equal(packed.headers['content-encoding'], encoding)
+      t.ok(packed.body.length < plain.body.length / 2, `${encoding}: ${packed.body.length} of ${plain.body.length} bytes`)
+      const expanded = encoding === 'gzip' ? gunzipSync(packed.body) : brotliDecompressSync(packed.body)
+      t.ok(expanded.equals(plain.body), `${encoding}: the same client`)
+      t.match(String(packed.headers.vary), /accept-encoding/i)
+    }
+    const etag = String(plain.headers.etag)
+    t.match(etag, /^"[0-9a-f]{16}"$/)
+    t.equal(plain.headers['cache-control'], 'no-cache')
+    const again = await getBytes(tls('/client.js', { headers: { 'if-none-match': etag } }))
+    t.equal(again.status, 304)
+    t.equal(again.body.length, 0)
+    const versioned = await getBytes(tls(`/client.js?v=${etag.slice(1, -1)}`, { headers: { 'accept-encoding': 'identity' } }))
+    t.match(versioned.headers['cache-control'], /max-age=31536000.*immutable/)
+    t.ok(versioned.body.equals(plain.body))
+    const page = await get(tls('/'), true)
+    t.match(page.body, `from '/client.js?v=${etag.slice(1, -1)}'`, 'the demo page imports the versioned client')
   })
 
   t.test('a wss:// subscribe sees a job update published through the producer API', async (t) => {
