@@ -92,7 +92,10 @@ export class Gateway {
     this.config = config
     this.log = log
     this.nodeQuery = options.nodeQuery ?? (async (request) => [this.handleNodeRequest(request)])
-    const access = (this.access = new Access(accessControl(config, log), this.metrics))
+    // The primary said what access control allows, once for the node; its workers stay quiet
+    // about it (their warnings would repeat the primary's word for word).
+    const policyLog = options.processName?.startsWith('worker') ? log.child({}, { level: 'error' }) : log
+    const access = (this.access = new Access(accessControl(config, policyLog), this.metrics))
     const admission = options.admission ?? new LocalAdmission(config)
     this.broker = options.broker ?? createBroker(config, log)
     this.sources = new Sources(config, log.child({ component: 'sources' }))

@@ -8,7 +8,7 @@ import { IdleCollector } from '../support/idle-gc.js'
 import { accessControl } from '../access/policy.js'
 import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, type Config } from '../support/config.js'
-import { droppedLogLines, flushLogs, forwardLog, type Logger } from '../support/log.js'
+import { droppedLogLines, flushLogs, workerLogForwarder, type Logger } from '../support/log.js'
 import { LATENCY_BUCKETS } from '../support/metrics.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
@@ -92,8 +92,9 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
       // the reader stalls. Only the primary touches the real stdout.
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     })
-    child.stdout!.on('data', forwardLog)
-    child.stderr!.on('data', forwardLog)
+    const forward = workerLogForwarder()
+    child.stdout!.on('data', forward)
+    child.stderr!.on('data', workerLogForwarder())
     workers[index] = child
     startedAt[index] = Date.now()
     const reply = (message: PrimaryMessage) => {

@@ -3,7 +3,7 @@
 // worker side and the entry point; primary.ts supervises the workers.
 
 import { ADMITTED, countedFor, rateLimited, type Admission, type AdmissionLimits, type AdmissionRequest, type AdmissionResult } from '../access/admission.js'
-import { ConfigError, type Config } from '../support/config.js'
+import { ConfigError, isOpen, type Config } from '../support/config.js'
 import { Gateway, WS_PATH } from '../gateway.js'
 import { createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
@@ -150,6 +150,9 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
 export function announce(log: Logger, config: Config, port: number, uwsDetail: string, broker: string, workers: number): void {
   const host = config.host.includes(':') ? `[${config.host}]` : config.host
   const url = `http://${host}:${port}`
-  log.info({ url, ws: `ws://${host}:${port}${WS_PATH}`, broker, workers, uws: uwsDetail, subscriptionMode: config.subscriptionMode },
-    `jobwire listening on ${url} (WebSocket ${WS_PATH}; broker: ${broker}; uWebSockets.js native ${uwsDetail}; workers: ${workers})`)
+  const access = isOpen(config) ? (config.insecureNoAuth ? 'off (--insecure-no-auth)' : 'off (--open)') : 'on (every client needs a token)'
+  const pages = { demo: `${url}/`, testPage: `${url}${WS_PATH}/test`, admin: `${url}/admin` }
+  log.info({ url, ws: `ws://${host}:${port}${WS_PATH}`, broker, workers, uws: uwsDetail, subscriptionMode: config.subscriptionMode, accessControl: access, ...pages },
+    `jobwire listening on ${url} (WebSocket ${WS_PATH}; broker: ${broker}; uWebSockets.js native ${uwsDetail}; workers: ${workers}; access control ${access}); ` +
+    `demo ${pages.demo}, test page ${pages.testPage}, admin ${pages.admin}`)
 }

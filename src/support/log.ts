@@ -26,6 +26,8 @@ interface StdoutWriter extends DestinationStream {
 }
 
 let stdout: StdoutWriter | null = null
+/** Whether this process's logger writes pretty lines (see createLogger). */
+let prettyOutput = false
 let dropped = 0
 
 /**
@@ -142,6 +144,7 @@ export function createLogger(level: LogLevel, bindings: Record<string, unknown> 
   // isatty, not process.stdout.isTTY: creating process.stdout on a pipe puts the pipe in
   // blocking mode (Node makes stdio pipes synchronous on Linux), for every process sharing it.
   const pretty = format === 'pretty' || (format === 'auto' && isatty(1))
+  prettyOutput = pretty
   return pino(options, pretty ? prettyDestination(writer) : writer)
 }
 
@@ -181,6 +184,32 @@ function prettyDestination(writer: StdoutWriter): DestinationStream {
 export function forwardLog(chunk: Buffer): void {
   if (stdout === null) stdout = stdoutWriter(1024 * 1024)
   stdout.write(chunk.toString('utf8'))
+}
+
+/** A forwarder for one worker's output. Workers write to a pipe, so they log JSON; when this
+ * process writes pretty lines (a terminal), their lines are shown the same way, whole lines
+ * only (a pipe hands over chunks that may split one). Anything not JSON (a crash trace)
+ * passes as it is. */
+export function workerLogForwarder(): (chunk: Buffer) => void {
+  if (!prettyOutput) return forwardLog
+  let partial = ''
+  return (chunk) => {
+    if (stdout === null) stdout = stdoutWriter(1024 * 1024)
+    const text = partial + chunk.toString('utf8')
+    const end = text.lastIndexOf('\n')
+    if (end < 0) {
+      // Bounded: a line that never ends is passed on rather than held without limit.
+      if (text.length > 64 * 1024) {
+        stdout.write(`${text}\n`)
+        partial = ''
+      } else {
+        partial = text
+      }
+      return
+    }
+    partial = text.slice(end + 1)
+    for (const line of text.slice(0, end).split('\n')) if (line !== '') stdout.write(prettyLine(line))
+  }
 }
 
 export function droppedLogLines(): number {
