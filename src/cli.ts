@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
 import { Redis } from 'ioredis'
 import { SignJWT } from 'jose'
-import { configHelp, ConfigError, helpColumns, loadConfig, OPTIONS } from './support/config.js'
+import { configHelp, ConfigError, helpColumns, loadConfig, OPTIONS, SECRET_FILE_FLAGS } from './support/config.js'
 import { projectPath } from './support/paths.js'
 import { redactRedisUrl, redisCause } from './support/redis-problem.js'
 import { clusterClient, nodeOptions, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
@@ -134,6 +134,7 @@ async function runServe(args: readonly string[]): Promise<number> {
   try {
     const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } }
     for (const o of OPTIONS) options[o.flag] = { type: 'boolean' in o ? 'boolean' : 'string' }
+    for (const flag of SECRET_FILE_FLAGS) options[flag] = { type: 'string' }
     values = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }).values
   } catch (err) {
     return fail(`${(err as Error).message}\nsee jobwire serve --help`)

@@ -129,7 +129,8 @@ export class Gateway {
     // Route handlers see the app through the host guard while open (http/host-guard.ts), and
     // every GET route answers HEAD too (http/head.ts).
     const routes = withHead(isOpen(config) && !config.insecureNoAuth ? loopbackHostsOnly(this.app, this.metrics) : this.app)
-    this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes, config.maxBackpressureBytes)
+    // --catch-up-bytes 0: never parked, so a slow socket meets only the hard cap.
+    this.catchUp = new CatchUp(this.connections, this.watched, watches, this.metrics, config.catchUpBytes === 0 ? Number.POSITIVE_INFINITY : config.catchUpBytes, config.maxBackpressureBytes)
     this.fanout.published = this.catchUp.published
     routes.ws(WS_PATH, createWsBehavior({ ...shared, log: log.child({ component: 'ws' }), delivery: this.fanout.delivery, catchUp: this.catchUp, userJobs: this.userJobs, fanout: this.fanout }))
     addHttpRoutes(routes, {

@@ -7,7 +7,7 @@ import { LocalAdmission, type AdmissionRequest } from '../access/admission.js'
 import { IdleCollector } from '../support/idle-gc.js'
 import { accessControl } from '../access/policy.js'
 import { backoffCeiling } from '../support/backoff.js'
-import { ConfigError, type Config } from '../support/config.js'
+import { ConfigError, workerLaunch, type Config } from '../support/config.js'
 import { droppedLogLines, flushLogs, workerLogForwarder, type Logger } from '../support/log.js'
 import { LATENCY_BUCKETS } from '../support/metrics.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
@@ -80,11 +80,12 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   }
 
   function start(index: number): void {
-    const child = fork(process.argv[1]!, argv as string[], {
+    const launch = workerLaunch(argv, config, process.env)
+    const child = fork(process.argv[1]!, launch.argv, {
       // One malloc arena: with one per helper thread, freed memory stays mapped and RSS grows
       // by ~0.6 KB per connection, and even a second arena keeps ~0.2 KB (measured, with no
       // CPU cost we could see; README, Performance).
-      env: { MALLOC_ARENA_MAX: '1', ...process.env, [WORKER_ENV]: String(index) },
+      env: { MALLOC_ARENA_MAX: '1', ...launch.env, [WORKER_ENV]: String(index) },
       execArgv: gatewayExecArgv(process.execArgv),
       // The workers' output comes through the primary rather than straight to the shared
       // stdout: a process that exits restores its stdio's blocking mode (Node's ResetStdio),

@@ -24,7 +24,10 @@ const ADMIT_RETRY_MS = 1000
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
   const log = createLogger(config.logLevel, workerIndex === undefined ? {} : { worker: Number(workerIndex) }, config.logBufferBytes, config.logFormat)
-  if (workerIndex === undefined) for (const note of config.notes) log.info(note)
+  if (workerIndex === undefined) {
+    for (const note of config.notes) log.info(note)
+    for (const warning of config.warnings) log.warn(warning)
+  }
   const uws = detectUwsRuntime()
   if (!uws.native) {
     log.fatal({ detail: uws.detail }, 'uWebSockets.js native binary did not load; refusing to run on its slow JavaScript fallback')

@@ -2,6 +2,7 @@
 // row in OPTIONS: the flag, the environment variable, the default, how to parse it and what it
 // means. `jobwire serve --help` and the README's configuration table are both read off it.
 
+import { readFileSync } from 'node:fs'
 import type { BlockList } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { parseCidrs } from '../access/client-address.js'
@@ -80,6 +81,9 @@ export interface Config {
   readonly demo: boolean
   /** What loadConfig decided for the operator (an adjusted default), to be said at startup. */
   readonly notes: readonly string[]
+  /** What looks like a mistake but does not stop the start (an environment variable nothing
+   * reads), to be logged as a warning at startup. */
+  readonly warnings: readonly string[]
 }
 
 export class ConfigError extends Error {
@@ -95,6 +99,9 @@ interface OptionSpec<K extends keyof Config> {
   readonly fallback: string
   /** A switch: `--flag` alone means true; the environment takes 1/true/yes or 0/false/no. */
   readonly boolean?: true
+  /** A secret: also read from a file (--<flag>-file, <ENV>_FILE), and never passed to worker
+   * processes on their command line. */
+  readonly secret?: true
   readonly parse: (raw: string, where: string) => Config[K]
 }
 
@@ -188,6 +195,12 @@ function secretKey(min: number) {
   }
 }
 
+function catchUpBytes(raw: string, where: string): number {
+  const value = integer(0, 1_073_741_824)(raw, where)
+  if (value > 0 && value < 1024) throw new ConfigError(`${where}: use 0 (off) or at least 1024 bytes`)
+  return value
+}
+
 function switchValue(raw: string, where: string): boolean {
   if (/^(1|true|yes|on)$/i.test(raw)) return true
   if (/^(|0|false|no|off)$/i.test(raw)) return false
@@ -276,8 +289,8 @@ export const OPTIONS = [
   { key: 'maxSubscriptionsPerSocket', flag: 'max-subscriptions', env: ['JOBWIRE_MAX_SUBSCRIPTIONS'], fallback: '100',
     parse: integer(1, 100_000), help: 'jobs one socket may watch at once' },
   { key: 'catchUpBytes', flag: 'catch-up-bytes', env: ['JOBWIRE_CATCH_UP_BYTES'],
-    fallback: '262144', parse: integer(1024, 1_073_741_824),
-    help: 'unsent bytes past which a socket stops getting updates until it drains, then gets each job\'s latest state' },
+    fallback: '262144', parse: catchUpBytes,
+    help: 'unsent bytes past which a socket stops getting updates until it drains, then gets each job\'s latest state; below --max-backpressure-bytes (0: never, a slow socket is cut at the hard cap instead)' },
   { key: 'maxBackpressureBytes', flag: 'max-backpressure-bytes', env: ['JOBWIRE_MAX_BACKPRESSURE_BYTES'],
     fallback: '4194304', parse: integer(4096, 1_073_741_824),
     help: 'hard cap on a socket\'s unsent bytes; past it the socket is closed' },
@@ -305,8 +318,8 @@ export const OPTIONS = [
     parse: integer(4096, 1_073_741_824), help: 'log bytes held while stdout does not take them; more are dropped and counted' },
   { key: 'logFormat', flag: 'log-format', env: ['JOBWIRE_LOG_FORMAT'], fallback: 'auto', parse: oneOf<LogFormat>(['auto', 'json', 'pretty']),
     help: 'json: one JSON object a line (pino); pretty: one readable line (local time, level, component, message); auto: pretty on a terminal, else json' },
-  { key: 'jwtSecret', flag: 'jwt-secret', env: ['JOBWIRE_JWT_SECRET'], fallback: '', parse: text,
-    help: 'HS256 secret verifying client tokens (prefer the environment variable to the flag)' },
+  { key: 'jwtSecret', flag: 'jwt-secret', env: ['JOBWIRE_JWT_SECRET'], fallback: '', parse: text, secret: true,
+    help: 'HS256 secret verifying client tokens (prefer the environment variable, or --jwt-secret-file, to the flag)' },
   { key: 'jwtPublicKeyFile', flag: 'jwt-public-key', env: ['JOBWIRE_JWT_PUBLIC_KEY'], fallback: '', parse: text,
     help: 'PEM file with an RSA (RS256) or P-256 (ES256) public key verifying client tokens' },
   { key: 'jwksFile', flag: 'jwks-file', env: ['JOBWIRE_JWKS_FILE'], fallback: '', parse: text,
@@ -317,9 +330,9 @@ export const OPTIONS = [
     help: 'required aud claim, when set' },
   { key: 'jwtMaxAgeSec', flag: 'jwt-max-age', env: ['JOBWIRE_JWT_MAX_AGE'], fallback: '0', parse: integer(0, 31_536_000),
     help: 'refuse tokens issued (iat) longer ago than this many seconds; 0: exp alone bounds them' },
-  { key: 'producerKey', flag: 'producer-key', env: ['JOBWIRE_PRODUCER_KEY'], fallback: '', parse: secretKey(16),
+  { key: 'producerKey', flag: 'producer-key', env: ['JOBWIRE_PRODUCER_KEY'], fallback: '', parse: secretKey(16), secret: true,
     help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>)' },
-  { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16),
+  { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16), secret: true,
     help: 'static key for the /admin endpoints (Authorization: Bearer <key>)' },
   { key: 'open', flag: 'open', env: ['JOBWIRE_OPEN'], fallback: 'false', parse: switchValue, boolean: true,
     help: 'allow anonymous access without a token verification key: anyone who reaches the gateway may watch, read and publish any job and use /admin (unless --producer-key/--admin-key); browsers only from its own and loopback origins unless --allowed-origins. Without a key, serve refuses to start unless given. Ignored when a key is configured (make run passes it)' },
@@ -353,13 +366,29 @@ export type Environment = Readonly<Record<string, string | undefined>>
 /** Builds the config from parsed flags (by flag name) and the environment; flags win. */
 export function loadConfig(flags: FlagValues, env: Environment): Config {
   const out: Record<string, unknown> = {}
-  const known = new Set<string>(OPTIONS.map((o) => o.flag))
+  const notes: string[] = []
+  const known = new Set<string>([...OPTIONS.map((o) => o.flag), ...SECRET_FILE_FLAGS])
   for (const name of Object.keys(flags)) {
     if (!known.has(name)) throw new ConfigError(`unknown option --${name}; see jobwire serve --help`)
   }
   for (const option of OPTIONS) {
-    const flag = flags[option.flag]
-    const envName = option.env.find((name) => env[name] !== undefined && env[name] !== '')
+    let flag = flags[option.flag]
+    let envName = option.env.find((name) => env[name] !== undefined && env[name] !== '')
+    if (option.key === 'port' && envName === 'JOBWIRE_PORT' && /^tcp:\/\//i.test(env.JOBWIRE_PORT!)) {
+      // Kubernetes gives every pod <SERVICE>_PORT=tcp://<ip>:<port> for each Service; one named
+      // jobwire would otherwise stop the gateway from starting.
+      notes.push(`ignored JOBWIRE_PORT=${env.JOBWIRE_PORT}: that is the address Kubernetes gives for a Service named jobwire, not a port; set PORT or --port`)
+      envName = option.env.find((name) => name !== 'JOBWIRE_PORT' && env[name] !== undefined && env[name] !== '')
+    }
+    if ('secret' in option) {
+      const fromFile = secretFromFile(option, flags, env)
+      if (fromFile !== undefined) {
+        if (flag !== undefined || envName !== undefined) {
+          throw new ConfigError(`${fromFile.where} and ${flag !== undefined ? `--${option.flag}` : envName} both give ${option.flag}: give one`)
+        }
+        flag = fromFile.value
+      }
+    }
     if (flag !== undefined) {
       out[option.key] = (option.parse as (raw: string, where: string) => unknown)(flag, `--${option.flag}`)
     } else if (envName !== undefined) {
@@ -370,7 +399,6 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
   }
   // Every option was parsed above, so every field is set.
   const config = out as { -readonly [K in keyof Config]: Config[K] }
-  const notes: string[] = []
   if (config.redisUrl !== '' && config.redisCluster !== '') {
     throw new ConfigError('give --redis (a single Redis) or --redis-cluster (a Redis Cluster), not both')
   }
@@ -406,15 +434,141 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
         'a finished job is kept for less time than a running one, not more',
     )
   }
+  if (config.catchUpBytes !== 0 && config.catchUpBytes >= config.maxBackpressureBytes) {
+    throw new ConfigError(
+      `--catch-up-bytes (${config.catchUpBytes}) must be below --max-backpressure-bytes (${config.maxBackpressureBytes}): ` +
+        'a slow socket is parked at the first and cut at the second, so with the first at or above the second it is cut before it is ever caught up (0 turns parking off, if that is what you meant)',
+    )
+  }
   config.allowedOrigins = effectiveOrigins(config.allowedOrigins, isOpen(config))
   config.notes = Object.freeze(notes)
+  config.warnings = Object.freeze(unreadEnvironment(env, embedded))
   return Object.freeze(config as Config)
+}
+
+/** --jwt-secret-file and the like: each secret option read from a file. */
+export const SECRET_FILE_FLAGS: readonly string[] = OPTIONS.filter((o) => 'secret' in o).map((o) => `${o.flag}-file`)
+
+/** A secret read from the file --<flag>-file or <ENV>_FILE names (one trailing newline
+ * dropped, as editors and `echo` add one); undefined when neither is given. */
+function secretFromFile(option: OptionSpec<keyof Config>, flags: FlagValues, env: Environment): { value: string; where: string } | undefined {
+  const given: Array<{ path: string; where: string }> = []
+  const flagPath = flags[`${option.flag}-file`]
+  if (flagPath !== undefined) given.push({ path: flagPath, where: `--${option.flag}-file` })
+  for (const name of option.env) {
+    const path = env[`${name}_FILE`]
+    if (path !== undefined && path !== '') given.push({ path, where: `${name}_FILE` })
+  }
+  if (given.length === 0) return undefined
+  if (given.length > 1) throw new ConfigError(`${given.map((g) => g.where).join(' and ')} both give ${option.flag}: give one`)
+  const { path, where } = given[0]!
+  let value: string
+  try {
+    value = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`${where}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  value = value.replace(/\r?\n$/, '')
+  if (value === '') throw new ConfigError(`${where}: ${path} is empty`)
+  return { value, where: `${where} (${path})` }
+}
+
+/** Environment variables jobwire's own tools read besides the options. */
+const OTHER_JOBWIRE_VARIABLES = new Set(['JOBWIRE_WORKER_INDEX', 'JOBWIRE_GATEWAY', 'JOBWIRE_URL', 'JOBWIRE_SCREENSHOTS', 'JOBWIRE_BENCH_COMMON_H', 'JOBWIRE_PROP_SEED'])
+/** What Kubernetes sets in every pod for a Service named jobwire. */
+const KUBERNETES_SERVICE = /^JOBWIRE_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$/
+
+/** Warnings for variables that look meant for jobwire but that nothing reads: a JOBWIRE_*
+ * name that is no option (with the nearest one), and a REDIS-like name beside REDIS_URL
+ * (REDIS_ULR, REDIS_HOST): a typo there would otherwise start an isolated node on the
+ * embedded broker without a word. */
+function unreadEnvironment(env: Environment, embedded: boolean): string[] {
+  const read = new Set<string>(OTHER_JOBWIRE_VARIABLES)
+  for (const option of OPTIONS) {
+    for (const name of option.env) {
+      read.add(name)
+      if ('secret' in option) read.add(`${name}_FILE`)
+    }
+  }
+  const warnings: string[] = []
+  for (const name of Object.keys(env).sort()) {
+    if (read.has(name) || env[name] === undefined) continue
+    const squashed = name.replace(/[^A-Z0-9]/gi, '').toUpperCase()
+    if (name.startsWith('JOBWIRE_')) {
+      if (KUBERNETES_SERVICE.test(name)) continue
+      const near = nearest(name, read)
+      warnings.push(`environment variable ${name} is not read by jobwire${near === null ? '' : `; did you mean ${near}?`}`)
+    } else if (/REDIS/.test(squashed) || editDistance(squashed, 'REDISURL') <= 2 || editDistance(squashed, 'REDISCLUSTER') <= 2) {
+      // Only names close to ours: REDIS_HOST and friends belong to other software as often.
+      const near = nearest(name, new Set(['REDIS_URL', 'REDIS_CLUSTER']))
+      if (near === null && !embedded) continue
+      warnings.push(`environment variable ${name} is not read by jobwire (it reads REDIS_URL or REDIS_CLUSTER, or --redis / --redis-cluster)` +
+        `${near === null ? '' : `; did you mean ${near}?`}${embedded ? ' The gateway is running on its embedded in-process broker, on its own, not on a shared Redis.' : ''}`)
+    }
+  }
+  return warnings
+}
+
+/** The known name within edit distance 3 of `name`, or null. */
+function nearest(name: string, known: ReadonlySet<string>): string | null {
+  let best: string | null = null
+  let bestDistance = 4
+  for (const candidate of known) {
+    const d = editDistance(name, candidate)
+    if (d < bestDistance) {
+      best = candidate
+      bestDistance = d
+    }
+  }
+  return best
+}
+
+/** Levenshtein distance. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, i) => i)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    previous = current
+  }
+  return previous[b.length]!
+}
+
+/** The command line and environment for a worker process: the primary's arguments without
+ * any secret (a command line is visible to every user of the machine in `ps`); the secrets
+ * go in the worker's environment instead, which only its owner can read. */
+export function workerLaunch(argv: readonly string[], config: Config, env: Environment): { argv: string[]; env: Record<string, string | undefined> } {
+  const secretFlags = new Set<string>()
+  for (const option of OPTIONS) if ('secret' in option) secretFlags.add(`--${option.flag}`).add(`--${option.flag}-file`)
+  const args: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    const name = arg.includes('=') ? arg.slice(0, arg.indexOf('=')) : arg
+    if (!secretFlags.has(name)) {
+      args.push(arg)
+      continue
+    }
+    if (!arg.includes('=')) i++ // its value is the next argument
+  }
+  const out: Record<string, string | undefined> = { ...env }
+  for (const option of OPTIONS) {
+    if (!('secret' in option)) continue
+    for (const name of option.env) {
+      delete out[name]
+      delete out[`${name}_FILE`]
+    }
+    const value = config[option.key]
+    if (value !== '') out[option.env[0]!] = value
+  }
+  return { argv: args, env: out }
 }
 
 export function configHelp(width = 100): string {
   return helpColumns(OPTIONS.map((o) => [
     'boolean' in o ? `--${o.flag}` : `--${o.flag} <value>`,
-    `${o.help}\n[env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}]`,
+    `${o.help}\n[env ${o.env.join(', ')}; default ${o.fallback || '(empty)'}${'secret' in o ? `; or from a file: --${o.flag}-file <path>, ${o.env.map((e) => `${e}_FILE`).join(', ')}` : ''}]`,
   ]), width)
 }
 
