@@ -95,7 +95,7 @@ export async function startJobwire(redisUrl: string, workers: number, extra: str
   // loopback addresses, which the defaults would (rightly) treat as a flood.
   const proc = track(spawn('node', [...nodeArgs, projectPath('dist', 'src', 'cli.js'), 'serve', '--open', '--port', String(port), '--redis', redisUrl,
     '--workers', String(workers), '--log-level', 'warn', '--idle-timeout', '120', '--max-connections-per-ip', '0',
-    '--connect-rate-per-ip', '0', '--max-messages-per-sec', '0', ...extra],
+    '--connect-rate-per-ip', '0', '--max-messages-per-sec', '0', '--drain-ms', '0', ...extra],
   { stdio: ['ignore', 'ignore', 'inherit'], env: ENV }))
   await waitHttp(`http://127.0.0.1:${port}/readyz`, proc)
   // With workers, readyz answered by one of them; give the others the same chance.

@@ -59,6 +59,10 @@ export interface GatewayOptions {
   readonly processName?: string
 }
 
+const DRAIN_POLL_MS = 100
+const CLOSE_SPREAD_MAX_MS = 2000
+const CLOSE_SPREAD_STEP_MS = 50
+
 export class Gateway {
   readonly metrics = new Metrics()
   readonly broker: Broker
@@ -84,6 +88,7 @@ export class Gateway {
   private readonly userJobs: UserJobs
   private readonly ownerIndex: { close(): Promise<void> }
   private listenSocket: us_listen_socket | null = null
+  private stopped = false
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
 
@@ -161,6 +166,25 @@ export class Gateway {
     addNotFound(routes)
   }
 
+  /** Closes every connection with 1001, spread over up to CLOSE_SPREAD_MAX_MS (1 ms per
+   * connection, at most a quarter of the shutdown bound), so that their reconnects reach the
+   * other nodes as a ramp rather than one spike. */
+  private async closeSpread(): Promise<void> {
+    const open = this.connections.all()
+    const windowMs = Math.min(open.length, CLOSE_SPREAD_MAX_MS, this.config.shutdownTimeoutMs / 4)
+    const steps = Math.max(1, Math.floor(windowMs / CLOSE_SPREAD_STEP_MS))
+    const perStep = Math.ceil(open.length / steps)
+    for (let i = 0; i < open.length; i += perStep) {
+      if (i > 0) await new Promise((resolve) => setTimeout(resolve, CLOSE_SPREAD_STEP_MS))
+      for (const connection of open.slice(i, i + perStep)) connection.shutdown()
+    }
+  }
+
+  /** Open WebSocket and SSE connections of this process. */
+  get connectionCount(): number {
+    return this.connections.size
+  }
+
   get port(): number {
     return this.boundPort
   }
@@ -227,8 +251,23 @@ export class Gateway {
   /** Graceful shutdown, in this order: refuse new connections, close every connection (1001:
    * clients reconnect elsewhere), stop watching jobs, quit the broker, close what is left.
    * Bounded by shutdownTimeoutMs: whatever has not finished by then is cut. */
+  /**
+   * Stops taking new clients while the connected ones keep streaming: /readyz answers 503 at
+   * once (the listener stays up to say so), and upgrades and SSE get 503 shutting_down, so a
+   * load balancer takes the node out before its sockets are closed. Resolves after `ms`, or
+   * as soon as no connection is left.
+   */
+  async drain(ms: number): Promise<void> {
+    this.readiness.setStopping()
+    const end = Date.now() + ms
+    while (Date.now() < end && this.connections.size > 0) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(DRAIN_POLL_MS, end - Date.now())))
+    }
+  }
+
   async stop(): Promise<void> {
-    if (this.readiness.closing) return
+    if (this.stopped) return
+    this.stopped = true
     this.readiness.setStopping()
     if (this.listenSocket !== null) {
       uWS.us_listen_socket_close(this.listenSocket)
@@ -237,7 +276,7 @@ export class Gateway {
     if (this.expirySweep !== null) clearInterval(this.expirySweep)
     this.demo?.stop()
     this.resync.stop()
-    for (const connection of this.connections.all()) connection.shutdown()
+    await this.closeSpread()
     this.stopSse()
     this.catchUp.stop()
     this.recorder.stop()

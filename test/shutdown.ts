@@ -38,7 +38,7 @@ for (const workers of [1, 2]) {
       extra.push('--workers', String(workers), '--redis', redis.url)
     }
     // The reader stops itself before reading anything: the pipe fills and stays full.
-    const shell = spawn('bash', ['-c', `node ${CLI} serve --port ${port} --open --log-level trace --log-buffer-bytes 16384 --shutdown-timeout-ms 3000 --connect-rate-per-ip 0 --max-connections-per-ip 0 ${extra.join(' ')} 2>&1 | { kill -STOP $BASHPID; cat >/dev/null; }`],
+    const shell = spawn('bash', ['-c', `node ${CLI} serve --port ${port} --open --log-level trace --log-buffer-bytes 16384 --drain-ms 0 --shutdown-timeout-ms 3000 --connect-rate-per-ip 0 --max-connections-per-ip 0 ${extra.join(' ')} 2>&1 | { kill -STOP $BASHPID; cat >/dev/null; }`],
       // A clean environment: tap's loaders and coverage hook the child's exit, which is what is
       // under test here.
       { stdio: 'ignore', detached: true, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root' } })

@@ -15,7 +15,7 @@ t.test('a two-worker node on a terminal logs readable lines, the open warning on
   const redis = await startRedis()
   t.teardown(() => redis.stop())
   const port = await freePort()
-  const command = `exec node ${CLI} serve --open --port ${port} --workers 2 --redis ${redis.url}`
+  const command = `exec node ${CLI} serve --open --drain-ms 0 --port ${port} --workers 2 --redis ${redis.url}`
   const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, JOBWIRE_LOG_FORMAT: 'auto' } })
   let out = ''
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()))

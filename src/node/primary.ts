@@ -140,17 +140,18 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
     })
   }
 
-  /** Every worker gets SIGTERM and stops within its own bound; whatever is still alive at
-   * --shutdown-timeout-ms is killed, so the node as a whole ends within it. */
-  async function stopAll(): Promise<void> {
+  /** Every worker gets the signal and stops within its own bound (after draining, on
+   * SIGTERM); whatever is still alive at --drain-ms + --shutdown-timeout-ms is killed, so the
+   * node as a whole ends within it. */
+  async function stopAll(signal: 'SIGTERM' | 'SIGINT'): Promise<void> {
     stopping = true
-    const deadline = Date.now() + config.shutdownTimeoutMs - 200
+    const deadline = Date.now() + (signal === 'SIGTERM' ? config.drainMs : 0) + config.shutdownTimeoutMs - 200
     const alive = workers.filter((w): w is ChildProcess => w !== null)
     const exited = alive.map((w) => new Promise<void>((resolve) => {
       if (w.exitCode !== null || w.signalCode !== null) return resolve()
       w.once('exit', () => resolve())
     }))
-    for (const w of alive) w.kill('SIGTERM')
+    for (const w of alive) w.kill(signal)
     const hardStop = setTimeout(() => {
       for (const w of alive) w.kill('SIGKILL')
     }, Math.max(0, deadline - Date.now()))
@@ -162,14 +163,14 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   }
 
   let signalled = false
-  const onSignal = (signal: string) => {
+  const onSignal = (signal: 'SIGTERM' | 'SIGINT') => {
     if (signalled) {
       log.warn('second signal: exiting now')
       process.exit(1)
     }
     signalled = true
     log.info({ signal }, 'stopping workers')
-    void stopAll()
+    void stopAll(signal)
   }
   process.on('SIGTERM', () => onSignal('SIGTERM'))
   process.on('SIGINT', () => onSignal('SIGINT'))

@@ -111,12 +111,16 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
   if (isWorker) process.on('disconnect', () => void shutdown('primary exited'))
 
   let stopping = false
-  async function shutdown(reason: string): Promise<void> {
+  async function shutdown(reason: string, drain = false): Promise<void> {
     if (stopping) {
       log.warn('second signal: exiting now')
       process.exit(1)
     }
     stopping = true
+    if (drain && config.drainMs > 0) {
+      log.info({ reason, drainMs: config.drainMs, connections: gateway.connectionCount }, 'draining: /readyz answers 503 and new clients are refused while connected ones keep streaming')
+      await gateway.drain(config.drainMs)
+    }
     log.info({ reason }, 'shutting down')
     // Whatever is stuck (a hung Redis, a stalled stdout), the process ends within the bound:
     // nothing on this path waits without a deadline, and logging never blocks.
@@ -131,7 +135,9 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
     await flushLogs(Math.max(0, Math.min(LOG_FLUSH_MS, deadline - Date.now())))
     process.exit(0)
   }
-  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  // SIGTERM is how orchestrators and the primary stop a gateway: drain first. SIGINT is a
+  // person at a terminal: stop now.
+  process.on('SIGTERM', () => void shutdown('SIGTERM', true))
   process.on('SIGINT', () => void shutdown('SIGINT'))
 
   let port: number

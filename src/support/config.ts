@@ -43,6 +43,7 @@ export interface Config {
   readonly outageHoldMs: number
   readonly stateTtlSec: number
   readonly terminalTtlSec: number
+  readonly drainMs: number
   readonly shutdownTimeoutMs: number
   readonly idleGcMb: number
   readonly workers: number
@@ -304,8 +305,10 @@ export const OPTIONS = [
     help: 'seconds a job state is kept after its last update (producer default)' },
   { key: 'terminalTtlSec', flag: 'terminal-ttl', env: ['JOBWIRE_TERMINAL_TTL'], fallback: '3600',
     parse: integer(1, 31_536_000), help: 'the same, once the job is completed, failed or cancelled' },
+  { key: 'drainMs', flag: 'drain-ms', env: ['JOBWIRE_DRAIN_MS'], fallback: '5000', parse: integer(0, 600_000),
+    help: 'on SIGTERM, how long connected clients keep streaming while /readyz answers 503 and new clients are refused, so a load balancer takes the node out first (size it to its health check: fall x interval + interval); ends sooner when no client is left; SIGINT skips it' },
   { key: 'shutdownTimeoutMs', flag: 'shutdown-timeout-ms', env: ['JOBWIRE_SHUTDOWN_TIMEOUT_MS'], fallback: '5000',
-    parse: integer(100, 600_000), help: 'upper bound on a graceful shutdown' },
+    parse: integer(100, 600_000), help: 'upper bound on a graceful shutdown, after the drain' },
   { key: 'idleGcMb', flag: 'idle-gc-mb', env: ['JOBWIRE_IDLE_GC_MB'], fallback: '4', parse: integer(0, 1_000_000),
     help: 'once a process is quiet for 6 s and its V8 heap grew by this many MB since it last collected, collect, then compact in a second collection, and give the memory back (0: off)' },
   { key: 'sharePort', flag: 'share-port', env: ['JOBWIRE_SHARE_PORT'], fallback: 'false', parse: switchValue, boolean: true,
