@@ -16,6 +16,7 @@ import { addProducerRoute } from './http/producer.js'
 import { addUserJobsRoute } from './http/user-jobs.js'
 import { ownerIndexFor } from './producer/owner-index.js'
 import { withHead } from './http/head.js'
+import { connectionsUnder, openFilesLimit } from './support/file-limit.js'
 import { addStaticRoutes } from './http/static.js'
 import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
 import { Readiness } from './node/readiness.js'
@@ -89,6 +90,8 @@ export class Gateway {
   private readonly ownerIndex: { close(): Promise<void> }
   private listenSocket: us_listen_socket | null = null
   private stopped = false
+  /** Connections this process holds at most (--max-connections, or under its file limit). */
+  readonly connectionCap: number
   private boundPort = 0
   private expirySweep: NodeJS.Timeout | null = null
 
@@ -96,6 +99,13 @@ export class Gateway {
     const { config, log } = options
     this.config = config
     this.log = log
+    const files = openFilesLimit()
+    this.connectionCap = config.maxConnections ?? (files === null ? Number.POSITIVE_INFINITY : connectionsUnder(files))
+    if (config.maxConnections !== null && files !== null && config.maxConnections > connectionsUnder(files)) {
+      log.warn({ maxConnections: config.maxConnections, openFilesLimit: files },
+        `--max-connections ${config.maxConnections} is above what this process's open-files limit (${files}) leaves room for (${connectionsUnder(files)}): ` +
+        'past that, accept() fails and the process stops answering; raise the limit (LimitNOFILE=, ulimit -n) or lower --max-connections')
+    }
     this.nodeQuery = options.nodeQuery ?? (async (request) => [this.handleNodeRequest(request)])
     // The primary said what access control allows, once for the node; its workers stay quiet
     // about it (their warnings would repeat the primary's word for word).
@@ -129,7 +139,8 @@ export class Gateway {
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
     const isClosing = () => this.readiness.closing
-    const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
+    const atCapacity = () => this.connections.size >= this.connectionCap
+    const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing, atCapacity }
 
     // Route handlers see the app through the host guard while open (http/host-guard.ts), and
     // every GET route answers HEAD too (http/head.ts).

@@ -32,6 +32,7 @@ export interface SseContext {
   readonly metrics: Metrics
   readonly log: Logger
   isClosing(): boolean
+  atCapacity(): boolean
 }
 
 /** Registers the route; the returned function stops its heartbeat. */
@@ -57,6 +58,11 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     }
     addAnswerHeaders(res, cors)
     if (ctx.isClosing()) return respondJson(res, 503, { error: 'shutting_down' }, { 'retry-after': '1' })
+    if (ctx.atCapacity()) {
+      refused('at_capacity')
+      ctx.metrics.countRefusal('sse', 'at_capacity')
+      return respondJson(res, 503, { error: 'at_capacity', message: 'this node holds all the connections it can; retry (another node)' }, { 'retry-after': '1' }, true)
+    }
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
     const refuse = (refusal: { reason: string; retryAfterMs: number }) => {

@@ -76,6 +76,8 @@ export interface Config {
   // limits (0 = no limit)
   readonly maxConnectionsPerUser: number
   readonly maxConnectionsPerIp: number
+  /** Per process; null: derived from the open-files limit (support/file-limit.ts). */
+  readonly maxConnections: number | null
   readonly connectRatePerIp: number
   readonly maxMessagesPerSec: number
   readonly maxUpdateHz: number
@@ -183,6 +185,11 @@ function clusterNodes(raw: string, where: string): string {
 const AUTO_WORKERS = 0
 function workers(raw: string, where: string): number {
   return raw === 'auto' ? AUTO_WORKERS : integer(1, 256)(raw, where)
+}
+
+/** 'auto' (null: derived from RLIMIT_NOFILE at startup) or a number of connections. */
+function maxConnections(raw: string, where: string): number | null {
+  return raw === 'auto' ? null : integer(1, 10_000_000)(raw, where)
 }
 
 function text(raw: string): string {
@@ -349,6 +356,8 @@ export const OPTIONS = [
     boolean: true, help: 'take the client address from X-Forwarded-For: the right-most entry that is not a trusted proxy' },
   { key: 'trustedProxies', flag: 'trusted-proxies', env: ['JOBWIRE_TRUSTED_PROXIES'], fallback: '127.0.0.0/8,::1/128', parse: cidrs,
     help: 'CIDRs of the proxies/load balancers in front; never limited per address as if they were one client' },
+  { key: 'maxConnections', flag: 'max-connections', env: ['JOBWIRE_MAX_CONNECTIONS'], fallback: 'auto', parse: maxConnections,
+    help: 'open sockets and SSE streams per gateway process; past it new ones get 503 at_capacity (auto: the open-files limit, ulimit -n, less a margin for Redis and HTTP, so the process never runs out of descriptors and stops answering)' },
   { key: 'maxConnectionsPerUser', flag: 'max-connections-per-user', env: ['JOBWIRE_MAX_CONNECTIONS_PER_USER'],
     fallback: '20', parse: integer(0, 1_000_000), help: 'open sockets per user id, node-wide (0: no limit)' },
   { key: 'maxConnectionsPerIp', flag: 'max-connections-per-ip', env: ['JOBWIRE_MAX_CONNECTIONS_PER_IP'],

@@ -48,6 +48,8 @@ export interface WsContext {
   /** subscribe_user_jobs: users' job lists and announcements. */
   readonly userJobs: UserJobs
   isClosing(): boolean
+  /** This process holds as many connections as it may (support/file-limit.ts). */
+  atCapacity(): boolean
 }
 
 /** uWS cuts frames above this without a close frame; between maxMessageBytes and this we
@@ -237,12 +239,15 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const credentials = credentialsOf(req)
       const { ip, limitKey } = clientOf(res, req, config)
       const encoding = chooseSubprotocol(req.getHeader('sec-websocket-protocol'))
-      const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}) => {
+      const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}, closeConnection = false) => {
         metrics.countRejectedUpgrade(reason)
         accessLog.info(log, 'refused', { transport: 'websocket', ip, reason, ...(reason === 'origin' ? { origin } : {}) }, `upgrade refused: ${reason}`)
-        respondJson(res, status, body, headers)
+        respondJson(res, status, body, headers, closeConnection)
       }
       if (ctx.isClosing()) return refuse(503, 'shutting_down', { error: 'server is shutting down; reconnect' }, { 'retry-after': '1' })
+      // Closed at once: at capacity, every descriptor a refused client keeps is one the next
+      // accept() needs.
+      if (ctx.atCapacity()) return refuse(503, 'at_capacity', { error: 'at_capacity', message: 'this node holds all the connections it can; retry (another node)' }, { 'retry-after': '1' }, true)
       if (encoding === null) {
         return refuse(400, 'bad_subprotocol', { error: `unsupported subprotocol; offer ${Subprotocol.Json} or ${Subprotocol.Msgpack}` })
       }
