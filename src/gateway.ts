@@ -1,6 +1,7 @@
 // The composition root of one gateway process: builds its parts, wires the broker to the hot
 // path, registers the routes, and owns the start and stop order. Behaviour lives in the parts.
 
+import { readFileSync } from 'node:fs'
 import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js'
 import { Access } from './access/access.js'
 import { LocalAdmission, type Admission } from './access/admission.js'
@@ -16,6 +17,7 @@ import { addProducerRoute } from './http/producer.js'
 import { addUserJobsRoute } from './http/user-jobs.js'
 import { ownerIndexFor } from './producer/owner-index.js'
 import { withHead } from './http/head.js'
+import { projectPath } from './support/paths.js'
 import { connectionsUnder, openFilesLimit } from './support/file-limit.js'
 import { addStaticRoutes } from './http/static.js'
 import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
@@ -36,7 +38,7 @@ import { createReauthorizer } from './stream/generations.js'
 import { isOpen, type Config } from './support/config.js'
 import { withDeadline } from './support/deadline.js'
 import { droppedLogLines, rateLimitedLog, type Logger } from './support/log.js'
-import { mergeSnapshots, Metrics, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
+import { mergeSnapshots, Metrics, renderBuildInfo, renderPrometheus, snapshotMetrics, type MetricsSnapshot } from './support/metrics.js'
 import { ProcessSampler } from './support/process-stats.js'
 import { IdleCollector } from './support/idle-gc.js'
 import { uWS } from './support/uws.js'
@@ -60,6 +62,8 @@ export interface GatewayOptions {
   readonly processName?: string
 }
 
+/** The package's version, as /metrics' build_info states it. */
+const VERSION = (JSON.parse(readFileSync(projectPath('package.json'), 'utf8')) as { version: string }).version
 const DRAIN_POLL_MS = 100
 const CLOSE_SPREAD_MAX_MS = 2000
 const CLOSE_SPREAD_STEP_MS = 50
@@ -158,7 +162,7 @@ export class Gateway {
       log: log.child({ component: 'http' }),
       isReady: () => this.readiness.ready,
       brokerState: () => this.broker.state,
-      renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))),
+      renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))) + renderBuildInfo(VERSION),
     })
     this.stopSse = addSseRoute(routes, { ...shared, snapshots, log: log.child({ component: 'sse' }) })
     addProducerRoute(routes, { broker: this.broker, access, log, addressRule: config, allowedOrigins: config.allowedOrigins })

@@ -1,7 +1,8 @@
-// /metrics shows each gateway process's memory and event-loop delay, as the bench sees them.
+// /metrics shows each gateway process's memory, CPU, descriptors and event-loop delay, as the bench sees them, and node counters that survive worker restarts and pauses.
 
 import t from 'tap'
 import { readFileSync } from 'node:fs'
+import WebSocket from 'ws'
 import { SEMI_SPACE_FLAG } from '../src/node/v8-flags.js'
 import { foldLoopDelays, LOOP_DELAY_BUCKETS } from '../src/support/process-stats.js'
 import { startGateway } from './fixtures/gateway.js'
@@ -61,4 +62,61 @@ t.test('with workers: one series per worker', async (t) => {
   for (const pid of children) {
     t.ok(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(SEMI_SPACE_FLAG), `worker ${pid} runs with ${SEMI_SPACE_FLAG}`)
   }
+})
+
+t.test('node counters never go backwards: a killed worker stays counted, a paused one is marked stale', async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const port = await freePort()
+  const served = serveProcess(['--port', String(port), '--workers', '2', '--redis', redis.url, '--connect-rate-per-ip', '0', '--max-connections-per-ip', '0'])
+  t.teardown(() => reap(served))
+  await served.waitFor(/jobwire listening/, 20_000)
+  const scrape = async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+  // Connections spread over both workers (SO_REUSEPORT), each counted by the one that took it.
+  for (let i = 0; i < 40; i++) {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/jobs`, 'jobwire.json')
+    await new Promise((resolve, reject) => {
+      ws.on('open', resolve)
+      ws.on('error', reject)
+    })
+    ws.close()
+  }
+  let before = 0
+  await until(async () => (before = value(await scrape(), 'jobwire_connections_opened_total')) === 40, 'every open counted', 5_000)
+  const first = await scrape()
+  t.ok(value(first, 'jobwire_process_cpu_seconds_total{process="worker-0"}') > 0, 'CPU per process')
+  t.ok(value(first, 'jobwire_process_open_fds{process="worker-0"}') > 0, 'open descriptors per process')
+  t.ok(value(first, 'jobwire_process_max_fds{process="worker-0"}') > 0, 'their limit')
+  t.ok(value(first, 'jobwire_process_start_time_seconds{process="primary"}') > 1.7e9, 'start time, the primary included')
+  t.ok(value(first, 'jobwire_process_resident_memory_bytes{process="primary"}') > 0, "the primary's memory")
+  t.match(first, /^jobwire_build_info\{version="[^"]+",node="v\d+[^"]*"\} 1$/m, 'build info')
+  t.equal(value(first, 'jobwire_worker_restarts_total'), 0)
+
+  const children = readFileSync(`/proc/${served.proc.pid}/task/${served.proc.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)
+  process.kill(children[0]!, 'SIGKILL')
+  // A kept-alive connection to the killed worker fails once: retried.
+  const tryScrape = () => scrape().catch(() => '')
+  await until(async () => value(await tryScrape(), 'jobwire_worker_restarts_total') === 1, 'the worker restarted', 15_000, 100)
+  await until(async () => value(await tryScrape(), 'jobwire_workers') === 2, 'both workers reporting again', 15_000, 100)
+  t.equal(value(await scrape(), 'jobwire_connections_opened_total'), before, 'the killed worker\'s connections are still counted')
+
+  const live = readFileSync(`/proc/${served.proc.pid}/task/${served.proc.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)
+  process.kill(live[1]!, 'SIGSTOP')
+  t.teardown(() => {
+    try {
+      process.kill(live[1]!, 'SIGCONT')
+    } catch {}
+  })
+  // A scrape that lands on the paused worker itself cannot be answered; one that lands on the
+  // other is, with the paused one at its last figures.
+  let answered = ''
+  await until(async () => {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(3_000) }).catch(() => null)
+    if (res === null) return false
+    answered = await res.text()
+    return true
+  }, 'a scrape answered by the running worker', 20_000, 50)
+  t.equal(value(answered, 'jobwire_workers_stale'), 1, 'the paused worker is marked stale')
+  t.equal(value(answered, 'jobwire_connections_opened_total'), before, 'and its counts are still in the sum')
+  process.kill(live[1]!, 'SIGCONT')
 })

@@ -10,7 +10,9 @@ import { backoffCeiling } from '../support/backoff.js'
 import { ConfigError, workerLaunch, type Config } from '../support/config.js'
 import { droppedLogLines, flushLogs, workerLogForwarder, type Logger } from '../support/log.js'
 import { LATENCY_BUCKETS } from '../support/metrics.js'
+import { ProcessSampler } from '../support/process-stats.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
+import { NodeMetrics } from './node-metrics.js'
 import { ensurePortFree } from './port-check.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
 import { announce } from './serve.js'
@@ -58,7 +60,11 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
   const held = workers.map(() => new Map<number, AdmissionRequest>())
   const answers = new Calls<NodeAnswer | null>()
 
-  /** What the primary itself counts: the log lines it dropped (it writes the workers' output). */
+  const nodeMetrics = new NodeMetrics()
+  const sampler = new ProcessSampler('primary')
+
+  /** What the primary itself counts: the log lines it dropped (it writes the workers' output),
+   * and its own process series. */
   function primaryMetrics(): NodeAnswer {
     return {
       kind: 'metrics',
@@ -67,16 +73,18 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
         labelled: {},
         gauges: {},
         latency: { counts: new Array<number>(LATENCY_BUCKETS.length + 1).fill(0), sum: 0, count: 0 },
-        processes: [],
+        processes: [sampler.sample()],
       },
     }
   }
 
   async function collect(request: NodeRequest): Promise<NodeAnswer[]> {
-    const live = workers.filter((w): w is ChildProcess => w !== null && w.connected)
-    const replies = await Promise.all(live.map((w) => answers.ask(
+    const live = workers.flatMap((w, index) => (w !== null && w.connected ? [{ w, index }] : []))
+    const replies = await Promise.all(live.map(({ w }) => answers.ask(
       (id) => w.send({ type: 'node-request', id, request } satisfies PrimaryMessage), NODE_QUERY_TIMEOUT_MS, () => null)))
-    return replies.filter((a): a is NodeAnswer => a !== null)
+    if (request.kind !== 'metrics') return replies.filter((a): a is NodeAnswer => a !== null)
+    const snapshots = nodeMetrics.scrape(live.map((l) => l.index), replies.map((a) => (a?.kind === 'metrics' ? a.metrics : null)))
+    return [...snapshots.map((metrics): NodeAnswer => ({ kind: 'metrics', metrics })), primaryMetrics()]
   }
 
   function start(index: number): void {
@@ -108,7 +116,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
           if (++listening === config.workers) announce(log, config, message.port, uwsDetail, config.redisCluster !== '' ? 'cluster' : 'redis', config.workers)
           return
         case 'node-query':
-          return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: message.request.kind === 'metrics' ? [...all, primaryMetrics()] : all }))
+          return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: all }))
         case 'node-answer':
           return answers.answer(message.id, message.answer)
         case 'charge':
@@ -128,6 +136,7 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
     })
     child.on('exit', (code, signal) => {
       workers[index] = null
+      nodeMetrics.exited(index, !stopping)
       for (const request of held[index]!.values()) admission.release(request)
       held[index]!.clear()
       if (stopping) return

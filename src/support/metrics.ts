@@ -178,6 +178,8 @@ const HELP: Record<string, string> = {
   jobs_watched: 'jobs with at least one watcher on this node',
   broker_up: '1 when the broker connection is ready',
   workers: 'gateway processes reporting',
+  workers_stale: 'workers that did not answer this scrape in time, counted at their last known figures',
+  worker_restarts_total: 'workers the primary restarted after they exited',
 }
 
 export function renderPrometheus(s: MetricsSnapshot, prefix = 'jobwire_'): string {
@@ -215,7 +217,22 @@ export function renderPrometheus(s: MetricsSnapshot, prefix = 'jobwire_'): strin
   return lines.join('\n') + '\n'
 }
 
+/** `jobwire_build_info{version,node} 1`: which build answers, for dashboards and alerts on
+ * mixed versions during a rollout. */
+export function renderBuildInfo(version: string, prefix = 'jobwire_'): string {
+  return `# HELP ${prefix}build_info the gateway's version and Node's\n# TYPE ${prefix}build_info gauge\n` +
+    `${prefix}build_info{version="${version}",node="${process.version}"} 1\n`
+}
+
 function renderProcesses(processes: readonly ProcessStats[], prefix: string, lines: string[]): void {
+  const series = (name: string, type: string, help: string, value: (p: ProcessStats) => number) => {
+    lines.push(`# HELP ${prefix}${name} ${help}`, `# TYPE ${prefix}${name} ${type}`)
+    for (const p of processes) lines.push(`${prefix}${name}{process="${p.process}"} ${value(p)}`)
+  }
+  series('process_cpu_seconds_total', 'counter', 'user and system CPU time of each gateway process', (p) => p.cpuSeconds)
+  series('process_open_fds', 'gauge', 'open file descriptors of each gateway process (one per socket)', (p) => p.openFds)
+  series('process_max_fds', 'gauge', 'the open-files limit of each gateway process (-1: unknown)', (p) => p.maxFds)
+  series('process_start_time_seconds', 'gauge', 'when each gateway process started, in seconds since the epoch', (p) => p.startTimeSeconds)
   lines.push(`# HELP ${prefix}process_resident_memory_bytes resident memory (RSS) of each gateway process`, `# TYPE ${prefix}process_resident_memory_bytes gauge`)
   for (const p of processes) lines.push(`${prefix}process_resident_memory_bytes{process="${p.process}"} ${p.rssBytes}`)
   lines.push(`# HELP ${prefix}process_heap_used_bytes V8 heap in use of each gateway process`, `# TYPE ${prefix}process_heap_used_bytes gauge`)

@@ -5,6 +5,8 @@
 // perf_hooks records the whole interval between two of its timer ticks, so an idle loop reads
 // 10 ms: the resolution is subtracted from every figure, leaving how late the tick ran.
 
+import { readdirSync } from 'node:fs'
+import { openFilesLimit } from './file-limit.js'
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
 
 const RESOLUTION_MS = 10
@@ -22,6 +24,23 @@ export interface ProcessStats {
   readonly heapCommittedBytes: number
   /** Event-loop delay since the previous scrape: cumulative counts per bucket (+Inf last). */
   readonly loopDelay: { readonly counts: number[]; readonly sum: number; readonly count: number }
+  /** User + system CPU time since the process started. */
+  readonly cpuSeconds: number
+  /** Open file descriptors (sockets included), and the soft limit on them; -1 where unknown. */
+  readonly openFds: number
+  readonly maxFds: number
+  /** When the process started, in seconds since the epoch. */
+  readonly startTimeSeconds: number
+}
+
+const STARTED_AT_SECONDS = Date.now() / 1000 - process.uptime()
+
+function openFdCount(): number {
+  try {
+    return readdirSync('/proc/self/fd').length
+  } catch {
+    return -1
+  }
 }
 
 export class ProcessSampler {
@@ -45,7 +64,12 @@ export class ProcessSampler {
       h.reset()
     }
     const memory = process.memoryUsage()
-    return { process: this.name, rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, heapCommittedBytes: memory.heapTotal, loopDelay: { counts: [...this.counts], sum: this.sum, count: this.count } }
+    const cpu = process.cpuUsage()
+    return {
+      process: this.name, rssBytes: memory.rss, heapUsedBytes: memory.heapUsed, heapCommittedBytes: memory.heapTotal,
+      loopDelay: { counts: [...this.counts], sum: this.sum, count: this.count },
+      cpuSeconds: (cpu.user + cpu.system) / 1e6, openFds: openFdCount(), maxFds: openFilesLimit() ?? -1, startTimeSeconds: STARTED_AT_SECONDS,
+    }
   }
 
   stop(): void {
