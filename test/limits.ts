@@ -46,6 +46,7 @@ t.test('per-user connection cap', async (t) => {
   again.send({ type: 'ping' })
   t.match(await again.nextOfType('pong'), {}, 'a closed connection frees its slot')
   t.equal(gw.gateway.metricsSnapshot().gauges.connections, 3, 'refused sockets are not counted as connections')
+  t.same(gw.gateway.metricsSnapshot().labelled.upgrades_rejected_total, { per_user: 1 }, 'counted under its own cause')
 })
 
 t.test('per-address connection cap', async (t) => {
@@ -56,6 +57,7 @@ t.test('per-address connection cap', async (t) => {
   const other = await gw.connect(undefined, { localAddress: '127.0.0.2' })
   other.send({ type: 'ping' })
   t.match(await other.nextOfType('pong'), {}, 'another address is not affected')
+  t.same(gw.gateway.metricsSnapshot().labelled.upgrades_rejected_total, { per_address: 1 }, 'counted under its own cause')
 })
 
 t.test('connection rate per address', async (t) => {
@@ -69,6 +71,7 @@ t.test('connection rate per address', async (t) => {
   t.equal(admitted.filter(Boolean).length, 2, 'a burst of twice the rate (2) gets in')
   t.equal(refused.length, 2, 'the rest are told to retry')
   t.match(refused[0]!.all('error')[0], { code: 'rate_limited', message: /new connections per second/ })
+  t.same(gw.gateway.metricsSnapshot().labelled.upgrades_rejected_total, { connect_rate: 2 }, 'counted under its own cause')
   const other = await gw.connect(undefined, { localAddress: '127.0.0.3' })
   other.send({ type: 'ping' })
   t.match(await other.nextOfType('pong'), {})

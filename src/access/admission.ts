@@ -14,7 +14,11 @@ export interface AdmissionRequest {
 
 export type AdmissionResult =
   | { readonly ok: true }
-  | { readonly ok: false; readonly reason: string; readonly retryAfterMs: number }
+  | { readonly ok: false; readonly reason: string; readonly retryAfterMs: number; readonly cause: RefusalCause }
+
+/** Which limit refused a connection: one metric label per cause, so an alert can tell a
+ * flood from one address (connect_rate) from a user with too many tabs (per_user). */
+export type RefusalCause = 'connect_rate' | 'per_address' | 'per_user' | 'node_busy'
 
 export interface Admission {
   /** Spends one new connection from the address's rate; before anything else is checked. */
@@ -74,7 +78,7 @@ export class LocalAdmission implements Admission {
       this.buckets.set(ip!, next)
       return ADMITTED
     }
-    return { ok: false, reason: `more than ${rate.rate} new connections per second from this address`, retryAfterMs: Math.max(1000, rate.waitMs(bucket, now)) }
+    return { ok: false, reason: `more than ${rate.rate} new connections per second from this address`, retryAfterMs: Math.max(1000, rate.waitMs(bucket, now)), cause: 'connect_rate' }
   }
 
   admit(request: AdmissionRequest): AdmissionResult {
@@ -82,11 +86,11 @@ export class LocalAdmission implements Admission {
     const { ip, user } = countedFor(this.limits, request)
     const ipCount = ip === null ? 0 : this.perIp.get(ip) ?? 0
     if (ip !== null && ipCount >= maxConnectionsPerIp) {
-      return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS }
+      return { ok: false, reason: `at most ${maxConnectionsPerIp} connections per address`, retryAfterMs: CAP_RETRY_MS, cause: 'per_address' }
     }
     const userCount = user === null ? 0 : this.perUser.get(user) ?? 0
     if (user !== null && userCount >= maxConnectionsPerUser) {
-      return { ok: false, reason: `at most ${maxConnectionsPerUser} connections per user`, retryAfterMs: CAP_RETRY_MS }
+      return { ok: false, reason: `at most ${maxConnectionsPerUser} connections per user`, retryAfterMs: CAP_RETRY_MS, cause: 'per_user' }
     }
     if (ip !== null) this.perIp.set(ip, ipCount + 1)
     if (user !== null) this.perUser.set(user, userCount + 1)

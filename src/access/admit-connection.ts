@@ -5,13 +5,13 @@
 // stream/watch.ts before anything touches Redis.
 
 import type { Access, Credentials, Transport } from './access.js'
-import type { Admission, AdmissionRequest } from './admission.js'
+import type { Admission, AdmissionRequest, RefusalCause } from './admission.js'
 import { AuthError, type Principal } from './auth.js'
 
 export type AdmitResult<T extends AdmissionRequest> =
   | { readonly kind: 'admitted'; readonly principal: Principal | null; readonly ticket: T }
   /** Over the connection rate (`ticket` null: nobody was authenticated yet) or a cap. */
-  | { readonly kind: 'limited'; readonly reason: string; readonly retryAfterMs: number; readonly ticket: T | null }
+  | { readonly kind: 'limited'; readonly reason: string; readonly retryAfterMs: number; readonly cause: RefusalCause; readonly ticket: T | null }
   | { readonly kind: 'unauthenticated'; readonly error: AuthError }
   /** The client went away meanwhile; whatever was counted for it is released. */
   | { readonly kind: 'gone' }
@@ -34,7 +34,7 @@ export async function admitConnection<T extends AdmissionRequest>(
 ): Promise<AdmitResult<T>> {
   const charged = await admission.charge(request.limitKey)
   if (request.gone()) return { kind: 'gone' }
-  if (!charged.ok) return { kind: 'limited', reason: charged.reason, retryAfterMs: charged.retryAfterMs, ticket: null }
+  if (!charged.ok) return { kind: 'limited', reason: charged.reason, retryAfterMs: charged.retryAfterMs, cause: charged.cause, ticket: null }
   const principal = await access.authenticate(request.credentials, request.transport)
   if (principal instanceof AuthError) return { kind: 'unauthenticated', error: principal }
   const ticket = request.ticketFor(principal)
@@ -43,6 +43,6 @@ export async function admitConnection<T extends AdmissionRequest>(
     if (admitted.ok) admission.release(ticket)
     return { kind: 'gone' }
   }
-  if (!admitted.ok) return { kind: 'limited', reason: admitted.reason, retryAfterMs: admitted.retryAfterMs, ticket }
+  if (!admitted.ok) return { kind: 'limited', reason: admitted.reason, retryAfterMs: admitted.retryAfterMs, cause: admitted.cause, ticket }
   return { kind: 'admitted', principal, ticket }
 }

@@ -53,7 +53,7 @@ function primaryLink(log: Logger, local: () => Gateway, limits: AdmissionLimits)
   // the client retries), and a late count is given back.
   const failClosed = (): AdmissionResult => {
     log.error('the primary did not answer an admission request in time; refusing the connection')
-    return { ok: false, reason: 'the node is busy; retry shortly', retryAfterMs: ADMIT_RETRY_MS }
+    return { ok: false, reason: 'the node is busy; retry shortly', retryAfterMs: ADMIT_RETRY_MS, cause: 'node_busy' }
   }
   const admitOnPrimary = async (request: AdmissionRequest): Promise<AdmissionResult> => {
     let ticket = 0

@@ -65,9 +65,9 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     }
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
-    const refuse = (refusal: { reason: string; retryAfterMs: number }) => {
-      accessLog.info(ctx.log, 'rate_limited', { transport: 'sse', ip, job: jobId, reason: refusal.reason }, 'SSE stream refused: rate limited')
-      ctx.metrics.countRefusal('sse', 'rate_limited')
+    const refuse = (refusal: { reason: string; retryAfterMs: number; cause: string }) => {
+      accessLog.info(ctx.log, 'rate_limited', { transport: 'sse', ip, job: jobId, reason: refusal.reason, cause: refusal.cause }, 'SSE stream refused: rate limited')
+      ctx.metrics.countRefusal('sse', refusal.cause)
       if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: refusal.reason, retry_after_ms: refusal.retryAfterMs }, { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)) })
     }
     void (async () => {

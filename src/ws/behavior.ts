@@ -275,7 +275,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
           case 'limited': {
             // Browsers cannot read an HTTP status: the socket opens to say why (open()).
             const conn = admitted.ticket ?? newConnection(null)
-            conn.refused = { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs }
+            conn.refused = { reason: admitted.reason, retryAfterMs: admitted.retryAfterMs, cause: admitted.cause }
             return upgrade(conn)
           }
           case 'admitted':
@@ -290,9 +290,9 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (conn.refused !== null) {
         // Refused by a connection cap: browsers cannot read an HTTP status, so the socket says
         // why (error + retry hint) and closes with 1013, "try again later".
-        metrics.countRejectedUpgrade('connection_limit')
-        const { reason, retryAfterMs } = conn.refused
-        accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, reason, retryAfterMs }, 'connection refused: over a connection cap (closed with 1013)')
+        const { reason, retryAfterMs, cause } = conn.refused
+        metrics.countRejectedUpgrade(cause)
+        accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, reason, cause, retryAfterMs }, 'connection refused: over a connection cap (closed with 1013)')
         conn.send({ type: 'error', code: ErrorCode.RateLimited, message: reason, retry_after_ms: retryAfterMs })
         conn.end(CloseCode.TryAgainLater, `retry-after-ms=${retryAfterMs}`)
         conn.closed = true

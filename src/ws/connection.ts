@@ -7,6 +7,7 @@
 // number, the connect time as a small integer, and the client address shared between sockets
 // from the same address.
 
+import type { RefusalCause } from '../access/admission.js'
 import type { WebSocket } from 'uWebSockets.js'
 import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
@@ -32,6 +33,8 @@ const UNAVAILABLE_RETRY_MS = 1000
 export interface Refused {
   readonly reason: string
   readonly retryAfterMs: number
+  /** Which limit (access/admission.ts), the metric's label. */
+  readonly cause: RefusalCause
 }
 
 export type JobState = 'pending' | 'subscribed' | 'parked'
