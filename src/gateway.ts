@@ -21,7 +21,7 @@ import { projectPath } from './support/paths.js'
 import { connectionsUnder, openFilesLimit } from './support/file-limit.js'
 import { addStaticRoutes } from './http/static.js'
 import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
-import { Readiness } from './node/readiness.js'
+import { Readiness, UNANSWERED_MS } from './node/readiness.js'
 import { Sources } from './sources/router.js'
 import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
@@ -58,6 +58,8 @@ export interface GatewayOptions {
   readonly admission?: Admission
   /** Asks every process of the node; defaults to asking only this one. */
   readonly nodeQuery?: NodeQuery
+  /** One round trip to the primary, for readiness (workers only). */
+  readonly primaryPing?: () => Promise<unknown>
   /** How this process is named in per-process metrics: 'main', or a worker's index. */
   readonly processName?: string
 }
@@ -65,6 +67,7 @@ export interface GatewayOptions {
 /** The package's version, as /metrics' build_info states it. */
 const VERSION = (JSON.parse(readFileSync(projectPath('package.json'), 'utf8')) as { version: string }).version
 const DRAIN_POLL_MS = 100
+const READINESS_PROBE_JOB = 'jobwire-readiness-probe'
 const CLOSE_SPREAD_MAX_MS = 2000
 const CLOSE_SPREAD_STEP_MS = 50
 
@@ -141,7 +144,11 @@ export class Gateway {
       ? createReauthorizer({ connections: this.connections, snapshots, fanout: this.fanout, watched: this.watched, metrics: this.metrics, log, holdMs: config.outageHoldMs })
       : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
-    this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
+    this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode, config.outageHoldMs, {
+      // Any read answers "is Redis answering?"; the id names no job a producer would use.
+      broker: () => withDeadline(this.broker.readJobs([READINESS_PROBE_JOB]), UNANSWERED_MS, 'readiness probe'),
+      ...(options.primaryPing ? { primary: options.primaryPing } : {}),
+    })
     const isClosing = () => this.readiness.closing
     const atCapacity = () => this.connections.size >= this.connectionCap
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing, atCapacity }
@@ -161,6 +168,7 @@ export class Gateway {
       addressRule: config,
       log: log.child({ component: 'http' }),
       isReady: () => this.readiness.ready,
+      notReadyReason: () => this.readiness.reason,
       brokerState: () => this.broker.state,
       renderMetrics: async () => renderPrometheus(mergeSnapshots(metricsOf(await this.nodeQuery({ kind: 'metrics' })))) + renderBuildInfo(VERSION),
     })

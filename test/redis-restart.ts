@@ -26,7 +26,9 @@ for (const mode of ['per-job', 'pattern'] as const) {
   t.test(`${mode} mode`, async (t) => {
     const redis = await startRedis()
     t.teardown(() => redis.stop())
-    const gw = await startGateway({ redis: redis.url, 'subscription-mode': mode, 'broker-timeout-ms': '3000' })
+    // Readiness holds through a broker outage for --outage-hold-ms (node/readiness.ts): short
+    // here, so the outage outlasts it.
+    const gw = await startGateway({ redis: redis.url, 'subscription-mode': mode, 'broker-timeout-ms': '3000', 'outage-hold-ms': '200' })
     t.teardown(() => gw.stop())
     let producer = new Producer({ redis: redis.url })
 
@@ -45,7 +47,7 @@ for (const mode of ['per-job', 'pattern'] as const) {
 
     await redis.kill()
     for (let i = 0; i < 100 && (await fetch(`${gw.http}/readyz`)).status !== 503; i++) await sleep(20)
-    t.equal((await fetch(`${gw.http}/readyz`)).status, 503, 'not ready while Redis is down')
+    t.equal((await fetch(`${gw.http}/readyz`)).status, 503, 'not ready once Redis has been down longer than the hold')
     t.equal(gw.gateway.metricsSnapshot().gauges.broker_up, 0)
     await sleep(300)
     const statusesBefore = [a, b, c].map((x) => x.all('job_status').length)

@@ -21,6 +21,7 @@ export interface HttpContext {
   readonly addressRule: AddressRule
   readonly log: Logger
   isReady(): boolean
+  notReadyReason(): string | null
   brokerState(): string
   /** The node's metrics in Prometheus text format. */
   renderMetrics(): Promise<string>
@@ -31,7 +32,7 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
 
   app.get('/readyz', (res) => {
     const ready = ctx.isReady()
-    respondJson(res, ready ? 200 : 503, { ready, broker: ctx.brokerState() })
+    respondJson(res, ready ? 200 : 503, { ready, broker: ctx.brokerState(), ...(ready ? {} : { reason: ctx.notReadyReason() }) })
   })
 
   app.get('/metrics', (res) => {

@@ -119,6 +119,8 @@ export async function runPrimary(config: Config, argv: readonly string[], log: L
           return void collect(message.request).then((all) => reply({ type: 'node-answers', id: message.id, answers: all }))
         case 'node-answer':
           return answers.answer(message.id, message.answer)
+        case 'ping':
+          return reply({ type: 'pong', id: message.id })
         case 'charge':
           return reply({ type: 'admit-result', id: message.id, result: admission.charge(message.address) })
         case 'admit': {

@@ -13,14 +13,17 @@ export type WorkerMessage =
   | { readonly type: 'charge'; readonly id: number; readonly address: string | null }
   | { readonly type: 'admit'; readonly id: number; readonly request: AdmissionRequest }
   | { readonly type: 'release'; readonly id: number }
+  /** Readiness: is the primary answering? */
+  | { readonly type: 'ping'; readonly id: number }
 
 export type PrimaryMessage =
   | { readonly type: 'node-request'; readonly id: number; readonly request: NodeRequest }
   | { readonly type: 'node-answers'; readonly id: number; readonly answers: NodeAnswer[] }
   | { readonly type: 'admit-result'; readonly id: number; readonly result: AdmissionResult }
+  | { readonly type: 'pong'; readonly id: number }
 
-const WORKER_TYPES = new Set(['listening', 'node-query', 'node-answer', 'charge', 'admit', 'release'])
-const PRIMARY_TYPES = new Set(['node-request', 'node-answers', 'admit-result'])
+const WORKER_TYPES = new Set(['listening', 'node-query', 'node-answer', 'charge', 'admit', 'release', 'ping'])
+const PRIMARY_TYPES = new Set(['node-request', 'node-answers', 'admit-result', 'pong'])
 
 function hasType(message: unknown, types: ReadonlySet<string>): boolean {
   return typeof message === 'object' && message !== null && 'type' in message && typeof message.type === 'string' &&

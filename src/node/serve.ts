@@ -20,6 +20,7 @@ export const EXIT_MARGIN_MS = 500
 const LOG_FLUSH_MS = 200
 const ADMIT_TIMEOUT_MS = 1000
 const ADMIT_RETRY_MS = 1000
+const PING_TIMEOUT_MS = 2000
 
 export async function serve(config: Config, argv: readonly string[]): Promise<void> {
   const workerIndex = process.env[WORKER_ENV]
@@ -45,6 +46,7 @@ export async function serve(config: Config, argv: readonly string[]): Promise<vo
 function primaryLink(log: Logger, local: () => Gateway, limits: AdmissionLimits) {
   const admits = new Calls<AdmissionResult>()
   const queries = new Calls<NodeAnswer[]>()
+  const pings = new Calls<boolean>()
   const send = (message: WorkerMessage) => process.send!(message)
   // Each admission has an id, its ticket: a release frees exactly what the primary counted
   // for that id, and nothing when the primary had refused it.
@@ -90,16 +92,22 @@ function primaryLink(log: Logger, local: () => Gateway, limits: AdmissionLimits)
         return queries.answer(message.id, message.answers)
       case 'admit-result':
         return admits.answer(message.id, message.result)
+      case 'pong':
+        return pings.answer(message.id, true)
     }
   })
-  return { admission, nodeQuery, send }
+  // Unanswered pings resolve false after a while, so none is held for ever.
+  const ping = () => pings.ask((id) => send({ type: 'ping', id }), PING_TIMEOUT_MS, () => false).then((answered) => {
+    if (!answered) throw new Error('the primary did not answer')
+  })
+  return { admission, nodeQuery, send, ping }
 }
 
 async function runGateway(config: Config, log: Logger, uwsDetail: string, isWorker: boolean): Promise<void> {
   let gateway: Gateway
   const link = isWorker ? primaryLink(log, () => gateway, config) : null
   try {
-    gateway = new Gateway({ config, log, processName: isWorker ? `worker-${process.env[WORKER_ENV]}` : 'main', ...(link ? { admission: link.admission, nodeQuery: link.nodeQuery } : {}) })
+    gateway = new Gateway({ config, log, processName: isWorker ? `worker-${process.env[WORKER_ENV]}` : 'main', ...(link ? { admission: link.admission, nodeQuery: link.nodeQuery, primaryPing: link.ping } : {}) })
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`jobwire: bad configuration: ${err.message}\n`)
