@@ -423,7 +423,7 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
   }
   const embedded = config.redisUrl === '' && config.redisCluster === ''
   if (config.workers === AUTO_WORKERS) {
-    config.workers = embedded ? 1 : Math.max(1, availableParallelism())
+    config.workers = embedded ? 1 : cpusAvailable()
     // Workers share one port; with port 0 each would get its own.
     if (config.port === 0 && config.workers > 1) {
       notes.push(`--workers auto would start ${config.workers} workers, but with --port 0 they cannot share one port: running 1 worker (give a fixed --port for one per core)`)
@@ -456,6 +456,26 @@ export function loadConfig(flags: FlagValues, env: Environment): Config {
   config.notes = Object.freeze(notes)
   config.warnings = Object.freeze(unreadEnvironment(env, embedded))
   return Object.freeze(config as Config)
+}
+
+/** The CPUs this process may use: the cores it sees, capped by a cgroup v2 CPU quota
+ * (`cpu.max`, e.g. a container's --cpus 2), which Node 20's availableParallelism() ignores.
+ * `cpuMax` is the file's text, for tests. */
+export function cpusAvailable(cpuMax?: string | null): number {
+  const cores = Math.max(1, availableParallelism())
+  let text = cpuMax
+  if (text === undefined) {
+    try {
+      text = readFileSync('/sys/fs/cgroup/cpu.max', 'utf8')
+    } catch {
+      text = null
+    }
+  }
+  const [quota, period] = (text ?? '').trim().split(/\s+/)
+  if (quota === undefined || quota === 'max' || period === undefined) return cores
+  const share = Number(quota) / Number(period)
+  if (!Number.isFinite(share) || share <= 0) return cores
+  return Math.max(1, Math.min(cores, Math.ceil(share)))
 }
 
 /** --jwt-secret-file and the like: each secret option read from a file. */
