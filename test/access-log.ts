@@ -3,6 +3,7 @@
 // a bounded number of lines plus one line counting the rest. And the pretty format.
 
 import t from 'tap'
+import { hostname } from 'node:os'
 import type { Logger } from '../src/support/log.js'
 import { prettyLine, SampledLog } from '../src/support/log.js'
 import { freePort } from './fixtures/ports.js'
@@ -37,6 +38,7 @@ t.test('prettyLine: local time, level name, component, message, then the fields'
   t.equal(prettyLine(`${JSON.stringify({ level: 30, time, pid: 1, component: 'ws', worker: 2, msg: 'connected', ip: '127.0.0.1', user: 'u 7', n: 3 })}\n`),
     '03:04:05.006 INFO  [w2/ws] connected  ip=127.0.0.1 user="u 7" n=3\n')
   t.equal(prettyLine(`${JSON.stringify({ level: 50, time, pid: 1, msg: 'boom' })}\n`), '03:04:05.006 ERROR boom\n')
+  t.equal(prettyLine(`${JSON.stringify({ level: 'warn', time, pid: 1, hostname: 'edge-3', msg: 'careful' })}\n`), '03:04:05.006 WARN  careful\n', 'a level name; the host name is not repeated on a terminal')
   t.equal(prettyLine('not json\n'), 'not json\n', 'anything else passes through')
 })
 
@@ -62,7 +64,8 @@ t.test('a served gateway logs access at info', async (t) => {
 
   const alice = await connect(`${ws}?token=${await token('user-a')}`, undefined, {}, clients)
   await until(() => access('connect', (l) => l.user === 'user-a').length === 1, 'the connect line')
-  t.match(access('connect')[0], { level: 30, transport: 'websocket', ip: '127.0.0.1', user: 'user-a', msg: 'connected' })
+  t.match(access('connect')[0], { level: 'info', transport: 'websocket', ip: '127.0.0.1', user: 'user-a', msg: 'connected' })
+  t.equal(access('connect')[0]!.hostname, hostname(), 'every line names its host')
 
   alice.send({ type: 'subscribe_job', job_id: 'owned-by-b' })
   await alice.nextOfType('error')

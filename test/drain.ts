@@ -64,6 +64,8 @@ t.test('SIGTERM: readiness off, newcomers refused, sockets keep streaming, then 
   const spread = Math.max(...closes.map((c) => c.at)) - Math.min(...closes.map((c) => c.at))
   t.ok(spread >= 50, `the closes are spread (${spread} ms from first to last), not one instant`)
   t.ok(served.lines.some((l) => /draining/.test(l)), 'the drain is logged')
+  const closeLines = served.lines.filter((l) => l.includes('"access":"close"'))
+  t.equal(closeLines.length, SOCKETS, `every close of the shutdown is logged (${closeLines.length}), not sampled at 20 a second`)
 })
 
 t.test('SIGINT stops at once, without a drain', async (t) => {

@@ -75,7 +75,7 @@ async function gateway(t: Test, name: string): Promise<Gw> {
       const exited = served.proc.exitCode !== null || served.proc.signalCode !== null
       t.notOk(exited, `the gateway process is still running${exited ? ` (exited: ${served.proc.exitCode ?? served.proc.signalCode})` : ''}`)
       if (exited) {
-        const last = served.lines.filter((l) => /"level":(50|60)|Error/.test(l)).slice(-3)
+        const last = served.lines.filter((l) => /"level":"(error|fatal)"|Error/.test(l)).slice(-3)
         for (const l of last) t.comment(l.slice(0, 600))
         return
       }

@@ -5,7 +5,7 @@
 import { ADMITTED, countedFor, rateLimited, type Admission, type AdmissionLimits, type AdmissionRequest, type AdmissionResult } from '../access/admission.js'
 import { ConfigError, isOpen, type Config } from '../support/config.js'
 import { Gateway, WS_PATH } from '../gateway.js'
-import { createLogger, flushLogs, type Logger } from '../support/log.js'
+import { accessLog, createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
@@ -125,6 +125,8 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
       process.exit(1)
     }
     stopping = true
+    // Every close of this shutdown is logged, not sampled.
+    accessLog.unsampled = true
     if (drain && config.drainMs > 0) {
       log.info({ reason, drainMs: config.drainMs, connections: gateway.connectionCount }, 'draining: /readyz answers 503 and new clients are refused while connected ones keep streaming')
       await gateway.drain(config.drainMs)

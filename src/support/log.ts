@@ -7,6 +7,7 @@
 // (jobwire_log_lines_dropped_total), never waited for. Nothing flushes synchronously at exit,
 // and no write can hold a thread that exit would wait for.
 
+import { hostname } from 'node:os'
 import type { EventEmitter } from 'node:events'
 import { fstatSync, type Stats } from 'node:fs'
 import { Socket } from 'node:net'
@@ -138,7 +139,14 @@ function redactingHook(this: Logger, args: Parameters<Logger['info']>, method: (
 /** `format`: json (one JSON object a line, for machines), pretty (one readable line for a
  * person at a terminal), or auto (pretty when stdout is a terminal, else json). */
 export function createLogger(level: LogLevel, bindings: Record<string, unknown> = {}, bufferBytes = 1024 * 1024, format: LogFormat = 'json'): Logger {
-  const options = { level, base: { pid: process.pid, ...bindings }, hooks: { logMethod: redactingHook } }
+  // The host name on every line (lines from a fleet meet in one place); levels as names
+  // ("warn"), which a log search reads without a table of pino's numbers.
+  const options = {
+    level,
+    base: { pid: process.pid, hostname: hostname(), ...bindings },
+    formatters: { level: (label: string) => ({ level: label }) },
+    hooks: { logMethod: redactingHook },
+  }
   if (level === 'silent') return pino(options)
   const writer = stdoutWriter(bufferBytes)
   // isatty, not process.stdout.isTTY: creating process.stdout on a pipe puts the pipe in
@@ -148,9 +156,9 @@ export function createLogger(level: LogLevel, bindings: Record<string, unknown> 
   return pino(options, pretty ? prettyDestination(writer) : writer)
 }
 
-const LEVEL_NAMES: Readonly<Record<number, string>> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' }
+const LEVEL_NAMES: Readonly<Record<string, string>> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' }
 /** Bindings every line carries, or that the pretty line shows in its own place. */
-const NOT_SHOWN_AS_FIELDS = new Set(['level', 'time', 'pid', 'msg', 'component', 'worker'])
+const NOT_SHOWN_AS_FIELDS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'component', 'worker'])
 
 /** One JSON log line as `HH:MM:SS.mmm LEVEL [worker/component] message key=value ...`, in
  * local time. Pino hands a destination each line already serialised; formatting it here
@@ -166,7 +174,8 @@ export function prettyLine(json: string): string {
   const time = new Date(typeof entry.time === 'number' ? entry.time : Date.now())
   const clock = [time.getHours(), time.getMinutes(), time.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':') +
     `.${String(time.getMilliseconds()).padStart(3, '0')}`
-  const level = (LEVEL_NAMES[entry.level as number] ?? String(entry.level)).padEnd(5)
+  // A name ("info") from this version, a number (30) from lines an older worker wrote.
+  const level = (LEVEL_NAMES[String(entry.level)] ?? String(entry.level).toUpperCase()).padEnd(5)
   const where = [entry.worker !== undefined ? `w${String(entry.worker)}` : '', typeof entry.component === 'string' ? entry.component : '']
     .filter((s) => s !== '').join('/')
   const fields = Object.entries(entry)
@@ -252,9 +261,17 @@ export function rateLimitedLog(log: Logger, perInterval = 10, intervalMs = 10_00
 export class SampledLog {
   private readonly windows = new Map<string, { start: number; logged: number; suppressed: number; log: Logger; timer: NodeJS.Timeout | null }>()
 
+  /** While set (a drain), every line is logged: the closes of a drain are what an incident
+   * review reads, and there are as many as the node had sockets, once. */
+  unsampled = false
+
   constructor(private readonly perInterval = 20, private readonly intervalMs = 1000) {}
 
   info(log: Logger, kind: string, fields: Record<string, unknown>, msg: string): void {
+    if (this.unsampled) {
+      log.info({ access: kind, ...redactFields(fields) }, redactSecrets(msg))
+      return
+    }
     const now = Date.now()
     let window = this.windows.get(kind)
     if (window === undefined || now - window.start >= this.intervalMs) {
