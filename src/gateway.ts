@@ -20,7 +20,8 @@ import { withHead } from './http/head.js'
 import { projectPath } from './support/paths.js'
 import { connectionsUnder, openFilesLimit } from './support/file-limit.js'
 import { addStaticRoutes } from './http/static.js'
-import { answerNodeRequest, connectionsOf, disconnectedOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
+import { answerNodeRequest, connectionsOf, disconnectedOf, historiesOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
+import { History, mergeHistories } from './node/history.js'
 import { Readiness, UNANSWERED_MS } from './node/readiness.js'
 import { Sources } from './sources/router.js'
 import { addSseRoute } from './sse/route.js'
@@ -97,6 +98,8 @@ export class Gateway {
   private readonly ownerIndex: { close(): Promise<void> }
   private listenSocket: us_listen_socket | null = null
   private stopped = false
+  /** The last ten minutes, for the admin page. */
+  private readonly history: History
   /** Connections this process holds at most (--max-connections, or under its file limit). */
   readonly connectionCap: number
   private boundPort = 0
@@ -139,6 +142,7 @@ export class Gateway {
     this.fanout = new Fanout(this.app, this.metrics)
     this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
     this.sampler = new ProcessSampler(options.processName ?? 'main')
+    this.history = new History(this.metrics, () => this.readiness.lastBrokerRttMs)
     this.idleCollector = new IdleCollector({ thresholdMb: config.idleGcMb, log, onCollect: () => this.metrics.idleCollections++ })
     this.reauthorize = access.enabled
       ? createReauthorizer({ connections: this.connections, snapshots, fanout: this.fanout, watched: this.watched, metrics: this.metrics, log, holdMs: config.outageHoldMs })
@@ -185,6 +189,7 @@ export class Gateway {
       connections: async (user) => connectionsOf(await this.nodeQuery({ kind: 'connections', ...(user ? { user } : {}) })),
       disconnectUser: async (user) => disconnectedOf(await this.nodeQuery({ kind: 'disconnect', user })),
       workers: async (top) => workersOf(await this.nodeQuery({ kind: 'jobs', top })),
+      history: async () => mergeHistories(historiesOf(await this.nodeQuery({ kind: 'history' }))),
     })
     addNotFound(routes)
   }
@@ -253,7 +258,7 @@ export class Gateway {
 
   /** This process's answer to a node-wide question. */
   handleNodeRequest(request: NodeRequest): NodeAnswer {
-    return answerNodeRequest(request, this.connections, () => this.metricsSnapshot(), (top) => this.workerJobs(top))
+    return answerNodeRequest(request, this.connections, () => this.metricsSnapshot(), (top) => this.workerJobs(top), () => this.history.list())
   }
 
   /** For the admin page: this process's most watched jobs. */
@@ -304,6 +309,7 @@ export class Gateway {
     this.catchUp.stop()
     this.recorder.stop()
     this.sampler.stop()
+    this.history.stop()
     this.idleCollector.stop()
     this.watched.dispose()
     this.userJobs.dispose()

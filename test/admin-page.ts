@@ -6,6 +6,7 @@ import t from 'tap'
 import { launchBrowser } from './fixtures/browser.js'
 import { startGateway } from './fixtures/gateway.js'
 import { SECRET, token } from './fixtures/tokens.js'
+import { until } from './fixtures/until.js'
 
 const ADMIN_KEY = 'admin-key-for-the-admin-page-test'
 
@@ -36,6 +37,23 @@ t.test('admin page', async (t) => {
     t.equal((await fetch(`${gw.http}/admin/jobs`, { headers: { authorization: `Bearer ${adminToken}` } })).status, 200, 'an admin token works too')
   })
 
+  t.test('GET /admin/history: the last minutes, kept by the gateway before anyone asked', async (t) => {
+    t.equal((await fetch(`${gw.http}/admin/history`)).status, 401)
+    type Point = { t: number; connections: number; deliveriesPerSec: number; loopP99Ms: number; brokerRttMs: number | null; refusals: Record<string, number> }
+    let points: Point[] = []
+    // The first point lands on the next 10 s boundary of the clock.
+    await until(async () => {
+      const body = await (await fetch(`${gw.http}/admin/history`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).json() as { step_ms: number; points: Point[] }
+      points = body.points
+      return points.length > 0
+    }, 'a first point', 15_000, 250)
+    const p = points.at(-1)!
+    t.equal(p.t % 10_000, 0, 'on a 10 s boundary')
+    t.equal(p.connections, 4)
+    t.ok(p.refusals.forbidden! >= 1, "dave's refusal, made before the first point, is in it")
+    t.type(p.loopP99Ms, 'number')
+  })
+
   t.test('the page asks for the key, shows the node, and disconnects a user', async (t) => {
     const browser = await launchBrowser()
     t.teardown(() => browser.close())
@@ -52,6 +70,9 @@ t.test('admin page', async (t) => {
     t.equal(await page.locator('[data-counter="connections"] .v').textContent(), '4', 'live counters from /metrics')
     await page.locator('#refusals td', { hasText: 'forbidden' }).first().waitFor({ timeout: 5000 })
     t.pass("dave's forbidden subscribe is among the recent refusals")
+    await page.locator('#charts .chart svg polyline, #charts .chart').first().waitFor({ timeout: 5000 })
+    t.ok(await page.locator('#charts .chart').count() >= 5, 'charts of the last minutes: connections, deliveries, delay, Redis, refusals')
+    t.match(await page.locator('#charts .chart', { hasText: 'connections' }).first().textContent(), /connections\s*4/)
     page.on('dialog', (dialog) => void dialog.accept())
     await page.click('tr[data-user="carol"] button')
     const codes = await Promise.all(watchers.map((c) => c.closed))

@@ -3,6 +3,7 @@
 //   GET  /admin/connections[?user=U]       open connections with their subscriptions, node-wide
 //   GET  /admin/jobs[?top=N]               connections and watched jobs per worker process, and
 //                                          the node's most watched jobs
+//   GET  /admin/history                    the node's last ten minutes, one point per 10 s
 //   POST /admin/users/<user>/disconnect    closes every connection of that user (1008)
 //   GET  /admin                            the admin page: a shell with no data of its own; it
 //                                          asks for the admin key or token and sends it with
@@ -13,6 +14,7 @@ import { credentialsOf, type Access } from '../access/access.js'
 import type { AddressRule } from '../access/client-address.js'
 import { readFileSync } from 'node:fs'
 import type { ConnectionInfo } from '../access/connections.js'
+import { HISTORY_STEP_MS, type HistoryPoint } from '../node/history.js'
 import type { WorkerJobs } from '../node/node-request.js'
 import { projectPath } from '../support/paths.js'
 import type { Logger } from '../support/log.js'
@@ -26,6 +28,8 @@ export interface AdminContext {
   disconnectUser(user: string): Promise<number>
   /** Every worker process's connections and its `top` most watched jobs. */
   workers(top: number): Promise<WorkerJobs[]>
+  /** The node's last ten minutes, one point per 10 s (node/history.ts). */
+  history(): Promise<HistoryPoint[]>
 }
 
 const ADMIN_PAGE = readFileSync(projectPath('src', 'pages', 'admin.html'))
@@ -94,6 +98,11 @@ export function addAdminRoutes(app: TemplatedApp, ctx: AdminContext): void {
       }
     })(res, req)
   })
+
+  app.get('/admin/history', guarded(ctx, async (res, aborted) => {
+    const points = await ctx.history()
+    if (!aborted.aborted) respondJson(res, 200, { step_ms: HISTORY_STEP_MS, points })
+  }))
 
   app.post('/admin/users/:user/disconnect', guarded(ctx, async (res, aborted, user) => {
     const name = safeDecode(user)

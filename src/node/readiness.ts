@@ -41,6 +41,8 @@ export class Readiness {
   private outageSince: number | null = null
   private everAnswered = false
   private timer: NodeJS.Timeout | null = null
+  /** The last broker round trip's duration, for the admin page's history. */
+  lastBrokerRttMs: number | null = null
 
   constructor(
     private readonly broker: Broker,
@@ -126,7 +128,9 @@ export class Readiness {
     // /readyz request.
     this.brokerServes()
     if (this.broker.state === 'ready') {
+      const sent = performance.now()
       probes.broker().then(() => {
+        this.lastBrokerRttMs = performance.now() - sent
         this.brokerAnsweredAt = Date.now()
         this.check()
       }, () => undefined)
