@@ -13,7 +13,7 @@ import { until } from './fixtures/until.js'
 import { closeAll, connect, type TestClient } from './fixtures/ws-client.js'
 
 interface Line {
-  level: number
+  level: string
   msg: string
   access?: string
   transport?: string

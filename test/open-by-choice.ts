@@ -61,8 +61,8 @@ t.test('--open starts and says, at startup, that it is open and to whom', async 
     const served = serveProcess([...args, '--port', String(port), '--log-format', 'json'], env)
     t.teardown(() => reap(served))
     await served.waitFor(/jobwire listening/)
-    const line = JSON.parse(served.lines.find((l) => /access control is off/.test(l))!) as { level: number; msg: string }
-    t.equal(line.level, 40, `${how}: a warning`)
+    const line = JSON.parse(served.lines.find((l) => /access control is off/.test(l))!) as { level: string; msg: string }
+    t.equal(line.level, 'warn', `${how}: a warning`)
     t.match(line.msg, /^OPEN: access control is off \(--open\), no token is asked for: anyone who can connect to 127\.0\.0\.1/, `${how}: says open, and to whom`)
     t.match(line.msg, /POST \/jobs\/<id>\/progress \(publish to any job\)/)
     t.match(line.msg, /in browsers, pages from its own origin and loopback origins/)
@@ -77,8 +77,8 @@ t.test('--open with --trust-proxy warns loudly', async (t) => {
   const served = serveProcess(['--open', '--trust-proxy', '--port', String(await freePort()), '--log-format', 'json'], SHUT)
   t.teardown(() => reap(served))
   await served.waitFor(/jobwire listening/)
-  const warning = JSON.parse(await served.waitFor(/OPEN BEHIND A PROXY/)) as { level: number; msg: string }
-  t.equal(warning.level, 40)
+  const warning = JSON.parse(await served.waitFor(/OPEN BEHIND A PROXY/)) as { level: string; msg: string }
+  t.equal(warning.level, 'warn')
   t.match(warning.msg, /--open with --trust-proxy: the proxy in front forwards every client on its network/)
   t.match(warning.msg, /Configure a key/)
 })

@@ -341,7 +341,7 @@ export const OPTIONS = [
   { key: 'jwtMaxAgeSec', flag: 'jwt-max-age', env: ['JOBWIRE_JWT_MAX_AGE'], fallback: '0', parse: integer(0, 31_536_000),
     help: 'refuse tokens issued (iat) longer ago than this many seconds; 0: exp alone bounds them' },
   { key: 'producerKey', flag: 'producer-key', env: ['JOBWIRE_PRODUCER_KEY'], fallback: '', parse: secretKey(16), secret: true,
-    help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>)' },
+    help: 'static key for POST /jobs/<id>/progress (Authorization: Bearer <key>); a token with the producer role (signed with the JWT key) is accepted there too' },
   { key: 'adminKey', flag: 'admin-key', env: ['JOBWIRE_ADMIN_KEY'], fallback: '', parse: secretKey(16), secret: true,
     help: 'static key for the /admin endpoints (Authorization: Bearer <key>)' },
   { key: 'open', flag: 'open', env: ['JOBWIRE_OPEN'], fallback: 'false', parse: switchValue, boolean: true,
