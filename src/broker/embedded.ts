@@ -4,13 +4,13 @@
 // they would arrive from Redis.
 
 import { channelFor } from '../wire/topics.js'
-import { buildState, checkProducerPayload, isTerminalState, OwnerConflict, storedPayload } from '../producer/merge.js'
+import { buildState, checkFinal, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
 
 interface StoredJob {
   seq: number
-  /** The generation: new when the job is created and when its owner is replaced. */
+  /** The generation: new when the job is created, when its owner is replaced and on restart. */
   epoch: number
   state: Buffer | null
   owner: string | null
@@ -81,10 +81,16 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: null, expiresAt: 0 }
     const replacing = options.owner !== undefined && options.owner !== '' && job.owner !== null && job.owner !== options.owner
     if (replacing && !options.replaceOwner) throw new OwnerConflict()
-    const stored = options.replace ? null : storedPayload(job.state)
-    const epoch = job.epoch === 0 || replacing ? Math.max(now, job.epoch + 1) : job.epoch
+    if (options.ifSeq !== undefined && options.ifSeq !== job.seq) {
+      throw new SeqMismatch(`if_seq ${options.ifSeq} does not match the job's seq ${job.seq}`)
+    }
+    const stored = storedPayload(job.state)
+    const newEpoch = job.epoch === 0 || replacing || options.restart === true
+    const epoch = newEpoch ? Math.max(now, job.epoch + 1) : job.epoch
+    const merged = options.replace || newEpoch ? null : stored
+    if (!newEpoch) checkFinal(jobId, decoded, stored, merged !== null)
     // Built before anything changes: a state too large to store is refused.
-    const state = buildState(decoded, stored, job.seq + 1, epoch, now)
+    const state = buildState(decoded, merged, job.seq + 1, epoch, now)
     const previousOwner = job.owner
     job.seq++
     job.epoch = epoch
@@ -92,7 +98,7 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     if (options.owner) job.owner = options.owner
     const terminalTtlSec = options.terminalTtlSec ?? this.names.terminalTtlSec
     const ttlSec = options.ttlSec ?? this.names.stateTtlSec
-    job.expiresAt = now + (isTerminalState(decoded, stored) ? terminalTtlSec : ttlSec) * 1000
+    job.expiresAt = now + (isTerminalState(decoded, merged) ? terminalTtlSec : ttlSec) * 1000
     this.jobs.set(jobId, job)
     this.deliver(channelFor(this.names.channelPrefix, jobId), state)
     if (job.owner !== null) {
