@@ -24,12 +24,21 @@ interface OwnerJobs {
 }
 
 const SWEEP_INTERVAL_MS = 60_000
+/** As progress.lua's owner key: a job's owner outlives its state by this long. */
+const OWNER_TTL_MS = 7 * 86_400_000
+
+interface JobOwner {
+  readonly owner: string
+  readonly expiresAt: number
+}
 
 export class EmbeddedBroker implements Broker, OwnerIndex {
   readonly kind = 'embedded' as const
   readonly reconnects = 0
   private readonly jobs = new Map<string, StoredJob>()
   private readonly owners = new Map<string, OwnerJobs>()
+  /** Each job's owner, kept beyond its state (progress.lua's job-owner key). */
+  private readonly jobOwners = new Map<string, JobOwner>()
   private readonly channels = new Set<string>()
   private pattern: string | null = null
   private listener: BrokerListener | null = null
@@ -71,14 +80,14 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const now = Date.now()
     return jobIds.map((id) => {
       const job = this.live(id, now)
-      return { state: job?.state ?? null, owner: job?.owner ?? null, seen: null }
+      return { state: job?.state ?? null, owner: job?.owner ?? this.liveJobOwner(id, now), seen: null }
     })
   }
 
   async publishProgress(jobId: string, payload: Buffer, options: ProgressOptions = {}): Promise<number> {
     const decoded = checkProducerPayload(payload)
     const now = Date.now()
-    const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: null, expiresAt: 0 }
+    const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: this.liveJobOwner(jobId, now), expiresAt: 0 }
     const replacing = options.owner !== undefined && options.owner !== '' && job.owner !== null && job.owner !== options.owner
     if (replacing && !options.replaceOwner) throw new OwnerConflict()
     if (options.ifSeq !== undefined && options.ifSeq !== job.seq) {
@@ -100,6 +109,7 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const ttlSec = options.ttlSec ?? this.names.stateTtlSec
     job.expiresAt = now + (isTerminalState(decoded, merged) ? terminalTtlSec : ttlSec) * 1000
     this.jobs.set(jobId, job)
+    if (job.owner !== null) this.jobOwners.set(jobId, { owner: job.owner, expiresAt: now + OWNER_TTL_MS })
     this.deliver(channelFor(this.names.channelPrefix, jobId), state)
     if (job.owner !== null) {
       if (replacing && previousOwner !== null) this.owners.get(previousOwner)?.jobs.delete(jobId)
@@ -173,6 +183,12 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     return added
   }
 
+  private liveJobOwner(jobId: string, now: number): string | null {
+    const entry = this.jobOwners.get(jobId)
+    if (entry !== undefined && entry.expiresAt <= now) this.jobOwners.delete(jobId)
+    return entry !== undefined && entry.expiresAt > now ? entry.owner : null
+  }
+
   private liveOwner(owner: string, now: number): OwnerJobs | undefined {
     const index = this.owners.get(owner)
     if (index !== undefined && index.expiresAt <= now) {
@@ -186,6 +202,7 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const now = Date.now()
     for (const [id, job] of this.jobs) if (job.expiresAt <= now) this.jobs.delete(id)
     for (const [owner, index] of this.owners) if (index.expiresAt <= now) this.owners.delete(owner)
+    for (const [id, entry] of this.jobOwners) if (entry.expiresAt <= now) this.jobOwners.delete(id)
   }
 }
 

@@ -2,6 +2,8 @@
 -- Usable from any language (EVAL/EVALSHA, redis-py register_script, ioredis defineCommand).
 --
 -- KEYS[1]  the job's state key, <key prefix>job:<job id>   (default jobwire:job:<id>)
+-- KEYS[2]  optional: the job's owner key, <key prefix>job-owner:<job id> (Redis Cluster:
+--          <key prefix>job-owner:{<channel>}); derived from KEYS[1] when not given
 -- ARGV[1]  the job's channel, <channel prefix><job id>     (default progress:<id>)
 -- ARGV[2]  payload: a JSON object in UTF-8, or a msgpack map. It must not carry `seq`;
 --          `ts` (ms since the epoch) is kept when given, otherwise set from the Redis clock.
@@ -51,7 +53,8 @@
 --
 -- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
 -- it began), state = the state bytes as published, owner = user id. The gateway reads it
--- with HMGET <key> state owner.
+-- with HMGET <key> state owner. The owner key (KEYS[2], a string) holds the owner too and
+-- outlives the state key: 7 days from the job's last write.
 
 local key, channel, payload = KEYS[1], ARGV[1], ARGV[2]
 local owner = ARGV[3] or ''
@@ -454,8 +457,19 @@ end
 local job_name = job_id or key
 if sharded and job_name == '{' .. channel .. '}' then job_name = channel:gsub('^[^:]*:', '', 1) end
 
+-- The owner also lives in its own key, <key prefix>job-owner:<job id> (on Redis Cluster
+-- <key prefix>job-owner:{<channel>}, the state key's slot), kept 7 days from the last write:
+-- when the state key lapses (its TTL) or is lost, a state created anew takes the owner from
+-- there instead of starting without one, and another owner is refused as before.
+local OWNER_TTL = 604800
+local owner_key = KEYS[2]
+if (owner_key == nil or owner_key == '') and prefix and key:sub(1, #prefix + 4) == prefix .. 'job:' and #key > #prefix + 4 then
+  owner_key = prefix .. 'job-owner:' .. key:sub(#prefix + 5)
+end
+
 -- The owner is set when the job has none; replacing another owner takes the admin flag.
 local recorded = redis.call('HGET', key, 'owner')
+if not recorded and owner_key then recorded = redis.call('GET', owner_key) end
 local replacing = owner ~= '' and recorded and recorded ~= owner
 if replacing and replace_owner ~= '1' then
   return redis.error_reply('jobwire: the job belongs to another owner; only an admin may change it')
@@ -600,7 +614,8 @@ end
 redis.call('HINCRBY', key, 'seq', 1)
 if new_epoch then redis.call('HSET', key, 'epoch', epoch) end
 redis.call('HSET', key, 'state', state)
-if owner ~= '' then redis.call('HSET', key, 'owner', owner) end
+if owner ~= '' or recorded then redis.call('HSET', key, 'owner', owner ~= '' and owner or recorded) end
+if owner_key and (owner ~= '' or recorded) then redis.call('SET', owner_key, owner ~= '' and owner or recorded, 'EX', OWNER_TTL) end
 redis.call('EXPIRE', key, terminal and terminal_ttl or ttl)
 redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
 

@@ -15,11 +15,18 @@ export const PROGRESS_SCRIPT = readFileSync(PROGRESS_SCRIPT_PATH, 'utf8')
 
 const COMMAND = 'jobwireProgress'
 const FINAL = /^job .* is \w+: a final state is final; pass restart to start a new generation$/
-type ScriptRunner = (key: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string, replaceState: string, keyPrefix: string, publishCommand: string, returnOwners: string, restart: string, ifSeq: string) => Promise<number | [number, string, string]>
+type ScriptRunner = (key: string, ownerKey: string, channel: string, payload: Buffer, owner: string, ttl: number, terminalTtl: number, replaceOwner: string, replaceState: string, keyPrefix: string, publishCommand: string, returnOwners: string, restart: string, ifSeq: string) => Promise<number | [number, string, string]>
+
+/** The key that keeps a job's owner beyond its state key (7 days from the last write), so a
+ * state created anew after the state key lapsed keeps the owner: `<key prefix>job-owner:<id>`,
+ * on Redis Cluster `<key prefix>job-owner:{<channel>}` (the state key's slot). */
+export function ownerKey(names: BrokerNames, jobId: string): string {
+  return names.cluster ? `${names.keyPrefix}job-owner:{${channelFor(names.channelPrefix, jobId)}}` : `${names.keyPrefix}job-owner:${jobId}`
+}
 
 /** A single Redis, or a Redis Cluster client (with names.cluster: the cluster key layout). */
 export function defineProgressScript(redis: Redis | Cluster): void {
-  if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 1, lua: PROGRESS_SCRIPT })
+  if (!(COMMAND in redis)) redis.defineCommand(COMMAND, { numberOfKeys: 2, lua: PROGRESS_SCRIPT })
 }
 
 /** Resolves to the job's new seq. On a cluster (names.cluster) the update is stored and
@@ -40,6 +47,7 @@ export async function runProgressScript(
   try {
     reply = await run(
       stateKey(names, jobId),
+      ownerKey(names, jobId),
       channelFor(names.channelPrefix, jobId),
       payload,
       options.owner ?? '',
