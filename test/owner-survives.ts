@@ -42,7 +42,7 @@ t.test('the script: the owner given on the first call only survives the state ke
   await broker.publishProgress('own-1', Buffer.from('{"progress":30}'))
   t.equal(await client.hget('jobwire:job:own-1', 'owner'), 'alice', 'the state created anew has the owner')
   t.equal((await broker.readJobs(['own-1']))[0]!.owner, 'alice', 'and the gateway reads it from the state key')
-  t.same(await client.zrange('jobwire:owner:alice', 0, -1), ['own-1'], "the job stays in its owner's list")
+  t.same(await client.zrange('jobwire:owner:alice', '0', '-1'), ['own-1'], "the job stays in its owner's list")
 
   await client.del('jobwire:job:own-1')
   await t.rejects(broker.publishProgress('own-1', Buffer.from('{"progress":40}'), { owner: 'mallory' }), OwnerConflict,

@@ -36,6 +36,11 @@ export interface SeenPayload {
   readonly json: string
 }
 
+/** What became of one recordSeen entry: `written` (or already recorded as it is), `refused`
+ * (another gateway holds the job's lease), `stored` (the job has a state stored by the
+ * producer script, which a plain PUBLISH does not change; nothing written). */
+export type SeenOutcome = 'written' | 'refused' | 'stored'
+
 export interface ProgressOptions {
   /** The user id to record as the job's owner, when it has none. */
   readonly owner?: string
@@ -84,10 +89,9 @@ export interface Broker {
    * publishes it. Resolves to the new seq; rejects with ProducerError for a bad payload. */
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number>
   /** Stores what this gateway saw of PUBLISH-only jobs, for the other workers and nodes
-   * (stream/recorder.ts); a no-op where one process is all there is. Resolves to whether each
-   * entry was written: false where another gateway holds the job's lease, or the job has a
-   * stored state. */
-  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]>
+   * (stream/recorder.ts); a no-op where one process is all there is. Resolves to what became
+   * of each entry (SeenOutcome). */
+  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<SeenOutcome[]>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

@@ -6,7 +6,7 @@
 import { channelFor } from '../wire/topics.js'
 import { buildState, checkFinal, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
-import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
+import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenOutcome, SeenPayload } from './broker.js'
 
 interface StoredJob {
   seq: number
@@ -128,8 +128,8 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
 
   /** One process: every watcher of a job is in it and sees its channel itself, so there is
    * nothing to share, and nothing is refused. */
-  async recordSeen(entries: readonly SeenPayload[]): Promise<boolean[]> {
-    return entries.map(() => true)
+  async recordSeen(entries: readonly SeenPayload[]): Promise<SeenOutcome[]> {
+    return entries.map(() => 'written')
   }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {
