@@ -49,7 +49,7 @@ t.test('the lease: one recorder per job; another gateway cannot overwrite until 
   const direct: Redis = redis.client()
   t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-a'), ['written'])
   t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":1}' }], 'gateway-b'), ['refused'], 'refused, and told so') // a late, stale write
-  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-b'), ['written'], 'the payload already recorded is no refusal: nothing left to do')
+  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-b'), ['recorded'], 'the payload already recorded is no refusal: nothing left to do')
   t.equal(await direct.hget('jobwire:job:po-2', 'seen'), '{"step":2}', 'the other gateway was refused')
   await broker.recordSeen([{ jobId: 'po-2', json: '{"step":3}' }], 'gateway-a')
   t.equal(await direct.hget('jobwire:job:po-2', 'seen'), '{"step":3}', 'the holder goes on')

@@ -154,3 +154,17 @@ t.test('the seq moved under it: read again; already final there means done', asy
   await pause(50)
   t.equal(broker.writes.length, 0, 'not applied twice')
 })
+
+t.test('another gateway records each payload (the lease holder): this one backs off, it does not write every flush', async (t) => {
+  const { broker, recorder, update } = setup(20, 160)
+  t.teardown(() => recorder.stop())
+  const a = new WatchedJob('a', 'p:')
+  broker.outcome.set('a', 'recorded')
+  for (let step = 1; step <= 40; step++) {
+    update(a, { step })
+    await pause(20)
+  }
+  // 40 flushes' worth of updates; backing off 20, 40, 80, 160, 160... ms makes it a handful.
+  t.ok(broker.calls.length <= 12, `${broker.calls.length} tries for 40 updates`)
+  t.ok(broker.calls.length >= 2, 'but it does try')
+})

@@ -27,8 +27,11 @@ export interface JobRecord {
   readonly seen: Buffer | null
 }
 
-/** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
-export const RECORDER_LEASE_MS = 5000
+/** A recorder that stops writing (it stopped watching, or died) hands over after this long.
+ * Short, because until then no other gateway can record a payload the holder no longer sees:
+ * with the recorder's retry (at most half of it), a PUBLISH-only job's record lands within
+ * about 1.5 s whoever watches it. */
+export const RECORDER_LEASE_MS = 1000
 
 /** A PUBLISH-only job's latest payload, for recordSeen. */
 export interface SeenPayload {
@@ -36,10 +39,11 @@ export interface SeenPayload {
   readonly json: string
 }
 
-/** What became of one recordSeen entry: `written` (or already recorded as it is), `refused`
- * (another gateway holds the job's lease), `stored` (the job has a state stored by the
- * producer script, which a plain PUBLISH does not change; nothing written). */
-export type SeenOutcome = 'written' | 'refused' | 'stored'
+/** What became of one recordSeen entry: `written`; `recorded` (another gateway holds the
+ * job's lease and has recorded this very payload: nothing left to do); `refused` (another
+ * gateway holds the lease, and has recorded something else); `stored` (the job has a state
+ * stored by the producer script, which a plain PUBLISH does not change; nothing written). */
+export type SeenOutcome = 'written' | 'recorded' | 'refused' | 'stored'
 
 export interface ProgressOptions {
   /** The user id to record as the job's owner, when it has none. */

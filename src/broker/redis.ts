@@ -22,9 +22,10 @@ import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, 
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
 
-/** record-seen.lua's answer: 1 written, 2 the job has a stored state, else refused. */
+/** record-seen.lua's answer: 1 written, 3 already recorded so, 2 the job has a stored state,
+ * else refused. */
 export function seenOutcome(reply: unknown): SeenOutcome {
-  return reply === 1 ? 'written' : reply === 2 ? 'stored' : 'refused'
+  return reply === 1 ? 'written' : reply === 3 ? 'recorded' : reply === 2 ? 'stored' : 'refused'
 }
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
 

@@ -39,7 +39,8 @@ export interface RecorderTiming {
   readonly retryMaxMs: number
 }
 
-// Capped at half the lease: a holder that stopped watching hands over within a lease and a half.
+// Capped at half the lease: a holder that stopped watching hands over within a lease and a
+// half (broker.ts: 1 s + 0.5 s).
 const TIMING: RecorderTiming = { flushMs: FLUSH_MS, retryMaxMs: RECORDER_LEASE_MS / 2 }
 
 /** How often a final state's store through the producer script is tried when the job's seq
@@ -54,6 +55,9 @@ interface Pending {
   payload: JobPayload
   /** The payload of the write in flight, if any. */
   sending: JobPayload | null
+  /** The payload another gateway (the lease holder) was found to have recorded: nothing to
+   * write while it is still the latest. */
+  recorded: JobPayload | null
   /** Failed or refused tries in a row (the backoff's exponent). */
   attempts: number
   /** Not tried again before this time (ms). */
@@ -97,7 +101,7 @@ export class Recorder {
       return
     }
     const entry = this.pending.get(job)
-    if (entry === undefined) this.pending.set(job, { payload, sending: null, attempts: 0, retryAt: 0 })
+    if (entry === undefined) this.pending.set(job, { payload, sending: null, recorded: null, attempts: 0, retryAt: 0 })
     else {
       entry.payload = payload
       if (final) entry.retryAt = 0
@@ -128,7 +132,7 @@ export class Recorder {
         this.pending.delete(job)
         continue
       }
-      if (entry.sending !== null || entry.retryAt > now) continue
+      if (entry.sending !== null || entry.retryAt > now || entry.payload === entry.recorded) continue
       entry.sending = entry.payload
       jobs.push(job)
     }
@@ -150,8 +154,17 @@ export class Recorder {
     const sent = entry.sending!
     entry.sending = null
     if (outcome === 'written') {
+      // Holding the lease: done, or the next flush takes the newer payload that arrived.
       if (entry.payload === sent) this.pending.delete(job)
-      else entry.attempts = 0 // a newer payload arrived meanwhile: the next flush takes it
+      else entry.attempts = 0
+      return
+    }
+    if (outcome === 'recorded') {
+      // Another gateway holds the lease and records what this one sees. The entry stays, and
+      // this gateway keeps backing off (bounded) rather than trying every flush: about one
+      // write per update per job, whatever the number of nodes watching it.
+      entry.recorded = sent
+      entry.retryAt = Date.now() + backoffCeiling(entry.attempts++, this.timing.flushMs, this.timing.retryMaxMs)
       return
     }
     if (outcome === 'stored') {
@@ -198,7 +211,7 @@ export class Recorder {
           if (outcome === 'seen') {
             // No stored state after all (it expired): record it as PUBLISH-only jobs are.
             this.finals.delete(job)
-            this.pending.set(job, { payload, sending: null, attempts: 0, retryAt: 0 })
+            this.pending.set(job, { payload, sending: null, recorded: null, attempts: 0, retryAt: 0 })
             this.flushSoon()
             return
           }
