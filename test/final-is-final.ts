@@ -131,3 +131,37 @@ t.test('restart starts a new generation (new epoch, state replaced, owner kept):
   t.match(stdout, /published ff-6 seq=2/, 'CLI: --restart')
   t.match(await stateOf('ff-6'), { status: 'processing' })
 })
+
+t.test('the Python helper: final is final, restart=True, if_seq=', async (t) => {
+  const redis = await startRedis()
+  t.teardown(() => redis.stop())
+  const run = promisify(execFile)
+  const { stdout } = await run('/usr/bin/python3', ['-c', `
+import sys, redis
+sys.path.insert(0, ${JSON.stringify(projectPath('clients', 'python'))})
+from jobwire import JobwireProducer, FinalStateError, SeqMismatchError, JobwireError
+p = JobwireProducer(redis.Redis.from_url(sys.argv[1]))
+print(p.publish("ff-py", {"status": "completed", "result": {"n": 1}}, owner="u1"))
+try:
+    p.publish("ff-py", {"status": "processing"})
+except FinalStateError as e:
+    print("final:", isinstance(e, JobwireError), e)
+print(p.publish("ff-py", {"status": "queued"}, restart=True))
+try:
+    p.publish("ff-py", {"progress": 1}, if_seq=1)
+except SeqMismatchError as e:
+    print("mismatch:", e)
+print(p.publish("ff-py", {"progress": 1, "message": None}, if_seq=2))
+`, redis.url], { timeout: 20_000 })
+  t.same(stdout.trim().split('\n'), [
+    '1',
+    'final: True job ff-py is completed: a final state is final; pass restart to start a new generation',
+    '2',
+    "mismatch: if_seq 1 does not match the job's seq 2",
+    '3',
+  ])
+  const client = redis.client()
+  const state = JSON.parse((await client.hget('jobwire:job:ff-py', 'state'))!) as State
+  t.same({ ...state, seq: 0, epoch: 0, ts: 0 }, { seq: 0, epoch: 0, ts: 0, status: 'queued', progress: 1 }, 'restarted: the old result gone')
+  t.equal(await client.hget('jobwire:job:ff-py', 'owner'), 'u1', 'the owner kept')
+})
