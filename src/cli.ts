@@ -52,6 +52,7 @@ ${helpColumns([
     ['--data <json>', 'a JSON object with further fields (--status etc. override its keys)'],
     ['--owner <user>', 'record this user as the job\'s owner'],
     ['--replace', 'store this update as the whole state (by default its fields are merged into the stored ones)'],
+    ['--restart', 'start a new generation of the job: a new epoch, this update as its whole state, the owner kept (a completed, failed or cancelled job only runs again this way)'],
     ['--plain', 'a plain PUBLISH (nothing stored, no seq), as pre-jobwire workers do; needs Redis'],
     ['--redis <url>', 'publish straight to this Redis\n[env REDIS_URL]'],
     ['--redis-cluster <nodes>', 'publish straight to this Redis Cluster, host:port[,host:port...] (sharded pub/sub)\n[env REDIS_CLUSTER]'],
@@ -170,6 +171,7 @@ async function runPublish(args: readonly string[]): Promise<number> {
         owner: { type: 'string' },
         plain: { type: 'boolean' },
         replace: { type: 'boolean' },
+        restart: { type: 'boolean' },
         redis: { type: 'string' },
         'redis-cluster': { type: 'string' },
         gateway: { type: 'string' },
@@ -228,11 +230,11 @@ async function runPublish(args: readonly string[]): Promise<number> {
       ...(values['channel-prefix'] ? { channelPrefix: values['channel-prefix'] } : {}),
       ...(values['key-prefix'] ? { keyPrefix: values['key-prefix'] } : {}),
     }
-    return publishViaCluster(seeds, jobId, payload, { plain: values.plain === true, replace: values.replace === true, owner: values.owner, ...prefixes })
+    return publishViaCluster(seeds, jobId, payload, { plain: values.plain === true, replace: values.replace === true, restart: values.restart === true, owner: values.owner, ...prefixes })
   }
   if (target.kind === 'gateway') {
     if (values.plain) return fail(`--plain needs Redis (--redis redis://host:port): the producer API of ${target.url} always stores state`)
-    return publishViaGateway(target.url, jobId, payload, values.owner, values['producer-key'] ?? process.env.JOBWIRE_PRODUCER_KEY, values.replace === true)
+    return publishViaGateway(target.url, jobId, payload, values.owner, values['producer-key'] ?? process.env.JOBWIRE_PRODUCER_KEY, values.replace === true, values.restart === true)
   }
   if (!/^rediss?:\/\/./.test(target.url)) return fail(`'${target.url}' is not a Redis URL like redis://127.0.0.1:6379`)
   const where = `Redis at ${redactRedisUrl(target.url)}`
@@ -259,7 +261,7 @@ async function runPublish(args: readonly string[]): Promise<number> {
       await producer.publish(jobId, payload)
       process.stdout.write(`published ${jobId} (plain PUBLISH, not stored) to ${where}\n`)
     } else {
-      const seq = await producer.progress(jobId, payload, { ...(values.owner ? { owner: values.owner } : {}), ...(values.replace ? { replace: true } : {}) })
+      const seq = await producer.progress(jobId, payload, { ...(values.owner ? { owner: values.owner } : {}), ...(values.replace ? { replace: true } : {}), ...(values.restart ? { restart: true } : {}) })
       process.stdout.write(`published ${jobId} seq=${seq} to ${where}\n`)
     }
     return 0
@@ -307,7 +309,7 @@ async function publishViaCluster(
   seeds: ClusterSeeds,
   jobId: string,
   payload: JobPayload,
-  options: { plain: boolean; replace: boolean; owner: string | undefined; channelPrefix?: string; keyPrefix?: string },
+  options: { plain: boolean; replace: boolean; restart: boolean; owner: string | undefined; channelPrefix?: string; keyPrefix?: string },
 ): Promise<number> {
   const where = `Redis Cluster at ${seeds.nodes.map((n) => `${n.host}:${n.port}`).join(',')}`
   // Tried once, as a single Redis is: an unreachable cluster is reported with its cause at once.
@@ -324,14 +326,14 @@ async function publishViaCluster(
     cluster.disconnect()
     return fail(`cannot reach ${where}: ${redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
   }
-  const { plain, replace, owner, ...names } = options
+  const { plain, replace, restart, owner, ...names } = options
   const producer = new Producer({ cluster, ...names })
   try {
     if (plain) {
       await producer.publish(jobId, payload)
       process.stdout.write(`published ${jobId} (plain PUBLISH, not stored) to ${where}\n`)
     } else {
-      const seq = await producer.progress(jobId, payload, { ...(owner ? { owner } : {}), ...(replace ? { replace } : {}) })
+      const seq = await producer.progress(jobId, payload, { ...(owner ? { owner } : {}), ...(replace ? { replace } : {}), ...(restart ? { restart } : {}) })
       process.stdout.write(`published ${jobId} seq=${seq} to ${where} (sharded pub/sub)\n`)
     }
     return 0
@@ -345,7 +347,7 @@ async function publishViaCluster(
   }
 }
 
-async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined, replace: boolean): Promise<number> {
+async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined, replace: boolean, restart: boolean): Promise<number> {
   let url: URL
   try {
     url = new URL(`/jobs/${encodeURIComponent(jobId)}/progress`, gateway)
@@ -354,6 +356,7 @@ async function publishViaGateway(gateway: string, jobId: string, payload: JobPay
   }
   if (owner) url.searchParams.set('owner', owner)
   if (replace) url.searchParams.set('replace', '1')
+  if (restart) url.searchParams.set('restart', '1')
   try {
     const res = await fetch(url, {
       method: 'POST',

@@ -140,7 +140,7 @@ export class Gateway {
       keyPrefix: config.keyPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, timeoutMs: config.brokerTimeoutMs, holdMs: config.outageHoldMs,
     })
     this.fanout = new Fanout(this.app, this.metrics)
-    this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }))
+    this.recorder = new Recorder(this.broker, this.metrics, log.child({ component: 'recorder' }), undefined, (job) => this.watched.get(job.id) === job)
     this.sampler = new ProcessSampler(options.processName ?? 'main')
     this.history = new History(this.metrics, () => this.readiness.lastBrokerRttMs)
     this.idleCollector = new IdleCollector({ thresholdMb: config.idleGcMb, log, onCollect: () => this.metrics.idleCollections++ })

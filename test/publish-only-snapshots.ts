@@ -47,13 +47,14 @@ t.test('the lease: one recorder per job; another gateway cannot overwrite until 
   broker.start({ message: () => undefined, state: () => undefined, restored: () => undefined })
   await until(() => broker.state === 'ready', 'ready')
   const direct: Redis = redis.client()
-  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-a'), [true])
-  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":1}' }], 'gateway-b'), [false], 'refused, and told so') // a late, stale write
+  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-a'), ['written'])
+  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":1}' }], 'gateway-b'), ['refused'], 'refused, and told so') // a late, stale write
+  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":2}' }], 'gateway-b'), ['recorded'], 'the payload already recorded is no refusal: nothing left to do')
   t.equal(await direct.hget('jobwire:job:po-2', 'seen'), '{"step":2}', 'the other gateway was refused')
   await broker.recordSeen([{ jobId: 'po-2', json: '{"step":3}' }], 'gateway-a')
   t.equal(await direct.hget('jobwire:job:po-2', 'seen'), '{"step":3}', 'the holder goes on')
   await direct.del('jobwire:rec:po-2') // the lease lapsing
-  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":4}' }], 'gateway-b'), [true])
+  t.same(await broker.recordSeen([{ jobId: 'po-2', json: '{"step":4}' }], 'gateway-b'), ['written'])
   t.equal(await direct.hget('jobwire:job:po-2', 'seen'), '{"step":4}', 'a new holder takes over')
   t.ok((await direct.ttl('jobwire:job:po-2')) > 0, 'the record expires')
   const [record] = await broker.readJobs(['po-2'])
@@ -70,7 +71,7 @@ t.test('a plain PUBLISH on a job the producer script manages records nothing and
   broker.start({ message: () => undefined, state: () => undefined, restored: () => undefined })
   await until(() => broker.state === 'ready', 'ready')
   await broker.publishProgress('po-3', Buffer.from('{"status":"completed"}'))
-  t.same(await broker.recordSeen([{ jobId: 'po-3', json: '{"late":true}' }], 'gateway-a'), [false], 'not written')
+  t.same(await broker.recordSeen([{ jobId: 'po-3', json: '{"late":true}' }], 'gateway-a'), ['stored'], 'not written: the job has a stored state')
   const direct = redis.client()
   t.equal(await direct.hget('jobwire:job:po-3', 'seen'), null, 'nothing recorded')
   t.ok((await direct.ttl('jobwire:job:po-3')) <= 10, 'the terminal TTL stands')

@@ -12,6 +12,8 @@ later or reconnect get the current state at once.
     producer.publish("video-42", {"status": "queued"}, owner="user-7")   # -> 1
     producer.publish("video-42", {"status": "processing", "progress": 40, "message": "transcoding"})
     producer.publish("video-42", {"progress": 55})    # merged: status and message stay
+    producer.publish("video-42", {"message": None})   # null deletes a field
+    producer.publish("video-42", {"status": "queued"}, restart=True)   # run a finished job again
 
     # Redis Cluster: give it a redis-py RedisCluster client (redis-py 4.1 or later)
     from redis.cluster import RedisCluster
@@ -19,10 +21,17 @@ later or reconnect get the current state at once.
 
 A payload jobwire would drop (not a JSON object, `seq` set, a status outside the fixed set, a
 progress outside 0..100, ...) raises JobwireError with the reason; nothing is written then.
+So does an update that would take a completed, failed or cancelled job back to running
+(FinalStateError: pass restart=True to start a new generation) and an `if_seq` that does not
+match the job's seq (SeqMismatchError). The merge rules are those of docs/protocol.md.
+
+The owner given for a job is remembered (the last OWNERS_REMEMBERED jobs) and sent with its
+later updates, so the job keeps its owner even if its state expires in Redis meanwhile.
 """
 
 import json
 import re
+from collections import OrderedDict
 
 import redis
 
@@ -31,13 +40,25 @@ try:
 except ImportError:  # redis-py before 4.1 has no cluster client
     RedisCluster = None
 
-__all__ = ["JobwireProducer", "JobwireError", "OwnerIndexError", "PROGRESS_SCRIPT", "OWNER_INDEX_SCRIPT"]
+__all__ = ["JobwireProducer", "JobwireError", "FinalStateError", "SeqMismatchError", "OwnerIndexError",
+           "PROGRESS_SCRIPT", "OWNER_INDEX_SCRIPT"]
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+OWNERS_REMEMBERED = 10000
+OWNER_CONFLICT = "the job belongs to another owner; only an admin may change it"
 
 
 class JobwireError(ValueError):
     """jobwire refused the update (the reason is the message); nothing was written."""
+
+
+class FinalStateError(JobwireError):
+    """The job is completed, failed or cancelled in its current generation and the update would
+    make it running again; pass restart=True to start a new generation. Nothing was written."""
+
+
+class SeqMismatchError(JobwireError):
+    """if_seq was given and the job is at another seq. Nothing was written."""
 
 
 class OwnerIndexError(Exception):
@@ -80,14 +101,19 @@ class JobwireProducer:
         self._key_prefix = key_prefix
         self._state_ttl = int(state_ttl)
         self._terminal_ttl = int(terminal_ttl)
+        self._owners = OrderedDict()  # job id -> owner given for it, least recently used first
 
-    def publish(self, job_id, fields, owner=None, replace=False, replace_owner=False):
+    def publish(self, job_id, fields, owner=None, replace=False, replace_owner=False, restart=False, if_seq=None):
         """Stores `fields` into the job's state and publishes it; returns the job's new seq.
 
         fields: a dict that JSON can carry (status, progress, message, and anything else).
-        owner: the user id that may watch the job; record it with the job's first update.
+        owner: the user id that may watch the job; record it with the job's first update (it is
+            remembered and sent with the job's later updates).
         replace: store `fields` as the whole state instead of merging them into it.
         replace_owner: give the job to another owner (admins' business).
+        restart: start a new generation of the job (a new epoch, `fields` as its whole state,
+            the owner kept): the only way to run a completed, failed or cancelled job again.
+        if_seq: compare-and-set; write only if the job is at this seq (0: it has no state).
 
         Raises JobwireError when jobwire refuses the update (nothing written), and on a cluster
         OwnerIndexError when the update went through but its owner's job list was not updated.
@@ -100,32 +126,21 @@ class JobwireProducer:
             payload = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as e:  # a set, bytes, NaN...: the gateway would drop it
             raise JobwireError("fields are not JSON: %s" % e) from None
-        channel = self._channel_prefix + job_id
-        args = [
-            channel,
-            payload.encode("utf-8"),
-            owner or "",
-            self._state_ttl,
-            self._terminal_ttl,
-            "1" if replace_owner else "",
-            "1" if replace else "",
-            self._key_prefix,
-        ]
-        if self._cluster:
-            # The job's keys share its channel's slot; the script returns the owners for the
-            # second step, which it cannot take itself: the owner's keys are in other slots.
-            key = self._key_prefix + "job:{" + channel + "}"
-            args += ["SPUBLISH", "1"]
-        else:
-            key = self._key_prefix + "job:" + job_id
+        remembered = self._owners.get(job_id)
+        sent_owner = owner or remembered
+        if sent_owner:
+            self._owners[job_id] = sent_owner
+            self._owners.move_to_end(job_id)
+            if len(self._owners) > OWNERS_REMEMBERED:
+                self._owners.popitem(last=False)
         try:
-            reply = self._script(keys=[key], args=args)
-        except redis.exceptions.ResponseError as e:
-            # The script refuses with "jobwire: <reason>"; anything else is Redis's own error.
-            message = str(e)
-            if "jobwire: " not in message:
+            reply = self._run(job_id, payload, sent_owner, replace, replace_owner, restart, if_seq)
+        except JobwireError as e:
+            # An admin gave the job to someone else since: the remembered owner is out of date.
+            if str(e) != OWNER_CONFLICT or owner or not remembered:
                 raise
-            raise JobwireError(message.split("jobwire: ", 1)[1]) from None
+            self._owners.pop(job_id, None)
+            reply = self._run(job_id, payload, None, replace, replace_owner, restart, if_seq)
         if not self._cluster:
             return int(reply)
         seq, owner, previous = int(reply[0]), _text(reply[1]), _text(reply[2])
@@ -142,6 +157,42 @@ class JobwireProducer:
         return seq
 
 
+    def _run(self, job_id, payload, owner, replace, replace_owner, restart, if_seq):
+        channel = self._channel_prefix + job_id
+        args = [
+            channel,
+            payload.encode("utf-8"),
+            owner or "",
+            self._state_ttl,
+            self._terminal_ttl,
+            "1" if replace_owner else "",
+            "1" if replace else "",
+            self._key_prefix,
+        ]
+        if self._cluster:
+            # The job's keys share its channel's slot; the script returns the owners for the
+            # second step, which it cannot take itself: the owner's keys are in other slots.
+            keys = [self._key_prefix + "job:{" + channel + "}", self._key_prefix + "job-owner:{" + channel + "}"]
+            args += ["SPUBLISH", "1"]
+        else:
+            keys = [self._key_prefix + "job:" + job_id, self._key_prefix + "job-owner:" + job_id]
+            args += ["", ""]
+        args += ["1" if restart else "", "" if if_seq is None else str(int(if_seq))]
+        try:
+            return self._script(keys=keys, args=args)
+        except redis.exceptions.ResponseError as e:
+            # The script refuses with "jobwire: <reason>"; anything else is Redis's own error.
+            message = str(e)
+            if "jobwire: " not in message:
+                raise
+            reason = message.split("jobwire: ", 1)[1]
+            if "a final state is final" in reason:
+                raise FinalStateError(reason) from None
+            if reason.startswith("if_seq "):
+                raise SeqMismatchError(reason) from None
+            raise JobwireError(reason) from None
+
+
 def _text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
@@ -153,6 +204,8 @@ PROGRESS_SCRIPT = r"""-- jobwire producer script: record a job's progress and pu
 -- Usable from any language (EVAL/EVALSHA, redis-py register_script, ioredis defineCommand).
 --
 -- KEYS[1]  the job's state key, <key prefix>job:<job id>   (default jobwire:job:<id>)
+-- KEYS[2]  optional: the job's owner key, <key prefix>job-owner:<job id> (Redis Cluster:
+--          <key prefix>job-owner:{<channel>}); derived from KEYS[1] when not given
 -- ARGV[1]  the job's channel, <channel prefix><job id>     (default progress:<id>)
 -- ARGV[2]  payload: a JSON object in UTF-8, or a msgpack map. It must not carry `seq`;
 --          `ts` (ms since the epoch) is kept when given, otherwise set from the Redis clock.
@@ -179,24 +232,38 @@ PROGRESS_SCRIPT = r"""-- jobwire producer script: record a job's progress and pu
 --          file) for the owner. The two steps are not atomic: when the second fails, the
 --          update is stored and published but the job is missing from the owner's list (and
 --          not announced) until the job's next update runs the second step again.
+-- ARGV[11] '1' to restart: begin a new generation of the job (a new epoch; the payload
+--          becomes the whole state; the owner is kept). The only way to take a job whose
+--          status is completed, failed or cancelled back to queued or processing.
+-- ARGV[12] if_seq: a compare-and-set. When given (not ''), the update is written only if the
+--          job's seq is this number (a job without state is at 0); otherwise it is refused
+--          with 'jobwire: if_seq <n> does not match the job's seq <m>'.
 --
--- Effects: increments the job's seq; builds the new state: the stored state's fields
--- overwritten by the payload's top-level fields (shallow: a nested object is replaced whole),
--- with seq, epoch and ts first, in the payload's encoding; stores it, records the owner,
--- refreshes the TTL and PUBLISHes the stored bytes on the channel. A job with an owner is
--- indexed in the owner's sorted set (score: ms of its last update); when it enters that set,
--- its id is PUBLISHed on the owner's channel (not with SPUBLISH: see ARGV[10]). Returns the
--- new seq. A bad payload, or another owner than the recorded one, is refused with an error
--- before anything is written.
+-- Effects: increments the job's seq; builds the new state by the merge rules of
+-- docs/protocol.md: a top-level merge-patch of the payload onto the stored state (a field
+-- set to null is deleted; a nested object replaces the stored one whole; a change of status
+-- drops the stored message, error and result unless the payload sets them), with seq, epoch
+-- and ts first, in the payload's encoding (msgpack: epoch as an integer, ts as float64); stores it,
+-- records the owner, refreshes the TTL and PUBLISHes the stored bytes on the channel. A job
+-- with an owner is indexed in the owner's sorted set (score: ms of its last update); when it
+-- enters that set, its id is PUBLISHed on the owner's channel (not with SPUBLISH: see
+-- ARGV[10]). Returns the new seq. Refused with an error before anything is written: a bad
+-- payload (a key given twice too), another owner than the recorded one, an if_seq that does
+-- not match, and an update that would make a final state (completed, failed, cancelled)
+-- non-final within its epoch ('jobwire: job <id> is <status>: a final state is final; pass
+-- restart to start a new generation'); adding to a final state (a result) is accepted.
 --
 -- State key layout (a hash): seq = integer, epoch = the generation (ms since the epoch when
 -- it began), state = the state bytes as published, owner = user id. The gateway reads it
--- with HMGET <key> state owner.
+-- with HMGET <key> state owner. The owner key (KEYS[2], a string) holds the owner too and
+-- outlives the state key: 7 days from the job's last write.
 
 local key, channel, payload = KEYS[1], ARGV[1], ARGV[2]
 local owner = ARGV[3] or ''
 local replace_owner = ARGV[6] or ''
 local replace_state = ARGV[7] == '1'
+local restart = ARGV[11] == '1'
+local if_seq = ARGV[12] or ''
 local ttl = tonumber(ARGV[4] or '') or 86400
 local terminal_ttl = tonumber(ARGV[5] or '') or 3600
 -- Never both: a gateway hears SPUBLISH and PUBLISH separately, and would deliver twice.
@@ -323,17 +390,6 @@ if is_msgpack then
   if not ok or next_offset ~= -1 or type(value) ~= 'table' then
     return redis.error_reply('jobwire: payload is not one well-formed msgpack map')
   end
-  -- Lua tables drop nil values, so a key such as `seq` with a nil value would be invisible to
-  -- the checks below: refuse maps whose key count does not match what Lua sees.
-  local declared
-  if b0 <= 0x8f then declared = b0 - 0x80
-  elseif b0 == 0xde then local h1, h2 = payload:byte(2, 3); declared = h1 * 256 + h2
-  else local h1, h2, h3, h4 = payload:byte(2, 5); declared = ((h1 * 256 + h2) * 256 + h3) * 256 + h4 end
-  local seen = 0
-  for _ in pairs(value) do seen = seen + 1 end
-  if seen ~= declared then
-    return redis.error_reply('jobwire: msgpack payload has nil values or repeated keys at the top level; leave such keys out')
-  end
   decoded = value
 else
   local open = select(2, payload:find('^%s*{'))
@@ -359,27 +415,6 @@ do
   if refusal then return redis.error_reply('jobwire: ' .. refusal) end
 end
 
-
-if decoded.seq ~= nil then
-  return redis.error_reply('jobwire: payload must not set seq; the script assigns it')
-end
-if decoded.epoch ~= nil then
-  return redis.error_reply('jobwire: payload must not set epoch; the script assigns it')
-end
-if decoded.ts ~= nil and type(decoded.ts) ~= 'number' then
-  return redis.error_reply('jobwire: ts must be a number (milliseconds since the epoch)')
-end
--- The fields every jobwire page reads; one schema on every producer path (merge.ts too).
-local STATUSES = { queued = true, processing = true, completed = true, failed = true, cancelled = true }
-if decoded.status ~= nil and not (type(decoded.status) == 'string' and STATUSES[decoded.status]) then
-  return redis.error_reply('jobwire: status must be one of queued, processing, completed, failed, cancelled')
-end
-if decoded.progress ~= nil and not (type(decoded.progress) == 'number' and decoded.progress >= 0 and decoded.progress <= 100) then
-  return redis.error_reply('jobwire: progress must be a number from 0 to 100')
-end
-if decoded.message ~= nil and type(decoded.message) ~= 'string' then
-  return redis.error_reply('jobwire: message must be a string')
-end
 
 -- Merging works on the encoded bytes, member by member, so that what the producers wrote
 -- survives as they wrote it: number formatting, empty arrays (cjson would turn [] into {}),
@@ -568,54 +603,143 @@ local function msgpack_to_json(s, pos)
   return json_number(value), e
 end
 
+-- The payload's top-level members as written. A key given twice is refused: cjson and
+-- cmsgpack would silently keep one of the two, and readers could disagree on which. A member
+-- set to null (msgpack nil) deletes the field: a top-level JSON merge-patch.
+local members = is_msgpack and msgpack_members(payload) or json_members(payload)
+local given, deleted, kept = {}, {}, {}
+for _, m in ipairs(members) do
+  if given[m.key] then
+    return redis.error_reply('jobwire: payload has the key ' .. cjson.encode(m.key) .. ' more than once')
+  end
+  given[m.key] = true
+  if m.value == (is_msgpack and '\192' or 'null') then
+    deleted[m.key] = true
+    decoded[m.key] = nil
+  else
+    kept[#kept + 1] = m
+  end
+end
+
+if given.seq then
+  return redis.error_reply('jobwire: payload must not set seq; the script assigns it')
+end
+if given.epoch then
+  return redis.error_reply('jobwire: payload must not set epoch; the script assigns it')
+end
+if given.ts and type(decoded.ts) ~= 'number' then
+  return redis.error_reply('jobwire: ts must be a number (milliseconds since the epoch)')
+end
+-- The fields every jobwire page reads; one schema on every producer path (merge.ts too).
+-- null deletes any of them.
+local STATUSES = { queued = true, processing = true, completed = true, failed = true, cancelled = true }
+if decoded.status ~= nil and not (type(decoded.status) == 'string' and STATUSES[decoded.status]) then
+  return redis.error_reply('jobwire: status must be one of queued, processing, completed, failed, cancelled')
+end
+if decoded.progress ~= nil and not (type(decoded.progress) == 'number' and decoded.progress >= 0 and decoded.progress <= 100) then
+  return redis.error_reply('jobwire: progress must be a number from 0 to 100')
+end
+if decoded.message ~= nil and type(decoded.message) ~= 'string' then
+  return redis.error_reply('jobwire: message must be a string')
+end
+
+-- The key prefix and the job's id, from the state key (<key prefix>job:<job id>). On Redis
+-- Cluster the key names the channel instead ({<channel>}), which holds the id after the
+-- channel prefix; there the index is not this script's to keep, and the id only names the
+-- job in refusals.
+local prefix = ARGV[8]
+if prefix == nil or prefix == '' then
+  local at = key:find('job:', 1, true)
+  prefix = at and key:sub(1, at - 1)
+end
+local job_id
+if prefix and key:sub(1, #prefix + 4) == prefix .. 'job:' and #key > #prefix + 4 then
+  job_id = key:sub(#prefix + 5)
+end
+local job_name = job_id or key
+if sharded and job_name == '{' .. channel .. '}' then job_name = channel:gsub('^[^:]*:', '', 1) end
+
+-- The owner also lives in its own key, <key prefix>job-owner:<job id> (on Redis Cluster
+-- <key prefix>job-owner:{<channel>}, the state key's slot), kept 7 days from the last write:
+-- when the state key lapses (its TTL) or is lost, a state created anew takes the owner from
+-- there instead of starting without one, and another owner is refused as before.
+local OWNER_TTL = 604800
+local owner_key = KEYS[2]
+if (owner_key == nil or owner_key == '') and prefix and key:sub(1, #prefix + 4) == prefix .. 'job:' and #key > #prefix + 4 then
+  owner_key = prefix .. 'job-owner:' .. key:sub(#prefix + 5)
+end
+
 -- The owner is set when the job has none; replacing another owner takes the admin flag.
 local recorded = redis.call('HGET', key, 'owner')
+if not recorded and owner_key then recorded = redis.call('GET', owner_key) end
 local replacing = owner ~= '' and recorded and recorded ~= owner
 if replacing and replace_owner ~= '1' then
   return redis.error_reply('jobwire: the job belongs to another owner; only an admin may change it')
 end
 
--- The state this update merges into. One that is not a valid payload (written by something
--- other than this script) is ignored, as the gateway ignores it.
-local stored, stored_decoded, stored_msgpack
-if not replace_state then
-  stored = redis.call('HGET', key, 'state')
-  if stored and #stored > 0 then
-    local s0 = stored:byte(1)
-    stored_msgpack = (s0 >= 0x80 and s0 <= 0x8f) or s0 == 0xde or s0 == 0xdf
-    local ok, a, b
-    if stored_msgpack then
-      if msgpack_refusal(stored) == nil then ok, a, b = pcall(cmsgpack.unpack_one, stored) end
-      if ok and a == -1 and type(b) == 'table' then stored_decoded = b end
-    elseif stored:find('^%s*{') and valid_utf8(stored) then
-      local lenient = cjson.decode_invalid_numbers()
-      cjson.decode_invalid_numbers(false)
-      ok, a = pcall(cjson.decode, stored)
-      cjson.decode_invalid_numbers(lenient)
-      if ok and type(a) == 'table' and value_refusal(a, 1) == nil then stored_decoded = a end
-    end
-  end
-  if stored_decoded == nil then stored = nil end
+-- Compare-and-set for producers that race: nothing is written unless the job is where the
+-- caller last saw it (a missing job is at seq 0).
+local stored_seq = tonumber(redis.call('HGET', key, 'seq')) or 0
+if if_seq ~= '' and tonumber(if_seq) ~= stored_seq then
+  return redis.error_reply('jobwire: if_seq ' .. if_seq .. ' does not match the job\'s seq ' .. stored_seq)
 end
 
-local seq = (tonumber(redis.call('HGET', key, 'seq')) or 0) + 1
+-- The stored state. One that is not a valid payload (written by something other than this
+-- script) is ignored, as the gateway ignores it.
+local stored, stored_decoded, stored_msgpack
+stored = redis.call('HGET', key, 'state')
+if stored and #stored > 0 then
+  local s0 = stored:byte(1)
+  stored_msgpack = (s0 >= 0x80 and s0 <= 0x8f) or s0 == 0xde or s0 == 0xdf
+  local ok, a, b
+  if stored_msgpack then
+    if msgpack_refusal(stored) == nil then ok, a, b = pcall(cmsgpack.unpack_one, stored) end
+    if ok and a == -1 and type(b) == 'table' then stored_decoded = b end
+  elseif stored:find('^%s*{') and valid_utf8(stored) then
+    local lenient = cjson.decode_invalid_numbers()
+    cjson.decode_invalid_numbers(false)
+    ok, a = pcall(cjson.decode, stored)
+    cjson.decode_invalid_numbers(lenient)
+    if ok and type(a) == 'table' and value_refusal(a, 1) == nil then stored_decoded = a end
+  end
+end
+if stored_decoded == nil then stored = nil end
+local stored_status = stored_decoded and type(stored_decoded.status) == 'string' and stored_decoded.status or nil
+
+local seq = stored_seq + 1
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local add_ts = decoded.ts == nil
 
 -- The epoch names this generation of the job: new when the key is created (first write, or
--- after it expired or Redis lost it) and when its owner is replaced. Readers order states by
--- (epoch, seq) and take a new epoch as the new truth.
+-- after it expired or Redis lost it), when its owner is replaced and on restart. Within an
+-- epoch states are ordered by seq; a different epoch is a different history.
 local epoch = tonumber(redis.call('HGET', key, 'epoch'))
-local new_epoch = epoch == nil or replacing
+local new_epoch = epoch == nil or replacing or restart
 if new_epoch then epoch = math.max(now_ms, (epoch or 0) + 1) end
 
--- The stored members the payload does not set, in the payload's encoding.
-local members = stored and (is_msgpack and msgpack_members(payload) or json_members(payload))
+-- A new generation starts from nothing; so does replace. Otherwise the update is merged.
+local merging = stored ~= nil and not replace_state and not new_epoch
+local status
+if given.status then status = decoded.status elseif merging then status = stored_status end
+local function is_terminal(st) return st == 'completed' or st == 'failed' or st == 'cancelled' end
+local terminal = is_terminal(status)
+
+-- Final means final: within one epoch a completed, failed or cancelled job stays so. Adding
+-- to it (a result, a message) is fine; running it again is a new generation, asked for.
+if not new_epoch and is_terminal(stored_status) and not terminal then
+  return redis.error_reply('jobwire: job ' .. job_name .. ' is ' .. stored_status .. ': a final state is final; pass restart to start a new generation')
+end
+
+-- The stored members the payload does not set, in the payload's encoding. A change of status
+-- also drops the stored message, error and result: they described the previous status.
 local carried = {}
-if stored then
+if merging then
   local own = { seq = true, epoch = true, ts = true }
-  for _, m in ipairs(members) do own[m.key] = true end
+  for key_name in pairs(given) do own[key_name] = true end
+  if given.status and status ~= stored_status then
+    own.message, own.error, own.result = true, true, true
+  end
   for _, m in ipairs(stored_msgpack and msgpack_members(stored) or json_members(stored)) do
     if not own[m.key] then
       if stored_msgpack == is_msgpack then
@@ -628,17 +752,34 @@ if stored then
     end
   end
 end
+local has_deleted = next(deleted) ~= nil
+
+-- Integers as msgpack writes them (uint64 past 32 bits), never float64: epochs are compared
+-- for equality and must read back exactly in every decoder.
+local function msgpack_uint(n)
+  if n < 4294967296 then return cmsgpack.pack(n) end
+  local hi = math.floor(n / 4294967296)
+  local lo = n - hi * 4294967296
+  return '\207' .. string.char(math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256, math.floor(hi / 256) % 256, hi % 256,
+    math.floor(lo / 16777216) % 256, math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
+end
 
 local state
 if is_msgpack then
   local count, body_start = msgpack_map_header(payload)
-  local body = table.concat(carried) .. payload:sub(body_start)
-  count = count + #carried
-  -- epoch and ts as float64, as JavaScript's own msgpack encoders write such numbers:
-  -- cmsgpack would write uint64, which many decoders turn into BigInt.
-  local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq) .. cmsgpack.pack('epoch') .. '\203' .. struct.pack('>d', epoch)
+  local body
+  if has_deleted then
+    local parts = {}
+    for i, m in ipairs(kept) do parts[i] = m.raw end
+    body, count = table.concat(carried) .. table.concat(parts), #carried + #kept
+  else
+    body, count = table.concat(carried) .. payload:sub(body_start), count + #carried
+  end
+  local fields = cmsgpack.pack('seq') .. cmsgpack.pack(seq) .. cmsgpack.pack('epoch') .. msgpack_uint(epoch)
   if add_ts then
     count = count + 3
+    -- ts stays float64, as JavaScript encoders write it: decoders that turn uint64 into
+    -- BigInt would break arithmetic on it, and it is never compared for equality.
     fields = fields .. cmsgpack.pack('ts') .. '\203' .. struct.pack('>d', now_ms)
   else
     count = count + 2
@@ -653,9 +794,9 @@ if is_msgpack then
       math.floor(count / 256) % 256, count % 256)
   end
   state = header .. fields .. body
-elseif stored then
+elseif merging or has_deleted then
   -- Members joined one by one: the payload's whitespace between them is not kept.
-  for _, m in ipairs(members) do carried[#carried + 1] = m.raw end
+  for _, m in ipairs(kept) do carried[#carried + 1] = m.raw end
   local fields = string.format('"seq":%d,"epoch":%d', seq, epoch)
   if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
   if #carried > 0 then fields = fields .. ',' .. table.concat(carried, ',') end
@@ -665,7 +806,7 @@ else
   local open = select(2, payload:find('^%s*{'))
   local fields = string.format('"seq":%d,"epoch":%d', seq, epoch)
   if add_ts then fields = fields .. string.format(',"ts":%d', now_ms) end
-  if next(decoded) ~= nil then fields = fields .. ',' end
+  if #members > 0 then fields = fields .. ',' end
   state = '{' .. fields .. payload:sub(open + 1)
 end
 if #state > MAX_BYTES then
@@ -675,10 +816,8 @@ end
 redis.call('HINCRBY', key, 'seq', 1)
 if new_epoch then redis.call('HSET', key, 'epoch', epoch) end
 redis.call('HSET', key, 'state', state)
-if owner ~= '' then redis.call('HSET', key, 'owner', owner) end
-local status = decoded.status
-if status == nil and stored_decoded then status = stored_decoded.status end
-local terminal = status == 'completed' or status == 'failed' or status == 'cancelled'
+if owner ~= '' or recorded then redis.call('HSET', key, 'owner', owner ~= '' and owner or recorded) end
+if owner_key and (owner ~= '' or recorded) then redis.call('SET', owner_key, owner ~= '' and owner or recorded, 'EX', OWNER_TTL) end
 redis.call('EXPIRE', key, terminal and terminal_ttl or ttl)
 redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
 
@@ -686,13 +825,7 @@ redis.call(sharded and 'SPUBLISH' or 'PUBLISH', channel, state)
 -- expired for sure, capped, kept as long as the longest-lived job state it lists.
 -- owner-index.lua does the same on Redis Cluster: keep the two in step.
 local indexed_owner = (owner ~= '' and owner) or recorded
-local prefix = ARGV[8]
-if prefix == nil or prefix == '' then
-  local at = key:find('job:', 1, true)
-  prefix = at and key:sub(1, at - 1)
-end
-if not sharded and indexed_owner and prefix and key:sub(1, #prefix + 4) == prefix .. 'job:' and #key > #prefix + 4 then
-  local job_id = key:sub(#prefix + 5)
+if not sharded and indexed_owner and job_id then
   if replacing then redis.call('ZREM', prefix .. 'owner:' .. recorded, job_id) end
   local index = prefix .. 'owner:' .. indexed_owner
   local keep = math.max(ttl, terminal_ttl)

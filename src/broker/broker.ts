@@ -27,14 +27,23 @@ export interface JobRecord {
   readonly seen: Buffer | null
 }
 
-/** A recorder that stops writing (it stopped watching, or died) hands over after this long. */
-export const RECORDER_LEASE_MS = 5000
+/** A recorder that stops writing (it stopped watching, or died) hands over after this long.
+ * Short, because until then no other gateway can record a payload the holder no longer sees:
+ * with the recorder's retry (at most half of it), a PUBLISH-only job's record lands within
+ * about 1.5 s whoever watches it. */
+export const RECORDER_LEASE_MS = 1000
 
 /** A PUBLISH-only job's latest payload, for recordSeen. */
 export interface SeenPayload {
   readonly jobId: string
   readonly json: string
 }
+
+/** What became of one recordSeen entry: `written`; `recorded` (another gateway holds the
+ * job's lease and has recorded this very payload: nothing left to do); `refused` (another
+ * gateway holds the lease, and has recorded something else); `stored` (the job has a state
+ * stored by the producer script, which a plain PUBLISH does not change; nothing written). */
+export type SeenOutcome = 'written' | 'recorded' | 'refused' | 'stored'
 
 export interface ProgressOptions {
   /** The user id to record as the job's owner, when it has none. */
@@ -84,10 +93,9 @@ export interface Broker {
    * publishes it. Resolves to the new seq; rejects with ProducerError for a bad payload. */
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number>
   /** Stores what this gateway saw of PUBLISH-only jobs, for the other workers and nodes
-   * (stream/recorder.ts); a no-op where one process is all there is. Resolves to whether each
-   * entry was written: false where another gateway holds the job's lease, or the job has a
-   * stored state. */
-  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]>
+   * (stream/recorder.ts); a no-op where one process is all there is. Resolves to what became
+   * of each entry (SeenOutcome). */
+  recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<SeenOutcome[]>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

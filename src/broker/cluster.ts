@@ -32,10 +32,10 @@ import { redisConnectionProblem } from '../support/redis-problem.js'
 import { channelFor, clusterRecorderKey, stateKey } from '../wire/topics.js'
 import { defineProgressScript, runProgressScript } from '../producer/script.js'
 import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/owner-index.js'
-import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
+import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenOutcome, type SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
 import { isWrongType } from './redis-connection.js'
-import { RECORD_SEEN_SCRIPT } from './redis.js'
+import { RECORD_SEEN_SCRIPT, seenOutcome } from './redis.js'
 import { keySlot } from './slots.js'
 
 /** Channels per SUBSCRIBE command on the classic lane. */
@@ -254,14 +254,14 @@ export class ClusterBroker implements Broker, OwnerIndex {
     }))
   }
 
-  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]> {
+  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<SeenOutcome[]> {
     if (!('jobwireRecordSeen' in this.cmd)) this.cmd.defineCommand('jobwireRecordSeen', { numberOfKeys: 2, lua: RECORD_SEEN_SCRIPT })
     const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<unknown>>).jobwireRecordSeen!.bind(this.cmd)
     const written = await Promise.all(entries.map(({ jobId, json }) => {
       const channel = channelFor(this.names.channelPrefix, jobId)
       return run(clusterRecorderKey(this.names.keyPrefix, channel), stateKey(this.names, jobId), recorderId, json, RECORDER_LEASE_MS, this.names.stateTtlSec)
     }))
-    return written.map((n) => n === 1)
+    return written.map(seenOutcome)
   }
 
   /** The update is stored and published in the job's slot, then listed under its owner in the

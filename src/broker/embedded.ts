@@ -4,13 +4,13 @@
 // they would arrive from Redis.
 
 import { channelFor } from '../wire/topics.js'
-import { buildState, checkProducerPayload, isTerminalState, OwnerConflict, storedPayload } from '../producer/merge.js'
+import { buildState, checkFinal, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
-import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenPayload } from './broker.js'
+import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenOutcome, SeenPayload } from './broker.js'
 
 interface StoredJob {
   seq: number
-  /** The generation: new when the job is created and when its owner is replaced. */
+  /** The generation: new when the job is created, when its owner is replaced and on restart. */
   epoch: number
   state: Buffer | null
   owner: string | null
@@ -24,12 +24,21 @@ interface OwnerJobs {
 }
 
 const SWEEP_INTERVAL_MS = 60_000
+/** As progress.lua's owner key: a job's owner outlives its state by this long. */
+const OWNER_TTL_MS = 7 * 86_400_000
+
+interface JobOwner {
+  readonly owner: string
+  readonly expiresAt: number
+}
 
 export class EmbeddedBroker implements Broker, OwnerIndex {
   readonly kind = 'embedded' as const
   readonly reconnects = 0
   private readonly jobs = new Map<string, StoredJob>()
   private readonly owners = new Map<string, OwnerJobs>()
+  /** Each job's owner, kept beyond its state (progress.lua's job-owner key). */
+  private readonly jobOwners = new Map<string, JobOwner>()
   private readonly channels = new Set<string>()
   private pattern: string | null = null
   private listener: BrokerListener | null = null
@@ -71,20 +80,26 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const now = Date.now()
     return jobIds.map((id) => {
       const job = this.live(id, now)
-      return { state: job?.state ?? null, owner: job?.owner ?? null, seen: null }
+      return { state: job?.state ?? null, owner: job?.owner ?? this.liveJobOwner(id, now), seen: null }
     })
   }
 
   async publishProgress(jobId: string, payload: Buffer, options: ProgressOptions = {}): Promise<number> {
     const decoded = checkProducerPayload(payload)
     const now = Date.now()
-    const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: null, expiresAt: 0 }
+    const job = this.live(jobId, now) ?? { seq: 0, epoch: 0, state: null, owner: this.liveJobOwner(jobId, now), expiresAt: 0 }
     const replacing = options.owner !== undefined && options.owner !== '' && job.owner !== null && job.owner !== options.owner
     if (replacing && !options.replaceOwner) throw new OwnerConflict()
-    const stored = options.replace ? null : storedPayload(job.state)
-    const epoch = job.epoch === 0 || replacing ? Math.max(now, job.epoch + 1) : job.epoch
+    if (options.ifSeq !== undefined && options.ifSeq !== job.seq) {
+      throw new SeqMismatch(`if_seq ${options.ifSeq} does not match the job's seq ${job.seq}`)
+    }
+    const stored = storedPayload(job.state)
+    const newEpoch = job.epoch === 0 || replacing || options.restart === true
+    const epoch = newEpoch ? Math.max(now, job.epoch + 1) : job.epoch
+    const merged = options.replace || newEpoch ? null : stored
+    if (!newEpoch) checkFinal(jobId, decoded, stored, merged !== null)
     // Built before anything changes: a state too large to store is refused.
-    const state = buildState(decoded, stored, job.seq + 1, epoch, now)
+    const state = buildState(decoded, merged, job.seq + 1, epoch, now)
     const previousOwner = job.owner
     job.seq++
     job.epoch = epoch
@@ -92,8 +107,9 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     if (options.owner) job.owner = options.owner
     const terminalTtlSec = options.terminalTtlSec ?? this.names.terminalTtlSec
     const ttlSec = options.ttlSec ?? this.names.stateTtlSec
-    job.expiresAt = now + (isTerminalState(decoded, stored) ? terminalTtlSec : ttlSec) * 1000
+    job.expiresAt = now + (isTerminalState(decoded, merged) ? terminalTtlSec : ttlSec) * 1000
     this.jobs.set(jobId, job)
+    if (job.owner !== null) this.jobOwners.set(jobId, { owner: job.owner, expiresAt: now + OWNER_TTL_MS })
     this.deliver(channelFor(this.names.channelPrefix, jobId), state)
     if (job.owner !== null) {
       if (replacing && previousOwner !== null) this.owners.get(previousOwner)?.jobs.delete(jobId)
@@ -112,8 +128,8 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
 
   /** One process: every watcher of a job is in it and sees its channel itself, so there is
    * nothing to share, and nothing is refused. */
-  async recordSeen(entries: readonly SeenPayload[]): Promise<boolean[]> {
-    return entries.map(() => true)
+  async recordSeen(entries: readonly SeenPayload[]): Promise<SeenOutcome[]> {
+    return entries.map(() => 'written')
   }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {
@@ -167,6 +183,12 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     return added
   }
 
+  private liveJobOwner(jobId: string, now: number): string | null {
+    const entry = this.jobOwners.get(jobId)
+    if (entry !== undefined && entry.expiresAt <= now) this.jobOwners.delete(jobId)
+    return entry !== undefined && entry.expiresAt > now ? entry.owner : null
+  }
+
   private liveOwner(owner: string, now: number): OwnerJobs | undefined {
     const index = this.owners.get(owner)
     if (index !== undefined && index.expiresAt <= now) {
@@ -180,6 +202,7 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     const now = Date.now()
     for (const [id, job] of this.jobs) if (job.expiresAt <= now) this.jobs.delete(id)
     for (const [owner, index] of this.owners) if (index.expiresAt <= now) this.owners.delete(owner)
+    for (const [id, entry] of this.jobOwners) if (entry.expiresAt <= now) this.jobOwners.delete(id)
   }
 }
 

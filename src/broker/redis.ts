@@ -18,9 +18,15 @@ import { jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import { closeConnection, ServerIdentity } from './redis-connection.js'
 import { SubscriberSession } from './subscriber-session.js'
-import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
+import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenOutcome, type SeenPayload } from './broker.js'
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
+
+/** record-seen.lua's answer: 1 written, 3 already recorded so, 2 the job has a stored state,
+ * else refused. */
+export function seenOutcome(reply: unknown): SeenOutcome {
+  return reply === 1 ? 'written' : reply === 3 ? 'recorded' : reply === 2 ? 'stored' : 'refused'
+}
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
 
 const RETRY_MIN_MS = 50
@@ -169,7 +175,7 @@ export class RedisBroker implements Broker {
     return records
   }
 
-  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]> {
+  async recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<SeenOutcome[]> {
     if (!('jobwireRecordSeen' in this.cmd)) this.cmd.defineCommand('jobwireRecordSeen', { numberOfKeys: 2, lua: RECORD_SEEN_SCRIPT })
     const pipeline = this.cmd.pipeline() as unknown as Record<string, (...args: Array<string | number>) => unknown> & { exec(): Promise<unknown> }
     for (const { jobId, json } of entries) {
@@ -178,7 +184,7 @@ export class RedisBroker implements Broker {
     const results = (await pipeline.exec()) as Array<[Error | null, unknown]> | null
     return (results ?? []).map(([err, written]) => {
       if (err) throw err
-      return written === 1
+      return seenOutcome(written)
     })
   }
 

@@ -11,7 +11,7 @@ import { credentialsOf, ownerRefusal, type Access } from '../access/access.js'
 import type { AddressRule } from '../access/client-address.js'
 import { claimCovers } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
-import { checkProducerPayload, OwnerConflict, ProducerError } from '../producer/merge.js'
+import { checkProducerPayload, FinalState, OwnerConflict, ProducerError, SeqMismatch } from '../producer/merge.js'
 import { accessLog, type Logger } from '../support/log.js'
 import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
@@ -38,6 +38,10 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const replaceOwner = (req.getQuery('replace_owner') ?? '') === '1'
     // Merging the body into the stored state is the default; ?replace=1 stores it alone.
     const replace = (req.getQuery('replace') ?? '') === '1'
+    // ?restart=1: a new generation (new epoch, state replaced, owner kept); the only way back
+    // from a final state. ?if_seq=<n>: write only if the job is at seq n (compare-and-set).
+    const restart = (req.getQuery('restart') ?? '') === '1'
+    const ifSeqText = req.getQuery('if_seq') ?? ''
     const { ip, limitKey } = clientOf(res, req, ctx.addressRule)
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
@@ -49,6 +53,8 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     }
     addAnswerHeaders(res, cors)
     if (!isValidJobId(jobId)) return respondBadJobId(res)
+    if (ifSeqText !== '' && !/^\d{1,15}$/.test(ifSeqText)) return respondJson(res, 400, { error: 'bad_if_seq', message: 'if_seq must be a whole number (the seq the job is expected to be at)' })
+    const ifSeq = ifSeqText === '' ? undefined : Number(ifSeqText)
     if (owner !== '' && !OWNER_PATTERN.test(owner)) return respondJson(res, 400, { error: 'bad_owner', message: 'owner must be 1..256 characters without spaces' })
     const msgpack = contentType === 'application/msgpack' || contentType === 'application/x-msgpack'
     if (!msgpack && contentType !== 'application/json' && contentType !== '') {
@@ -92,11 +98,13 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
           throw new ProducerError(msgpack ? 'content-type is msgpack but the body is not a msgpack map' : 'body is not a JSON object (for msgpack, say content-type: application/msgpack)')
         }
         checkProducerPayload(payload)
-        const seq = await ctx.broker.publishProgress(jobId, payload, { ...(owner ? { owner } : {}), ...(replaceOwner ? { replaceOwner } : {}), ...(replace ? { replace } : {}) })
+        const seq = await ctx.broker.publishProgress(jobId, payload, { ...(owner ? { owner } : {}), ...(replaceOwner ? { replaceOwner } : {}), ...(replace ? { replace } : {}), ...(restart ? { restart } : {}), ...(ifSeq !== undefined ? { ifSeq } : {}) })
         if (!aborted.aborted) respondJson(res, 200, { job_id: jobId, seq })
       } catch (err) {
         if (aborted.aborted) return
         if (err instanceof OwnerConflict) return respondJson(res, 409, { error: 'owner_conflict', message: err.message })
+        if (err instanceof FinalState) return respondJson(res, 409, { error: 'final_state', message: err.message })
+        if (err instanceof SeqMismatch) return respondJson(res, 409, { error: 'seq_mismatch', message: err.message })
         if (err instanceof ProducerError) return respondJson(res, 400, { error: 'bad_payload', message: err.message })
         ctx.log.warn({ job: jobId, err: (err as Error).message }, 'producer API publish failed')
         respondJson(res, 503, { error: 'unavailable', message: 'the broker is unavailable; retry' }, { 'retry-after': '1' })

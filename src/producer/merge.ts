@@ -1,23 +1,34 @@
 // The producer rules of progress.lua, in TypeScript: the embedded broker stores state with
 // them, and the HTTP producer API checks bodies with them before anything is written. The
-// broker test suite runs the same cases against the Lua script and this file.
+// broker test suite and test/merge-rules.ts run the same cases against the Lua script and
+// this file.
 //
-// Merging: an update's top-level fields overwrite the stored state's, the others are kept
-// (shallow: a nested object is replaced whole). It works on the encoded members, as the Lua
-// script does, so both produce the same bytes and what producers wrote survives as written;
-// only a stored field in the other encoding is converted, value by value.
+// Merging (docs/protocol.md, "Merge rules"): a top-level merge-patch. An update's top-level
+// fields overwrite the stored state's and the others are kept; a field set to null is
+// deleted; a nested object is replaced whole; a change of status drops the stored message,
+// error and result unless the update sets them; a key given twice is refused. It works on the
+// encoded members, as the Lua script does, so both produce the same bytes and what producers
+// wrote survives as written; only a stored field in the other encoding is converted, value by
+// value.
 
 import { pack, Unpackr } from 'msgpackr'
 import { decodePayload, MAX_PAYLOAD_BYTES, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
 import { isTerminalStatus } from '../wire/protocol.js'
 
-// `replace` belongs with the other producer options in broker.ts; it is declared here while
-// that file is the Redis broker work's to change.
+// Producer options beyond broker.ts's, declared here while that file is the Redis broker
+// work's to change.
 declare module '../broker/broker.js' {
   interface ProgressOptions {
     /** Store the payload as the job's whole state instead of merging its fields into the
      * stored state (the default). */
     readonly replace?: boolean
+    /** Start a new generation of the job: a new epoch, the stored state replaced by the
+     * payload, the owner kept. The only way to take a final (completed, failed, cancelled)
+     * job back to a running state. */
+    readonly restart?: boolean
+    /** Compare-and-set: write only when the job's stored seq is this one (a job with no
+     * state is at 0); otherwise SeqMismatch and nothing is written. */
+    readonly ifSeq?: number
   }
 }
 
@@ -39,36 +50,53 @@ export class OwnerConflict extends ProducerError {
   }
 }
 
+/** The job's stored state is final (completed, failed, cancelled) in the current epoch and
+ * the update would make it non-final; nothing was written. `restart` starts a new generation. */
+export class FinalState extends ProducerError {
+  override name = 'FinalState'
+}
+
+export function finalStateMessage(jobId: string, status: string): string {
+  return `job ${jobId} is ${status}: a final state is final; pass restart to start a new generation`
+}
+
+/** `ifSeq` was given and the job's seq is another; nothing was written. */
+export class SeqMismatch extends ProducerError {
+  override name = 'SeqMismatch'
+}
+
+export const SEQ_MISMATCH = /^if_seq \S* does not match the job's seq \d+$/
+
 /** Checks a payload against the producer rules; throws ProducerError with the reason. */
 export function checkProducerPayload(payload: Buffer): DecodedPayload {
   const decoded = decodePayload(payload)
   if (decoded instanceof MalformedPayload) {
     throw new ProducerError(decoded.reason)
   }
-  if (decoded.format === 'msgpack') {
-    // As progress.lua: Lua cannot see nil-valued keys, so such maps are refused everywhere.
-    const values = Object.values(decoded.obj)
-    if (values.length !== readMapHeader(decoded.bytes)[0] || values.some((v) => v === null || v === undefined)) {
-      throw new ProducerError('msgpack payload has nil values or repeated keys at the top level; leave such keys out')
-    }
+  // A key given twice is refused: decoders silently keep one of the two, and not all the same.
+  const seen = new Set<string>()
+  for (const m of membersOf(decoded)) {
+    if (seen.has(m.key)) throw new ProducerError(`payload has the key ${JSON.stringify(m.key)} more than once`)
+    seen.add(m.key)
   }
-  if (decoded.obj.seq !== undefined) {
+  if (seen.has('seq')) {
     throw new ProducerError('payload must not set seq; the script assigns it')
   }
-  if (decoded.obj.epoch !== undefined) {
+  if (seen.has('epoch')) {
     throw new ProducerError('payload must not set epoch; the script assigns it')
   }
-  if (decoded.obj.ts !== undefined && typeof decoded.obj.ts !== 'number') {
+  if (seen.has('ts') && typeof decoded.obj.ts !== 'number') {
     throw new ProducerError('ts must be a number (milliseconds since the epoch)')
   }
+  // null deletes any of them (a merge-patch).
   const { status, progress, message } = decoded.obj
-  if (status !== undefined && !(typeof status === 'string' && STATUSES.includes(status))) {
+  if (status !== undefined && status !== null && !(typeof status === 'string' && STATUSES.includes(status))) {
     throw new ProducerError(`status must be one of ${STATUSES.join(', ')}`)
   }
-  if (progress !== undefined && !(typeof progress === 'number' && progress >= 0 && progress <= 100)) {
+  if (progress !== undefined && progress !== null && !(typeof progress === 'number' && progress >= 0 && progress <= 100)) {
     throw new ProducerError('progress must be a number from 0 to 100')
   }
-  if (message !== undefined && typeof message !== 'string') {
+  if (message !== undefined && message !== null && typeof message !== 'string') {
     throw new ProducerError('message must be a string')
   }
   return decoded
@@ -82,22 +110,58 @@ export function storedPayload(state: Buffer | null): DecodedPayload | null {
   return decoded instanceof MalformedPayload ? null : decoded
 }
 
-/** Whether the job's state after this update is terminal: its status, or the stored one's
- * when it sets none. */
-export function isTerminalState(update: DecodedPayload, stored: DecodedPayload | null): boolean {
-  return isTerminalStatus(update.obj.status ?? stored?.obj.status)
+/** The stored state's status, when it has one. */
+export function statusOf(stored: DecodedPayload | null): string | undefined {
+  const status = stored?.obj.status
+  return typeof status === 'string' ? status : undefined
+}
+
+/** The job's status after this update: the update's when it sets one (null deletes it), else
+ * the stored one's when the update is merged into it. */
+export function resultingStatus(update: DecodedPayload, merged: DecodedPayload | null): string | undefined {
+  if (Object.hasOwn(update.obj, 'status')) return typeof update.obj.status === 'string' ? update.obj.status : undefined
+  return statusOf(merged)
+}
+
+/** Whether the job's state after this update is terminal. */
+export function isTerminalState(update: DecodedPayload, merged: DecodedPayload | null): boolean {
+  return isTerminalStatus(resultingStatus(update, merged))
+}
+
+/** Final means final: refuses an update that would take a job whose stored state is final
+ * back to a non-final status within the same epoch (progress.lua does the same). */
+export function checkFinal(jobId: string, update: DecodedPayload, stored: DecodedPayload | null, merging: boolean): void {
+  const storedStatus = statusOf(stored)
+  if (storedStatus !== undefined && isTerminalStatus(storedStatus) && !isTerminalState(update, merging ? stored : null)) {
+    throw new FinalState(finalStateMessage(jobId, storedStatus))
+  }
 }
 
 /** The job's next state, as progress.lua builds it: `seq`, `epoch` (and `ts`, when the update
- * has none) first, then the stored members the update does not set, then the update's. With
- * no stored state the update's bytes follow unchanged. Throws ProducerError when the result
- * would be larger than a payload may be. */
-export function buildState(update: DecodedPayload, stored: DecodedPayload | null, seq: number, epoch: number, nowMs: number): Buffer {
-  const state = stored === null ? mergeProducerFields(update, seq, epoch, nowMs) : mergeInto(update, stored, seq, epoch, nowMs)
+ * has none) first, then the stored members the update does not set (none when `merged` is
+ * null), then the update's, less those set to null. With nothing to merge and nothing deleted
+ * the update's bytes follow unchanged. Throws ProducerError when the result would be larger
+ * than a payload may be. */
+export function buildState(update: DecodedPayload, merged: DecodedPayload | null, seq: number, epoch: number, nowMs: number): Buffer {
+  const members = membersOf(update)
+  const state = merged === null && !members.some(isNull(update.format))
+    ? mergeProducerFields(update, seq, epoch, nowMs)
+    : mergeInto(update, members, merged, seq, epoch, nowMs)
   if (state.length > MAX_PAYLOAD_BYTES) {
     throw new ProducerError(`the state would be larger than ${MAX_PAYLOAD_BYTES} bytes with the fields jobwire adds and merges in; send fewer fields, or replace the state`)
   }
   return state
+}
+
+const MSGPACK_NIL = 0xc0
+const JSON_NULL = Buffer.from('null')
+
+function isNull(format: DecodedPayload['format']): (m: Member) => boolean {
+  return format === 'msgpack' ? (m) => m.value.length === 1 && m.value[0] === MSGPACK_NIL : (m) => m.value.equals(JSON_NULL)
+}
+
+function membersOf(payload: DecodedPayload): Member[] {
+  return payload.format === 'json' ? jsonMembers(payload.bytes) : msgpackMembers(payload.bytes)
 }
 
 interface Member {
@@ -110,28 +174,32 @@ interface Member {
 // Standard MessagePack only, as in wire/payload.ts.
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
 
-function mergeInto(update: DecodedPayload, stored: DecodedPayload, seq: number, epoch: number, nowMs: number): Buffer {
+function mergeInto(update: DecodedPayload, members: readonly Member[], merged: DecodedPayload | null, seq: number, epoch: number, nowMs: number): Buffer {
   const addTs = update.obj.ts === undefined
-  const members = update.format === 'json' ? jsonMembers(update.bytes) : msgpackMembers(update.bytes)
   const own = new Set(['seq', 'epoch', 'ts', ...members.map((m) => m.key)])
+  // A change of status drops the stored message, error and result: they described the
+  // previous status. Set in the same update, they are the update's anyway.
+  if (merged !== null && Object.hasOwn(update.obj, 'status') && resultingStatus(update, null) !== statusOf(merged)) {
+    own.add('message').add('error').add('result')
+  }
   const carried: Buffer[] = []
-  for (const m of stored.format === 'json' ? jsonMembers(stored.bytes) : msgpackMembers(stored.bytes)) {
+  for (const m of merged === null ? [] : membersOf(merged)) {
     if (own.has(m.key)) continue
-    if (stored.format === update.format) carried.push(m.raw)
+    if (merged!.format === update.format) carried.push(m.raw)
     else if (update.format === 'msgpack') carried.push(Buffer.concat([pack(m.key), pack(JSON.parse(m.value.toString('utf8')))]))
     else carried.push(Buffer.from(`${JSON.stringify(m.key)}:${JSON.stringify(unpackr.unpack(m.value))}`))
   }
+  const kept = members.filter((m) => !isNull(update.format)(m)).map((m) => m.raw)
   if (update.format === 'json') {
-    const fields = [Buffer.from(`"seq":${seq}`), Buffer.from(`"epoch":${epoch}`), ...(addTs ? [Buffer.from(`"ts":${nowMs}`)] : []), ...carried, ...members.map((m) => m.raw)]
+    const fields = [Buffer.from(`"seq":${seq}`), Buffer.from(`"epoch":${epoch}`), ...(addTs ? [Buffer.from(`"ts":${nowMs}`)] : []), ...carried, ...kept]
     const parts: Buffer[] = [OPEN_BRACE]
     fields.forEach((f, i) => parts.push(...(i === 0 ? [f] : [COMMA, f])))
     parts.push(CLOSE_BRACE)
     return Buffer.concat(parts)
   }
-  const [count, bodyStart] = readMapHeader(update.bytes)
-  const fields = [pack('seq'), pack(seq), pack('epoch'), float64(epoch)]
+  const fields = [pack('seq'), pack(seq), pack('epoch'), msgpackUint(epoch)]
   if (addTs) fields.push(pack('ts'), float64(nowMs))
-  return Buffer.concat([mapHeader(count + carried.length + fields.length / 2), ...fields, ...carried, update.bytes.subarray(bodyStart)])
+  return Buffer.concat([mapHeader(carried.length + kept.length + fields.length / 2), ...fields, ...carried, ...kept])
 }
 
 const OPEN_BRACE = Buffer.from('{')
@@ -245,12 +313,32 @@ export function mergeProducerFields(decoded: DecodedPayload, seq: number, epoch:
     return Buffer.concat([Buffer.from(fields), bytes.subarray(open + 1)])
   }
   const [count, bodyStart] = readMapHeader(bytes)
-  // epoch and ts as float64, as progress.lua writes them.
-  const fields = [pack('seq'), pack(seq), pack('epoch'), float64(epoch)]
+  const fields = [pack('seq'), pack(seq), pack('epoch'), msgpackUint(epoch)]
   if (addTs) fields.push(pack('ts'), float64(nowMs))
   return Buffer.concat([mapHeader(count + fields.length / 2), ...fields, bytes.subarray(bodyStart)])
 }
 
+/** A non-negative integer as progress.lua's cmsgpack writes it: the smallest uint, uint64
+ * past 32 bits, never float64, so epochs read back exactly in every decoder. */
+function msgpackUint(value: number): Buffer {
+  if (value < 0x80) return Buffer.from([value])
+  if (value < 0x100) return Buffer.from([0xcc, value])
+  const b = Buffer.alloc(value < 0x10000 ? 3 : value < 0x100000000 ? 5 : 9)
+  if (value < 0x10000) {
+    b[0] = 0xcd
+    b.writeUInt16BE(value, 1)
+  } else if (value < 0x100000000) {
+    b[0] = 0xce
+    b.writeUInt32BE(value, 1)
+  } else {
+    b[0] = 0xcf
+    b.writeBigUInt64BE(BigInt(value), 1)
+  }
+  return b
+}
+
+/** ts as float64, as JavaScript encoders write it (and progress.lua): a decoder that turns
+ * uint64 into BigInt would break arithmetic on it. */
 function float64(value: number): Buffer {
   const b = Buffer.alloc(9)
   b[0] = 0xcb

@@ -4,6 +4,7 @@
 //   const producer = new Producer({ redis: 'redis://127.0.0.1:6379' })
 //   await producer.progress('job-42', { status: 'processing', progress: 40 }, { owner: 'user-7' })
 //   await producer.progress('job-42', { progress: 41 })     // merged: status stays 'processing'
+//   await producer.progress('job-42', { status: 'queued' }, { restart: true })  // run it again
 //   await producer.close()                                  // or the process keeps running
 //   new Producer({ cluster: '10.0.0.1:7000,10.0.0.2:7000' })  // Redis Cluster: sharded pub/sub
 //
@@ -12,6 +13,10 @@
 // (owner-index.ts). Should only the second fail, progress() rejects with OwnerIndexError,
 // whose `seq` is the update's: it was stored and published, and the job's next update lists
 // it again.
+//
+// The owner given for a job is remembered (the last OWNERS_REMEMBERED jobs) and sent with each
+// of its later updates, so the job keeps its owner even when its state key and the owner key
+// beside it are both gone (docs/protocol.md, "Ownership").
 
 import { pack } from 'msgpackr'
 import { Redis, type Cluster } from 'ioredis'
@@ -20,10 +25,14 @@ import { clusterClient, parseClusterSeeds, publishInOrder } from '../broker/clus
 import { isPlainObject } from '../wire/payload.js'
 import { isValidJobId, JOB_ID_RULE, type JobPayload } from '../wire/protocol.js'
 import { channelFor } from '../wire/topics.js'
-import { ProducerError } from './merge.js'
+import { OwnerConflict, ProducerError } from './merge.js'
 import { runProgressScript } from './script.js'
 
 export { OwnerIndexError } from './owner-index.js'
+export { FinalState, OwnerConflict, ProducerError, SeqMismatch } from './merge.js'
+
+/** How many jobs' owners a Producer remembers (least recently updated forgotten first). */
+export const OWNERS_REMEMBERED = 10_000
 
 export interface ProducerOptions {
   /** A Redis URL, or a connection to share (it is not closed by close()). */
@@ -46,6 +55,8 @@ export class Producer {
   private readonly ownsConnection: boolean
   private readonly names: BrokerNames
   private readonly encoding: 'json' | 'msgpack'
+  /** Job id -> the owner this producer was given for it; a Map's order serves as the LRU. */
+  private readonly owners = new Map<string, string>()
 
   constructor(options: ProducerOptions) {
     if ((options.redis === undefined) === (options.cluster === undefined)) {
@@ -76,10 +87,30 @@ export class Producer {
 
   /** Merges `payload`'s fields into the job's stored state (or, with `replace`, stores it as
    * the whole state) and publishes the result; resolves to the job's new seq. Rejects with
-   * ProducerError when the payload is refused (nothing written), and on a cluster with
-   * OwnerIndexError when the update went through but its owner's job list was not updated. */
+   * ProducerError when the payload is refused (nothing written): FinalState when it would
+   * take a completed, failed or cancelled job back to running (pass `restart`), SeqMismatch
+   * when `ifSeq` does not match; and on a cluster with OwnerIndexError when the update went
+   * through but its owner's job list was not updated. The owner given once is sent again with
+   * every later update of the job. */
   async progress(jobId: string, payload: JobPayload, options: ProgressOptions = {}): Promise<number> {
-    return runProgressScript(this.redis, this.names, checkJobId(jobId), this.encode(payload), options)
+    checkJobId(jobId)
+    const bytes = this.encode(payload)
+    const remembered = this.owners.get(jobId)
+    const owner = options.owner || remembered
+    if (owner) {
+      this.owners.delete(jobId)
+      this.owners.set(jobId, owner)
+      if (this.owners.size > OWNERS_REMEMBERED) this.owners.delete(this.owners.keys().next().value!)
+    }
+    try {
+      return await runProgressScript(this.redis, this.names, jobId, bytes, owner ? { ...options, owner } : options)
+    } catch (err) {
+      // An admin gave the job to someone else since: the remembered owner is out of date, and
+      // no owner at all is what this call asked for.
+      if (!(err instanceof OwnerConflict) || options.owner || remembered === undefined) throw err
+      this.owners.delete(jobId)
+      return runProgressScript(this.redis, this.names, jobId, bytes, options)
+    }
   }
 
   /** A plain PUBLISH without stored state, as workers that predate jobwire do. Subscribers

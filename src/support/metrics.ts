@@ -25,6 +25,10 @@ export class Metrics {
   snapshotFailures = 0
   resyncs = 0
   seenRecords = 0
+  /** Payloads without seq on jobs that have a stored state (a plain PUBLISH beside the script). */
+  unsequencedPayloads = 0
+  /** Final states sent by plain PUBLISH that the gateway stored through the producer script. */
+  finalsRecorded = 0
   idleCollections = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
@@ -100,6 +104,8 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
       seen_records_total: m.seenRecords,
+      producer_unsequenced_total: m.unsequencedPayloads,
+      finals_recorded_total: m.finalsRecorded,
       idle_collections_total: m.idleCollections,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
@@ -165,7 +171,9 @@ const HELP: Record<string, string> = {
   snapshot_reads_total: 'job snapshots read from the broker',
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',
-  seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second)',
+  seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second, final states at once)',
+  producer_unsequenced_total: 'payloads without seq (plain PUBLISH) on jobs that have a state stored by the producer script; not stored unless final',
+  finals_recorded_total: 'final states sent by plain PUBLISH on jobs with a stored state, stored by this gateway through the producer script',
   idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb): two per burst, the second compacting',
   broker_reconnects_total: 'times the broker connection came back after an outage',
   log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',
