@@ -102,7 +102,8 @@ for (const kind of ['embedded', 'redis', 'cluster'] as const) {
       t.match(obj, { seq: 1, progress: 5 })
       t.ok(Math.abs(obj.ts - Date.now()) < 5000, 'ts is now')
       t.ok(/^\{"seq":1,"epoch":\d+,"ts":\d+,"progress":5\}$/.test(msg.payload.toString()), 'fields merged first, producer bytes kept')
-      t.ok(Math.abs(obj.epoch - Date.now()) < 5000, 'the epoch is when the job began')
+      // The low 32 bits of the millisecond clock when the job began (compared for equality only).
+      t.ok(Math.abs(obj.epoch - (Date.now() % 0x100000000)) < 5000, 'the epoch is when the job began, in 32 bits')
       const [record] = await broker.readJobs(['c1'])
       t.same(record!.state, msg.payload, 'stored = published')
       t.equal(record!.owner, null)

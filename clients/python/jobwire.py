@@ -714,9 +714,18 @@ local add_ts = decoded.ts == nil
 -- The epoch names this generation of the job: new when the key is created (first write, or
 -- after it expired or Redis lost it), when its owner is replaced and on restart. Within an
 -- epoch states are ordered by seq; a different epoch is a different history.
+-- Epochs are compared for equality only, so a new one need only differ from the last: the
+-- low 32 bits of the millisecond clock (never 0), one more when that equals the last. 32 bits
+-- travel as an integer in every msgpack decoder (a uint32), where milliseconds since 1970
+-- need 41 and uint64 reads back as a BigInt in common decoders.
 local epoch = tonumber(redis.call('HGET', key, 'epoch'))
 local new_epoch = epoch == nil or replacing or restart
-if new_epoch then epoch = math.max(now_ms, (epoch or 0) + 1) end
+if new_epoch then
+  local fresh = now_ms % 4294967296
+  if fresh == epoch then fresh = (fresh + 1) % 4294967296 end
+  if fresh == 0 then fresh = 1 end
+  epoch = fresh
+end
 
 -- A new generation starts from nothing; so does replace. Otherwise the update is merged.
 local merging = stored ~= nil and not replace_state and not new_epoch
@@ -756,12 +765,12 @@ local has_deleted = next(deleted) ~= nil
 
 -- Integers as msgpack writes them (uint64 past 32 bits), never float64: epochs are compared
 -- for equality and must read back exactly in every decoder.
+-- An epoch (32 bits since this version: see the epoch below) as a msgpack uint; one a
+-- previous version stored (milliseconds, past 32 bits) as float64, as that version wrote it,
+-- since uint64 reads back as a BigInt in common decoders (msgpackr).
 local function msgpack_uint(n)
   if n < 4294967296 then return cmsgpack.pack(n) end
-  local hi = math.floor(n / 4294967296)
-  local lo = n - hi * 4294967296
-  return '\207' .. string.char(math.floor(hi / 16777216) % 256, math.floor(hi / 65536) % 256, math.floor(hi / 256) % 256, hi % 256,
-    math.floor(lo / 16777216) % 256, math.floor(lo / 65536) % 256, math.floor(lo / 256) % 256, lo % 256)
+  return '\203' .. struct.pack('>d', n)
 end
 
 local state

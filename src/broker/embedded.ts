@@ -4,7 +4,7 @@
 // they would arrive from Redis.
 
 import { channelFor } from '../wire/topics.js'
-import { buildState, checkFinal, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
+import { buildState, checkFinal, nextEpoch, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
 import type { Broker, BrokerListener, BrokerNames, BrokerState, JobRecord, ProgressOptions, SeenOutcome, SeenPayload } from './broker.js'
 
@@ -95,7 +95,7 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
     }
     const stored = storedPayload(job.state)
     const newEpoch = job.epoch === 0 || replacing || options.restart === true
-    const epoch = newEpoch ? Math.max(now, job.epoch + 1) : job.epoch
+    const epoch = newEpoch ? nextEpoch(now, job.epoch) : job.epoch
     const merged = options.replace || newEpoch ? null : stored
     if (!newEpoch) checkFinal(jobId, decoded, stored, merged !== null)
     // Built before anything changes: a state too large to store is refused.

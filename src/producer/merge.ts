@@ -321,6 +321,14 @@ export function mergeProducerFields(decoded: DecodedPayload, seq: number, epoch:
 /** A non-negative integer as progress.lua's cmsgpack writes it: the smallest uint, uint64
  * past 32 bits, never float64, so epochs read back exactly in every decoder. */
 function msgpackUint(value: number): Buffer {
+  // An epoch from a previous version (milliseconds, past 32 bits): float64, as it was written
+  // then, since uint64 reads back as a BigInt in common decoders.
+  if (value >= 0x100000000) {
+    const b = Buffer.alloc(9)
+    b[0] = 0xcb
+    b.writeDoubleBE(value, 1)
+    return b
+  }
   if (value < 0x80) return Buffer.from([value])
   if (value < 0x100) return Buffer.from([0xcc, value])
   const b = Buffer.alloc(value < 0x10000 ? 3 : value < 0x100000000 ? 5 : 9)
@@ -330,11 +338,16 @@ function msgpackUint(value: number): Buffer {
   } else if (value < 0x100000000) {
     b[0] = 0xce
     b.writeUInt32BE(value, 1)
-  } else {
-    b[0] = 0xcf
-    b.writeBigUInt64BE(BigInt(value), 1)
   }
   return b
+}
+
+/** A new epoch, as progress.lua picks it: the low 32 bits of the millisecond clock (never 0),
+ * different from the previous one. Epochs are compared for equality only. */
+export function nextEpoch(nowMs: number, previous: number): number {
+  let fresh = nowMs % 0x100000000
+  if (fresh === previous) fresh = (fresh + 1) % 0x100000000
+  return fresh === 0 ? 1 : fresh
 }
 
 /** ts as float64, as JavaScript encoders write it (and progress.lua): a decoder that turns
