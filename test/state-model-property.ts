@@ -19,8 +19,9 @@
 // JOBWIRE_PROP_SEED=<seed> JOBWIRE_PROP_PATH=<path> to replay that (shrunk) interleaving alone.
 // JOBWIRE_PROP_RUNS sets the number of runs, JOBWIRE_PROP_TIME_MS the time budget for the
 // whole property, JOBWIRE_PROP_STEPS a comma-separated list of step kinds to draw from
-// (write,pair,restart,plain,gateway,redis,expire,dump,restore,subscribe,reconnect,pause), to
-// look for counter-examples of one kind.
+// (write,pair,restart,plain,gateway,redis,expire,restore,subscribe,reconnect,pause), to
+// look for counter-examples of one kind; JOBWIRE_PROP_EXAMPLE='[[clients...],[steps...]]' (the
+// JSON of a reported counter-example) runs that interleaving first.
 
 import t from 'tap'
 import fc from 'fast-check'
@@ -54,10 +55,10 @@ const RECORD_MS = 600
 // Steps and their generators
 // ---------------------------------------------------------------------------------------------
 
-/** Script jobs 0 and 1 are written through the producer script (and get crash-handler plain
- * PUBLISHes); job 2 is PUBLISH-only. */
-const JOBS = ['s0', 's1', 'p0'] as const
-const SCRIPT_JOBS = [0, 1] as const
+/** Job 0 is written through the producer script (and gets crash-handler plain PUBLISHes); job 1
+ * is PUBLISH-only. One of each, so that the steps of a run meet on the same job often. */
+const JOBS = ['s0', 'p0'] as const
+const SCRIPT_JOBS = [0] as const
 type ScriptBody = 'queued' | 'processing' | 'progress' | 'completed' | 'failed' | 'cancelled' | 'result'
 type PlainBody = 'queued' | 'processing' | 'completed' | 'failed' | 'cancelled'
 
@@ -69,8 +70,8 @@ type Step =
   | { k: 'gateway'; gw: number }
   | { k: 'redis'; keep: boolean }
   | { k: 'expire'; job: number }
-  | { k: 'dump'; job: number }
-  | { k: 'restore'; job: number }
+  /** RESTORE REPLACE the copy DUMPed `back` accepted writes ago (one is taken after each). */
+  | { k: 'restore'; job: number; back: number }
   | { k: 'subscribe'; client: number; job: number }
   | { k: 'reconnect'; client: number }
   | { k: 'pause'; ms: number }
@@ -83,7 +84,8 @@ interface ClientSpec {
   early: boolean
 }
 
-const scriptBody = fc.constantFrom<ScriptBody>('queued', 'processing', 'processing', 'progress', 'completed', 'failed', 'cancelled', 'result')
+// Mostly progress, as a job's life is: a final state ends an epoch, the steps after it probe it.
+const scriptBody = fc.constantFrom<ScriptBody>('queued', 'processing', 'processing', 'processing', 'processing', 'progress', 'progress', 'completed', 'failed', 'cancelled', 'result')
 const scriptJob = fc.constantFrom(...SCRIPT_JOBS)
 const anyJob = fc.integer({ min: 0, max: JOBS.length - 1 })
 const MAX_CLIENTS = 4
@@ -96,22 +98,21 @@ const stepArbs: Record<Step['k'], fc.Arbitrary<Step>> = {
   gateway: fc.record({ k: fc.constant('gateway' as const), gw: fc.integer({ min: 0, max: 1 }) }),
   redis: fc.record({ k: fc.constant('redis' as const), keep: fc.boolean() }),
   expire: fc.record({ k: fc.constant('expire' as const), job: anyJob }),
-  dump: fc.record({ k: fc.constant('dump' as const), job: scriptJob }),
-  restore: fc.record({ k: fc.constant('restore' as const), job: scriptJob }),
+  restore: fc.record({ k: fc.constant('restore' as const), job: scriptJob, back: fc.integer({ min: 1, max: 3 }) }),
   subscribe: fc.record({ k: fc.constant('subscribe' as const), client: fc.integer({ min: 0, max: MAX_CLIENTS - 1 }), job: anyJob }),
   reconnect: fc.record({ k: fc.constant('reconnect' as const), client: fc.integer({ min: 0, max: MAX_CLIENTS - 1 }) }),
   pause: fc.record({ k: fc.constant('pause' as const), ms: fc.constantFrom(0, 20, 100, 300) }),
 }
 // Writes dominate, as in production; the faults are rarer but each run sees a few.
 const WEIGHTS: Record<Step['k'], number> = {
-  write: 8, pair: 2, restart: 1, plain: 4, gateway: 1, redis: 1, expire: 1, dump: 2, restore: 2, subscribe: 3, reconnect: 2, pause: 2,
+  write: 10, pair: 2, restart: 2, plain: 4, gateway: 1, redis: 1, expire: 1, restore: 3, subscribe: 3, reconnect: 2, pause: 2,
 }
 
 function stepsArb(): fc.Arbitrary<Step[]> {
   const only = process.env.JOBWIRE_PROP_STEPS?.split(',').map((s) => s.trim()).filter(Boolean)
   const kinds = (Object.keys(stepArbs) as Array<Step['k']>).filter((k) => only === undefined || only.includes(k))
   if (kinds.length === 0) throw new Error(`JOBWIRE_PROP_STEPS names no step kind of ${Object.keys(stepArbs).join(',')}`)
-  return fc.array(fc.oneof(...kinds.map((k) => ({ arbitrary: stepArbs[k], weight: WEIGHTS[k] }))), { minLength: 1, maxLength: 14 })
+  return fc.array(fc.oneof(...kinds.map((k) => ({ arbitrary: stepArbs[k], weight: WEIGHTS[k] }))), { minLength: 1, maxLength: 18 })
 }
 
 const clientsArb: fc.Arbitrary<ClientSpec[]> = fc.array(
@@ -179,7 +180,8 @@ interface ModelJob {
   volatile: number[]
   /** The record is a restored older copy of this (epoch, seq), not written since. */
   restored: { epoch: number; seq: number } | null
-  dump: { bytes: Buffer; rec: Rec; epoch: number; seq: number } | null
+  /** A DUMP of the key after each of the last few writes, newest last. */
+  dumps: Array<{ bytes: Buffer; rec: Rec; epoch: number; seq: number }>
 }
 
 function merged(rec: Rec | null, payload: Data, w: number, replace: boolean): Rec {
@@ -472,7 +474,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
   const r = ++runNo
   const jobIds = JOBS.map((j) => `r${r}-${j}`)
   const key = (job: number) => `jobwire:job:${jobIds[job]}`
-  const model: ModelJob[] = jobIds.map((id) => ({ id, rec: null, lost: null, volatile: [], restored: null, dump: null }))
+  const model: ModelJob[] = jobIds.map((id) => ({ id, rec: null, lost: null, volatile: [], restored: null, dumps: [] }))
   const wStatus = new Map<number, string | undefined>()
   let nextW = 1
   let lastHeardPlain = 0
@@ -510,6 +512,9 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
       }
       if (spec.early) for (const id of jobIds) clients[i]!.subscribe(id)
     }
+
+    // The early subscriptions are live before the first step (late ones race with the steps).
+    await until(() => clients.every((c) => [...c.tracks.values()].every((tr) => tr.held !== null)), 'the early subscriptions', 10_000)
 
     const ready = async (conns: Redis[]) => {
       await until(() => conns.every((c) => c.status === 'ready'), 'the test\'s Redis connections after a restart', 10_000)
@@ -555,6 +560,15 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
       written(m, rec)
       trace.push(`  w${w} -> seq ${seq}, record ${rec.status}`)
     }
+    /** Keeps a copy of the job's key as it is now (its record), for a later restore step. */
+    const keepCopy = async (job: number) => {
+      const m = model[job]!
+      if (m.rec === null || !m.rec.stored) return
+      const [bytes, epoch, seq] = await Promise.all([admin.dumpBuffer(key(job)), admin.hget(key(job), 'epoch'), admin.hget(key(job), 'seq')])
+      if (bytes === null) return
+      m.dumps.push({ bytes, rec: { ...m.rec }, epoch: Number(epoch), seq: Number(seq) })
+      if (m.dumps.length > 4) m.dumps.shift()
+    }
 
     const exec = async (step: Step): Promise<void> => {
       switch (step.k) {
@@ -563,7 +577,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
           const w = nextW++
           const payload = payloadFor(step.body, w, false)
           applyWrite(step.job, payload, await scriptWrite(step.job, step.writer, payload), false)
-          return
+          return keepCopy(step.job)
         }
         case 'pair': {
           if (reopens(step.job, step.a) || reopens(step.job, step.b) || (noReopen && (TERMINAL.has(step.a) || TERMINAL.has(step.b)))) return void trace.push('  skipped (JOBWIRE_PROP_NO_REOPEN)')
@@ -573,7 +587,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
           const [sa, sb] = await Promise.all([scriptWrite(step.job, 0, pa), scriptWrite(step.job, 1, pb)])
           const done = [{ p: pa, s: sa }, { p: pb, s: sb }].sort((x, y) => (x.s ?? -1) - (y.s ?? -1))
           for (const { p, s } of done) applyWrite(step.job, p, s, false)
-          return
+          return keepCopy(step.job)
         }
         case 'restart': {
           const w = nextW++
@@ -585,7 +599,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
             await admin.del(key(step.job))
             applyWrite(step.job, payload, await scriptWrite(step.job, step.writer, payload), true)
           }
-          return
+          return keepCopy(step.job)
         }
         case 'plain': {
           const m = model[step.job]!
@@ -607,6 +621,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
               // (Not recorded within the bound: the model still says written, and (b) tells.)
               await until(async () => (JSON.parse((await admin.hget(key(step.job), 'state')) ?? '{}') as Data).w === w, `w${w} recorded`, 1000)
                 .catch(() => trace.push(`  w${w} not recorded within 1 s`))
+              await keepCopy(step.job)
             } else if (m.rec.status === undefined || !TERMINAL.has(m.rec.status)) m.volatile.push(w)
           } else {
             written(m, { w, status: step.body, stored: false })
@@ -629,7 +644,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
               m.rec = null
               m.volatile = []
               m.restored = null
-              m.dump = null
+              m.dumps = []
             }
           }
           await ready([admin, publisher, ...writerConns])
@@ -643,22 +658,13 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
           m.rec = null
           m.volatile = []
           m.restored = null
-          m.dump = null
-          return
-        }
-        case 'dump': {
-          const m = model[step.job]!
-          if (m.rec === null || !m.rec.stored) return void trace.push('  skipped: nothing stored')
-          const [bytes, epoch, seq] = await Promise.all([admin.dumpBuffer(key(step.job)), admin.hget(key(step.job), 'epoch'), admin.hget(key(step.job), 'seq')])
-          if (bytes === null) return void trace.push('  skipped: no key')
-          m.dump = { bytes, rec: { ...m.rec }, epoch: Number(epoch), seq: Number(seq) }
-          trace.push(`  dumped w${m.rec.w} at seq ${seq}`)
+          m.dumps = []
           return
         }
         case 'restore': {
           const m = model[step.job]!
-          const d = m.dump
-          if (d === null || m.rec === null || !m.rec.stored) return void trace.push('  skipped: no dump or nothing stored')
+          const d = m.dumps[m.dumps.length - 1 - step.back]
+          if (d === undefined || m.rec === null || !m.rec.stored) return void trace.push('  skipped: no such copy, or nothing stored')
           const [epoch, seq] = await admin.hmget(key(step.job), 'epoch', 'seq')
           if (Number(epoch) !== d.epoch || !(Number(seq) > d.seq)) return void trace.push('  skipped: not an older copy of the same history')
           await admin.restore(key(step.job), 0, d.bytes, 'REPLACE')
@@ -704,13 +710,18 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
     if (failed.length === 0) {
       const deadline = Date.now() + CONVERGE_MS
       while ((failed = verdicts()).length > 0 && Date.now() < deadline && violations().length === 0) await pause(50)
-      if (failed.length === 0) {
+      if (violations().length > 0) failed = []
+      else if (failed.length === 0) {
         await pause(STABLE_MS)
         failed = verdicts().map((f) => `(b, after converging, moved away) ${f}`)
       } else failed = failed.map((f) => `(b, within ${CONVERGE_MS} ms) ${f}`)
       failed = [...violations().map((v) => `(a) ${v}`), ...failed]
     } else {
       failed = failed.map((v) => `(a) ${v}`)
+    }
+    for (const c of clients) for (const tr of c.tracks.values()) if (tr.violations.length > 0) failed.push(`frames of ${tr.who} ${tr.job}: ${tr.log.join(' | ')}`)
+    if (process.env.JOBWIRE_PROP_DEBUG === '1') {
+      console.error(`run ${r}:\n${trace.join('\n')}\n${clients.flatMap((c) => [...c.tracks.values()].map((tr) => `${tr.who} ${tr.job} holds ${show(tr.held)}: ${tr.log.join(' | ')}`)).join('\n')}`)
     }
     if (failed.length > 0) {
       throw new Error(`${failed.join('\n')}\nmodel: ${model.map((m) => `${m.id} rec=${m.rec ? `w${m.rec.w}/${m.rec.status}` : 'none'} lost=${m.lost ? `w${m.lost.w}/${m.lost.status}` : '-'}${m.restored ? ` restored(seq ${m.restored.seq})` : ''}${m.volatile.length ? ` volatile=${m.volatile.join(',')}` : ''}`).join('; ')}\ntrace:\n${trace.join('\n')}`)
@@ -786,19 +797,21 @@ t.test('final means final: random interleavings of producers, restarts, losses a
   const seed = process.env.JOBWIRE_PROP_SEED === undefined ? undefined : Number(process.env.JOBWIRE_PROP_SEED)
   const path = process.env.JOBWIRE_PROP_PATH
   const numRuns = Number(process.env.JOBWIRE_PROP_RUNS ?? (path !== undefined ? 1 : 10))
-  const timeMs = Number(process.env.JOBWIRE_PROP_TIME_MS ?? 70_000)
+  const timeMs = Number(process.env.JOBWIRE_PROP_TIME_MS ?? 60_000)
+  const example = process.env.JOBWIRE_PROP_EXAMPLE === undefined ? undefined : JSON.parse(process.env.JOBWIRE_PROP_EXAMPLE) as [ClientSpec[], Step[]]
   const details = await fc.check(
     fc.asyncProperty(clientsArb, stepsArb(), (specs, steps) => run(specs, steps, features)),
     {
       numRuns,
       ...(seed !== undefined ? { seed } : {}),
       ...(path !== undefined ? { path } : {}),
+      ...(example !== undefined ? { examples: [example] } : {}),
       plugins: [fc.interruptAfterTimeLimit(timeMs)],
     },
   )
   if (details.failed) {
     const replay = `JOBWIRE_PROP_SEED=${details.seed} JOBWIRE_PROP_PATH=${details.counterexamplePath ?? ''}`
-    t.comment(`replay with ${replay}\ncounter-example (clients, steps), shrunk ${details.numShrinks} times:\n${fc.stringify(details.counterexample)}\n${String((details.errorInstance as Error | undefined)?.message ?? details.errorInstance)}`)
+    t.comment(`replay with ${replay}\ncounter-example (clients, steps), shrunk ${details.numShrinks} times:\n${JSON.stringify(details.counterexample)}\n${String((details.errorInstance as Error | undefined)?.message ?? details.errorInstance)}`)
     t.fail(`property failed after ${details.numRuns} runs; replay with ${replay}`)
   } else {
     t.pass(`${details.numRuns} runs${details.interrupted ? ' (time budget reached)' : ''}, seed ${details.seed}`)
