@@ -70,7 +70,8 @@ type Step =
   | { k: 'gateway'; gw: number }
   | { k: 'redis'; keep: boolean }
   | { k: 'expire'; job: number }
-  /** RESTORE REPLACE the copy DUMPed `back` accepted writes ago (one is taken after each). */
+  /** RESTORE REPLACE the copy DUMPed `back` accepted writes ago (one is taken after each; the
+   * oldest kept when there are fewer). */
   | { k: 'restore'; job: number; back: number }
   | { k: 'subscribe'; client: number; job: number }
   | { k: 'reconnect'; client: number }
@@ -112,7 +113,7 @@ function stepsArb(): fc.Arbitrary<Step[]> {
   const only = process.env.JOBWIRE_PROP_STEPS?.split(',').map((s) => s.trim()).filter(Boolean)
   const kinds = (Object.keys(stepArbs) as Array<Step['k']>).filter((k) => only === undefined || only.includes(k))
   if (kinds.length === 0) throw new Error(`JOBWIRE_PROP_STEPS names no step kind of ${Object.keys(stepArbs).join(',')}`)
-  return fc.array(fc.oneof(...kinds.map((k) => ({ arbitrary: stepArbs[k], weight: WEIGHTS[k] }))), { minLength: 1, maxLength: 18 })
+  return fc.array(fc.oneof(...kinds.map((k) => ({ arbitrary: stepArbs[k], weight: WEIGHTS[k] }))), { minLength: 1, maxLength: 20, size: 'max' })
 }
 
 const clientsArb: fc.Arbitrary<ClientSpec[]> = fc.array(
@@ -663,7 +664,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
         }
         case 'restore': {
           const m = model[step.job]!
-          const d = m.dumps[m.dumps.length - 1 - step.back]
+          const d = m.dumps[Math.max(0, m.dumps.length - 1 - step.back)]
           if (d === undefined || m.rec === null || !m.rec.stored) return void trace.push('  skipped: no such copy, or nothing stored')
           const [epoch, seq] = await admin.hmget(key(step.job), 'epoch', 'seq')
           if (Number(epoch) !== d.epoch || !(Number(seq) > d.seq)) return void trace.push('  skipped: not an older copy of the same history')
