@@ -21,7 +21,9 @@
 // whole property, JOBWIRE_PROP_STEPS a comma-separated list of step kinds to draw from
 // (write,pair,restart,plain,gateway,redis,expire,restore,subscribe,reconnect,pause), to
 // look for counter-examples of one kind; JOBWIRE_PROP_EXAMPLE='[[clients...],[steps...]]' (the
-// JSON of a reported counter-example) runs that interleaving first.
+// JSON of a reported counter-example) runs that interleaving first, unshrunk;
+// JOBWIRE_PROP_NO_REOPEN=1 leaves out script updates that reopen a final job (to look past the
+// writer's part); JOBWIRE_PROP_DEBUG=1 prints every run's trace and frames.
 
 import t from 'tap'
 import fc from 'fast-check'
@@ -168,7 +170,8 @@ const clientsArb: fc.Arbitrary<ClientSpec[]> = fc.array(
 //    server has less than the client, which keeps what it holds). The gateway may also begin a
 //    new epoch on the restored copy (loss detection); clients showing it are fine. After the
 //    next write every client must show that write: a same-epoch reuse of seqs (seq 9
-//    "processing" after seq 10 "completed") must have been told apart by then.
+//    "processing" after seq 10 "completed", or a second, different seq 2) must have been told
+//    apart by then, also when the gateway that saw the newer seq has restarted since.
 //  - Anything else: the record, exactly.
 
 interface Rec { w: number; status: string | undefined; stored: boolean }
