@@ -8,16 +8,20 @@ import { Redis } from 'ioredis'
 import { SignJWT } from 'jose'
 import { configHelp, ConfigError, helpColumns, loadConfig, OPTIONS, SECRET_FILE_FLAGS } from './support/config.js'
 import { projectPath } from './support/paths.js'
+import { DeadlineError, withDeadline } from './support/deadline.js'
 import { redactRedisUrl, redisCause } from './support/redis-problem.js'
 import { clusterClient, nodeOptions, parseClusterSeeds, type ClusterSeeds } from './broker/cluster-seeds.js'
 import { MAX_OWNER_LENGTH } from './access/auth.js'
 import { ProducerError } from './producer/merge.js'
 import { OwnerIndexError, Producer } from './producer/producer.js'
+import { producerUrl } from './producer/producer-url.js'
 import { isValidJobId, JOB_ID_RULE, MAX_JOB_ID_LENGTH, type JobPayload } from './wire/protocol.js'
 
 /** Where `jobwire publish` goes when neither a Redis nor a gateway is named: the gateway that
  * `make run` and a default `jobwire serve` start, whatever broker it uses. */
 const DEFAULT_GATEWAY = 'http://127.0.0.1:8080'
+/** How long publish waits for a Redis Cluster (connect, then the update) before saying so. */
+const CLUSTER_DEADLINE_MS = 10_000
 
 const OVERVIEW = `jobwire: streams background-job progress from Redis to browsers
 
@@ -321,23 +325,28 @@ async function publishViaCluster(
   cluster.on('error', remember)
   cluster.on('node error', remember)
   try {
-    await cluster.connect()
+    await withDeadline(cluster.connect(), CLUSTER_DEADLINE_MS, `${where} to be ready`)
   } catch (err) {
     cluster.disconnect()
-    return fail(`cannot reach ${where}: ${redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
+    return fail(`cannot reach ${where}: ${err instanceof DeadlineError ? clusterStalled(err) : redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
   }
   const { plain, replace, restart, owner, ...names } = options
   const producer = new Producer({ cluster, ...names })
   try {
+    // ioredis waits, without a timer of its own, for a slot that has no master: the deadline
+    // both bounds that and keeps the process alive to say so (a bare pending await would end
+    // it with exit code 13 and no word).
     if (plain) {
-      await producer.publish(jobId, payload)
+      await withDeadline(producer.publish(jobId, payload), CLUSTER_DEADLINE_MS, `${where} to take the PUBLISH`)
       process.stdout.write(`published ${jobId} (plain PUBLISH, not stored) to ${where}\n`)
     } else {
-      const seq = await producer.progress(jobId, payload, { ...(owner ? { owner } : {}), ...(replace ? { replace } : {}), ...(restart ? { restart } : {}) })
+      const seq = await withDeadline(producer.progress(jobId, payload, { ...(owner ? { owner } : {}), ...(replace ? { replace } : {}), ...(restart ? { restart } : {}) }),
+        CLUSTER_DEADLINE_MS, `${where} to run the producer script`)
       process.stdout.write(`published ${jobId} seq=${seq} to ${where} (sharded pub/sub)\n`)
     }
     return 0
   } catch (err) {
+    if (err instanceof DeadlineError) return fail(`cannot publish to ${where}: ${clusterStalled(err)}`)
     if (err instanceof ProducerError) return fail(`refused: ${err.message}`)
     // The second step (the owner's job list, in the owner's slot) failed after the first.
     if (err instanceof OwnerIndexError) return fail(`published ${jobId} seq=${err.seq} to ${where}, but not listed under its owner ${err.owner} (the job's next update lists it): ${redisCause(err.cause as Error)}`)
@@ -347,10 +356,16 @@ async function publishViaCluster(
   }
 }
 
+/** The wait that timed out, and what usually causes it on a cluster. */
+function clusterStalled(_err: DeadlineError): string {
+  return `no answer within ${CLUSTER_DEADLINE_MS / 1000} s: the cluster does not serve this job's slot (is every slot served by a master? redis-cli --cluster check <node>)`
+}
+
 async function publishViaGateway(gateway: string, jobId: string, payload: JobPayload, owner: string | undefined, key: string | undefined, replace: boolean, restart: boolean): Promise<number> {
   let url: URL
   try {
-    url = new URL(`/jobs/${encodeURIComponent(jobId)}/progress`, gateway)
+    url = producerUrl(gateway, jobId)
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http')
   } catch {
     return fail(`--gateway '${gateway}' is not a URL like http://127.0.0.1:8080`)
   }
@@ -373,7 +388,8 @@ async function publishViaGateway(gateway: string, jobId: string, payload: JobPay
     const why = cause?.code === 'ECONNREFUSED' ? 'connection refused: is the gateway running there (make run, or jobwire serve)?'
       : (err as Error).name === 'TimeoutError' ? 'no answer within 10 s'
         : cause ? redisCause(cause) : (err as Error).message
-    return fail(`cannot reach the gateway at ${url.origin}: ${why}\n(or publish straight to Redis with --redis redis://host:port)`)
+    return fail(`cannot reach the gateway at ${url.origin}: ${why}\n` +
+      '(a gateway elsewhere: --gateway http://host:port or JOBWIRE_GATEWAY; or publish straight to Redis with --redis redis://host:port or REDIS_URL)')
   }
 }
 
@@ -456,5 +472,9 @@ function parseDuration(text: string): number | null {
   return seconds > 0 ? seconds : null
 }
 
+// A command whose last await never settles would otherwise end with exit code 13 and no word.
+process.on('exit', (exitCode) => {
+  if (exitCode === 13) process.stderr.write('jobwire: stopped waiting for an operation that never completed; nothing more is known (please report it)\n')
+})
 const code = await main(process.argv.slice(2))
 if (code >= 0) process.exit(code)
