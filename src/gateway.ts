@@ -98,8 +98,8 @@ export class Gateway {
     // A stalled job's watchers are told through the fan-out, as after a resync.
     // Not while a new generation's watchers are checked: the job_status that follows the check
     // carries the flag (snapshot.ts).
-    const stalls = new Stalls(config.stallAfterSec * 1000, (job, data) => {
-      if (!job.reauthorizing) this.fanout.status(job, data)
+    const stalls = new Stalls(config.stallAfterSec * 1000, (job, state) => {
+      if (!job.reauthorizing) this.fanout.status(job, state, 'stalled', true)
     })
     this.watched = new WatchedJobs(this.broker, {
       mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, sources: this.sources, stalls,

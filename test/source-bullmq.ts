@@ -76,7 +76,7 @@ const until_ = (c: TestClient, jobId: string, match: (d: Data) => boolean, timeo
 
 t.test('a job watched before it is added streams every state, numbers and objects alike', async (t) => {
   const c = await connect(t)
-  t.same(await c.subscribe('bullmq:clips:first'), { type: 'job_status', job_id: 'bullmq:clips:first', data: null })
+  t.same(await c.subscribe('bullmq:clips:first'), { type: 'job_status', job_id: 'bullmq:clips:first', data: null, reason: 'subscribed' })
   await queue.add('transcode', { steps: [10, { percent: 50, stage: 'encode', message: 'encoding' }, { current: 3, total: 4 }], result: { url: '/v/first.mp4' } }, { jobId: 'first' })
   const done = await until_(c, 'bullmq:clips:first', (d) => d.status === 'completed')
   t.match(done, { status: 'completed', progress: 100, source: 'bullmq', source_status: 'completed', name: 'transcode', result: { url: '/v/first.mp4' } })

@@ -75,7 +75,7 @@ export function createReauthorizer(ctx: ReauthorizerContext): (job: WatchedJob) 
     revokeWhere(job, (c) => !canWatch(c.principal, job.id, snapshot.owner), 'forbidden')
     const held = takeHeld(job)
     job.reauthorizing = false
-    fanout.status(job, snapshot.data)
+    fanout.status(job, snapshot.data, 'new_generation', snapshot.stalled === true)
     if (held !== null && isNewer(held, snapshot.data)) fanout.update(job, held)
   }
 
@@ -88,7 +88,7 @@ export function createReauthorizer(ctx: ReauthorizerContext): (job: WatchedJob) 
     revokeWhere(job, (c) => seen === null || !canWatch(c.principal, job.id, null), 'unavailable')
     job.held = null
     job.reauthorizing = false
-    if (seen !== null) fanout.status(job, seen)
+    if (seen !== null) fanout.status(job, seen, 'new_generation')
   }
 
   function revokeWhere(job: WatchedJob, refused: (c: Connection) => boolean, reason: 'forbidden' | 'unavailable'): void {

@@ -14,7 +14,7 @@ import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 /** Why a watch or read did not happen. `gone`: the receiver left while the snapshot was read. */
 export type Refusal = 'forbidden' | 'unavailable' | 'gone'
 
-export type ReadResult = { readonly ok: true; readonly data: JobPayload | null } | { readonly ok: false; readonly refusal: Refusal }
+export type ReadResult = { readonly ok: true; readonly data: JobPayload | null; readonly stalled?: boolean } | { readonly ok: false; readonly refusal: Refusal }
 
 export class Watches {
   constructor(
@@ -75,7 +75,7 @@ export class Watches {
     }
     // The same answer whether or not the job exists.
     if (!canWatch(principal, jobId, snapshot.owner)) return this.refuse(transport, 'forbidden')
-    return { ok: true, data: snapshot.data }
+    return { ok: true, data: snapshot.data, stalled: snapshot.stalled }
   }
 
   /** The refusal of a principal the job's stored owner does not admit, or null to go on. */

@@ -16,7 +16,7 @@ import type { JobSource } from '../sources/source.js'
 import type { SubscriptionMode } from '../support/config.js'
 import type { Logger } from '../support/log.js'
 import { updateHeads, type UpdateHeads } from '../wire/frames.js'
-import type { JobPayload } from '../wire/protocol.js'
+import { isTerminalStatus, type JobPayload } from '../wire/protocol.js'
 import { channelFor, topicFor } from '../wire/topics.js'
 import type { StallClock, Stalls } from './stalls.js'
 
@@ -73,6 +73,9 @@ export class WatchedJob {
   rates: Map<number, RateState> | null = null
   /** Stall detection's clock for the job (stalls.ts owns it); null while it has none. */
   stall: StallClock | null = null
+  /** Payloads seen on the channel while watched: a snapshot read notes it when it leaves, so
+   * it can tell what the channel delivered after it from what came before (snapshot.ts). */
+  seenCount = 0
   private seenPayload: JobPayload | null = null
   private seenSeq: number | undefined = undefined
   private seenEpoch: number | undefined = undefined
@@ -87,6 +90,7 @@ export class WatchedJob {
   /** HOT PATH: the newest payload seen on the channel while watched: the snapshot of jobs
    * whose producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
   see(payload: JobPayload, seq: number | undefined, epoch: number | undefined): void {
+    this.seenCount++
     this.seenPayload = payload
     this.seenSeq = seq
     this.seenEpoch = epoch
@@ -112,6 +116,17 @@ export class WatchedJob {
 
   get lastEpoch(): number | undefined {
     return this.seenEpoch
+  }
+
+  /** HOT PATH: whether a sequenced state of the job contradicts what its channel delivered
+   * before (frames arrive in publish order): the same epoch with a lower seq, or a non-terminal
+   * state after a terminal one. Neither happens unless Redis lost writes (a replica or a
+   * restored copy that lacked the last ones), since the producer script counts seq up and
+   * refuses to reopen a final state. */
+  contradicts(epoch: number | undefined, seq: number, status: unknown): boolean {
+    const known = this.seenSeq
+    if (known === undefined || epoch !== this.seenEpoch) return false
+    return seq < known || (seq > known && isTerminalStatus(this.seenPayload!.status) && !isTerminalStatus(status))
   }
 }
 
