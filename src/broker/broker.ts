@@ -88,6 +88,11 @@ export interface Broker {
    * entry was written: false where another gateway holds the job's lease, or the job has a
    * stored state. */
   recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<boolean[]>
+  /** Redis lost writes to the job (its record went back within one epoch): begins a new epoch
+   * on the stored record if it is still at (epoch, seq), and publishes the state with it
+   * (src/broker/new-epoch.lua). Resolves to the new epoch, or null when the record has moved
+   * on or is gone. */
+  newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

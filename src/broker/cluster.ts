@@ -35,7 +35,7 @@ import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/own
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
 import { isWrongType } from './redis-connection.js'
-import { RECORD_SEEN_SCRIPT } from './redis.js'
+import { NEW_EPOCH_SCRIPT, RECORD_SEEN_SCRIPT } from './redis.js'
 import { keySlot } from './slots.js'
 
 /** Channels per SUBSCRIBE command on the classic lane. */
@@ -275,6 +275,14 @@ export class ClusterBroker implements Broker, OwnerIndex {
       this.warn({ job: jobId, owner: err.owner, err: (err.cause as Error).message }, `redis cluster: ${err.message}`)
       return err.seq
     }
+  }
+
+  /** The state key and the channel share the job's slot: the script SPUBLISHes there. */
+  async newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null> {
+    if (!('jobwireNewEpoch' in this.cmd)) this.cmd.defineCommand('jobwireNewEpoch', { numberOfKeys: 1, lua: NEW_EPOCH_SCRIPT })
+    const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<number>>).jobwireNewEpoch!
+    const result = await run.call(this.cmd, stateKey(this.names, jobId), epoch, seq, channelFor(this.names.channelPrefix, jobId), 'SPUBLISH')
+    return result === 0 ? null : result
   }
 
   /** The owner's index lives in its own slot; the command client finds it. */

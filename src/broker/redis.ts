@@ -14,7 +14,7 @@ import { backoff } from '../support/backoff.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
 import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
-import { jobKey, recorderKey } from '../wire/topics.js'
+import { channelFor, jobKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import { closeConnection, ServerIdentity } from './redis-connection.js'
 import { SubscriberSession } from './subscriber-session.js'
@@ -22,6 +22,7 @@ import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, 
 
 export const RECORD_SEEN_SCRIPT = readFileSync(projectPath('src', 'broker', 'record-seen.lua'), 'utf8')
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
+export const NEW_EPOCH_SCRIPT = readFileSync(projectPath('src', 'broker', 'new-epoch.lua'), 'utf8')
 
 const RETRY_MIN_MS = 50
 const RETRY_MAX_MS = 2000
@@ -184,6 +185,13 @@ export class RedisBroker implements Broker {
 
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {
     return runProgressScript(this.cmd, this.names, jobId, payload, options)
+  }
+
+  async newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null> {
+    if (!('jobwireNewEpoch' in this.cmd)) this.cmd.defineCommand('jobwireNewEpoch', { numberOfKeys: 1, lua: NEW_EPOCH_SCRIPT })
+    const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<number>>).jobwireNewEpoch!
+    const result = await run.call(this.cmd, jobKey(this.names.keyPrefix, jobId), epoch, seq, channelFor(this.names.channelPrefix, jobId), '')
+    return result === 0 ? null : result
   }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {

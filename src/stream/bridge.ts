@@ -17,12 +17,21 @@ export function createBridge(
   /** With access control on: checks a job's watchers again when its generation changes. */
   onNewGeneration: ((job: WatchedJob) => void) | null = null,
   recorder: Recorder | null = null,
+  /** Told of a frame that contradicts what the channel delivered before (losses.ts). */
+  onLoss: ((jobId: string, epoch: number, seq: number) => void) | null = null,
 ): (channel: Buffer, payload: Buffer) => void {
   function forward(job: WatchedJob, payload: Buffer): void {
     const update = decodePayload(payload)
     if (update instanceof MalformedPayload) {
       metrics.malformedPayloads++
       onMalformed(job.id, update.reason)
+      return
+    }
+    // Redis lost writes and the producer counted on from an older state: this frame re-uses
+    // an (epoch, seq) of another state, or reopens a final one. It is not sent; the record
+    // begins a new epoch, whose frame follows.
+    if (update.seq !== undefined && job.contradicts(update.epoch, update.seq, update.obj.status)) {
+      if (update.epoch !== undefined) onLoss?.(job.id, update.epoch, update.seq)
       return
     }
     job.see(update.obj, update.seq, update.epoch)

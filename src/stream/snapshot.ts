@@ -132,7 +132,7 @@ function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, w
   }
   // A non-terminal state after a terminal one of the same epoch is no newer evidence: the
   // producer script refuses it, so the record was restored from a copy that lacked the end.
-  if (!fromSource && order < 0 && job!.contradicts(stored.epoch, stored.seq!, stored.obj.status)) {
+  if (!fromSource && order < 0 && job!.contradicts(stored.epoch, stored.seq!, stored.obj.status, false)) {
     if (!arrivedSince) onLoss?.(jobId, stored.epoch!, stored.seq!)
     return { data: seen, owner, from: 'live' }
   }

@@ -119,14 +119,15 @@ export class WatchedJob {
   }
 
   /** HOT PATH: whether a sequenced state of the job contradicts what its channel delivered
-   * before (frames arrive in publish order): the same epoch with a lower seq, or a non-terminal
-   * state after a terminal one. Neither happens unless Redis lost writes (a replica or a
-   * restored copy that lacked the last ones), since the producer script counts seq up and
-   * refuses to reopen a final state. */
-  contradicts(epoch: number | undefined, seq: number, status: unknown): boolean {
+   * before (frames arrive in publish order, each once): the same epoch with a seq not above
+   * the last one (`orEqual`; a stored state read may equal it), or a non-terminal state after a
+   * terminal one. Neither happens unless Redis lost writes (a replica or a restored copy that
+   * lacked the last ones), since the producer script counts seq up and refuses to reopen a
+   * final state. States without an epoch (older producers) are not judged. */
+  contradicts(epoch: number | undefined, seq: number, status: unknown, orEqual = true): boolean {
     const known = this.seenSeq
-    if (known === undefined || epoch !== this.seenEpoch) return false
-    return seq < known || (seq > known && isTerminalStatus(this.seenPayload!.status) && !isTerminalStatus(status))
+    if (known === undefined || epoch === undefined || epoch !== this.seenEpoch) return false
+    return seq < known || (orEqual && seq === known) || (seq > known && isTerminalStatus(this.seenPayload!.status) && !isTerminalStatus(status))
   }
 }
 

@@ -25,6 +25,8 @@ export class Metrics {
   snapshotFailures = 0
   resyncs = 0
   seenRecords = 0
+  /** Jobs whose stored state went back within one epoch (Redis lost writes): stream/losses.ts. */
+  historyLosses = 0
   idleCollections = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
@@ -100,6 +102,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       snapshot_failures_total: m.snapshotFailures,
       resyncs_total: m.resyncs,
       seen_records_total: m.seenRecords,
+      history_losses_total: m.historyLosses,
       idle_collections_total: m.idleCollections,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
@@ -165,6 +168,7 @@ const HELP: Record<string, string> = {
   snapshot_reads_total: 'job snapshots read from the broker',
   snapshot_failures_total: 'job snapshot reads that failed or timed out',
   resyncs_total: 'times subscribers were resynchronised after the broker came back',
+  history_losses_total: 'jobs whose stored state went back within one epoch (Redis lost writes); each begins a new epoch',
   seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second)',
   idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb): two per burst, the second compacting',
   broker_reconnects_total: 'times the broker connection came back after an outage',
