@@ -17,6 +17,10 @@ export type Refusal = 'forbidden' | 'unavailable' | 'gone'
 export type ReadResult = { readonly ok: true; readonly data: JobPayload | null; readonly stalled?: boolean } | { readonly ok: false; readonly refusal: Refusal }
 
 export class Watches {
+  /** Told of every watch answered from a record of a PUBLISH-only job or from nothing: it
+   * reads the job once more a moment later (rereads.ts). */
+  unsettled: ((job: WatchedJob, data: JobPayload | null) => void) | null = null
+
   constructor(
     private readonly watched: WatchedJobs,
     private readonly snapshots: SnapshotReader,
@@ -55,6 +59,7 @@ export class Watches {
       const epoch = snapshot.data?.epoch
       if (job.generation === undefined && typeof epoch === 'number') job.generation = epoch
       this.watched.observeSnapshot(job, snapshot.data)
+      if (snapshot.from === 'none' || snapshot.from === 'recorded') this.unsettled?.(job, snapshot.data)
       return { ok: true, data: snapshot.data }
     } catch (err) {
       this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: snapshot unavailable')
