@@ -29,7 +29,7 @@ import { backoff } from '../support/backoff.js'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
-import { channelFor, clusterRecorderKey, stateKey } from '../wire/topics.js'
+import { channelFor, clusterRecorderKey, ownerKey, stateKey } from '../wire/topics.js'
 import { defineProgressScript, runProgressScript } from '../producer/script.js'
 import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/owner-index.js'
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenPayload } from './broker.js'
@@ -225,6 +225,8 @@ export class ClusterBroker implements Broker, OwnerIndex {
    * auto-pipelining fails whole batches while a slot moves.) */
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
     const keys = jobIds.map((id) => stateKey(this.names, id))
+    // The owner kept beside the state (same slot), for a state key that expired or was lost.
+    const ownerKeys = jobIds.map((id) => ownerKey(this.names, id))
     const masters = new Map(this.cmd.nodes('master').map((node) => [`${node.options.host}:${node.options.port}`, node]))
     const byNode = new Map<Redis, number[]>()
     for (let i = 0; i < keys.length; i++) {
@@ -236,21 +238,31 @@ export class ClusterBroker implements Broker, OwnerIndex {
       if (isWrongType(err)) return [null, null, null]
       throw err
     })
+    const readOwner = (i: number) => this.cmd.getBuffer(ownerKeys[i]!).catch((err: Error) => {
+      if (isWrongType(err)) return null
+      throw err
+    })
     const fields = new Array<Promise<Array<Buffer | null>> | undefined>(keys.length)
+    const owners = new Array<Promise<Buffer | null> | undefined>(keys.length)
     for (const [node, indexes] of byNode) {
       const pipeline = node.pipeline()
-      for (const i of indexes) pipeline.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen')
+      for (const i of indexes) pipeline.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen').getBuffer(ownerKeys[i]!)
       const results = pipeline.exec().then((r) => r ?? [], () => [])
       indexes.forEach((i, k) => {
         fields[i] = results.then((r) => {
-          const [err, value] = r[k] ?? [new Error('no answer'), null]
+          const [err, value] = r[2 * k] ?? [new Error('no answer'), null]
           return err ? read(i) : (value as Array<Buffer | null>)
+        })
+        owners[i] = results.then((r) => {
+          const [err, value] = r[2 * k + 1] ?? [new Error('no answer'), null]
+          return err ? readOwner(i) : (value as Buffer | null)
         })
       })
     }
     return Promise.all(keys.map(async (_, i) => {
       const [state, owner, seen] = (await (fields[i] ?? read(i))) as [Buffer | null, Buffer | null, Buffer | null]
-      return { state, owner: owner === null ? null : owner.toString('utf8'), seen }
+      const kept = owner ?? (await (owners[i] ?? readOwner(i)))
+      return { state, owner: kept === null ? null : kept.toString('utf8'), seen }
     }))
   }
 

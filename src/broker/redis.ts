@@ -14,7 +14,7 @@ import { backoff } from '../support/backoff.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
 import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
-import { channelFor, jobKey, recorderKey } from '../wire/topics.js'
+import { channelFor, jobKey, jobOwnerKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import { closeConnection, ServerIdentity } from './redis-connection.js'
 import { SubscriberSession } from './subscriber-session.js'
@@ -159,7 +159,7 @@ export class RedisBroker implements Broker {
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
     if (!('jobwireReadJobsBuffer' in this.cmd)) this.cmd.defineCommand('jobwireReadJobs', { lua: READ_JOBS_SCRIPT })
-    const keys = jobIds.map((id) => jobKey(this.names.keyPrefix, id))
+    const keys = jobIds.flatMap((id) => [jobKey(this.names.keyPrefix, id), jobOwnerKey(this.names.keyPrefix, id)])
     const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<Array<Buffer | null>>>).jobwireReadJobsBuffer!
     const fields = await run.call(this.cmd, keys.length, ...keys)
     const records: JobRecord[] = new Array(jobIds.length)
