@@ -92,7 +92,7 @@ const STATUS_BOUND = ['message', 'error', 'result'] as const
  * replaces the held one whole; a change of `status` clears message, error and result unless
  * the patch sets them.
  */
-export function mergePatch(held: JobPayload | null, patch: JobPayload): JobPayload {
+export function mergePatch(held: JobPayload | null, patch: Readonly<Record<string, unknown>>): JobPayload {
   const out: JobPayload = { ...held }
   if ('status' in patch && patch.status !== out.status) for (const field of STATUS_BOUND) if (!(field in patch)) delete out[field]
   for (const [field, value] of Object.entries(patch)) {
