@@ -5,10 +5,12 @@
 // it (src/broker/new-epoch.lua), and later writes show as that new history.
 
 import t from 'tap'
+import { createServer, connect as tcpConnect, type Server, type Socket } from 'node:net'
 import WebSocket from 'ws'
 import { JobsClient } from '../src/client/jobs-client.js'
 import { isTerminalStatus, type JobPayload } from '../src/wire/protocol.js'
 import { startGateway } from './fixtures/gateway.js'
+import { freePort } from './fixtures/ports.js'
 import { startRedis } from './fixtures/redis.js'
 import { until } from './fixtures/until.js'
 import type { Message } from './fixtures/ws-client.js'
@@ -96,4 +98,75 @@ t.test('a subscriber right after the restore gets the final state, not the resto
   t.equal(reverted(shown(late.messages, 'el-2')), null)
   t.equal(await publish('el-2', { status: 'completed', progress: 100 }), 9)
   await late.next((m) => m.type === 'job_update' && (m.data as JobPayload).status === 'completed' && (m.data as JobPayload).epoch === (moved.data as JobPayload).epoch)
+})
+
+/** A TCP proxy in front of Redis that can be cut (as in data-loss.ts), so the gateway is away
+ * while Redis is replaced by one holding an older copy. */
+async function startProxy(target: () => number): Promise<{ port: number; cut(): void; open(): void; close(): Promise<void> }> {
+  const port = await freePort()
+  const sockets = new Set<Socket>()
+  let accepting = true
+  const server: Server = createServer((client) => {
+    if (!accepting) return client.destroy()
+    const upstream = tcpConnect(target(), '127.0.0.1')
+    sockets.add(client).add(upstream)
+    client.pipe(upstream).pipe(client)
+    const drop = () => {
+      client.destroy()
+      upstream.destroy()
+      sockets.delete(client)
+      sockets.delete(upstream)
+    }
+    client.on('error', drop).on('close', drop)
+    upstream.on('error', drop).on('close', drop)
+  })
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  return {
+    port,
+    cut() {
+      accepting = false
+      for (const s of sockets) s.destroy()
+    },
+    open() {
+      accepting = true
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy()
+      server.close(() => resolve())
+    }),
+  }
+}
+
+t.test('a failover to a replica at seq 8: the resync does not take the client back, a new epoch begins', async (t) => {
+  const replica = await startRedis()
+  t.teardown(() => replica.stop())
+  const proxy = await startProxy(() => replica.port)
+  t.teardown(() => proxy.close())
+  const failing = await startGateway({ redis: `redis://127.0.0.1:${proxy.port}` })
+  t.teardown(() => failing.stop())
+  const direct = replica.client()
+  const write = (body: object) => failing.gateway.broker.publishProgress('el-3', Buffer.from(JSON.stringify(body)))
+  const watcher = await failing.connect()
+  await watcher.subscribe('el-3')
+  for (let i = 1; i <= 8; i++) await write({ status: 'processing', progress: i * 10 })
+  const atEight = await direct.dumpBuffer('jobwire:job:el-3')
+  await write({ status: 'processing', progress: 90 })
+  await write({ status: 'completed', progress: 100 })
+  const done = await watcher.next((m) => m.type === 'job_update' && (m.data as JobPayload).status === 'completed')
+  const epoch = (done.data as JobPayload).epoch
+
+  // The master goes; the replica that takes over lacked the last two writes.
+  proxy.cut()
+  await until(() => failing.gateway.broker.state !== 'ready', 'the gateway to notice')
+  await replica.kill()
+  await replica.restart()
+  await replica.client().restore('jobwire:job:el-3', 0, atEight!, 'REPLACE')
+  const resyncs = failing.gateway.metricsSnapshot().counters.resyncs_total!
+  proxy.open()
+  await until(() => failing.gateway.metricsSnapshot().counters.resyncs_total! > resyncs, 'the resync', 15_000)
+  const resync = await watcher.next((m) => m.type === 'job_status' && m.reason === 'resync', 10_000)
+  t.match(resync.data, { status: 'completed', seq: 10 }, 'the resync shows what was delivered, not the copy that went back')
+  const moved = await watcher.next((m) => m.type === 'job_update' && (m.data as JobPayload).epoch !== epoch, 10_000)
+  t.match(moved.data, { seq: 8, status: 'processing' }, 'the record goes on as a new epoch')
+  t.equal(reverted(shown(watcher.messages, 'el-3')), null)
 })

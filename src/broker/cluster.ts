@@ -260,9 +260,11 @@ export class ClusterBroker implements Broker, OwnerIndex {
       })
     }
     return Promise.all(keys.map(async (_, i) => {
-      const [state, owner, seen] = (await (fields[i] ?? read(i))) as [Buffer | null, Buffer | null, Buffer | null]
-      const kept = owner ?? (await (owners[i] ?? readOwner(i)))
-      return { state, owner: kept === null ? null : kept.toString('utf8'), seen }
+      // Both awaited together, so a failure of either is handled whichever comes first.
+      const [fieldValues, kept] = await Promise.all([fields[i] ?? read(i), owners[i] ?? readOwner(i)])
+      const [state, owner, seen] = fieldValues as [Buffer | null, Buffer | null, Buffer | null]
+      const chosen = owner ?? kept
+      return { state, owner: chosen === null ? null : chosen.toString('utf8'), seen }
     }))
   }
 

@@ -115,7 +115,16 @@ function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, w
     const data = recorded(record.seen, jobId, log)
     return { data, owner, from: data === null ? 'none' : 'recorded' }
   }
-  if (seen === null || job!.lastSeq === undefined) return { data: stored.obj, owner, from: 'stored' }
+  if (seen === null || job!.lastSeq === undefined) {
+    // The broker came back without what the channel had delivered of this epoch (a failover
+    // to a replica that lacked the last writes): show what was delivered, begin a new epoch.
+    const before = job?.forgotten ?? null
+    if (!fromSource && before !== null && stored.seq !== undefined && job!.contradicts(stored.epoch, stored.seq, stored.obj.status, false)) {
+      onLoss?.(jobId, stored.epoch!, stored.seq)
+      return { data: before, owner, from: 'live' }
+    }
+    return { data: stored.obj, owner, from: 'stored' }
+  }
   // Epochs are compared for equality only. Another epoch is another history, and the current
   // one is where it came from: the stored record, unless the channel delivered the other one
   // after the read left (then it is the latest frame, and sending it loses nothing: any later

@@ -77,6 +77,8 @@ export class WatchedJob {
    * it can tell what the channel delivered after it from what came before (snapshot.ts). */
   seenCount = 0
   private seenPayload: JobPayload | null = null
+  /** The last sequenced payload seen before forget(), until a sequenced one is seen again. */
+  private before: { readonly payload: JobPayload; readonly seq: number; readonly epoch: number } | null = null
   private seenSeq: number | undefined = undefined
   private seenEpoch: number | undefined = undefined
 
@@ -91,6 +93,7 @@ export class WatchedJob {
    * whose producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
   see(payload: JobPayload, seq: number | undefined, epoch: number | undefined): void {
     this.seenCount++
+    if (this.before !== null && seq !== undefined) this.before = null
     this.seenPayload = payload
     this.seenSeq = seq
     this.seenEpoch = epoch
@@ -100,6 +103,9 @@ export class WatchedJob {
   /** The broker lost its data (it restarted empty, or failed over): what was seen before
    * says nothing about the job now. */
   forget(): void {
+    // Kept as evidence of the history the job had: a stored state read after the broker came
+    // back that is behind it in the same epoch is a loss, not the truth (snapshot.ts).
+    if (this.seenSeq !== undefined && this.seenEpoch !== undefined) this.before = { payload: this.seenPayload!, seq: this.seenSeq, epoch: this.seenEpoch }
     this.seenPayload = null
     this.seenSeq = undefined
     this.seenEpoch = undefined
@@ -125,9 +131,17 @@ export class WatchedJob {
    * lacked the last ones), since the producer script counts seq up and refuses to reopen a
    * final state. States without an epoch (older producers) are not judged. */
   contradicts(epoch: number | undefined, seq: number, status: unknown, orEqual = true): boolean {
-    const known = this.seenSeq
-    if (known === undefined || epoch === undefined || epoch !== this.seenEpoch) return false
-    return seq < known || (orEqual && seq === known) || (seq > known && isTerminalStatus(this.seenPayload!.status) && !isTerminalStatus(status))
+    const before = this.before
+    const known = this.seenSeq ?? before?.seq
+    if (known === undefined || epoch === undefined || epoch !== (this.seenSeq !== undefined ? this.seenEpoch : before!.epoch)) return false
+    const last = this.seenSeq !== undefined ? this.seenPayload! : before!.payload
+    return seq < known || (orEqual && seq === known) || (seq > known && isTerminalStatus(last.status) && !isTerminalStatus(status))
+  }
+
+  /** The last sequenced state seen before the broker lost its data, while nothing sequenced
+   * was seen since: what a stored state read now may contradict. */
+  get forgotten(): JobPayload | null {
+    return this.seenSeq === undefined ? this.before?.payload ?? null : null
   }
 }
 
