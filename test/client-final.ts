@@ -167,3 +167,31 @@ t.test('forbidden with retry_ms is asked again with backoff, a bounded number of
   t.equal(ws.sent.length, sent, 'a forbidden without retry_ms (an older gateway) is final')
   client.close()
 })
+
+t.test('polling (the last fallback) asks again after a 403 with retry_ms, a bounded number of times', async (t) => {
+  const { FallbackWatch } = await import('../src/client/fallback.js')
+  const poll = (answers: Array<{ status: number; body: object }>) => {
+    let calls = 0
+    const frames: unknown[] = []
+    const fetch = (async () => {
+      const a = answers[Math.min(calls++, answers.length - 1)]!
+      return new Response(JSON.stringify(a.body), { status: a.status })
+    }) as unknown as typeof globalThis.fetch
+    const watch = new FallbackWatch('p', { httpBase: 'http://gw.test', token: async () => undefined, refreshToken: null, pollIntervalMs: 5, EventSource: undefined, fetch, onHttpError: () => undefined }, (m) => frames.push(m))
+    return { watch, frames, calls: () => calls }
+  }
+  const forbidden = { status: 403, body: { error: 'forbidden', retry_ms: 2000 } }
+  const early = poll([forbidden, forbidden, { status: 200, body: { job_id: 'p', data: { status: 'processing' } } }])
+  await until(() => early.frames.length > 0, 'the job once it has a state')
+  t.match(early.frames[0], { type: 'job_status', data: { status: 'processing' } })
+  early.watch.stop()
+  const never = poll([forbidden])
+  await until(() => never.calls() >= 6, 'the retries')
+  await sleep(60)
+  t.equal(never.calls(), 6, 'five retries, then it stops')
+  never.watch.stop()
+  const old = poll([{ status: 403, body: { error: 'forbidden' } }])
+  await sleep(60)
+  t.equal(old.calls(), 1, 'a 403 without retry_ms is final')
+  old.watch.stop()
+})
