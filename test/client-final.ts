@@ -195,3 +195,16 @@ t.test('polling (the last fallback) asks again after a 403 with retry_ms, a boun
   t.equal(old.calls(), 1, 'a 403 without retry_ms is final')
   old.watch.stop()
 })
+
+t.test('handlers hear why a job_status came and whether the job is stalled, beside its state', async (t) => {
+  const client = makeClient()
+  const infos: unknown[] = []
+  client.subscribe('st', { onStatus: (d, _id, info) => infos.push([d?.status, info]) })
+  await until(() => FakeWebSocket.instances.length === 1, 'socket')
+  const ws = FakeWebSocket.last()
+  ws.accept()
+  ws.push({ type: 'job_status', job_id: 'st', data: { seq: 1, epoch: E, status: 'processing' }, reason: 'subscribed' })
+  ws.push({ type: 'job_status', job_id: 'st', data: { seq: 1, epoch: E, status: 'processing' }, reason: 'stalled', stalled: true })
+  t.same(infos, [['processing', { reason: 'subscribed', stalled: false }], ['processing', { reason: 'stalled', stalled: true }]])
+  client.close()
+})

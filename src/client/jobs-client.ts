@@ -9,6 +9,7 @@ import {
   type ErrorMessage,
   type JobPayload,
   type ServerMessage,
+  type StatusReason,
 } from '../wire/protocol.js'
 import { backoff } from '../support/backoff.js'
 import { FallbackWatch } from './fallback.js'
@@ -21,10 +22,19 @@ export interface JobHandlers {
    * some fields merged into the state held). */
   onUpdate?(data: JobPayload, jobId: string): void
   /** The job's state after its snapshot: on subscribe, after every reconnect or
-   * resynchronisation. A final state held is kept when the server's is behind it or gone. */
-  onStatus?(data: JobPayload | null, jobId: string): void
+   * resynchronisation. A final state held is kept when the server's is behind it or gone.
+   * `status`: what the gateway said beside the state (why it sent it; whether the job is
+   * stalled: silent past its stall time). */
+  onStatus?(data: JobPayload | null, jobId: string, status: StatusInfo): void
   /** The server refused something about this job (forbidden, too_many_subscriptions, ...). */
   onError?(error: JobsClientError, jobId: string): void
+}
+
+/** What a job_status said beside the job's state. */
+export interface StatusInfo {
+  /** Absent from gateways older than it. */
+  readonly reason: StatusReason | undefined
+  readonly stalled: boolean
 }
 
 export interface UserJobsHandlers {
@@ -166,7 +176,7 @@ export class JobsClient extends EventTarget {
       if (this.current === 'open') this.sendSubscribe(jobId, w)
       else if (this.inFallback) w.fallback = this.watchWithoutWebSocket(jobId)
     } else if (w.view.known) {
-      handlers.onStatus?.(w.view.data, jobId)
+      handlers.onStatus?.(w.view.data, jobId, { reason: undefined, stalled: false })
     }
     w.handlers.add(handlers)
     return () => this.unsubscribe(jobId, handlers)
@@ -306,8 +316,9 @@ export class JobsClient extends EventTarget {
         if (message.type === 'job_status') {
           w.retries = 0
           w.view.applyStatus(message.data, message.relation)
+          const info: StatusInfo = { reason: message.reason, stalled: message.stalled === true }
           // The view's state: the server's, or the one held when the server's is behind it.
-          for (const h of [...w.handlers]) h.onStatus?.(w.view.data, message.job_id)
+          for (const h of [...w.handlers]) h.onStatus?.(w.view.data, message.job_id, info)
           return
         }
         const applied = w.view.applyUpdate(message.data, message.prev_seq)
