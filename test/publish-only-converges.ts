@@ -19,9 +19,7 @@ t.test('a socket on the other gateway, right after PUBLISH-only updates, ends on
   const redis = await startRedis()
   t.teardown(() => redis.stop())
   const ports = [await freePort(), await freePort()]
-  // NODE_PRESERVE_SYMLINKS: in a worktree whose node_modules is a symlink, the uWS check in
-  // src/support/uws.ts otherwise resolves the binary by two paths and refuses to start.
-  const gateways = ports.map((port) => serveProcess(['--port', String(port), '--workers', '1', '--redis', redis.url], { NODE_PRESERVE_SYMLINKS: '1' }))
+  const gateways = ports.map((port) => serveProcess(['--port', String(port), '--workers', '1', '--redis', redis.url]))
   t.teardown(() => Promise.all(gateways.map(reap)))
   await Promise.all(gateways.map((g) => g.waitFor(/jobwire listening/, 20_000)))
   const [a, b] = ports.map((port) => `ws://127.0.0.1:${port}/ws/jobs`)
