@@ -127,6 +127,7 @@ export class Gateway {
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     const rereads = (this.rereads = new Rereads(this.watched, snapshots, this.fanout))
     watches.unsettled = (job, data) => rereads.schedule(job, data)
+    watches.behind = (jobId, since) => losses.verify(jobId, since.epoch, since.seq)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode)
     const isClosing = () => this.readiness.closing
     const shared = { config, access, admission, watched: this.watched, watches, metrics: this.metrics, connections: this.connections, isClosing }
@@ -180,7 +181,7 @@ export class Gateway {
   async start(): Promise<number> {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
     const bridge = createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
-      (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder, this.losses.report)
+      (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder, this.losses)
     const parts = { watched: this.watched, userJobs: this.userJobs, resync: this.resync, readiness: this.readiness, channelPrefix: this.config.channelPrefix }
     this.broker.start(brokerListener(parts, bridge))
     this.sources.start(sourceHooks(parts, bridge, (jobId, reason) => {

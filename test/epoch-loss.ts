@@ -170,3 +170,40 @@ t.test('a failover to a replica at seq 8: the resync does not take the client ba
   t.match(moved.data, { seq: 8, status: 'processing' }, 'the record goes on as a new epoch')
   t.equal(reverted(shown(watcher.messages, 'el-3')), null)
 })
+
+t.test('a gateway that only read the final state (it was not watching when it was written) tells a restored copy too', async (t) => {
+  const fresh = await startGateway({ redis: redis.url })
+  t.teardown(() => fresh.stop())
+  for (let i = 1; i <= 8; i++) await publish('el-4', { status: 'processing', progress: i * 10 })
+  const atEight = await admin.dumpBuffer('jobwire:job:el-4')
+  await publish('el-4', { status: 'processing', progress: 90 })
+  await publish('el-4', { status: 'completed', progress: 100 })
+  const c = await fresh.connect()
+  const status = await c.subscribe('el-4')
+  t.match(status.data, { seq: 10, status: 'completed' }, 'read from the record')
+  const epoch = (status.data as JobPayload).epoch
+  await admin.restore('jobwire:job:el-4', 0, atEight!, 'REPLACE')
+  // seq 9 again: below the seq 10 this gateway read; the record is read again, and it went back.
+  t.equal(await publish('el-4', { status: 'processing', progress: 95 }), 9)
+  const moved = await c.next((m) => (m.type === 'job_update' || m.type === 'job_status') && (m.data as JobPayload | null)?.epoch !== epoch, 10_000)
+  t.match(moved.data, { seq: 9, status: 'processing' }, 'the new history, visibly new')
+  t.equal(reverted(shown(c.messages, 'el-4')), null)
+})
+
+t.test("a client's since that the record is behind begins a new epoch (the gateway that saw the newer state is gone)", async (t) => {
+  for (let i = 1; i <= 8; i++) await publish('el-5', { status: 'processing', progress: i * 10 })
+  const atEight = await admin.dumpBuffer('jobwire:job:el-5')
+  await publish('el-5', { status: 'processing', progress: 90 })
+  await publish('el-5', { status: 'completed', progress: 100 })
+  const held = JSON.parse((await admin.hget('jobwire:job:el-5', 'state'))!) as JobPayload
+  await admin.restore('jobwire:job:el-5', 0, atEight!, 'REPLACE')
+  const fresh = await startGateway({ redis: redis.url })
+  t.teardown(() => fresh.stop())
+  const c = await fresh.connect()
+  c.send({ type: 'subscribe_job', job_id: 'el-5', since: { epoch: held.epoch, seq: held.seq } })
+  const status = await c.nextOfType('job_status', 'el-5')
+  t.match(status, { relation: 'behind', data: { seq: 8 } }, 'the server is behind the client, and says so')
+  const moved = await c.next((m) => m.type === 'job_update' && (m.data as JobPayload).epoch !== held.epoch, 10_000)
+  t.match(moved.data, { seq: 8, status: 'processing' }, 'the record begins a new epoch')
+  t.not(Number(await admin.hget('jobwire:job:el-5', 'epoch')), held.epoch)
+})

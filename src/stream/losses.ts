@@ -11,10 +11,13 @@
 import type { Broker } from '../broker/broker.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
+import { decodePayload, MalformedPayload } from '../wire/payload.js'
 
 export class Losses {
   /** Jobs whose new epoch is on its way: one script call per job at a time. */
   private readonly pending = new Set<string>()
+  /** Jobs whose record is being read to tell a loss from a frame that overtook a read. */
+  private readonly verifying = new Set<string>()
 
   constructor(private readonly broker: Broker, private readonly metrics: Metrics, private readonly log: Logger) {}
 
@@ -28,5 +31,18 @@ export class Losses {
       (next) => this.log.info({ job: jobId, epoch: next }, next === null ? 'the job moved on before its new epoch began' : 'new epoch begun after lost writes'),
       (err: Error) => this.log.warn({ job: jobId, err: err.message }, 'could not begin a new epoch after lost writes; the next one noticed tries again'),
     ).finally(() => this.pending.delete(jobId))
+  }
+
+  /** Something says the job's record held (epoch, seq) or newer in that epoch (a read before a
+   * frame that is below it, or a client's `since` the server is behind): read the record, and
+   * if it is behind that within the epoch, it lost writes. */
+  readonly verify = (jobId: string, epoch: number, seq: number): void => {
+    if (this.verifying.has(jobId) || this.pending.has(jobId)) return
+    this.verifying.add(jobId)
+    this.broker.readJobs([jobId]).then(([record]) => {
+      const state = record?.state ? decodePayload(record.state) : null
+      if (state === null || state instanceof MalformedPayload || state.epoch !== epoch || state.seq === undefined || state.seq >= seq) return
+      this.report(jobId, epoch, state.seq)
+    }, (err: Error) => this.log.debug({ job: jobId, err: err.message }, 'could not read a job to tell whether it lost writes')).finally(() => this.verifying.delete(jobId))
   }
 }

@@ -60,6 +60,8 @@ export async function readSnapshots(
   return records.map((record, i) => {
     const snapshot = chooseSnapshot(record, jobIds[i]!, fromSource[i] === true, watched, log, seenBefore[i], onLoss)
     const job = watched.get(jobIds[i]!)
+    // Remembered: a frame that contradicts it later tells of lost writes (watched-jobs.ts).
+    if (job !== undefined && snapshot.from === 'stored' && fromSource[i] !== true) job.noteStored(snapshot.data!)
     // A job flagged as stalled is still stalled in the state it was flagged in (stalls.ts).
     if (job !== undefined && snapshot.data !== null && stalledIn(job, snapshot.data)) return { ...snapshot, stalled: true }
     return snapshot

@@ -77,6 +77,12 @@ export class WatchedJob {
    * it can tell what the channel delivered after it from what came before (snapshot.ts). */
   seenCount = 0
   private seenPayload: JobPayload | null = null
+  /** The newest stored state read for the job (by epoch and seq; kept through forget()). A read
+   * and the channel's frames come by different connections, so a frame published before a
+   * read may arrive after it: only what no such reordering explains is judged (againstRead). */
+  private readEpoch: number | undefined = undefined
+  private readSeq: number | undefined = undefined
+  private readFinal = false
   /** The last sequenced payload seen before forget(), until a sequenced one is seen again. */
   private before: { readonly payload: JobPayload; readonly seq: number; readonly epoch: number } | null = null
   private seenSeq: number | undefined = undefined
@@ -138,12 +144,45 @@ export class WatchedJob {
     return seq < known || (orEqual && seq === known) || (seq > known && isTerminalStatus(last.status) && !isTerminalStatus(status))
   }
 
+  /** A stored state was read for the job (a snapshot taken from the record). */
+  noteStored(data: JobPayload): void {
+    const { epoch, seq } = data
+    if (typeof epoch !== 'number' || typeof seq !== 'number') return
+    if (epoch === this.readEpoch && this.readSeq !== undefined && seq <= this.readSeq) return
+    this.readEpoch = epoch
+    this.readSeq = seq
+    this.readFinal = isTerminalStatus(data.status)
+  }
+
+  /** HOT PATH: a sequenced frame against the newest stored state read. LOSS: it cannot be
+   * explained by a frame overtaken by a read (a non-terminal state at a seq above a terminal
+   * one read, or the read's seq with the other side of final). VERIFY: its seq is below the
+   * read's, which a frame published before the read explains, or a record that went back:
+   * the record is read again to tell (losses.ts); STALE: the same, and the frame is not final
+   * while the read was, so it is not sent either way (superseded, or a reopened final state).
+   * FINE: anything else. */
+  againstRead(epoch: number | undefined, seq: number, status: unknown): ReadCheck {
+    const known = this.readSeq
+    if (known === undefined || epoch !== this.readEpoch) return 'fine'
+    const terminal = isTerminalStatus(status)
+    if (seq < known) return this.readFinal && !terminal ? 'stale' : 'verify'
+    return (seq > known && this.readFinal && !terminal) || (seq === known && this.readFinal !== terminal) ? 'loss' : 'fine'
+  }
+
+  /** The newest stored seq read for the job. */
+  get storedSeq(): number | undefined {
+    return this.readSeq
+  }
+
   /** The last sequenced state seen before the broker lost its data, while nothing sequenced
    * was seen since: what a stored state read now may contradict. */
   get forgotten(): JobPayload | null {
     return this.seenSeq === undefined ? this.before?.payload ?? null : null
   }
 }
+
+/** What a frame says against the newest stored state read (WatchedJob.againstRead). */
+export type ReadCheck = 'fine' | 'verify' | 'stale' | 'loss'
 
 interface Hold {
   readonly job: WatchedJob

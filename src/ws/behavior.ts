@@ -124,7 +124,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (!conn.join(jobId, snapshot, 'pending', request)) return false
       metrics.subscriptions++
       return true
-    })
+    }, request.since)
     if (result.ok) return
     if (conn.jobs.get(jobId) === 'pending') {
       conn.jobs.delete(jobId)
@@ -207,7 +207,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
   }
 
   async function status(conn: SocketConnection, jobId: string, request: JobRequest): Promise<void> {
-    const result = await watches.read(conn.principal, jobId, 'websocket')
+    const result = await watches.read(conn.principal, jobId, 'websocket', request.since)
     if (result.ok) return conn.send(statusMessage(jobId, result.data, 'requested', { stalled: result.stalled, since: request.since, id: request.id }))
     if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
     const state = conn.jobs.get(jobId)
