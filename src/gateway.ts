@@ -28,7 +28,9 @@ import { addSseRoute } from './sse/route.js'
 import { createBridge } from './stream/bridge.js'
 import { brokerListener, sourceHooks } from './stream/broker-events.js'
 import { Fanout } from './stream/fanout.js'
+import { Losses } from './stream/losses.js'
 import { Recorder } from './stream/recorder.js'
+import { Rereads } from './stream/rereads.js'
 import { Resync } from './stream/resync.js'
 import { SnapshotReader } from './stream/snapshot.js'
 import { Stalls } from './stream/stalls.js'
@@ -92,6 +94,10 @@ export class Gateway {
   private readonly stopSse: () => void
   private readonly catchUp: CatchUp
   private readonly recorder: Recorder
+  /** Reads a PUBLISH-only job again a moment after answering a subscribe from a record. */
+  private readonly rereads: Rereads
+  /** Begins a new epoch on a job whose stored state went back (Redis lost writes). */
+  private readonly losses: Losses
   private readonly sampler: ProcessSampler
   private readonly idleCollector: IdleCollector
   private readonly userJobs: UserJobs
@@ -127,13 +133,14 @@ export class Gateway {
     // A stalled job's watchers are told through the fan-out, as after a resync.
     // Not while a new generation's watchers are checked: the job_status that follows the check
     // carries the flag (snapshot.ts).
-    const stalls = new Stalls(config.stallAfterSec * 1000, (job, data) => {
-      if (!job.reauthorizing) this.fanout.status(job, data)
+    const stalls = new Stalls(config.stallAfterSec * 1000, (job, state) => {
+      if (!job.reauthorizing) this.fanout.status(job, state, 'stalled', true)
     })
     this.watched = new WatchedJobs(this.broker, {
       mode: config.subscriptionMode, channelPrefix: config.channelPrefix, unsubscribeDelayMs: config.unsubscribeDelayMs, sources: this.sources, stalls,
     }, log.child({ component: 'subscriptions' }))
-    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs, this.sources)
+    const losses = (this.losses = new Losses(this.broker, this.metrics, log.child({ component: 'losses' })))
+    const snapshots = new SnapshotReader(this.broker, this.watched, this.metrics, log, config.brokerTimeoutMs, config.outageHoldMs, this.sources, losses.report)
     const watches = new Watches(this.watched, snapshots, this.metrics, log)
     const owners = (this.ownerIndex = ownerIndexFor(this.broker, config.redisUrl, config.keyPrefix))
     this.userJobs = new UserJobs(this.broker, owners.index, this.app, this.metrics, log.child({ component: 'user-jobs' }), {
@@ -148,6 +155,9 @@ export class Gateway {
       ? createReauthorizer({ connections: this.connections, snapshots, fanout: this.fanout, watched: this.watched, metrics: this.metrics, log, holdMs: config.outageHoldMs })
       : null
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
+    const rereads = (this.rereads = new Rereads(this.watched, snapshots, this.fanout))
+    watches.unsettled = (job, data) => rereads.schedule(job, data)
+    watches.behind = (jobId, since) => losses.verify(jobId, since.epoch, since.seq)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode, config.outageHoldMs, {
       // Any read answers "is Redis answering?"; the id names no job a producer would use.
       broker: () => withDeadline(this.broker.readJobs([READINESS_PROBE_JOB]), UNANSWERED_MS, 'readiness probe'),
@@ -229,7 +239,7 @@ export class Gateway {
   async start(): Promise<number> {
     const malformed = rateLimitedLog(this.log.child({ component: 'bridge' }))
     const bridge = createBridge(this.watched, this.fanout, this.metrics, this.config.channelPrefix.length,
-      (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder)
+      (jobId, reason) => malformed({ job: jobId, reason }, 'dropped a malformed producer payload'), this.reauthorize, this.recorder, this.losses)
     const parts = { watched: this.watched, userJobs: this.userJobs, resync: this.resync, readiness: this.readiness, channelPrefix: this.config.channelPrefix }
     this.broker.start(brokerListener(parts, bridge))
     this.sources.start(sourceHooks(parts, bridge, (jobId, reason) => {
@@ -308,6 +318,7 @@ export class Gateway {
     this.stopSse()
     this.catchUp.stop()
     this.recorder.stop()
+    this.rereads.stop()
     this.sampler.stop()
     this.history.stop()
     this.idleCollector.stop()

@@ -243,6 +243,31 @@ for (const kind of ['embedded', 'redis', 'cluster'] as const) {
       await t.rejects(broker.publishProgress('c8', Buffer.from('{"epoch":5}')), /must not set epoch/)
     })
 
+    t.test('newEpoch: a compare-and-set on (epoch, seq) that begins a new epoch and publishes the state with it', async (t) => {
+      await broker.subscribe(['progress:ne1', 'progress:ne2'])
+      await broker.publishProgress('ne1', Buffer.from('{"status":"processing","progress":10,"message":"m"}'))
+      await broker.publishProgress('ne1', Buffer.from('{"progress":20}'))
+      await sink.next()
+      const before = JSON.parse((await sink.next()).payload.toString()) as { epoch: number; seq: number }
+      t.equal(await broker.newEpoch('ne1', before.epoch + 1, 2), null, 'another epoch: nothing')
+      t.equal(await broker.newEpoch('ne1', before.epoch, 1), null, 'another seq: nothing')
+      t.equal(await broker.newEpoch('absent-ne', before.epoch, 2), null, 'no record: nothing')
+      const epoch = await broker.newEpoch('ne1', before.epoch, 2)
+      t.ok(Number.isSafeInteger(epoch) && epoch !== before.epoch, 'a new epoch')
+      const frame = await sink.next()
+      const moved = JSON.parse(frame.payload.toString())
+      t.same({ ...moved, epoch: 0 }, { ...before, epoch: 0 }, 'the same state, in the new epoch')
+      t.equal(moved.epoch, epoch)
+      t.same((await broker.readJobs(['ne1']))[0]!.state, frame.payload, 'stored = published')
+      t.equal(await broker.newEpoch('ne1', before.epoch, 2), null, 'once')
+      t.equal(await broker.publishProgress('ne1', Buffer.from('{"progress":30}')), 3)
+      t.match(JSON.parse((await sink.next()).payload.toString()), { epoch, seq: 3, progress: 30, message: 'm' }, 'later writes continue the new epoch')
+      await broker.publishProgress('ne2', pack({ status: 'processing', progress: 1 }))
+      const packed = unpack((await sink.next()).payload) as { epoch: number; seq: number }
+      const next = await broker.newEpoch('ne2', packed.epoch, packed.seq)
+      t.match(unpack((await sink.next()).payload), { epoch: next, seq: 1, progress: 1, status: 'processing' }, 'msgpack too')
+    })
+
     t.test('msgpack payloads are merged as msgpack', async (t) => {
       await broker.publishProgress('c3', pack({ progress: 1, status: 'processing' }))
       const [record] = await broker.readJobs(['c3'])

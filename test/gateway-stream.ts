@@ -31,7 +31,7 @@ for (const kind of ['embedded', 'redis'] as const) {
 
     t.test('a job nobody produced yet has a null snapshot', async (t) => {
       const c = await gw.connect()
-      t.same(await c.subscribe('never-seen'), { type: 'job_status', job_id: 'never-seen', data: null })
+      t.same(await c.subscribe('never-seen'), { type: 'job_status', job_id: 'never-seen', data: null, reason: 'subscribed' })
     })
 
     t.test('1,000 updates arrive in order with no gaps', async (t) => {
@@ -81,7 +81,7 @@ for (const kind of ['embedded', 'redis'] as const) {
       await broker.publish('progress:plain-1', '{"progress":5}')
       t.same(await c.nextOfType('job_update', 'plain-1'), { type: 'job_update', job_id: 'plain-1', data: { progress: 5 } })
       const d = await gw.connect()
-      t.same(await d.subscribe('plain-1'), { type: 'job_status', job_id: 'plain-1', data: { progress: 5 } })
+      t.same(await d.subscribe('plain-1'), { type: 'job_status', job_id: 'plain-1', data: { progress: 5 }, reason: 'subscribed' })
       const res = await fetch(`${gw.http}/jobs/plain-1`)
       t.equal(res.status, 200)
       t.same(await res.json(), { job_id: 'plain-1', data: { progress: 5 } })

@@ -76,7 +76,7 @@ const until_ = (c: TestClient, jobId: string, match: (d: Data) => boolean, timeo
 
 t.test('a job watched before it is added streams every state, numbers and objects alike', async (t) => {
   const c = await connect(t)
-  t.same(await c.subscribe('bullmq:clips:first'), { type: 'job_status', job_id: 'bullmq:clips:first', data: null })
+  t.same(await c.subscribe('bullmq:clips:first'), { type: 'job_status', job_id: 'bullmq:clips:first', data: null, reason: 'subscribed' })
   await queue.add('transcode', { steps: [10, { percent: 50, stage: 'encode', message: 'encoding' }, { current: 3, total: 4 }], result: { url: '/v/first.mp4' } }, { jobId: 'first' })
   const done = await until_(c, 'bullmq:clips:first', (d) => d.status === 'completed')
   t.match(done, { status: 'completed', progress: 100, source: 'bullmq', source_status: 'completed', name: 'transcode', result: { url: '/v/first.mp4' } })
@@ -186,14 +186,15 @@ t.test('--stall-after: a processing job that goes quiet is flagged to its watche
   // On a loaded machine the subscribe can come late: its snapshot may already hold progress 20,
   // or even the flag. So wait for the flag itself, whichever job_status carries it.
   const snapshot = await c.subscribe(jobId)
-  const flagged = (snapshot.data as Data | null)?.stalled === true ? snapshot
-    : await c.next((m) => m.type === 'job_status' && m.job_id === jobId && (m.data as Data | null)?.stalled === true, 10_000)
-  t.match(flagged.data, { status: 'processing', progress: 20, stalled: true }, 'a job_status with the last state, stalled')
+  // The gateway's flag travels beside data (issue 19), not in it.
+  const flagged = snapshot.stalled === true ? snapshot
+    : await c.next((m) => m.type === 'job_status' && m.job_id === jobId && m.stalled === true, 10_000)
+  t.match(flagged, { stalled: true, data: { status: 'processing', progress: 20 } }, 'a job_status with the last state, stalled')
   const late = await stalling.connect()
-  t.match((await late.subscribe(jobId)).data, { progress: 20, stalled: true }, 'a snapshot while stalled says so')
+  t.match(await late.subscribe(jobId), { stalled: true, data: { progress: 20 } }, 'a snapshot while stalled says so')
   const resumed = await until_(c, jobId, (d) => d.progress === 60)
   t.equal(resumed.stalled, undefined, 'the next update clears it')
-  t.equal(c.all('job_status', jobId).filter((m) => (m.data as Data | null)?.stalled === true).length, 1, 'flagged once, by one timer')
+  t.equal(c.all('job_status', jobId).filter((m) => m.stalled === true).length, 1, 'flagged once, by one timer')
 })
 
 t.test('pattern mode: source jobs are still watched through their source', async (t) => {

@@ -40,7 +40,7 @@ const until_ = (c: TestClient, jobId: string, match: (d: Data) => boolean, timeo
 t.test('a task watched before it starts streams every state, then completes with its result', async (t) => {
   const jobId = `celery:${randomUUID()}`
   const c = await gw.connect()
-  t.same(await c.subscribe(jobId), { type: 'job_status', job_id: jobId, data: null }, 'nothing stored yet')
+  t.same(await c.subscribe(jobId), { type: 'job_status', job_id: jobId, data: null, reason: 'subscribed' }, 'nothing stored yet')
   await queue({ parts: 4, seconds_per_part: 0.15 }, jobId.slice('celery:'.length))
   const done = await until_(c, jobId, (d) => d.status === 'completed')
   t.match(done, { status: 'completed', progress: 100, source: 'celery', source_status: 'SUCCESS', task: 'tasks.transcode',

@@ -85,7 +85,7 @@ t.test('backoff: full jitter within [0, min(max, min * 2^attempt)), growing, cap
   t.end()
 })
 
-t.test('JobView: snapshots replace, stale and duplicate updates drop, gaps are reported', (t) => {
+t.test('JobView: snapshots replace unless behind, stale and duplicate updates drop, gaps are reported', (t) => {
   const v = new JobView()
   t.equal(v.applyStatus({ seq: 5, progress: 50 }), 'applied')
   t.equal(v.applyUpdate({ seq: 5, progress: 50 }), 'stale', 'duplicate')
@@ -95,10 +95,10 @@ t.test('JobView: snapshots replace, stale and duplicate updates drop, gaps are r
   t.same(v.data, { seq: 9, progress: 90 })
   t.equal(v.applyUpdate({ progress: 91 }), 'applied', 'updates without seq (plain PUBLISH) always apply')
   t.equal(v.seq, 9)
-  t.equal(v.applyStatus({ seq: 1, progress: 1 }), 'applied', 'a snapshot is authoritative even when its seq is lower (state reset)')
-  t.equal(v.seq, 1)
-  t.equal(v.applyStatus(null), 'applied')
-  t.equal(v.seq, undefined)
+  t.equal(v.applyStatus({ seq: 1, progress: 1 }), 'stale', 'a snapshot of the same history that is behind is not taken (issue 19)')
+  t.equal(v.seq, 9)
+  t.equal(v.applyStatus(null), 'stale', 'a held state is not dropped for null (issue 19)')
+  t.equal(v.seq, 9)
   t.end()
 })
 
@@ -141,13 +141,13 @@ t.test('the client asks for a snapshot on a gap, not on a skip the server marked
   ws.push({ type: 'job_status', job_id: 'cf', data: { seq: 1, epoch: 9 } })
   ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 2, epoch: 9 } })
   ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 7, epoch: 9 }, prev_seq: 2 })
-  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 12, epoch: 9, status: 'completed' }, prev_seq: 7 })
+  ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 12, epoch: 9, status: 'processing' }, prev_seq: 7 })
   t.same(ws.sent.filter((m) => m.type === 'job_status'), [], 'conflated skips: no job_status request')
   t.same(updates, [2, 7, 12])
   t.same(client.job('cf')?.seq, 12)
   // A gateway without prev_seq (or a real loss) still gets the resync.
   ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 15, epoch: 9 } })
-  t.same(ws.sent.at(-1), { type: 'job_status', job_id: 'cf' }, 'an unmarked skip asks for a snapshot')
+  t.same(ws.sent.at(-1), { type: 'job_status', job_id: 'cf', since: { epoch: 9, seq: 15 } }, 'an unmarked skip asks for a snapshot')
   ws.push({ type: 'job_update', job_id: 'cf', data: { seq: 20, epoch: 9 }, prev_seq: 17 })
   t.equal(ws.sent.filter((m) => m.type === 'job_status').length, 2, 'so does a skip past a prev_seq never seen')
   client.close()

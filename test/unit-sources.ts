@@ -211,3 +211,18 @@ t.test('WatchedJobs routes source jobs to their source: watch on the first holde
   t.notOk(calls.some((c) => c.includes('unwatch') && c.includes('celery:b')), 'a job still held stays watched')
   jobs.dispose()
 })
+
+t.test('SourceJobs: a finished job that reports progress again (run again under its id) is a new epoch: final is final within one', (t) => {
+  const jobs = new SourceJobs()
+  const job = jobs.add('celery:x')
+  const read = (bytes: Buffer) => JSON.parse(bytes.toString()) as { seq: number; epoch: number; status: string }
+  const first = read(jobs.deliver(job, { status: 'processing' }))
+  const done = read(jobs.deliver(job, { status: 'completed' }))
+  t.equal(done.epoch, first.epoch)
+  const again = read(jobs.deliver(job, { status: 'processing' }))
+  t.not(again.epoch, done.epoch, 'another epoch, not processing after completed in one')
+  const failed = read(jobs.deliver(job, { status: 'failed' }))
+  t.equal(failed.epoch, again.epoch)
+  t.equal(read(jobs.deliver(job, { status: 'failed', error: 'x' })).epoch, again.epoch, 'terminal after terminal stays')
+  t.end()
+})

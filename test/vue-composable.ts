@@ -80,6 +80,11 @@ t.test('useJob in Vue', async (t) => {
     t.equal(await page.locator('#job').textContent(), 'processing 10%', 'the snapshot renders')
     await publish('r-1', { progress: 55 })
     await page.locator('#job[data-progress="55"][data-status="processing"]').waitFor({ timeout: 5000 })
+    // A worker's plain partial PUBLISH (no seq) is merged into the state held (issue 19, item 7).
+    await gw.gateway.broker.publish('progress:r-1', JSON.stringify({ progress: 70 }))
+    await page.locator('#job[data-progress="70"][data-status="processing"]').waitFor({ timeout: 5000 })
+    await publish('r-1', { progress: 55 })
+    await page.locator('#job[data-progress="55"][data-status="processing"]').waitFor({ timeout: 5000 })
     t.pass('an update re-renders with the merged state')
   })
 

@@ -96,6 +96,11 @@ export interface Broker {
    * (stream/recorder.ts); a no-op where one process is all there is. Resolves to what became
    * of each entry (SeenOutcome). */
   recordSeen(entries: readonly SeenPayload[], recorderId: string): Promise<SeenOutcome[]>
+  /** Redis lost writes to the job (its record went back within one epoch): begins a new epoch
+   * on the stored record if it is still at (epoch, seq), and publishes the state with it
+   * (src/broker/new-epoch.lua). Resolves to the new epoch, or null when the record has moved
+   * on or is gone. */
+  newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null>
   /** A plain PUBLISH, as existing workers do; nothing is stored. */
   publish(channel: string, payload: Buffer | string): Promise<void>
   close(): Promise<void>

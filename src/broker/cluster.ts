@@ -29,13 +29,13 @@ import { backoff } from '../support/backoff.js'
 import type { Logger } from '../support/log.js'
 import { rateLimitedLog } from '../support/log.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
-import { channelFor, clusterRecorderKey, stateKey } from '../wire/topics.js'
+import { channelFor, clusterRecorderKey, ownerKey, stateKey } from '../wire/topics.js'
 import { defineProgressScript, runProgressScript } from '../producer/script.js'
 import { OwnerIndexError, readOwnerJobs, type OwnerIndex } from '../producer/owner-index.js'
 import { RECORDER_LEASE_MS, type Broker, type BrokerListener, type BrokerNames, type BrokerState, type JobRecord, type ProgressOptions, type SeenOutcome, type SeenPayload } from './broker.js'
 import { clusterClient, nodeOptions, publishInOrder, type ClusterSeeds } from './cluster-seeds.js'
 import { isWrongType } from './redis-connection.js'
-import { RECORD_SEEN_SCRIPT, seenOutcome } from './redis.js'
+import { NEW_EPOCH_SCRIPT, RECORD_SEEN_SCRIPT, seenOutcome } from './redis.js'
 import { keySlot } from './slots.js'
 
 /** Channels per SUBSCRIBE command on the classic lane. */
@@ -225,6 +225,8 @@ export class ClusterBroker implements Broker, OwnerIndex {
    * auto-pipelining fails whole batches while a slot moves.) */
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
     const keys = jobIds.map((id) => stateKey(this.names, id))
+    // The owner kept beside the state (same slot), for a state key that expired or was lost.
+    const ownerKeys = jobIds.map((id) => ownerKey(this.names, id))
     const masters = new Map(this.cmd.nodes('master').map((node) => [`${node.options.host}:${node.options.port}`, node]))
     const byNode = new Map<Redis, number[]>()
     for (let i = 0; i < keys.length; i++) {
@@ -236,21 +238,33 @@ export class ClusterBroker implements Broker, OwnerIndex {
       if (isWrongType(err)) return [null, null, null]
       throw err
     })
+    const readOwner = (i: number) => this.cmd.getBuffer(ownerKeys[i]!).catch((err: Error) => {
+      if (isWrongType(err)) return null
+      throw err
+    })
     const fields = new Array<Promise<Array<Buffer | null>> | undefined>(keys.length)
+    const owners = new Array<Promise<Buffer | null> | undefined>(keys.length)
     for (const [node, indexes] of byNode) {
       const pipeline = node.pipeline()
-      for (const i of indexes) pipeline.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen')
+      for (const i of indexes) pipeline.hmgetBuffer(keys[i]!, 'state', 'owner', 'seen').getBuffer(ownerKeys[i]!)
       const results = pipeline.exec().then((r) => r ?? [], () => [])
       indexes.forEach((i, k) => {
         fields[i] = results.then((r) => {
-          const [err, value] = r[k] ?? [new Error('no answer'), null]
+          const [err, value] = r[2 * k] ?? [new Error('no answer'), null]
           return err ? read(i) : (value as Array<Buffer | null>)
+        })
+        owners[i] = results.then((r) => {
+          const [err, value] = r[2 * k + 1] ?? [new Error('no answer'), null]
+          return err ? readOwner(i) : (value as Buffer | null)
         })
       })
     }
     return Promise.all(keys.map(async (_, i) => {
-      const [state, owner, seen] = (await (fields[i] ?? read(i))) as [Buffer | null, Buffer | null, Buffer | null]
-      return { state, owner: owner === null ? null : owner.toString('utf8'), seen }
+      // Both awaited together, so a failure of either is handled whichever comes first.
+      const [fieldValues, kept] = await Promise.all([fields[i] ?? read(i), owners[i] ?? readOwner(i)])
+      const [state, owner, seen] = fieldValues as [Buffer | null, Buffer | null, Buffer | null]
+      const chosen = owner ?? kept
+      return { state, owner: chosen === null ? null : chosen.toString('utf8'), seen }
     }))
   }
 
@@ -275,6 +289,14 @@ export class ClusterBroker implements Broker, OwnerIndex {
       this.warn({ job: jobId, owner: err.owner, err: (err.cause as Error).message }, `redis cluster: ${err.message}`)
       return err.seq
     }
+  }
+
+  /** The state key and the channel share the job's slot: the script SPUBLISHes there. */
+  async newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null> {
+    if (!('jobwireNewEpoch' in this.cmd)) this.cmd.defineCommand('jobwireNewEpoch', { numberOfKeys: 1, lua: NEW_EPOCH_SCRIPT })
+    const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<number>>).jobwireNewEpoch!
+    const result = await run.call(this.cmd, stateKey(this.names, jobId), epoch, seq, channelFor(this.names.channelPrefix, jobId), 'SPUBLISH')
+    return result === 0 ? null : result
   }
 
   /** The owner's index lives in its own slot; the command client finds it. */

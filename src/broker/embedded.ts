@@ -3,6 +3,8 @@
 // `make run` needs nothing but Node. Messages are delivered asynchronously and in order, as
 // they would arrive from Redis.
 
+import { pack } from 'msgpackr'
+import { decodePayload, MalformedPayload } from '../wire/payload.js'
 import { channelFor } from '../wire/topics.js'
 import { buildState, checkFinal, nextEpoch, checkProducerPayload, isTerminalState, OwnerConflict, SeqMismatch, storedPayload } from '../producer/merge.js'
 import { MAX_OWNER_JOBS, userJobsChannel, type OwnerIndex } from '../producer/owner-index.js'
@@ -130,6 +132,18 @@ export class EmbeddedBroker implements Broker, OwnerIndex {
    * nothing to share, and nothing is refused. */
   async recordSeen(entries: readonly SeenPayload[]): Promise<SeenOutcome[]> {
     return entries.map(() => 'written')
+  }
+
+  /** As new-epoch.lua (a process's memory loses no writes, but the contract is the same). */
+  async newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null> {
+    const job = this.live(jobId, Date.now())
+    const decoded = job?.state ? decodePayload(job.state) : null
+    if (job === undefined || job.epoch !== epoch || job.seq !== seq || decoded === null || decoded instanceof MalformedPayload) return null
+    job.epoch = nextEpoch(Date.now(), epoch)
+    const obj = { ...decoded.obj, epoch: job.epoch }
+    job.state = decoded.format === 'json' ? Buffer.from(JSON.stringify(obj)) : pack(obj)
+    this.deliver(channelFor(this.names.channelPrefix, jobId), job.state)
+    return job.epoch
   }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {

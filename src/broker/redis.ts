@@ -14,7 +14,7 @@ import { backoff } from '../support/backoff.js'
 import { redisConnectionProblem } from '../support/redis-problem.js'
 import { readFileSync } from 'node:fs'
 import { projectPath } from '../support/paths.js'
-import { jobKey, recorderKey } from '../wire/topics.js'
+import { channelFor, jobKey, jobOwnerKey, recorderKey } from '../wire/topics.js'
 import { runProgressScript, defineProgressScript } from '../producer/script.js'
 import { closeConnection, ServerIdentity } from './redis-connection.js'
 import { SubscriberSession } from './subscriber-session.js'
@@ -28,6 +28,7 @@ export function seenOutcome(reply: unknown): SeenOutcome {
   return reply === 1 ? 'written' : reply === 3 ? 'recorded' : reply === 2 ? 'stored' : 'refused'
 }
 const READ_JOBS_SCRIPT = readFileSync(projectPath('src', 'broker', 'read-jobs.lua'), 'utf8')
+export const NEW_EPOCH_SCRIPT = readFileSync(projectPath('src', 'broker', 'new-epoch.lua'), 'utf8')
 
 const RETRY_MIN_MS = 50
 const RETRY_MAX_MS = 2000
@@ -164,7 +165,7 @@ export class RedisBroker implements Broker {
 
   async readJobs(jobIds: readonly string[]): Promise<JobRecord[]> {
     if (!('jobwireReadJobsBuffer' in this.cmd)) this.cmd.defineCommand('jobwireReadJobs', { lua: READ_JOBS_SCRIPT })
-    const keys = jobIds.map((id) => jobKey(this.names.keyPrefix, id))
+    const keys = jobIds.flatMap((id) => [jobKey(this.names.keyPrefix, id), jobOwnerKey(this.names.keyPrefix, id)])
     const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<Array<Buffer | null>>>).jobwireReadJobsBuffer!
     const fields = await run.call(this.cmd, keys.length, ...keys)
     const records: JobRecord[] = new Array(jobIds.length)
@@ -190,6 +191,13 @@ export class RedisBroker implements Broker {
 
   publishProgress(jobId: string, payload: Buffer, options?: ProgressOptions): Promise<number> {
     return runProgressScript(this.cmd, this.names, jobId, payload, options)
+  }
+
+  async newEpoch(jobId: string, epoch: number, seq: number): Promise<number | null> {
+    if (!('jobwireNewEpoch' in this.cmd)) this.cmd.defineCommand('jobwireNewEpoch', { numberOfKeys: 1, lua: NEW_EPOCH_SCRIPT })
+    const run = (this.cmd as unknown as Record<string, (...args: Array<string | number>) => Promise<number>>).jobwireNewEpoch!
+    const result = await run.call(this.cmd, jobKey(this.names.keyPrefix, jobId), epoch, seq, channelFor(this.names.channelPrefix, jobId), '')
+    return result === 0 ? null : result
   }
 
   async publish(channel: string, payload: Buffer | string): Promise<void> {

@@ -20,6 +20,9 @@ export interface FallbackOptions {
  * to the bundle. */
 const TOKEN_EXPIRED = 'token_expired' satisfies ErrorCode
 
+/** 403s with retry_ms in a row after which polling gives up (as the WebSocket client does). */
+const FORBIDDEN_POLLS = 5
+
 /** SSE errors in a row before a job falls back further, to polling. */
 const SSE_FAILURES_BEFORE_POLLING = 3
 
@@ -32,6 +35,8 @@ export class FallbackWatch {
   private source: EventSource | null = null
   private pollTimer: ReturnType<typeof setTimeout> | null = null
   private sseFailures = 0
+  /** 403s in a row. */
+  private forbidden = 0
   private stopped = false
 
   constructor(private readonly jobId: string, private readonly options: FallbackOptions, private readonly sink: FrameSink) {
@@ -102,8 +107,11 @@ export class FallbackWatch {
           this.options.refreshToken() // expired, probably: the next poll asks getToken again
         } else {
           this.options.onHttpError(this.jobId, res.status)
-          if (res.status === 401 || res.status === 403) return
+          // A 403 with retry_ms may be a job without a state yet: asked again, a few times.
+          const retryable = res.status === 403 && this.forbidden++ < FORBIDDEN_POLLS && typeof ((await res.json().catch(() => null)) as { retry_ms?: unknown } | null)?.retry_ms === 'number'
+          if (res.status === 401 || (res.status === 403 && !retryable)) return
         }
+        if (res.status !== 403) this.forbidden = 0
       } catch {
         // offline or refused: try again at the next interval
       }

@@ -9,6 +9,7 @@ import {
   type ErrorMessage,
   type JobPayload,
   type ServerMessage,
+  type StatusReason,
 } from '../wire/protocol.js'
 import { backoff } from '../support/backoff.js'
 import { FallbackWatch } from './fallback.js'
@@ -17,12 +18,23 @@ import { JobView } from './job-view.js'
 export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'fallback' | 'closed'
 
 export interface JobHandlers {
-  /** A job_update newer than anything seen for the job. */
+  /** The job's state after a job_update newer than anything seen for it (a plain PUBLISH of
+   * some fields merged into the state held). */
   onUpdate?(data: JobPayload, jobId: string): void
-  /** The job's snapshot: on subscribe, after every reconnect or resynchronisation. */
-  onStatus?(data: JobPayload | null, jobId: string): void
+  /** The job's state after its snapshot: on subscribe, after every reconnect or
+   * resynchronisation. A final state held is kept when the server's is behind it or gone.
+   * `status`: what the gateway said beside the state (why it sent it; whether the job is
+   * stalled: silent past its stall time). */
+  onStatus?(data: JobPayload | null, jobId: string, status: StatusInfo): void
   /** The server refused something about this job (forbidden, too_many_subscriptions, ...). */
   onError?(error: JobsClientError, jobId: string): void
+}
+
+/** What a job_status said beside the job's state. */
+export interface StatusInfo {
+  /** Absent from gateways older than it. */
+  readonly reason: StatusReason | undefined
+  readonly stalled: boolean
 }
 
 export interface UserJobsHandlers {
@@ -63,9 +75,18 @@ const HEARTBEAT_LOST = 4000
 /** The error code of a subscribe the server could not complete (its broker is down); a literal
  * checked against the contract's codes, so the bundle does not carry the whole table. */
 const UNAVAILABLE = 'unavailable' satisfies ErrorCode
+/** Also the answer for a job that has no state yet (a task not started): retried when the
+ * server says it may be (`retry_ms`), at most FORBIDDEN_RETRIES times in a row. */
+const FORBIDDEN = 'forbidden' satisfies ErrorCode
+const FORBIDDEN_RETRIES = 5
 
 export class JobsClientError extends Error {
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+    /** The client asks again after this many ms (a retryable refusal); undefined: it will not. */
+    readonly retryInMs?: number,
+  ) {
     super(message)
     this.name = 'JobsClientError'
   }
@@ -75,7 +96,7 @@ interface Watched {
   readonly view: JobView
   readonly handlers: Set<JobHandlers>
   fallback: FallbackWatch | null
-  /** Subscribes answered `unavailable` in a row, and the pending retry. */
+  /** Subscribes answered `unavailable` or `forbidden` in a row, and the pending retry. */
   retries: number
   retryTimer: ReturnType<typeof setTimeout> | null
   readonly maxHz: number | undefined
@@ -155,7 +176,7 @@ export class JobsClient extends EventTarget {
       if (this.current === 'open') this.sendSubscribe(jobId, w)
       else if (this.inFallback) w.fallback = this.watchWithoutWebSocket(jobId)
     } else if (w.view.known) {
-      handlers.onStatus?.(w.view.data, jobId)
+      handlers.onStatus?.(w.view.data, jobId, { reason: undefined, stalled: false })
     }
     w.handlers.add(handlers)
     return () => this.unsubscribe(jobId, handlers)
@@ -294,14 +315,16 @@ export class JobsClient extends EventTarget {
         if (w === undefined) return
         if (message.type === 'job_status') {
           w.retries = 0
-          w.view.applyStatus(message.data)
-          for (const h of [...w.handlers]) h.onStatus?.(message.data, message.job_id)
+          w.view.applyStatus(message.data, message.relation)
+          const info: StatusInfo = { reason: message.reason, stalled: message.stalled === true }
+          // The view's state: the server's, or the one held when the server's is behind it.
+          for (const h of [...w.handlers]) h.onStatus?.(w.view.data, message.job_id, info)
           return
         }
         const applied = w.view.applyUpdate(message.data, message.prev_seq)
         if (applied === 'stale') return
-        for (const h of [...w.handlers]) h.onUpdate?.(message.data, message.job_id)
-        if (applied === 'gap' && this.current === 'open') this.send({ type: 'job_status', job_id: message.job_id })
+        for (const h of [...w.handlers]) h.onUpdate?.(w.view.data!, message.job_id)
+        if (applied === 'gap' && this.current === 'open') this.send(this.withSince({ type: 'job_status', job_id: message.job_id }, w))
         return
       }
       case 'pong': {
@@ -337,17 +360,22 @@ export class JobsClient extends EventTarget {
           return
         }
         const w = message.job_id === undefined ? undefined : this.jobs.get(message.job_id)
-        // The server's broker is down: ask again after the advised wait, backing off.
-        if (w !== undefined && message.code === UNAVAILABLE && w.retryTimer === null) {
+        // The server's broker is down, or the job may not exist yet: ask again after the
+        // advised wait, backing off (a forbidden only so many times).
+        const advised = message.code === UNAVAILABLE ? message.retry_after_ms ?? 0 : message.code === FORBIDDEN ? message.retry_ms : undefined
+        let reported = error
+        if (w !== undefined && advised !== undefined && (message.code !== FORBIDDEN || w.retries < FORBIDDEN_RETRIES)) {
+          const wait = Math.max(advised, backoff(w.retries++, this.o.minReconnectDelayMs, this.o.maxReconnectDelayMs))
+          reported = new JobsClientError(message.code, message.message, wait)
           const jobId = message.job_id!
-          const wait = Math.max(message.retry_after_ms ?? 0, backoff(w.retries++, this.o.minReconnectDelayMs, this.o.maxReconnectDelayMs))
+          if (w.retryTimer !== null) clearTimeout(w.retryTimer)
           w.retryTimer = setTimeout(() => {
             w.retryTimer = null
             if (this.jobs.get(jobId) === w && this.current === 'open') this.sendSubscribe(jobId, w)
           }, wait)
         }
-        if (w !== undefined && w.handlers.size > 0) for (const h of [...w.handlers]) h.onError?.(error, message.job_id!)
-        else this.emitError(error)
+        if (w !== undefined && w.handlers.size > 0) for (const h of [...w.handlers]) h.onError?.(reported, message.job_id!)
+        else this.emitError(reported)
         return
       }
       default:
@@ -449,8 +477,15 @@ export class JobsClient extends EventTarget {
     }, (message) => this.receive(message))
   }
 
+  /** With the state held as `since` (after a reconnect, say): the server says how its state
+   * relates to it, and the view keeps a final state the server is behind. */
   private sendSubscribe(jobId: string, w: Watched): void {
-    this.send(w.maxHz === undefined ? { type: 'subscribe_job', job_id: jobId } : { type: 'subscribe_job', job_id: jobId, max_hz: w.maxHz })
+    this.send(this.withSince(w.maxHz === undefined ? { type: 'subscribe_job', job_id: jobId } : { type: 'subscribe_job', job_id: jobId, max_hz: w.maxHz }, w))
+  }
+
+  private withSince<M extends { type: 'subscribe_job' | 'job_status'; job_id: string }>(message: M, w: Watched): M {
+    const since = w.view.known ? w.view.since : undefined
+    return since === undefined ? message : { ...message, since }
   }
 
   private unsubscribe(jobId: string, handlers: JobHandlers): void {

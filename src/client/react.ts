@@ -20,6 +20,9 @@ export interface JobState {
   readonly data: JobPayload | null | undefined
   /** The last refusal for this job (forbidden, unavailable, ...); cleared by the next state. */
   readonly error: JobsClientError | null
+  /** The gateway flagged the job as stalled (processing, silent past its stall time); cleared
+   * by its next update. */
+  readonly stalled?: boolean
 }
 
 /** The JobsClient useJob uses when it is given none. */
@@ -40,7 +43,7 @@ export function useJob(jobId: string | null | undefined, client?: JobsClient): J
     // What the client already knows (another component watches the job) shows at once.
     setState({ data: jobs.job(jobId)?.data, error: null })
     return jobs.subscribe(jobId, {
-      onStatus: (data) => setState({ data, error: null }),
+      onStatus: (data, _id, status) => setState({ data, error: null, stalled: status.stalled }),
       onUpdate: (data) => setState({ data, error: null }),
       onError: (error) => setState((previous) => ({ data: previous.data, error })),
     })

@@ -19,6 +19,9 @@ export interface JobState {
   readonly data: Readonly<ShallowRef<JobPayload | null | undefined>>
   /** The last refusal for this job (forbidden, unavailable, ...); cleared by the next state. */
   readonly error: Readonly<ShallowRef<JobsClientError | null>>
+  /** The gateway flagged the job as stalled (processing, silent past its stall time); cleared
+   * by its next update. */
+  readonly stalled: Readonly<ShallowRef<boolean>>
 }
 
 /** The key under which useJob looks for the JobsClient it is given none. */
@@ -33,9 +36,11 @@ export function useJob(jobId: MaybeRefOrGetter<string | null | undefined>, clien
   if (jobs === null) throw new Error('useJob needs a JobsClient: pass one, or provide it with app.provide(JobsKey, client)')
   const data = shallowRef<JobPayload | null | undefined>(undefined)
   const error = shallowRef<JobsClientError | null>(null)
-  const show = (next: JobPayload | null) => {
+  const stalled = shallowRef(false)
+  const show = (next: JobPayload | null, flagged = false) => {
     data.value = next
     error.value = null
+    stalled.value = flagged
   }
   // The watcher belongs to the calling scope: its cleanup (the unsubscribe) runs when the id
   // changes and when the scope is disposed, as the component unmounts.
@@ -44,7 +49,7 @@ export function useJob(jobId: MaybeRefOrGetter<string | null | undefined>, clien
     data.value = id ? jobs.job(id)?.data : undefined
     error.value = null
     if (!id) return
-    onCleanup(jobs.subscribe(id, { onStatus: show, onUpdate: show, onError: (refusal) => (error.value = refusal) }))
+    onCleanup(jobs.subscribe(id, { onStatus: (next, _id, status) => show(next, status.stalled), onUpdate: (next) => show(next), onError: (refusal) => (error.value = refusal) }))
   }, { immediate: true })
-  return { data, error }
+  return { data, error, stalled }
 }

@@ -7,7 +7,7 @@ import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
 import type { AddressRule } from '../access/client-address.js'
 import type { Watches } from '../stream/watch.js'
 import { accessLog, type Logger } from '../support/log.js'
-import { isValidJobId } from '../wire/protocol.js'
+import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { addPreflightRoutes, jobRouteCors, refuseOrigin } from './cors.js'
 import { addAnswerHeaders, clientOf, respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
 
@@ -73,7 +73,8 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
         return respondJson(res, 200, { job_id: jobId, data: result.data })
       }
       refused(result.refusal, principal?.userId ?? null)
-      if (result.refusal === 'forbidden') return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
+      // Also the answer for a job with no state yet: retryable.
+      if (result.refusal === 'forbidden') return respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE, retry_ms: FORBIDDEN_RETRY_MS })
       respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
     })()
   })

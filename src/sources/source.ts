@@ -14,7 +14,7 @@
 // a new epoch makes the gateway check the job's watchers again before they see it.
 
 import { jsonValueProblem, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
-import type { JobPayload } from '../wire/protocol.js'
+import { isTerminalStatus, type JobPayload } from '../wire/protocol.js'
 
 export type SourceName = 'celery' | 'bullmq'
 
@@ -130,6 +130,9 @@ export class SourceJobs {
    * names one: a change of owner is a new generation. */
   deliver(job: SourceJob, state: JobPayload, owner?: string | null): Buffer {
     if (owner !== undefined) this.sawOwner(job, owner)
+    // A finished job that reports progress again was run again under its id (a Celery task
+    // retried by id): final is final within an epoch, so that is a new one.
+    if (job.last !== null && isTerminalStatus(job.last.status) && !isTerminalStatus(state.status)) this.newGeneration(job)
     job.last = state
     job.seq++
     return encodeState(job.seq, job.epoch, state)

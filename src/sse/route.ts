@@ -16,7 +16,7 @@ import type { WatchedJobs } from '../stream/watched-jobs.js'
 import type { Config } from '../support/config.js'
 import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
-import { isValidJobId } from '../wire/protocol.js'
+import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { SSE_RETRY_MS, SseStream } from './stream.js'
 
 const HEARTBEAT_MS = 15_000
@@ -112,14 +112,14 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
         streams.add(stream)
         ctx.connections.add(stream)
         ctx.metrics.sseStreams++
-        stream.status(snapshot.data)
+        stream.status(snapshot.data, 'subscribed', snapshot.stalled === true)
         return true
       })
       if (result.ok) return
       ctx.admission.release(ticket)
       if (request.aborted || result.refusal === 'gone') return
       refused(result.refusal, principal?.userId ?? null)
-      if (result.refusal === 'forbidden') respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE })
+      if (result.refusal === 'forbidden') respondJson(res, 403, { error: 'forbidden', message: FORBIDDEN_MESSAGE, retry_ms: FORBIDDEN_RETRY_MS })
       else respondJson(res, 503, { error: 'unavailable', message: 'job state is unavailable right now' }, { 'retry-after': '1' })
     })()
   })

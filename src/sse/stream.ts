@@ -10,7 +10,7 @@ import type { Snapshot } from '../stream/snapshot.js'
 import type { JobSink } from '../stream/watched-jobs.js'
 import type { Metrics } from '../support/metrics.js'
 import { statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
-import { ErrorCode, type JobPayload } from '../wire/protocol.js'
+import { ErrorCode, FORBIDDEN_RETRY_MS, type JobPayload, type StatusReason } from '../wire/protocol.js'
 import { sseEvent } from './event.js'
 
 /** A stream congested this long is closed; EventSource reconnects and resynchronises. */
@@ -57,7 +57,7 @@ export class SseStream implements JobSink, Connection {
   revoke(_jobId?: string, reason: 'forbidden' | 'unavailable' = 'forbidden'): void {
     if (this.ended) return
     const error = reason === 'forbidden'
-      ? { type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: this.jobId }
+      ? { type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: this.jobId, retry_ms: FORBIDDEN_RETRY_MS }
       : { type: 'error', code: ErrorCode.Unavailable, message: "the job's owner cannot be read right now; reconnect shortly", job_id: this.jobId, retry_after_ms: SSE_RETRY_MS }
     this.write(sseEvent('jobwire_error', JSON.stringify(error), undefined))
     this.end()
@@ -73,8 +73,8 @@ export class SseStream implements JobSink, Connection {
     this.send(event)
   }
 
-  status(data: JobPayload | null): void {
-    this.write(sseEvent('job_status', JSON.stringify(statusMessage(this.jobId, data)), typeof data?.seq === 'number' ? data.seq : undefined))
+  status(data: JobPayload | null, reason: StatusReason, stalled = false): void {
+    this.write(sseEvent('job_status', JSON.stringify(statusMessage(this.jobId, data, reason, stalled ? { stalled } : undefined)), typeof data?.seq === 'number' ? data.seq : undefined))
   }
 
   heartbeat(now: number): void {
@@ -135,7 +135,7 @@ export class SseStream implements JobSink, Connection {
             this.congestedSince = 0
             this.metrics.slowConsumersCaughtUp++
             this.metrics.catchUpStatuses++
-            this.status(s.data)
+            this.status(s.data, 'caught_up', s.stalled === true)
           },
           () => this.end(), // the client reconnects and gets its snapshot then
         )

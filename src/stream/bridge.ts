@@ -5,6 +5,7 @@
 import type { Metrics } from '../support/metrics.js'
 import { decodePayload, MalformedPayload } from '../wire/payload.js'
 import type { Fanout } from './fanout.js'
+import type { Losses } from './losses.js'
 import type { Recorder } from './recorder.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
@@ -17,6 +18,8 @@ export function createBridge(
   /** With access control on: checks a job's watchers again when its generation changes. */
   onNewGeneration: ((job: WatchedJob) => void) | null = null,
   recorder: Recorder | null = null,
+  /** Told of a frame that contradicts what the channel delivered or a read found (losses.ts). */
+  losses: Pick<Losses, 'report' | 'verify'> | null = null,
 ): (channel: Buffer, payload: Buffer) => void {
   function forward(job: WatchedJob, payload: Buffer): void {
     const update = decodePayload(payload)
@@ -24,6 +27,17 @@ export function createBridge(
       metrics.malformedPayloads++
       onMalformed(job.id, update.reason)
       return
+    }
+    // Redis lost writes and the producer counted on from an older state: this frame re-uses
+    // an (epoch, seq) of another state, or reopens a final one. It is not sent; the record
+    // begins a new epoch, whose frame follows.
+    if (update.seq !== undefined && update.epoch !== undefined) {
+      if (job.contradicts(update.epoch, update.seq, update.obj.status)) return losses?.report(job.id, update.epoch, update.seq)
+      const read = job.againstRead(update.epoch, update.seq, update.obj.status)
+      if (read === 'loss') return losses?.report(job.id, update.epoch, update.seq)
+      // Below a seq read before: either it overtook that read, or the record went back.
+      if (read === 'verify' || read === 'stale') losses?.verify(job.id, update.epoch, job.storedSeq!)
+      if (read === 'stale') return
     }
     job.see(update.obj, update.seq, update.epoch)
     // No seq: nothing stored it (a plain PUBLISH); record it for the other processes.

@@ -8,7 +8,7 @@ import { sseEvent } from '../sse/event.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, jsonRateFrame, jsonUpdateFrame, msgpackRateFrame, msgpackUpdateFrame, statusMessage, type Frame } from '../wire/frames.js'
 import type { DecodedPayload } from '../wire/payload.js'
-import { isTerminalStatus, type JobPayload, type ServerMessage } from '../wire/protocol.js'
+import { isTerminalStatus, type JobPayload, type ServerMessage, type StatusReason } from '../wire/protocol.js'
 import { topicFor } from '../wire/topics.js'
 import type { RateState, WatchedJob } from './watched-jobs.js'
 
@@ -143,9 +143,10 @@ export class Fanout {
     if (job.rates!.size === 0) job.rates = null
   }
 
-  /** The job's state as a job_status to every watcher (the resync after an outage). */
-  status(job: WatchedJob, data: JobPayload | null): void {
-    const message = statusMessage(job.id, data)
+  /** The job's state as a job_status to every watcher on this node, saying why (a resync after
+   * an outage or a late read, a new generation, a stall). */
+  status(job: WatchedJob, data: JobPayload | null, reason: StatusReason, stalled = false): void {
+    const message = statusMessage(job.id, data, reason, stalled ? { stalled } : undefined)
     const jsonSubscribers = this.app.numSubscribers(job.jsonTopic)
     const msgpackSubscribers = this.app.numSubscribers(job.msgpackTopic)
     if (jsonSubscribers > 0 || job.sinks.size > 0) {

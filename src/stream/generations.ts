@@ -75,7 +75,7 @@ export function createReauthorizer(ctx: ReauthorizerContext): (job: WatchedJob) 
     revokeWhere(job, (c) => !canWatch(c.principal, job.id, snapshot.owner), 'forbidden')
     const held = takeHeld(job)
     job.reauthorizing = false
-    fanout.status(job, snapshot.data)
+    fanout.status(job, snapshot.data, 'new_generation', snapshot.stalled === true)
     if (held !== null && isNewer(held, snapshot.data)) fanout.update(job, held)
   }
 
@@ -88,7 +88,7 @@ export function createReauthorizer(ctx: ReauthorizerContext): (job: WatchedJob) 
     revokeWhere(job, (c) => seen === null || !canWatch(c.principal, job.id, null), 'unavailable')
     job.held = null
     job.reauthorizing = false
-    if (seen !== null) fanout.status(job, seen)
+    if (seen !== null) fanout.status(job, seen, 'new_generation')
   }
 
   function revokeWhere(job: WatchedJob, refused: (c: Connection) => boolean, reason: 'forbidden' | 'unavailable'): void {
@@ -111,11 +111,13 @@ function takeHeld(job: WatchedJob): DecodedPayload | null {
 /** Whether a payload held during the check is newer than the state the job_status sent. A
  * plain PUBLISH (no seq) is not in a stored state, and the stream would have delivered it:
  * it is sent after a snapshot that has a seq. Without one either, the snapshot is the newest
- * payload this node saw, which is the held one. */
+ * payload this node saw, which is the held one. Of another epoch, it is the latest frame:
+ * sent (a history newer than it would arrive after it). */
 function isNewer(held: DecodedPayload, data: JobPayload | null): boolean {
   if (data === null) return true
   const seq = Number.isSafeInteger(data.seq) ? data.seq : undefined
   const epoch = Number.isSafeInteger(data.epoch) ? data.epoch : undefined
   if (held.seq === undefined) return seq !== undefined
-  return compareVersions(held.epoch, held.seq, epoch, seq) > 0
+  const order = compareVersions(held.epoch, held.seq, epoch, seq)
+  return order === null || order > 0
 }

@@ -43,7 +43,7 @@ export class Resync {
           batch.forEach((jobId, k) => {
             const job = this.watched.get(jobId)
             if (job === undefined) return
-            const data = snapshots[k]!.data
+            const { data, stalled } = snapshots[k]!
             const epoch = data?.epoch
             // A new generation while we were away: its watchers are checked first.
             if (this.onNewGeneration !== null && typeof epoch === 'number' && job.generation !== undefined && epoch !== job.generation) {
@@ -54,7 +54,7 @@ export class Resync {
             if (typeof epoch === 'number') job.generation = epoch
             // Its watchers are being checked: the job_status follows that check, not before it.
             if (job.reauthorizing) return
-            this.fanout.status(job, data)
+            this.fanout.status(job, data, 'resync', stalled === true)
           })
           break
         } catch (err) {

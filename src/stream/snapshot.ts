@@ -23,15 +23,27 @@ import { backoff } from '../support/backoff.js'
 import { withDeadline } from '../support/deadline.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
-import { compareVersions, decodePayload, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
+import { decodePayload, MalformedPayload, type DecodedPayload } from '../wire/payload.js'
 import type { JobPayload } from '../wire/protocol.js'
 import { stalledIn } from './stalls.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
+/** Where a snapshot's state came from: the stored state (the producer script's), what this
+ * process saw on the channel, what another gateway recorded of a PUBLISH-only job (`seen`),
+ * or nothing. */
+export type SnapshotOrigin = 'stored' | 'live' | 'recorded' | 'none'
+
 export interface Snapshot {
   readonly data: JobPayload | null
   readonly owner: string | null
+  /** The job is flagged as stalled in this very state (stalls.ts): sent beside `data`. */
+  readonly stalled?: boolean
+  readonly from?: SnapshotOrigin
 }
+
+/** Told when a stored state contradicts what the channel delivered before the read left: Redis
+ * lost writes, and the stored record at (epoch, seq) should begin a new epoch (losses.ts). */
+export type LossListener = (jobId: string, epoch: number, seq: number) => void
 
 export async function readSnapshots(
   broker: Broker,
@@ -39,14 +51,19 @@ export async function readSnapshots(
   jobIds: readonly string[],
   log: Logger,
   sources?: SourceRoutes,
+  onLoss?: LossListener,
 ): Promise<Snapshot[]> {
   const fromSource: boolean[] = []
+  // What each job's channel had delivered when the read left: anything after it may be newer.
+  const seenBefore = jobIds.map((id) => watched.get(id)?.seenCount)
   const records = await readRecords(broker, jobIds, sources, fromSource)
   return records.map((record, i) => {
-    const snapshot = chooseSnapshot(record, jobIds[i]!, fromSource[i] === true, watched, log)
+    const snapshot = chooseSnapshot(record, jobIds[i]!, fromSource[i] === true, watched, log, seenBefore[i], onLoss)
     const job = watched.get(jobIds[i]!)
+    // Remembered: a frame that contradicts it later tells of lost writes (watched-jobs.ts).
+    if (job !== undefined && snapshot.from === 'stored' && fromSource[i] !== true) job.noteStored(snapshot.data!)
     // A job flagged as stalled is still stalled in the state it was flagged in (stalls.ts).
-    if (job !== undefined && snapshot.data !== null && stalledIn(job, snapshot.data)) return { data: { ...snapshot.data, stalled: true }, owner: snapshot.owner }
+    if (job !== undefined && snapshot.data !== null && stalledIn(job, snapshot.data)) return { ...snapshot, stalled: true }
     return snapshot
   })
 }
@@ -81,7 +98,7 @@ async function readRecords(broker: Broker, jobIds: readonly string[], sources: S
   return out
 }
 
-function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, watched: WatchedJobs, log: Logger): Snapshot {
+function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, watched: WatchedJobs, log: Logger, seenBefore: number | undefined, onLoss: LossListener | undefined): Snapshot {
   let stored: DecodedPayload | null = null
   if (record.state !== null) {
     const decoded = decodePayload(record.state)
@@ -93,14 +110,44 @@ function chooseSnapshot(record: JobRecord, jobId: string, fromSource: boolean, w
   }
   const job = watched.get(jobId)
   const seen = job?.lastPayload ?? null
+  const owner = record.owner
   // A PUBLISH-only job: what this process saw, or else what another one recorded.
-  if (stored === null) return { data: seen ?? recorded(record.seen, jobId, log), owner: record.owner }
-  // What the channel delivered after the read was issued may be newer than what it read. A
-  // source's stored state is numbered as the last payload delivered and is never newer than
+  if (stored === null) {
+    if (seen !== null) return { data: seen, owner, from: 'live' }
+    const data = recorded(record.seen, jobId, log)
+    return { data, owner, from: data === null ? 'none' : 'recorded' }
+  }
+  if (seen === null || job!.lastSeq === undefined) {
+    // The broker came back without what the channel had delivered of this epoch (a failover
+    // to a replica that lacked the last writes): show what was delivered, begin a new epoch.
+    const before = job?.forgotten ?? null
+    if (!fromSource && before !== null && stored.seq !== undefined && job!.contradicts(stored.epoch, stored.seq, stored.obj.status, false)) {
+      onLoss?.(jobId, stored.epoch!, stored.seq)
+      return { data: before, owner, from: 'live' }
+    }
+    return { data: stored.obj, owner, from: 'stored' }
+  }
+  // Epochs are compared for equality only. Another epoch is another history, and the current
+  // one is where it came from: the stored record, unless the channel delivered the other one
+  // after the read left (then it is the latest frame, and sending it loses nothing: any later
+  // history arrives as frames after it).
+  const arrivedSince = seenBefore === undefined || job!.seenCount !== seenBefore
+  if (job!.lastEpoch !== stored.epoch) return arrivedSince ? { data: seen, owner, from: 'live' } : { data: stored.obj, owner, from: 'stored' }
+  // A source's stored state is numbered as the last payload delivered and is never newer than
   // it once delivered (src/sources/): on a tie, what was seen wins.
-  const order = seen === null ? -1 : compareVersions(job!.lastEpoch, job!.lastSeq, stored.epoch, stored.seq)
-  const seenIsNewer = fromSource ? order >= 0 : order > 0
-  return { data: seenIsNewer ? seen : stored.obj, owner: record.owner }
+  const order = job!.lastSeq - (stored.seq ?? 0)
+  if (fromSource ? order >= 0 : order > 0) {
+    // The record went back behind what its channel had delivered before the read left.
+    if (!fromSource && !arrivedSince && stored.epoch !== undefined && stored.seq !== undefined) onLoss?.(jobId, stored.epoch, stored.seq)
+    return { data: seen, owner, from: 'live' }
+  }
+  // A non-terminal state after a terminal one of the same epoch is no newer evidence: the
+  // producer script refuses it, so the record was restored from a copy that lacked the end.
+  if (!fromSource && order < 0 && job!.contradicts(stored.epoch, stored.seq!, stored.obj.status, false)) {
+    if (!arrivedSince) onLoss?.(jobId, stored.epoch!, stored.seq!)
+    return { data: seen, owner, from: 'live' }
+  }
+  return { data: stored.obj, owner, from: 'stored' }
 }
 
 function recorded(seen: Buffer | null, jobId: string, log: Logger): JobPayload | null {
@@ -140,6 +187,7 @@ export class SnapshotReader {
     private readonly holdMs: number,
     /** Where source jobs (`celery:`, `bullmq:`) are read from. */
     private readonly sources?: SourceRoutes,
+    private readonly onLoss?: LossListener,
   ) {}
 
   /** One job's snapshot, read with whatever else is asked for in this event-loop turn. */
@@ -217,7 +265,7 @@ export class SnapshotReader {
   private async fetch(jobIds: readonly string[]): Promise<Snapshot[]> {
     this.metrics.snapshotReads += jobIds.length
     try {
-      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log, this.sources), this.timeoutMs, 'snapshot read')
+      return await withDeadline(readSnapshots(this.broker, this.watched, jobIds, this.log, this.sources, this.onLoss), this.timeoutMs, 'snapshot read')
     } catch (err) {
       this.metrics.snapshotFailures += jobIds.length
       throw err

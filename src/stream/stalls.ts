@@ -1,8 +1,9 @@
 // Stall detection, for every job whatever its source: a watched job whose latest state is
 // `processing` and that then stays silent for longer than its stall time (--stall-after, or
 // the `stall_after` seconds its producer put in a payload) is flagged to its watchers: a
-// job_status with its latest state and `stalled: true`. Its next update, which does not carry
-// the flag, clears it. A snapshot of a flagged job carries the flag too (snapshot.ts).
+// job_status (reason `stalled`) with its latest state, and `stalled: true` beside it in the
+// envelope: the producer's state is never altered, so one (epoch, seq) names one content. Its
+// next update clears the flag. A snapshot of a flagged job carries the flag too (snapshot.ts).
 //
 // One timer per watched job on the node, not per watcher, armed only while the job is
 // processing. A message of a job already being timed costs one pointer write (no clock read, no
@@ -34,8 +35,9 @@ export class Stalls {
   constructor(
     /** --stall-after in ms; 0: only jobs whose payloads say `stall_after`. */
     private readonly defaultMs: number,
-    /** Sends the flagged state to the job's watchers (a job_status through the fan-out). */
-    private readonly flag: (job: WatchedJob, data: JobPayload) => void,
+    /** Sends the flagged state to the job's watchers (a job_status through the fan-out, with
+     * `stalled` beside the state). */
+    private readonly flag: (job: WatchedJob, state: JobPayload) => void,
   ) {}
 
   /** HOT PATH: the channel delivered a payload for a watched job. */
@@ -105,7 +107,7 @@ export class Stalls {
     } else if (now - clock.quietSince >= ms) {
       // Flagged once; the timer rests until the job's next update.
       clock.flagged = true
-      return this.flag(job, { ...clock.state, stalled: true })
+      return this.flag(job, clock.state)
     }
     this.arm(job, clock, Math.min(tickOf(ms), Math.max(0, clock.quietSince + ms - now)))
   }

@@ -7,16 +7,23 @@ import { canWatch, type Principal } from '../access/auth.js'
 import type { Transport } from '../access/access.js'
 import type { Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
-import type { JobPayload } from '../wire/protocol.js'
+import { relationOf, type JobPayload, type Since } from '../wire/protocol.js'
 import type { Snapshot, SnapshotReader } from './snapshot.js'
 import type { WatchedJob, WatchedJobs } from './watched-jobs.js'
 
 /** Why a watch or read did not happen. `gone`: the receiver left while the snapshot was read. */
 export type Refusal = 'forbidden' | 'unavailable' | 'gone'
 
-export type ReadResult = { readonly ok: true; readonly data: JobPayload | null } | { readonly ok: false; readonly refusal: Refusal }
+export type ReadResult = { readonly ok: true; readonly data: JobPayload | null; readonly stalled?: boolean } | { readonly ok: false; readonly refusal: Refusal }
 
 export class Watches {
+  /** Told of every watch answered from a record of a PUBLISH-only job or from nothing: it
+   * reads the job once more a moment later (rereads.ts). */
+  unsettled: ((job: WatchedJob, data: JobPayload | null) => void) | null = null
+  /** Told when the state read is behind the `since` a client gave (same epoch, lower seq):
+   * the client saw a later state, so the record may have lost writes (losses.ts checks). */
+  behind: ((jobId: string, since: Since) => void) | null = null
+
   constructor(
     private readonly watched: WatchedJobs,
     private readonly snapshots: SnapshotReader,
@@ -41,6 +48,7 @@ export class Watches {
     jobId: string,
     transport: Transport,
     attach: (job: WatchedJob, snapshot: Snapshot) => boolean,
+    since?: Since,
   ): Promise<ReadResult> {
     // canWatch without an owner: whether the rule admits the principal whoever owns the job.
     if (!canWatch(principal, jobId, null)) {
@@ -55,6 +63,8 @@ export class Watches {
       const epoch = snapshot.data?.epoch
       if (job.generation === undefined && typeof epoch === 'number') job.generation = epoch
       this.watched.observeSnapshot(job, snapshot.data)
+      if (snapshot.from === 'none' || snapshot.from === 'recorded') this.unsettled?.(job, snapshot.data)
+      this.checkSince(jobId, since, snapshot.data)
       return { ok: true, data: snapshot.data }
     } catch (err) {
       this.log.warn({ job: jobId, transport, err: (err as Error).message }, 'watch failed: snapshot unavailable')
@@ -65,7 +75,7 @@ export class Watches {
   }
 
   /** The job's current state for whoever may see it (job_status requests, GET /jobs/<id>). */
-  async read(principal: Principal | null, jobId: string, transport: Transport): Promise<ReadResult> {
+  async read(principal: Principal | null, jobId: string, transport: Transport, since?: Since): Promise<ReadResult> {
     let snapshot: Snapshot
     try {
       snapshot = await this.snapshots.read(jobId)
@@ -75,7 +85,12 @@ export class Watches {
     }
     // The same answer whether or not the job exists.
     if (!canWatch(principal, jobId, snapshot.owner)) return this.refuse(transport, 'forbidden')
-    return { ok: true, data: snapshot.data }
+    this.checkSince(jobId, since, snapshot.data)
+    return { ok: true, data: snapshot.data, stalled: snapshot.stalled }
+  }
+
+  private checkSince(jobId: string, since: Since | undefined, data: JobPayload | null): void {
+    if (since !== undefined && data !== null && relationOf(since, data) === 'behind') this.behind?.(jobId, since)
   }
 
   /** The refusal of a principal the job's stored owner does not admit, or null to go on. */

@@ -16,7 +16,7 @@ import type { JobSource } from '../sources/source.js'
 import type { SubscriptionMode } from '../support/config.js'
 import type { Logger } from '../support/log.js'
 import { updateHeads, type UpdateHeads } from '../wire/frames.js'
-import type { JobPayload } from '../wire/protocol.js'
+import { isTerminalStatus, type JobPayload } from '../wire/protocol.js'
 import { channelFor, topicFor } from '../wire/topics.js'
 import type { StallClock, Stalls } from './stalls.js'
 
@@ -73,7 +73,18 @@ export class WatchedJob {
   rates: Map<number, RateState> | null = null
   /** Stall detection's clock for the job (stalls.ts owns it); null while it has none. */
   stall: StallClock | null = null
+  /** Payloads seen on the channel while watched: a snapshot read notes it when it leaves, so
+   * it can tell what the channel delivered after it from what came before (snapshot.ts). */
+  seenCount = 0
   private seenPayload: JobPayload | null = null
+  /** The newest stored state read for the job (by epoch and seq; kept through forget()). A read
+   * and the channel's frames come by different connections, so a frame published before a
+   * read may arrive after it: only what no such reordering explains is judged (againstRead). */
+  private readEpoch: number | undefined = undefined
+  private readSeq: number | undefined = undefined
+  private readFinal = false
+  /** The last sequenced payload seen before forget(), until a sequenced one is seen again. */
+  private before: { readonly payload: JobPayload; readonly seq: number; readonly epoch: number } | null = null
   private seenSeq: number | undefined = undefined
   private seenEpoch: number | undefined = undefined
 
@@ -87,6 +98,8 @@ export class WatchedJob {
   /** HOT PATH: the newest payload seen on the channel while watched: the snapshot of jobs
    * whose producers only PUBLISH, and the tie-breaker against a stored state read mid-stream. */
   see(payload: JobPayload, seq: number | undefined, epoch: number | undefined): void {
+    this.seenCount++
+    if (this.before !== null && seq !== undefined) this.before = null
     this.seenPayload = payload
     this.seenSeq = seq
     this.seenEpoch = epoch
@@ -96,6 +109,9 @@ export class WatchedJob {
   /** The broker lost its data (it restarted empty, or failed over): what was seen before
    * says nothing about the job now. */
   forget(): void {
+    // Kept as evidence of the history the job had: a stored state read after the broker came
+    // back that is behind it in the same epoch is a loss, not the truth (snapshot.ts).
+    if (this.seenSeq !== undefined && this.seenEpoch !== undefined) this.before = { payload: this.seenPayload!, seq: this.seenSeq, epoch: this.seenEpoch }
     this.seenPayload = null
     this.seenSeq = undefined
     this.seenEpoch = undefined
@@ -113,7 +129,60 @@ export class WatchedJob {
   get lastEpoch(): number | undefined {
     return this.seenEpoch
   }
+
+  /** HOT PATH: whether a sequenced state of the job contradicts what its channel delivered
+   * before (frames arrive in publish order, each once): the same epoch with a seq not above
+   * the last one (`orEqual`; a stored state read may equal it), or a non-terminal state after a
+   * terminal one. Neither happens unless Redis lost writes (a replica or a restored copy that
+   * lacked the last ones), since the producer script counts seq up and refuses to reopen a
+   * final state. States without an epoch (older producers) are not judged. */
+  contradicts(epoch: number | undefined, seq: number, status: unknown, orEqual = true): boolean {
+    const before = this.before
+    const known = this.seenSeq ?? before?.seq
+    if (known === undefined || epoch === undefined || epoch !== (this.seenSeq !== undefined ? this.seenEpoch : before!.epoch)) return false
+    const last = this.seenSeq !== undefined ? this.seenPayload! : before!.payload
+    return seq < known || (orEqual && seq === known) || (seq > known && isTerminalStatus(last.status) && !isTerminalStatus(status))
+  }
+
+  /** A stored state was read for the job (a snapshot taken from the record). */
+  noteStored(data: JobPayload): void {
+    const { epoch, seq } = data
+    if (typeof epoch !== 'number' || typeof seq !== 'number') return
+    if (epoch === this.readEpoch && this.readSeq !== undefined && seq <= this.readSeq) return
+    this.readEpoch = epoch
+    this.readSeq = seq
+    this.readFinal = isTerminalStatus(data.status)
+  }
+
+  /** HOT PATH: a sequenced frame against the newest stored state read. LOSS: it cannot be
+   * explained by a frame overtaken by a read (a non-terminal state at a seq above a terminal
+   * one read, or the read's seq with the other side of final). VERIFY: its seq is below the
+   * read's, which a frame published before the read explains, or a record that went back:
+   * the record is read again to tell (losses.ts); STALE: the same, and the frame is not final
+   * while the read was, so it is not sent either way (superseded, or a reopened final state).
+   * FINE: anything else. */
+  againstRead(epoch: number | undefined, seq: number, status: unknown): ReadCheck {
+    const known = this.readSeq
+    if (known === undefined || epoch !== this.readEpoch) return 'fine'
+    const terminal = isTerminalStatus(status)
+    if (seq < known) return this.readFinal && !terminal ? 'stale' : 'verify'
+    return (seq > known && this.readFinal && !terminal) || (seq === known && this.readFinal !== terminal) ? 'loss' : 'fine'
+  }
+
+  /** The newest stored seq read for the job. */
+  get storedSeq(): number | undefined {
+    return this.readSeq
+  }
+
+  /** The last sequenced state seen before the broker lost its data, while nothing sequenced
+   * was seen since: what a stored state read now may contradict. */
+  get forgotten(): JobPayload | null {
+    return this.seenSeq === undefined ? this.before?.payload ?? null : null
+  }
 }
+
+/** What a frame says against the newest stored state read (WatchedJob.againstRead). */
+export type ReadCheck = 'fine' | 'verify' | 'stale' | 'loss'
 
 interface Hold {
   readonly job: WatchedJob

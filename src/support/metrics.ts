@@ -29,6 +29,8 @@ export class Metrics {
   unsequencedPayloads = 0
   /** Final states sent by plain PUBLISH that the gateway stored through the producer script. */
   finalsRecorded = 0
+  /** Jobs whose stored state went back within one epoch (Redis lost writes): stream/losses.ts. */
+  historyLosses = 0
   idleCollections = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
@@ -106,6 +108,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       seen_records_total: m.seenRecords,
       producer_unsequenced_total: m.unsequencedPayloads,
       finals_recorded_total: m.finalsRecorded,
+      history_losses_total: m.historyLosses,
       idle_collections_total: m.idleCollections,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
@@ -174,6 +177,7 @@ const HELP: Record<string, string> = {
   seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second, final states at once)',
   producer_unsequenced_total: 'payloads without seq (plain PUBLISH) on jobs that have a state stored by the producer script; not stored unless final',
   finals_recorded_total: 'final states sent by plain PUBLISH on jobs with a stored state, stored by this gateway through the producer script',
+  history_losses_total: 'jobs whose stored state went back within one epoch (Redis lost writes); each begins a new epoch',
   idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb): two per burst, the second compacting',
   broker_reconnects_total: 'times the broker connection came back after an outage',
   log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',

@@ -2,6 +2,7 @@
 // slow `ws`-based imitation when its native binary does not load. jobwire refuses to run on
 // that imitation: the whole point is the native event loop.
 
+import { realpathSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { basename } from 'node:path'
 import uWS from 'uWebSockets.js'
@@ -14,7 +15,9 @@ export interface UwsRuntime {
 
 export function detectUwsRuntime(): UwsRuntime {
   const require = createRequire(import.meta.url)
-  const entry = require.resolve('uWebSockets.js')
+  // The real path: the package's own require of its binary goes by it, and a second load by
+  // another path (a symlinked node_modules) would be another module object.
+  const entry = realpathSync(require.resolve('uWebSockets.js'))
   const binary = entry.replace(/src[\\/]uws\.js$/, `binaries/uws_${process.platform}_${process.arch}_${process.versions.modules}.node`)
   try {
     // The package's entry returns the very module object of its binary when it loaded.

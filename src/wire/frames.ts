@@ -4,7 +4,7 @@
 
 import { pack } from 'msgpackr'
 import type { DecodedPayload } from './payload.js'
-import { ErrorCode, type Encoding, type JobPayload, type ServerMessage } from './protocol.js'
+import { ErrorCode, relationOf, type Encoding, type JobPayload, type JobStatusMessage, type RequestId, type ServerMessage, type Since, type StatusReason } from './protocol.js'
 
 export type Frame = string | Buffer
 
@@ -72,6 +72,19 @@ export function encodeMessage(encoding: Encoding, message: ServerMessage): Frame
 /** Sent to a socket or SSE stream whose token has expired, before it is closed. */
 export const TOKEN_EXPIRED_MESSAGE: ServerMessage = { type: 'error', code: ErrorCode.TokenExpired, message: 'token expired; reconnect with a fresh one' }
 
-export function statusMessage(jobId: string, data: JobPayload | null): ServerMessage {
-  return { type: 'job_status', job_id: jobId, data }
+/** What a job_status carries beside `data` other than its reason. */
+export interface StatusExtras {
+  readonly stalled?: boolean
+  /** The request's `since`: the reply says how `data` relates to it. */
+  readonly since?: Since
+  readonly id?: RequestId
+}
+
+export function statusMessage(jobId: string, data: JobPayload | null, reason: StatusReason, extras?: StatusExtras): JobStatusMessage {
+  const message: JobStatusMessage = { type: 'job_status', job_id: jobId, data, reason }
+  if (extras === undefined) return message
+  if (extras.stalled === true) message.stalled = true
+  if (extras.since !== undefined) message.relation = relationOf(extras.since, data)
+  if (extras.id !== undefined) message.id = extras.id
+  return message
 }

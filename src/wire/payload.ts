@@ -119,12 +119,13 @@ function checkJsonValue(value: unknown, depth: number): MalformedPayload | null 
   return null
 }
 
-/** Orders two states of one job by (epoch, seq): positive when `a` is newer. A different
- * epoch is a new generation of the job; epochs are the times their generations began. States
- * without a seq (plain PUBLISHes) are never newer than one with it. */
-export function compareVersions(aEpoch: number | undefined, aSeq: number | undefined, bEpoch: number | undefined, bSeq: number | undefined): number {
+/** Orders two states of one job within one epoch: positive when `a` is newer. Epochs are
+ * compared for equality only: states of different epochs are different histories, not ordered
+ * (null); which is current depends on where each came from (docs/protocol.md, "State model").
+ * States without a seq (plain PUBLISHes) are never newer than one with it. */
+export function compareVersions(aEpoch: number | undefined, aSeq: number | undefined, bEpoch: number | undefined, bSeq: number | undefined): number | null {
   if (aSeq === undefined || bSeq === undefined) return aSeq === undefined ? (bSeq === undefined ? 0 : -1) : 1
-  if ((aEpoch ?? 0) !== (bEpoch ?? 0)) return (aEpoch ?? 0) - (bEpoch ?? 0)
+  if (aEpoch !== bEpoch) return null
   return aSeq - bSeq
 }
 

@@ -27,6 +27,10 @@ export function isTerminalStatus(status: unknown): boolean {
   return typeof status === 'string' && TERMINAL_STATUSES.includes(status)
 }
 
+/** The wait a `forbidden` advises before asking again (`retry_ms`): the job may just not have
+ * a state yet. */
+export const FORBIDDEN_RETRY_MS = 2000
+
 export const ErrorCode = {
   BadJson: 'bad_json',
   BadMessage: 'bad_message',
@@ -92,38 +96,81 @@ export interface JobPayload {
   result?: unknown
   error?: unknown
   seq?: number
-  /** jobwire extension: the job's generation, set by the producer script with seq. States
-   * are ordered by (epoch, seq); a different epoch is a new truth (the state was lost and
-   * begun again, or the owner changed). */
+  /** jobwire extension: the job's history, set by the producer script with seq. Compared for
+   * equality only: seq orders states of one epoch; another epoch is another history (the
+   * state was lost and begun again, restarted, or the owner changed). */
   epoch?: number
   ts?: number
   [field: string]: unknown
 }
 
+/** jobwire extension: a request's own name, echoed by its reply and by any error about it: a
+ * string of at most MAX_REQUEST_ID_LENGTH characters or a safe integer. */
+export type RequestId = string | number
+export const MAX_REQUEST_ID_LENGTH = 64
+
+/** jobwire extension: the version of a job's state a client holds. Epochs are compared for
+ * equality only; seq orders states within one epoch. */
+export interface Since {
+  epoch: number
+  seq: number
+}
+
+/** Why a job_status was sent (docs/protocol.md, "State model"). */
+export type StatusReason = 'subscribed' | 'requested' | 'resync' | 'caught_up' | 'new_generation' | 'stalled'
+
+/** How the state a job_status carries relates to the `since` its request gave: `newer` and
+ * `behind` only within one epoch; `none` when the server holds no state. */
+export type Relation = 'newer' | 'same' | 'behind' | 'new_epoch' | 'none'
+
+/** The relation of a state to a client's `since` (equal epochs only are ordered). */
+export function relationOf(since: Since, data: JobPayload | null): Relation {
+  if (data === null) return 'none'
+  if (!Number.isSafeInteger(data.seq) || data.epoch !== since.epoch) return 'new_epoch'
+  const seq = data.seq as number
+  return seq > since.seq ? 'newer' : seq === since.seq ? 'same' : 'behind'
+}
+
 export type ClientMessage =
   /** max_hz (jobwire extension): at most this many updates a second for this subscription,
-   * always the newest on the trailing edge, terminal states at once. */
-  | { type: 'subscribe_job'; job_id: string; max_hz?: number }
-  | { type: 'unsubscribe_job'; job_id: string }
-  | { type: 'job_status'; job_id: string }
+   * always the newest on the trailing edge, terminal states at once. `since` (jobwire): the
+   * state the client holds; the job_status answering says how the server's relates to it. */
+  | { type: 'subscribe_job'; job_id: string; max_hz?: number; since?: Since; id?: RequestId }
+  | { type: 'unsubscribe_job'; job_id: string; id?: RequestId }
+  | { type: 'job_status'; job_id: string; since?: Since; id?: RequestId }
   | { type: 'ping'; id?: string | number }
   /** jobwire extension: a user's jobs ("my jobs"); `user` defaults to the token's (`me`). */
-  | { type: 'subscribe_user_jobs'; user?: string }
-  | { type: 'unsubscribe_user_jobs'; user?: string }
+  | { type: 'subscribe_user_jobs'; user?: string; id?: RequestId }
+  | { type: 'unsubscribe_user_jobs'; user?: string; id?: RequestId }
+
+/** A job's state as the gateway reports it. What the gateway adds travels beside `data`, never
+ * inside it: `data` is the producer's state exactly. `reason` is absent only from gateways
+ * older than it. */
+export interface JobStatusMessage {
+  type: 'job_status'
+  job_id: string
+  data: JobPayload | null
+  reason?: StatusReason
+  /** The job is processing and has been silent for longer than its stall time. */
+  stalled?: true
+  /** Present when the request carried `since`. */
+  relation?: Relation
+  id?: RequestId
+}
 
 export type ServerMessage =
-  | { type: 'job_status'; job_id: string; data: JobPayload | null }
+  | JobStatusMessage
   /** prev_seq (jobwire extension): on a rate-capped subscription's update that skips seqs, the
    * seq of the update delivered before it; what lies between was conflated, not lost. */
   | { type: 'job_update'; job_id: string; data: JobPayload; prev_seq?: number }
   | { type: 'pong'; id?: string | number }
-  | { type: 'unsubscribed'; job_id: string }
+  | { type: 'unsubscribed'; job_id: string; id?: RequestId }
   /** jobwire extension: the answer to subscribe_user_jobs (and again after a resync): the
    * user's job ids, most recently updated first. */
-  | { type: 'user_jobs'; user: string; job_ids: string[] }
+  | { type: 'user_jobs'; user: string; job_ids: string[]; id?: RequestId }
   /** jobwire extension: a new job of a watched user. */
   | { type: 'user_job'; user: string; job_id: string }
-  | { type: 'unsubscribed_user_jobs'; user: string }
+  | { type: 'unsubscribed_user_jobs'; user: string; id?: RequestId }
   | ErrorMessage
 
 export interface ErrorMessage {
@@ -135,4 +182,9 @@ export interface ErrorMessage {
   user?: string
   /** jobwire extension: with rate_limited, how long to wait before trying again. */
   retry_after_ms?: number
+  /** jobwire extension: with forbidden, the wait before asking again (the job may not have a
+   * state yet: a forbidden is the same answer for "no such job" and "not yours"). */
+  retry_ms?: number
+  /** jobwire extension: the id of the request this error answers. */
+  id?: RequestId
 }

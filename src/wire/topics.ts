@@ -12,6 +12,12 @@ export function jobKey(keyPrefix: string, jobId: string): string {
   return `${keyPrefix}job:${jobId}`
 }
 
+/** Where the producer script keeps a job's owner beside its state, for longer (issue 19): the
+ * owner survives a state key that expired or was lost. */
+export function jobOwnerKey(keyPrefix: string, jobId: string): string {
+  return `${keyPrefix}job-owner:${jobId}`
+}
+
 /** The lease of the gateway recording a PUBLISH-only job's latest payload. */
 export function recorderKey(keyPrefix: string, jobId: string): string {
   return `${keyPrefix}rec:${jobId}`
@@ -24,6 +30,10 @@ export function clusterJobKey(keyPrefix: string, channel: string): string {
   return `${keyPrefix}job:{${channel}}`
 }
 
+export function clusterJobOwnerKey(keyPrefix: string, channel: string): string {
+  return `${keyPrefix}job-owner:{${channel}}`
+}
+
 export function clusterRecorderKey(keyPrefix: string, channel: string): string {
   return `${keyPrefix}rec:{${channel}}`
 }
@@ -31,6 +41,11 @@ export function clusterRecorderKey(keyPrefix: string, channel: string): string {
 /** The job's state key in the layout `names` describes. */
 export function stateKey(names: { readonly keyPrefix: string; readonly channelPrefix: string; readonly cluster?: boolean }, jobId: string): string {
   return names.cluster ? clusterJobKey(names.keyPrefix, channelFor(names.channelPrefix, jobId)) : jobKey(names.keyPrefix, jobId)
+}
+
+/** The job's owner key in the layout `names` describes. */
+export function ownerKey(names: { readonly keyPrefix: string; readonly channelPrefix: string; readonly cluster?: boolean }, jobId: string): string {
+  return names.cluster ? clusterJobOwnerKey(names.keyPrefix, channelFor(names.channelPrefix, jobId)) : jobOwnerKey(names.keyPrefix, jobId)
 }
 
 const TOPIC_LETTER: Record<Encoding, string> = { json: 'j', msgpack: 'm' }

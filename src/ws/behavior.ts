@@ -25,10 +25,10 @@ import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { decodeClientMessage, RequestError } from '../wire/client-messages.js'
 import { statusMessage } from '../wire/frames.js'
-import { CloseCode, ErrorCode, Subprotocol, type Encoding } from '../wire/protocol.js'
+import { CloseCode, ErrorCode, Subprotocol, type Encoding, type RequestId } from '../wire/protocol.js'
 import { parseTopic, rateClass } from '../wire/topics.js'
 import type { CatchUp } from './catch-up.js'
-import { SocketConnection, type SocketHolder } from './connection.js'
+import { SocketConnection, type JobRequest, type SocketHolder } from './connection.js'
 
 export interface WsContext {
   readonly config: Config
@@ -107,33 +107,33 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
   /** Each socket keeps its bucket's state (conn.bucket); the rate lives once, here. */
   const messageRate = config.maxMessagesPerSec > 0 ? new TokenRate(config.maxMessagesPerSec, messageBurst) : null
 
-  async function subscribe(conn: SocketConnection, jobId: string, maxHz: number | undefined): Promise<void> {
+  async function subscribe(conn: SocketConnection, jobId: string, maxHz: number | undefined, request: JobRequest): Promise<void> {
     const state = conn.jobs.get(jobId)
     if (state !== undefined) {
       // Already watched: the latest request's max_hz applies; the first request answers a
       // pending one, a fresh job_status any other.
       changeRate(conn, jobId, rateClass(maxHz, config.maxUpdateHz))
       if (state === 'pending') return
-      return status(conn, jobId)
+      return status(conn, jobId, request)
     }
     if (conn.jobs.size >= config.maxSubscriptionsPerSocket) {
       refusedLog(conn, jobId, ErrorCode.TooManySubscriptions)
-      return conn.sendError(ErrorCode.TooManySubscriptions, `at most ${config.maxSubscriptionsPerSocket} jobs per connection`, jobId)
+      return conn.sendError(ErrorCode.TooManySubscriptions, `at most ${config.maxSubscriptionsPerSocket} jobs per connection`, jobId, request.id)
     }
     conn.jobs.set(jobId, 'pending')
     conn.setRate(jobId, rateClass(maxHz, config.maxUpdateHz))
     const result = await watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
-      if (!conn.join(jobId, snapshot.data, 'pending')) return false
+      if (!conn.join(jobId, snapshot, 'pending', request)) return false
       metrics.subscriptions++
       return true
-    })
+    }, request.since)
     if (result.ok) return
     if (conn.jobs.get(jobId) === 'pending') {
       conn.jobs.delete(jobId)
       conn.setRate(jobId, 0)
     }
     if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
-    conn.refuse(result.refusal, jobId)
+    conn.refuse(result.refusal, jobId, request.id)
   }
 
   /** Moves a watched job to another rate class. A subscribed socket joins the new class's
@@ -154,7 +154,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     accessLog.info(log, 'refused', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, job: jobId, reason }, `subscribe refused: ${reason}`)
   }
 
-  function unsubscribe(conn: SocketConnection, jobId: string): void {
+  function unsubscribe(conn: SocketConnection, jobId: string, id: RequestId | undefined): void {
     const state = conn.jobs.get(jobId)
     conn.jobs.delete(jobId)
     if (state === 'subscribed') {
@@ -165,21 +165,22 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       metrics.subscriptions--
     }
     conn.setRate(jobId, 0)
-    conn.send({ type: 'unsubscribed', job_id: jobId })
+    conn.send(id === undefined ? { type: 'unsubscribed', job_id: jobId } : { type: 'unsubscribed', job_id: jobId, id })
   }
 
-  async function subscribeUser(conn: SocketConnection, requested: string | undefined): Promise<void> {
+  async function subscribeUser(conn: SocketConnection, requested: string | undefined, id: RequestId | undefined): Promise<void> {
+    const echo = id === undefined ? {} : { id }
     const user = resolveUser(conn.principal, requested)
     const state = ctx.userJobs.stateOf(conn, user)
     if (state === 'pending') return // the first request will answer
     if (state === undefined && ctx.userJobs.watching(conn) >= MAX_USERS_PER_SOCKET) {
       metrics.countClientError(ErrorCode.TooManySubscriptions)
-      return conn.send({ type: 'error', code: ErrorCode.TooManySubscriptions, message: `at most ${MAX_USERS_PER_SOCKET} users' jobs per connection`, user })
+      return conn.send({ type: 'error', code: ErrorCode.TooManySubscriptions, message: `at most ${MAX_USERS_PER_SOCKET} users' jobs per connection`, user, ...echo })
     }
     if (state === 'subscribed') {
       // Answered with a fresh list, as a repeated subscribe_job is with a fresh job_status.
       const jobIds = await ctx.userJobs.list(user, MAX_LISTED_JOBS).then((jobs) => jobs.map((j) => j.job_id), () => null)
-      if (jobIds !== null) conn.send({ type: 'user_jobs', user, job_ids: jobIds })
+      if (jobIds !== null) conn.send({ type: 'user_jobs', user, job_ids: jobIds, ...echo })
       return
     }
     const result = await ctx.userJobs.open(conn, conn.principal, user, 'websocket', (jobIds) => {
@@ -187,7 +188,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       if (conn.closed || ws === null) return false
       ws.cork(() => {
         ws.subscribe(userTopic(conn.encoding, user))
-        conn.send({ type: 'user_jobs', user, job_ids: jobIds })
+        conn.send({ type: 'user_jobs', user, job_ids: jobIds, ...echo })
       })
       return true
     })
@@ -196,26 +197,26 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     const code = result.refusal === 'forbidden' ? ErrorCode.Forbidden : ErrorCode.Unavailable
     metrics.countClientError(code)
     conn.send(result.refusal === 'forbidden'
-      ? { type: 'error', code, message: "not allowed to watch this user's jobs", user }
-      : { type: 'error', code, message: 'the job list is unavailable right now; retry shortly', user, retry_after_ms: 1000 })
+      ? { type: 'error', code, message: "not allowed to watch this user's jobs", user, ...echo }
+      : { type: 'error', code, message: 'the job list is unavailable right now; retry shortly', user, retry_after_ms: 1000, ...echo })
   }
 
-  function unsubscribeUser(conn: SocketConnection, requested: string | undefined): void {
+  function unsubscribeUser(conn: SocketConnection, requested: string | undefined, id: RequestId | undefined): void {
     const user = resolveUser(conn.principal, requested)
     if (ctx.userJobs.stateOf(conn, user) === 'subscribed') conn.ws?.unsubscribe(userTopic(conn.encoding, user))
     ctx.userJobs.forget(conn, user)
-    conn.send({ type: 'unsubscribed_user_jobs', user })
+    conn.send(id === undefined ? { type: 'unsubscribed_user_jobs', user } : { type: 'unsubscribed_user_jobs', user, id })
   }
 
-  async function status(conn: SocketConnection, jobId: string): Promise<void> {
-    const result = await watches.read(conn.principal, jobId, 'websocket')
-    if (result.ok) return conn.send(statusMessage(jobId, result.data))
+  async function status(conn: SocketConnection, jobId: string, request: JobRequest): Promise<void> {
+    const result = await watches.read(conn.principal, jobId, 'websocket', request.since)
+    if (result.ok) return conn.send(statusMessage(jobId, result.data, 'requested', { stalled: result.stalled, since: request.since, id: request.id }))
     if (result.refusal !== 'gone') refusedLog(conn, jobId, result.refusal)
     const state = conn.jobs.get(jobId)
     // Forbidden now (the job id names someone else's job): a subscription to it ends too, or
     // its next update would still arrive.
-    if (result.refusal === 'forbidden' && (state === 'subscribed' || state === 'parked')) return conn.revoke(jobId)
-    conn.refuse(result.refusal, jobId)
+    if (result.refusal === 'forbidden' && (state === 'subscribed' || state === 'parked')) return conn.revoke(jobId, 'forbidden', request.id)
+    conn.refuse(result.refusal, jobId, request.id)
   }
 
   return {
@@ -321,20 +322,20 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
         return
       }
       const request = decodeClientMessage(conn.encoding, message, isBinary)
-      if (request instanceof RequestError) return conn.sendError(request.code, request.message, request.jobId)
+      if (request instanceof RequestError) return conn.sendError(request.code, request.message, request.jobId, request.id)
       switch (request.type) {
         case 'subscribe_job':
-          return void subscribe(conn, request.job_id, request.max_hz)
+          return void subscribe(conn, request.job_id, request.max_hz, request)
         case 'unsubscribe_job':
-          return unsubscribe(conn, request.job_id)
+          return unsubscribe(conn, request.job_id, request.id)
         case 'job_status':
-          return void status(conn, request.job_id)
+          return void status(conn, request.job_id, request)
         case 'ping':
           return conn.send(request.id === undefined ? { type: 'pong' } : { type: 'pong', id: request.id })
         case 'subscribe_user_jobs':
-          return void subscribeUser(conn, request.user)
+          return void subscribeUser(conn, request.user, request.id)
         case 'unsubscribe_user_jobs':
-          return unsubscribeUser(conn, request.user)
+          return unsubscribeUser(conn, request.user, request.id)
       }
     },
 

@@ -198,7 +198,7 @@ export class CatchUp {
     const jobs = [...conn.jobs].filter(([, state]) => state === 'parked').map(([jobId]) => jobId)
     await Promise.all(jobs.map(async (jobId) => {
       const result = await this.watches.open(conn.principal, jobId, 'websocket', (_job, snapshot) => {
-        if (!conn.join(jobId, snapshot.data, 'parked')) return false
+        if (!conn.join(jobId, snapshot, 'parked')) return false
         this.metrics.catchUpStatuses++
         return true
       })

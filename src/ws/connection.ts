@@ -12,10 +12,11 @@ import type { WebSocket } from 'uWebSockets.js'
 import { FORBIDDEN_MESSAGE, type Principal } from '../access/auth.js'
 import type { Connection } from '../access/connections.js'
 import { FULL, smallInteger } from '../access/token-bucket.js'
+import type { Snapshot } from '../stream/snapshot.js'
 import type { Refusal } from '../stream/watch.js'
 import type { Metrics } from '../support/metrics.js'
 import { encodeMessage, frameBytes, statusMessage, TOKEN_EXPIRED_MESSAGE } from '../wire/frames.js'
-import { CloseCode, ErrorCode, TOKEN_EXPIRED_REASON, type Encoding, type JobPayload, type ServerMessage } from '../wire/protocol.js'
+import { CloseCode, ErrorCode, FORBIDDEN_RETRY_MS, TOKEN_EXPIRED_REASON, type Encoding, type ErrorMessage, type RequestId, type ServerMessage, type Since } from '../wire/protocol.js'
 import { topicFor } from '../wire/topics.js'
 
 /** uWS copies the user data given to upgrade() into an object of its own, keeping own fields
@@ -29,6 +30,12 @@ export type JobSocket = WebSocket<SocketHolder>
 const UNAVAILABLE_MESSAGE = 'job state is unavailable right now (the broker is down); retry shortly'
 /** What an unavailable answer advises waiting before the retry. */
 const UNAVAILABLE_RETRY_MS = 1000
+
+/** What a subscription or read names besides the job: echoed or compared in its reply. */
+export interface JobRequest {
+  readonly since?: Since
+  readonly id?: RequestId
+}
 
 export interface Refused {
   readonly reason: string
@@ -200,13 +207,14 @@ export class SocketConnection extends JobTable implements Connection {
   /** Joins the job's topic (uWS's subscription handler then holds the job) and sends its
    * snapshot in one step, so every later message reaches this socket after its job_status.
    * False when the socket is gone or the job is no longer in the state `from`. */
-  join(jobId: string, data: JobPayload | null, from: 'pending' | 'parked'): boolean {
+  join(jobId: string, snapshot: Snapshot, from: 'pending' | 'parked', request?: JobRequest): boolean {
     const ws = this.ws
     if (this.closed || ws === null || this.jobs.get(jobId) !== from) return false
     this.jobs.set(jobId, 'subscribed')
+    const reason = from === 'pending' ? 'subscribed' : 'caught_up'
     ws.cork(() => {
       ws.subscribe(this.topicOf(jobId))
-      this.send(statusMessage(jobId, data))
+      this.send(statusMessage(jobId, snapshot.data, reason, { stalled: snapshot.stalled, since: request?.since, id: request?.id }))
     })
     return true
   }
@@ -231,14 +239,14 @@ export class SocketConnection extends JobTable implements Connection {
   }
 
   /** A parked job's hold stays in `held` until the socket catches up or closes. */
-  revoke(jobId: string, reason: 'forbidden' | 'unavailable' = 'forbidden'): void {
+  revoke(jobId: string, reason: 'forbidden' | 'unavailable' = 'forbidden', id?: RequestId): void {
     const state = this.jobs.get(jobId)
     if (state === undefined) return
     this.jobs.delete(jobId)
     if (state === 'subscribed') this.ws?.unsubscribe(this.topicOf(jobId))
     this.setRate(jobId, 0)
     if (state !== 'pending') this.metrics.subscriptions--
-    this.refuse(reason, jobId)
+    this.refuse(reason, jobId, id)
   }
 
   send(message: ServerMessage): void {
@@ -250,18 +258,26 @@ export class SocketConnection extends JobTable implements Connection {
     this.metrics.bytesOut += frameBytes(frame)
   }
 
-  sendError(code: ErrorCode, message: string, jobId?: string): void {
+  /** `id`: the request's, echoed. */
+  sendError(code: ErrorCode, message: string, jobId?: string, id?: RequestId): void {
     this.metrics.countClientError(code)
-    this.send(jobId === undefined ? { type: 'error', code, message } : { type: 'error', code, message, job_id: jobId })
+    const error: ErrorMessage = { type: 'error', code, message }
+    if (jobId !== undefined) error.job_id = jobId
+    if (id !== undefined) error.id = id
+    this.send(error)
   }
 
-  /** The answer to a watch or read that did not happen (a `gone` receiver gets none). */
-  refuse(refusal: Refusal, jobId: string): void {
-    if (refusal === 'forbidden') this.sendError(ErrorCode.Forbidden, FORBIDDEN_MESSAGE, jobId)
-    else if (refusal === 'unavailable') {
-      this.metrics.countClientError(ErrorCode.Unavailable)
-      this.send({ type: 'error', code: ErrorCode.Unavailable, message: UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS })
-    }
+  /** The answer to a watch or read that did not happen (a `gone` receiver gets none). A
+   * forbidden is retryable: it is also the answer for a job that has no state yet. */
+  refuse(refusal: Refusal, jobId: string, id?: RequestId): void {
+    if (refusal === 'gone') return
+    const forbidden = refusal === 'forbidden'
+    const error: ErrorMessage = forbidden
+      ? { type: 'error', code: ErrorCode.Forbidden, message: FORBIDDEN_MESSAGE, job_id: jobId, retry_ms: FORBIDDEN_RETRY_MS }
+      : { type: 'error', code: ErrorCode.Unavailable, message: UNAVAILABLE_MESSAGE, job_id: jobId, retry_after_ms: UNAVAILABLE_RETRY_MS }
+    if (id !== undefined) error.id = id
+    this.metrics.countClientError(error.code)
+    this.send(error)
   }
 
   /** Clients reconnect with a fresh token (the browser client's getToken hook). */
