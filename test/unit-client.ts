@@ -362,7 +362,9 @@ t.test('falls back to polling when WebSocket never opens, and returns when it do
   FakeWebSocket.last().drop(1006)
   await until(() => client.state === 'fallback', 'fallback')
   await until(() => seen.length > 0, 'a polled status')
-  t.equal(polled[0], 'http://gw.test/jobs/p1')
+  // Each attempt refused before it opened is first shown to GET /jobs (is it the token?).
+  t.same(polled.slice(0, 2), ['http://gw.test/jobs?owner=me', 'http://gw.test/jobs?owner=me'], 'asked why, twice: not the token (200)')
+  t.equal(polled.find((u) => u !== 'http://gw.test/jobs?owner=me'), 'http://gw.test/jobs/p1')
   t.same(seen[0], { seq: 7, progress: 70 })
   await until(() => FakeWebSocket.instances.length === 3, 'WebSocket retried while in fallback', 3000)
   FakeWebSocket.last().accept()
@@ -456,4 +458,77 @@ t.test('BackgroundJobManager: the original API, with DOM events', async (t) => {
   manager.unsubscribeFromJob('m1')
   t.same(FakeWebSocket.last().sent.at(-1), { type: 'unsubscribe_job', job_id: 'm1' })
   manager.disconnect()
+})
+
+// Auth failures surface (issue: a wrong or expired token was silent, the client fell back to
+// polling and polled a 401 every 2 s with getToken called each time).
+const refusing = (code: 'token_invalid' | 'token_expired', message: string, asked: string[]) => (async (url: string, init?: RequestInit) => {
+  asked.push(`${url} ${(init?.headers as Record<string, string> | undefined)?.authorization ?? ''}`)
+  return new Response(JSON.stringify({ error: 'unauthorized', code, message }), { status: 401 })
+}) as unknown as typeof fetch
+
+t.test('a refused token: onError once with its code, no fallback, getToken asked again after backoff', async (t) => {
+  const asked: string[] = []
+  let tokens = 0
+  const { client, states, errors } = makeClient({
+    fallbackAfterFailures: 2,
+    getToken: () => `wrong-${++tokens}`,
+    fetch: refusing('token_invalid', 'invalid token: signature verification failed', asked),
+  })
+  const jobErrors: Array<{ code: string; message: string }> = []
+  client.subscribe('a1', { onError: (e) => jobErrors.push({ code: e.code, message: e.message }) })
+  for (let i = 1; i <= 4; i++) {
+    await until(() => FakeWebSocket.instances.length === i, `attempt ${i}`)
+    FakeWebSocket.last().drop(1006)
+  }
+  await until(() => asked.length === 4, 'each refusal explained')
+  t.same(jobErrors, [{ code: 'token_invalid', message: 'invalid token: signature verification failed' }], 'onError once, with the code and the server\'s reason')
+  t.same(errors, ['token_invalid'], 'the client-level error once too')
+  t.notOk(states.includes('fallback'), 'never in fallback: no transport gets past a refused token')
+  t.match(asked[0], /^http:\/\/gw\.test\/jobs\?owner=me Bearer wrong-1$/, 'the same credentials shown to GET /jobs')
+  t.ok(tokens >= 4, `getToken asked again for each attempt (${tokens})`)
+  client.close()
+})
+
+t.test('a fixed token refused: onError once and the client stops', async (t) => {
+  const asked: string[] = []
+  const { client, states } = makeClient({ token: 'expired-one', fetch: refusing('token_expired', 'token expired', asked) })
+  const jobErrors: string[] = []
+  client.subscribe('a2', { onError: (e) => jobErrors.push(e.code) })
+  await until(() => FakeWebSocket.instances.length === 1, 'attempt')
+  FakeWebSocket.last().drop(1006)
+  await until(() => client.state === 'closed', 'closed')
+  t.same(jobErrors, ['token_expired'])
+  await sleep(60)
+  t.equal(FakeWebSocket.instances.length, 1, 'no further attempt with a token that cannot change')
+  t.notOk(states.includes('fallback'))
+})
+
+t.test('getToken returning something that is not a token, or throwing, is reported as such', async (t) => {
+  const html = '<!doctype html><html><body>Not Found</body></html>'
+  const { client, errors } = makeClient({ getToken: () => html })
+  const messages: string[] = []
+  client.addEventListener('error', (e) => messages.push((e as CustomEvent).detail.message))
+  client.subscribe('a3', {})
+  await until(() => errors.length === 1, 'reported')
+  t.equal(errors[0], 'token_invalid')
+  t.match(messages[0], /getToken returned something that is not a token: "<!doctype html>/)
+  await sleep(60)
+  t.equal(FakeWebSocket.instances.length, 0, 'never sent')
+  t.equal(errors.length, 1, 'said once, however often it is asked again')
+  client.close()
+  for (const [given, why] of [[undefined, /returned undefined/], [42, /returned number/], [null, /returned null/]] as const) {
+    const { client: c, errors: e } = makeClient({ getToken: () => given as unknown as string })
+    const said: string[] = []
+    c.addEventListener('error', (ev) => said.push((ev as CustomEvent).detail.message))
+    c.subscribe('a4', {})
+    await until(() => e.length === 1, 'reported')
+    t.match(said[0], why)
+    c.close()
+  }
+  const { client: thrower, errors: thrown } = makeClient({ getToken: () => { throw new Error('session expired') } })
+  thrower.subscribe('a5', {})
+  await until(() => thrown.length === 1, 'reported')
+  t.equal(thrown[0], 'get_token_failed')
+  thrower.close()
 })

@@ -12,8 +12,9 @@ export interface FallbackOptions {
   readonly pollIntervalMs: number
   readonly EventSource: typeof EventSource | undefined
   readonly fetch: typeof fetch
-  /** An HTTP error the caller must hear about (401/403: stop; others: keep trying). */
-  readonly onHttpError: (jobId: string, status: number) => void
+  /** An HTTP error the caller must hear about (401/403: stop; others: keep trying), with the
+   * JSON body's code and message when it had them. */
+  readonly onHttpError: (jobId: string, status: number, body: { code?: string; message?: string } | null) => void
 }
 
 /** Checked against the contract by its type; the ErrorCode table itself would only add bytes
@@ -22,6 +23,9 @@ const TOKEN_EXPIRED = 'token_expired' satisfies ErrorCode
 
 /** 403s with retry_ms in a row after which polling gives up (as the WebSocket client does). */
 const FORBIDDEN_POLLS = 5
+
+/** The longest wait between polls refused with 401. */
+const MAX_UNAUTHORIZED_WAIT_MS = 30_000
 
 /** SSE errors in a row before a job falls back further, to polling. */
 const SSE_FAILURES_BEFORE_POLLING = 3
@@ -37,6 +41,9 @@ export class FallbackWatch {
   private sseFailures = 0
   /** 403s in a row. */
   private forbidden = 0
+  /** 401s in a row: each doubles the wait before the next poll (a refused token must not be
+   * asked for, and sent, every interval). */
+  private unauthorized = 0
   private stopped = false
 
   constructor(private readonly jobId: string, private readonly options: FallbackOptions, private readonly sink: FrameSink) {
@@ -103,19 +110,24 @@ export class FallbackWatch {
           this.sink({ type: 'job_status', job_id: this.jobId, data: body.data })
         } else if (res.status === 404) {
           this.sink({ type: 'job_status', job_id: this.jobId, data: null })
-        } else if (res.status === 401 && this.options.refreshToken) {
-          this.options.refreshToken() // expired, probably: the next poll asks getToken again
         } else {
-          this.options.onHttpError(this.jobId, res.status)
+          const body = (await res.json().catch(() => null)) as { code?: string; message?: string; retry_ms?: unknown } | null
+          this.options.onHttpError(this.jobId, res.status, body)
+          // A 401 with getToken: a fresh token at the next poll, later each time.
+          if (res.status === 401 && this.options.refreshToken) {
+            this.options.refreshToken()
+            this.unauthorized++
+          }
           // A 403 with retry_ms may be a job without a state yet: asked again, a few times.
-          const retryable = res.status === 403 && this.forbidden++ < FORBIDDEN_POLLS && typeof ((await res.json().catch(() => null)) as { retry_ms?: unknown } | null)?.retry_ms === 'number'
-          if (res.status === 401 || (res.status === 403 && !retryable)) return
+          const retryable = res.status === 403 && this.forbidden++ < FORBIDDEN_POLLS && typeof body?.retry_ms === 'number'
+          if ((res.status === 401 && !this.options.refreshToken) || (res.status === 403 && !retryable)) return
         }
         if (res.status !== 403) this.forbidden = 0
+        if (res.status !== 401) this.unauthorized = 0
       } catch {
         // offline or refused: try again at the next interval
       }
-      if (!this.stopped) this.pollTimer = setTimeout(() => this.poll(), this.options.pollIntervalMs)
+      if (!this.stopped) this.pollTimer = setTimeout(() => this.poll(), Math.min(MAX_UNAUTHORIZED_WAIT_MS, this.options.pollIntervalMs * 2 ** this.unauthorized))
     })()
   }
 }

@@ -80,6 +80,16 @@ const UNAVAILABLE = 'unavailable' satisfies ErrorCode
 const FORBIDDEN = 'forbidden' satisfies ErrorCode
 const FORBIDDEN_RETRIES = 5
 
+/** Why a value getToken returned cannot be a token, or null when it can: a string of at most
+ * 8,192 characters without whitespace, quotes or angle brackets (an HTML error page, or
+ * `undefined`, must not be sent as one). An empty string means "no token" (a gateway without
+ * access control). */
+function tokenProblem(value: unknown): string | null {
+  if (typeof value !== 'string') return `getToken returned ${value === null ? 'null' : typeof value}, not a token (a string)`
+  if (value.length > 8192 || /[\s"'<>]/.test(value)) return `getToken returned something that is not a token: ${JSON.stringify(value.slice(0, 40))}${value.length > 40 ? '…' : ''}`
+  return null
+}
+
 export class JobsClientError extends Error {
   constructor(
     readonly code: string,
@@ -131,6 +141,10 @@ export class JobsClient extends EventTarget {
   private opening = false
   private inFallback = false
   private tokenCache: string | undefined
+  /** The token the current attempt used (undefined: none). */
+  private attemptToken: string | undefined
+  /** The auth refusal last reported (code:message), so it is said once, not per attempt. */
+  private authReported: string | null = null
   private readonly o: Required<Omit<JobsClientOptions, 'token' | 'getToken' | 'WebSocket' | 'EventSource' | 'fetch' | 'connect'>>
   private readonly onOnline = () => this.reconnectNow()
   private readonly onOffline = () => this.ws?.close()
@@ -243,8 +257,40 @@ export class JobsClient extends EventTarget {
   }
 
   private async token(): Promise<string | undefined> {
-    if (this.options.getToken && this.tokenCache === undefined) this.tokenCache = await this.options.getToken()
+    if (this.options.getToken && this.tokenCache === undefined) {
+      const given: unknown = await this.options.getToken()
+      const problem = tokenProblem(given)
+      if (problem !== null) throw new JobsClientError('token_invalid', problem)
+      this.tokenCache = given as string
+    }
     return this.tokenCache
+  }
+
+  /** An auth refusal, said once (until a connection succeeds or the reason changes), to the
+   * client's error listeners and every job's onError. */
+  private reportAuth(error: JobsClientError): void {
+    const key = `${error.code}:${error.message}`
+    if (this.authReported === key) return
+    this.authReported = key
+    this.emitError(error)
+    for (const [jobId, w] of this.jobs) for (const h of [...w.handlers]) h.onError?.(error, jobId)
+  }
+
+  /** Why the last upgrade was refused, when it was its credentials: a browser sees a refused
+   * upgrade only as 1006, so the same credentials are shown to GET /jobs, whose 401 it can
+   * read. Null when that is not it (the gateway is unreachable, or the token is fine). */
+  private async refusedCredentials(token: string | undefined): Promise<JobsClientError | null> {
+    const http = this.o.url.replace(/^ws/, 'http').replace(/\/ws\/jobs.*$/, '')
+    const fetcher = this.options.fetch ?? globalThis.fetch?.bind(globalThis)
+    if (fetcher === undefined) return null
+    try {
+      const res = await fetcher(`${http}/jobs?owner=me`, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store' })
+      if (res.status !== 401) return null
+      const body = (await res.json().catch(() => null)) as { code?: string; message?: string } | null
+      return new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? 'the gateway refused the token')
+    } catch {
+      return null
+    }
   }
 
   private async open(): Promise<void> {
@@ -257,9 +303,10 @@ export class JobsClient extends EventTarget {
       token = await this.token()
     } catch (err) {
       this.opening = false
-      this.emitError(new JobsClientError('auth', `getToken failed: ${(err as Error).message}`))
+      this.reportAuth(err instanceof JobsClientError ? err : new JobsClientError('get_token_failed', `getToken failed: ${(err as Error).message}`))
       return this.scheduleReconnect()
     }
+    this.attemptToken = token
     this.opening = false
     if (this.stopped) return
     const Ws = this.options.WebSocket ?? globalThis.WebSocket
@@ -279,6 +326,7 @@ export class JobsClient extends EventTarget {
       if (ws !== this.ws) return
       openedThis = true
       this.opened = true
+      this.authReported = null
       this.attempts = 0
       this.failedInARow = 0
       this.lastError = null
@@ -400,12 +448,25 @@ export class JobsClient extends EventTarget {
         ? new JobsClientError('message_too_big', reason || `message too big (${code})`)
         : new JobsClientError('auth', reason || `the server refused this connection (${code})`))
     }
-    // A refused upgrade (HTTP 401 for an expired token, say) reaches a browser only as 1006:
-    // ask for a fresh token before the next attempt.
-    if (!openedThis && this.options.getToken) this.tokenCache = undefined
-    if (!openedThis && !this.inFallback && ++this.failedInARow >= this.o.fallbackAfterFailures) this.enterFallback()
     const advised = code === CloseCode.TryAgainLater ? advisedDelay(reason) ?? last?.retry_after_ms : undefined
-    this.scheduleReconnect(advised)
+    if (openedThis) return this.scheduleReconnect(advised)
+    // Refused before it opened: its credentials, or anything else (down, a proxy)? Asked
+    // before the attempt counts towards the fallback, which no transport would get past with
+    // the same token.
+    const token = this.attemptToken
+    this.opening = true // no other attempt meanwhile
+    void this.refusedCredentials(token).then((refusal) => {
+      this.opening = false
+      if (this.stopped) return
+      if (refusal !== null) {
+        if (!this.options.getToken) return this.stop(refusal) // a fixed token will not change
+        this.reportAuth(refusal)
+        this.tokenCache = undefined // getToken again, after the usual backoff
+        return this.scheduleReconnect()
+      }
+      if (!this.inFallback && ++this.failedInARow >= this.o.fallbackAfterFailures) this.enterFallback()
+      this.scheduleReconnect(advised)
+    })
   }
 
   private stop(error: JobsClientError): void {
@@ -468,9 +529,12 @@ export class JobsClient extends EventTarget {
       pollIntervalMs: this.o.pollIntervalMs,
       EventSource: this.options.EventSource === null ? undefined : this.options.EventSource ?? globalThis.EventSource,
       fetch: this.options.fetch ?? globalThis.fetch.bind(globalThis),
-      onHttpError: (id, status) => {
-        const code = status === 401 ? 'auth' : status === 403 ? 'forbidden' : 'http'
-        const error = new JobsClientError(code, `GET /jobs/${id} answered ${status}`)
+      onHttpError: (id, status, body) => {
+        if (status === 401) {
+          return this.reportAuth(new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? `GET /jobs/${id} answered 401`))
+        }
+        const code = status === 403 ? 'forbidden' : 'http'
+        const error = new JobsClientError(code, body?.message ?? `GET /jobs/${id} answered ${status}`)
         const w = this.jobs.get(id)
         if (w) for (const h of [...w.handlers]) h.onError?.(error, id)
       },

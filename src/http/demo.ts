@@ -11,7 +11,7 @@ import { AuthError } from '../access/auth.js'
 import type { Broker } from '../broker/broker.js'
 import { LOCAL_USER } from '../stream/user-jobs.js'
 import { sameOriginOnly } from './cors.js'
-import { respondJson, respondUnauthorized, trackAborted } from './respond.js'
+import { respondJson, respondUnauthorized, trackAborted, authCode } from './respond.js'
 import type { Logger } from '../support/log.js'
 import type { JobPayload } from '../wire/protocol.js'
 
@@ -109,7 +109,7 @@ export function addDemoRoutes(app: TemplatedApp, ctx: DemoContext, demo: DemoPro
       // The job belongs to the caller, who may then watch it and finds it in GET /jobs?owner=me
       // after a reload; with access control off, to the one local user.
       const principal = await ctx.access.authenticate(credentials, 'http')
-      if (principal instanceof AuthError) return aborted.aborted || respondUnauthorized(res, principal.message)
+      if (principal instanceof AuthError) return aborted.aborted || respondUnauthorized(res, principal.message, false, authCode(principal))
       const owner = principal?.userId ?? LOCAL_USER
       try {
         const jobId = await demo.start(owner, outcome, stepMs)

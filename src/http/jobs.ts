@@ -9,7 +9,7 @@ import type { Watches } from '../stream/watch.js'
 import { accessLog, type Logger } from '../support/log.js'
 import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { addPreflightRoutes, jobRouteCors, refuseOrigin } from './cors.js'
-import { addAnswerHeaders, clientOf, respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from './respond.js'
+import { addAnswerHeaders, clientOf, respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted, authCode } from './respond.js'
 
 export interface HttpContext {
   readonly access: Access
@@ -64,7 +64,7 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
       const principal = await ctx.access.authenticate(credentials, 'http')
       if (principal instanceof AuthError) {
         refused(`token_${principal.code}`)
-        return state.aborted || respondUnauthorized(res, principal.message)
+        return state.aborted || respondUnauthorized(res, principal.message, false, authCode(principal))
       }
       const result = await ctx.watches.read(principal, jobId, 'http')
       if (state.aborted) return

@@ -117,9 +117,16 @@ export function readBody(res: HttpResponse, limit: number, aborted: { aborted: b
   })
 }
 
-/** 401 with the reason; the same shape on every route that takes credentials. */
-export function respondUnauthorized(res: HttpResponse, message: string, closeConnection = false): void {
-  respondJson(res, 401, { error: 'unauthorized', message }, { 'www-authenticate': 'Bearer' }, closeConnection)
+/** 401 with the reason; the same shape on every route that takes credentials. `code` says
+ * which kind, so a client can tell a token to renew (token_expired) from one that is wrong
+ * (token_invalid) without reading the message. */
+export function respondUnauthorized(res: HttpResponse, message: string, closeConnection = false, code: 'token_expired' | 'token_invalid' = 'token_invalid'): void {
+  respondJson(res, 401, { error: 'unauthorized', code, message }, { 'www-authenticate': 'Bearer' }, closeConnection)
+}
+
+/** The 401 code for a refused token (access/auth.ts AuthError). */
+export function authCode(error: { readonly code: 'missing' | 'invalid' | 'expired' }): 'token_expired' | 'token_invalid' {
+  return error.code === 'expired' ? 'token_expired' : 'token_invalid'
 }
 
 /** 429 for an address refused after repeated bad credentials. */

@@ -8,7 +8,7 @@ import { credentialsOf, type Access } from '../access/access.js'
 import { AuthError } from '../access/auth.js'
 import { canListUser, MAX_LISTED_JOBS, resolveUser, USER_PATTERN, type UserJobs } from '../stream/user-jobs.js'
 import { jobRouteCors, refuseOrigin } from './cors.js'
-import { addAnswerHeaders, respondJson, respondUnauthorized, trackAborted } from './respond.js'
+import { addAnswerHeaders, respondJson, respondUnauthorized, trackAborted, authCode } from './respond.js'
 
 const DEFAULT_LIMIT = 50
 
@@ -37,7 +37,7 @@ export function addUserJobsRoute(app: TemplatedApp, ctx: UserJobsRouteContext): 
     const state = trackAborted(res)
     void (async () => {
       const principal = await ctx.access.authenticate(credentials, 'http')
-      if (principal instanceof AuthError) return state.aborted || respondUnauthorized(res, principal.message)
+      if (principal instanceof AuthError) return state.aborted || respondUnauthorized(res, principal.message, false, authCode(principal))
       const user = resolveUser(principal, owner)
       if (!canListUser(principal, user)) {
         return state.aborted || respondJson(res, 403, { error: 'forbidden', message: "not allowed to list this user's jobs" })

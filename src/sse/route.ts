@@ -9,7 +9,7 @@ import { admitConnection } from '../access/admit-connection.js'
 import { FORBIDDEN_MESSAGE } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { jobRouteCors, refuseOrigin } from '../http/cors.js'
-import { addAnswerHeaders, answerHeadersOf, clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted } from '../http/respond.js'
+import { addAnswerHeaders, answerHeadersOf, clientOf, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted, authCode } from '../http/respond.js'
 import type { SnapshotReader } from '../stream/snapshot.js'
 import type { Watches } from '../stream/watch.js'
 import type { WatchedJobs } from '../stream/watched-jobs.js'
@@ -79,7 +79,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
       if (admitted.kind === 'limited') return refuse(admitted)
       if (admitted.kind === 'unauthenticated') {
         refused(`token_${admitted.error.code}`)
-        return request.aborted || respondUnauthorized(res, admitted.error.message)
+        return request.aborted || respondUnauthorized(res, admitted.error.message, false, authCode(admitted.error))
       }
       const { principal, ticket } = admitted
       const result = await ctx.watches.open(principal, jobId, 'sse', (job, snapshot) => {

@@ -15,7 +15,7 @@ import type { Principal } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenRate } from '../access/token-bucket.js'
 import { originAccepted } from '../http/cors.js'
-import { clientOf, respondJson, trackAborted } from '../http/respond.js'
+import { authCode, clientOf, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow, Fanout } from '../stream/fanout.js'
 import { MAX_LISTED_JOBS, MAX_USERS_PER_SOCKET, resolveUser, userTopic, parseUserTopic, type UserJobs } from '../stream/user-jobs.js'
 import type { Watches } from '../stream/watch.js'
@@ -271,7 +271,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
           case 'gone':
             return
           case 'unauthenticated':
-            if (!aborted.aborted) refuse(401, `token_${admitted.error.code}`, { error: 'unauthorized', message: admitted.error.message }, { 'www-authenticate': 'Bearer' })
+            if (!aborted.aborted) refuse(401, `token_${admitted.error.code}`, { error: 'unauthorized', code: authCode(admitted.error), message: admitted.error.message }, { 'www-authenticate': 'Bearer' })
             return
           case 'limited': {
             // Browsers cannot read an HTTP status: the socket opens to say why (open()).
