@@ -36,7 +36,7 @@ function shippedConfig(): string {
  * replacement must match, so a doc that drifts from what the test understands fails here. */
 function localise(config: string, to: { upstream: number; http: number; https: number; cert: string; key: string; accessLog: string }): string {
   const edits: Array<[RegExp, string]> = [
-    [/server 127\.0\.0\.1:8080;/, `server 127.0.0.1:${to.upstream};`],
+    [/server 127\.0\.0\.1:8080 max_fails=0;/, `server 127.0.0.1:${to.upstream} max_fails=0;`],
     [/listen 80;/, `listen 127.0.0.1:${to.http};`],
     [/\n\s*listen \[::\]:80;/, ''],
     [/listen 443 ssl http2;/, `listen 127.0.0.1:${to.https} ssl http2;`],
@@ -291,4 +291,5 @@ http {
     // If this starts failing, uWS answers HTTP/1.0 now: docs/deploy.md can relax its warning.
     t.equal(reply, '', 'nothing within 1.5 s')
   })
+
 })
