@@ -165,7 +165,9 @@ t.test("watchers are checked again when a job's generation changes", async (t) =
     await put('gen-2', { status: 'completed', secret: 'alice-2' }, 'alice')
     const alice = await gw.connectAs(await token('alice'))
     await alice.subscribe('gen-2')
-    await redis.client().del('jobwire:job:gen-2') // what expiry does
+    // What expiry does: the state after --state-ttl, its owner record 7 days after the last
+    // write (until then the id stays alice's: another user's write is refused, owner-survives.ts).
+    await redis.client().del('jobwire:job:gen-2', 'jobwire:job-owner:gen-2')
     await put('gen-2', { status: 'processing', secret: 'mallory-2' }, 'mallory')
     t.match(await alice.nextOfType('error', 'gen-2'), { code: 'forbidden' })
     await put('gen-2', { status: 'processing', secret: 'mallory-3' }, 'mallory')
