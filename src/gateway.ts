@@ -1,7 +1,6 @@
 // The composition root of one gateway process: builds its parts, wires the broker to the hot
 // path, registers the routes, and owns the start and stop order. Behaviour lives in the parts.
 
-import { readFileSync } from 'node:fs'
 import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js'
 import { Access } from './access/access.js'
 import { LocalAdmission, type Admission } from './access/admission.js'
@@ -17,7 +16,7 @@ import { addProducerRoute } from './http/producer.js'
 import { addUserJobsRoute } from './http/user-jobs.js'
 import { ownerIndexFor } from './producer/owner-index.js'
 import { withHead } from './http/head.js'
-import { projectPath } from './support/paths.js'
+import { VERSION } from './support/version.js'
 import { connectionsUnder, openFilesLimit } from './support/file-limit.js'
 import { addStaticRoutes } from './http/static.js'
 import { answerNodeRequest, connectionsOf, disconnectedOf, historiesOf, metricsOf, workersOf, type NodeAnswer, type NodeQuery, type NodeRequest, type WorkerJobs } from './node/node-request.js'
@@ -67,8 +66,6 @@ export interface GatewayOptions {
   readonly processName?: string
 }
 
-/** The package's version, as /metrics' build_info states it. */
-const VERSION = (JSON.parse(readFileSync(projectPath('package.json'), 'utf8')) as { version: string }).version
 const DRAIN_POLL_MS = 100
 const READINESS_PROBE_JOB = 'jobwire-readiness-probe'
 const CLOSE_SPREAD_MAX_MS = 2000

@@ -1,6 +1,7 @@
 // Plain HTTP endpoints: liveness, readiness, metrics, and GET /jobs/<id> (the polling
 // fallback). Async handlers register onAborted before their first await.
 
+import { VERSION } from '../support/version.js'
 import type { HttpResponse, TemplatedApp } from 'uWebSockets.js'
 import { credentialsOf, type Access } from '../access/access.js'
 import { AuthError, FORBIDDEN_MESSAGE } from '../access/auth.js'
@@ -28,7 +29,7 @@ export interface HttpContext {
 }
 
 export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
-  app.get('/healthz', (res) => respondJson(res, 200, { status: 'ok' }))
+  app.get('/healthz', (res) => respondJson(res, 200, { status: 'ok', version: VERSION }))
 
   app.get('/readyz', (res) => {
     const ready = ctx.isReady()

@@ -5,6 +5,7 @@ import { STATUS_CODES } from 'node:http'
 import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
 import { resolveClient, type AddressRule, type ClientAddress } from '../access/client-address.js'
 import { LOOPBACK_ORIGINS } from '../support/config.js'
+import { VERSION } from '../support/version.js'
 import { JOB_ID_RULE } from '../wire/protocol.js'
 
 export function statusLine(status: number): string {
@@ -49,7 +50,7 @@ export function respond(
   closeConnection = false,
 ): void {
   res.cork(() => {
-    res.writeStatus(statusLine(status)).writeHeader('content-type', contentType)
+    res.writeStatus(statusLine(status)).writeHeader('content-type', contentType).writeHeader('x-jobwire-version', VERSION)
     for (const [k, v] of Object.entries({ ...answerHeaders.get(res), ...headers })) res.writeHeader(k, v)
     res.end(body, closeConnection)
   })

@@ -7,6 +7,7 @@ import { ConfigError, isOpen, type Config } from '../support/config.js'
 import { Gateway, WS_PATH } from '../gateway.js'
 import { accessLog, createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
+import { VERSION } from '../support/version.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
 import { runPrimary, WORKER_ENV } from './primary.js'
@@ -171,7 +172,7 @@ export function announce(log: Logger, config: Config, port: number, uwsDetail: s
   const url = `http://${host}:${port}`
   const access = isOpen(config) ? (config.insecureNoAuth ? 'off (--insecure-no-auth)' : 'off (--open)') : 'on (every client needs a token)'
   const pages = { demo: `${url}/`, testPage: `${url}${WS_PATH}/test`, admin: `${url}/admin` }
-  log.info({ url, ws: `ws://${host}:${port}${WS_PATH}`, broker, workers, uws: uwsDetail, subscriptionMode: config.subscriptionMode, accessControl: access, ...pages },
-    `jobwire listening on ${url} (WebSocket ${WS_PATH}; broker: ${broker}; uWebSockets.js native ${uwsDetail}; workers: ${workers}; access control ${access}); ` +
+  log.info({ version: VERSION, url, ws: `ws://${host}:${port}${WS_PATH}`, broker, workers, uws: uwsDetail, subscriptionMode: config.subscriptionMode, accessControl: access, ...pages },
+    `jobwire listening on ${url} (version ${VERSION}; WebSocket ${WS_PATH}; broker: ${broker}; uWebSockets.js native ${uwsDetail}; workers: ${workers}; access control ${access}); ` +
     `demo ${pages.demo}, test page ${pages.testPage}, admin ${pages.admin}`)
 }

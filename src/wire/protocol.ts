@@ -4,6 +4,10 @@
 export const Subprotocol = {
   Json: 'jobwire.json',
   Msgpack: 'jobwire.msgpack',
+  /** The same protocols under a versioned name: a client that offers one knows which version
+   * of this contract it speaks, and a future jobwire.v2.* can be offered beside it. */
+  JsonV1: 'jobwire.v1.json',
+  MsgpackV1: 'jobwire.v1.msgpack',
 } as const
 export type Subprotocol = (typeof Subprotocol)[keyof typeof Subprotocol]
 export type Encoding = 'json' | 'msgpack'

@@ -59,11 +59,21 @@ export function uwsPayloadCeiling(maxMessageBytes: number): number {
 }
 
 export function chooseSubprotocol(header: string): Encoding | null | undefined {
-  if (header.trim() === '') return undefined
+  return chooseSubprotocolName(header)?.encoding ?? (header.trim() === '' ? undefined : null)
+}
+
+const SUBPROTOCOLS: ReadonlyMap<string, Encoding> = new Map([
+  [Subprotocol.Json, 'json'], [Subprotocol.Msgpack, 'msgpack'],
+  [Subprotocol.JsonV1, 'json'], [Subprotocol.MsgpackV1, 'msgpack'],
+])
+
+/** The first offered subprotocol jobwire speaks, with the name to answer with (the server
+ * must echo one of the names the client offered); null when none, or nothing was offered. */
+export function chooseSubprotocolName(header: string): { readonly name: string; readonly encoding: Encoding } | null {
   for (const offered of header.split(',')) {
     const name = offered.trim()
-    if (name === Subprotocol.Json) return 'json'
-    if (name === Subprotocol.Msgpack) return 'msgpack'
+    const encoding = SUBPROTOCOLS.get(name)
+    if (encoding !== undefined) return { name, encoding }
   }
   return null
 }
@@ -239,7 +249,9 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const origin = req.getHeader('origin')
       const credentials = credentialsOf(req)
       const { ip, limitKey } = clientOf(res, req, config)
-      const encoding = chooseSubprotocol(req.getHeader('sec-websocket-protocol'))
+      const offered = req.getHeader('sec-websocket-protocol')
+      const chosen = chooseSubprotocolName(offered)
+      const encoding = chosen?.encoding ?? (offered.trim() === '' ? undefined : null)
       const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}, closeConnection = false) => {
         metrics.countRejectedUpgrade(reason)
         accessLog.info(log, 'refused', { transport: 'websocket', ip, reason, ...(reason === 'origin' ? { origin } : {}) }, `upgrade refused: ${reason}`)
@@ -259,7 +271,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       }
       const aborted = trackAborted(res)
       const upgrade = (conn: SocketConnection) => res.cork(() => {
-        res.upgrade<SocketHolder>({ conn }, key, encoding === undefined ? '' : encoding === 'json' ? Subprotocol.Json : Subprotocol.Msgpack, extensions, context)
+        res.upgrade<SocketHolder>({ conn }, key, chosen?.name ?? '', extensions, context)
       })
       const newConnection = (principal: Principal | null) =>
         new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), metrics)
