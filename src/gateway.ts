@@ -154,7 +154,7 @@ export class Gateway {
     this.resync = new Resync(this.watched, snapshots, this.fanout, this.metrics, log, this.reauthorize)
     const rereads = (this.rereads = new Rereads(this.watched, snapshots, this.fanout))
     watches.unsettled = (job, data) => rereads.schedule(job, data)
-    watches.behind = (jobId, since) => losses.verify(jobId, since.epoch, since.seq)
+    watches.behind = (jobId, since) => losses.verifyClaim(jobId, since.epoch, since.seq)
     this.readiness = new Readiness(this.broker, this.watched, config.subscriptionMode, config.outageHoldMs, {
       // Any read answers "is Redis answering?"; the id names no job a producer would use.
       broker: () => withDeadline(this.broker.readJobs([READINESS_PROBE_JOB]), UNANSWERED_MS, 'readiness probe'),

@@ -207,3 +207,24 @@ t.test("a client's since that the record is behind begins a new epoch (the gatew
   t.match(moved.data, { seq: 8, status: 'processing' }, 'the record begins a new epoch')
   t.not(Number(await admin.hget('jobwire:job:el-5', 'epoch')), held.epoch)
 })
+
+t.test("a client's since is a claim: at most one new epoch per job a minute, however often it is sent", async (t) => {
+  for (let i = 1; i <= 3; i++) await publish('el-6', { status: 'processing', progress: i * 10 })
+  const fresh = await startGateway({ redis: redis.url, 'max-messages-per-sec': '0' })
+  t.teardown(() => fresh.stop())
+  const watcher = await fresh.connect()
+  await watcher.subscribe('el-6')
+  const liar = await fresh.connect()
+  // A reader that claims, again and again, to hold one seq more than the record (the attack:
+  // before the bound, each claim began a new epoch: a write and a frame to every watcher).
+  for (let i = 0; i < 40; i++) {
+    const record = JSON.parse((await admin.hget('jobwire:job:el-6', 'state'))!) as JobPayload
+    liar.send({ type: 'job_status', job_id: 'el-6', since: { epoch: record.epoch, seq: record.seq! + 1 } })
+    await liar.nextOfType('job_status', 'el-6')
+  }
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const counters = fresh.gateway.metricsSnapshot().counters
+  t.equal(counters.history_loss_claims_total, 1, 'one claim acted on')
+  t.equal(counters.history_losses_total, 0, 'and not counted as a loss the gateway saw')
+  t.ok(watcher.all('job_update', 'el-6').length + watcher.all('job_status', 'el-6').length <= 3, 'the watcher got at most the one new epoch, not forty')
+})

@@ -145,6 +145,8 @@ export class JobsClient extends EventTarget {
   private attemptToken: string | undefined
   /** The auth refusal last reported (code:message), so it is said once, not per attempt. */
   private authReported: string | null = null
+  /** The token ('' for none) a probe found fine since the last open: not probed again. */
+  private credentialsFine: string | undefined
   private readonly o: Required<Omit<JobsClientOptions, 'token' | 'getToken' | 'WebSocket' | 'EventSource' | 'fetch' | 'connect'>>
   private readonly onOnline = () => this.reconnectNow()
   private readonly onOffline = () => this.ws?.close()
@@ -284,7 +286,8 @@ export class JobsClient extends EventTarget {
     const fetcher = this.options.fetch ?? globalThis.fetch?.bind(globalThis)
     if (fetcher === undefined) return null
     try {
-      const res = await fetcher(`${http}/jobs?owner=me`, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store' })
+      // limit=1: the credentials are what is asked about; the list costs the gateway a read.
+      const res = await fetcher(`${http}/jobs?owner=me&limit=1`, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store' })
       if (res.status !== 401) return null
       const body = (await res.json().catch(() => null)) as { code?: string; message?: string } | null
       return new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? 'the gateway refused the token')
@@ -327,6 +330,7 @@ export class JobsClient extends EventTarget {
       openedThis = true
       this.opened = true
       this.authReported = null
+      this.credentialsFine = undefined
       this.attempts = 0
       this.failedInARow = 0
       this.lastError = null
@@ -454,10 +458,14 @@ export class JobsClient extends EventTarget {
     // before the attempt counts towards the fallback, which no transport would get past with
     // the same token.
     const token = this.attemptToken
+    // Asked once per token: when these credentials were fine, the failures that follow (a
+    // gateway restarting, at capacity) are not theirs, and each probe costs the gateway a read.
+    const alreadyFine = this.credentialsFine === (token ?? '')
     this.opening = true // no other attempt meanwhile
-    void this.refusedCredentials(token).then((refusal) => {
+    void (alreadyFine ? Promise.resolve(null) : this.refusedCredentials(token)).then((refusal) => {
       this.opening = false
       if (this.stopped) return
+      if (refusal === null) this.credentialsFine = token ?? ''
       if (refusal !== null) {
         if (!this.options.getToken) return this.stop(refusal) // a fixed token will not change
         this.reportAuth(refusal)

@@ -4,7 +4,8 @@
 // job gets the record as it was then: that process writes the latest payload within 250 ms
 // (recorder.ts), but nothing tells this one. So a subscribe answered from a record or from
 // nothing is followed by one re-read, about a second later (RE_READ_MS), coalesced per job:
-// every subscribe meanwhile moves it on, and one read serves them all. Its result is sent as a
+// every subscribe meanwhile moves it on (up to twice RE_READ_MS after the first), and one read
+// serves them all. Its result is sent as a
 // job_status (reason `resync`) only when it differs from what a watcher was answered and the
 // channel has delivered nothing since (what it delivers reaches the watchers anyway, and is
 // newer). So every socket reaches the latest state within about a second, with nothing more
@@ -19,6 +20,9 @@ export const RE_READ_MS = 1000
 
 interface Due {
   at: number
+  /** The latest `at` may be moved to: a watcher that subscribes again and again must not put
+   * off everyone's re-read for ever. */
+  readonly deadline: number
   timer: NodeJS.Timeout
   /** What watchers were answered since the re-read was scheduled, as JSON. */
   readonly answered: Set<string>
@@ -43,10 +47,10 @@ export class Rereads {
     const at = Date.now() + this.delayMs
     let due = this.due.get(job)
     if (due === undefined) {
-      due = { at, timer: this.arm(job, this.delayMs), answered: new Set(), seenCount: job.seenCount }
+      due = { at, deadline: at + this.delayMs, timer: this.arm(job, this.delayMs), answered: new Set(), seenCount: job.seenCount }
       this.due.set(job, due)
     }
-    due.at = at
+    due.at = Math.min(at, due.deadline)
     due.seenCount = job.seenCount
     due.answered.add(JSON.stringify(data))
   }

@@ -31,6 +31,8 @@ export class Metrics {
   finalsRecorded = 0
   /** Jobs whose stored state went back within one epoch (Redis lost writes): stream/losses.ts. */
   historyLosses = 0
+  /** The same, told by a client's `since` rather than seen by the gateway (rate-bound). */
+  historyLossClaims = 0
   idleCollections = 0
   clientErrors: Record<string, number> = {}
   rejectedUpgrades: Record<string, number> = {}
@@ -109,6 +111,7 @@ export function snapshotMetrics(m: Metrics, live: LiveGauges): MetricsSnapshot {
       producer_unsequenced_total: m.unsequencedPayloads,
       finals_recorded_total: m.finalsRecorded,
       history_losses_total: m.historyLosses,
+      history_loss_claims_total: m.historyLossClaims,
       idle_collections_total: m.idleCollections,
       broker_reconnects_total: live.brokerReconnects,
       log_lines_dropped_total: live.logLinesDropped,
@@ -177,7 +180,8 @@ const HELP: Record<string, string> = {
   seen_records_total: 'latest payloads of PUBLISH-only jobs written to Redis for the other workers and nodes (at most 4 per job per second, final states at once)',
   producer_unsequenced_total: 'payloads without seq (plain PUBLISH) on jobs that have a state stored by the producer script; not stored unless final',
   finals_recorded_total: 'final states sent by plain PUBLISH on jobs with a stored state, stored by this gateway through the producer script',
-  history_losses_total: 'jobs whose stored state went back within one epoch (Redis lost writes); each begins a new epoch',
+  history_losses_total: 'jobs whose stored state went back within one epoch (Redis lost writes), seen by this gateway; each begins a new epoch',
+  history_loss_claims_total: "the same, told by a client's since ahead of the stored state (at most once per job a minute)",
   idle_collections_total: 'full garbage collections asked of V8 once the process went quiet after its heap grew (--idle-gc-mb): two per burst, the second compacting',
   broker_reconnects_total: 'times the broker connection came back after an outage',
   log_lines_dropped_total: 'log lines dropped because stdout did not take them (a stalled log reader)',
