@@ -15,7 +15,7 @@ import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { NodeMetrics } from './node-metrics.js'
 import { ensurePortFree } from './port-check.js'
 import { Calls, isWorkerMessage, type PrimaryMessage } from './rpc.js'
-import { announce } from './serve.js'
+import { announce } from './announce.js'
 import { gatewayExecArgv } from './v8-flags.js'
 
 export const WORKER_ENV = 'JOBWIRE_WORKER_INDEX'

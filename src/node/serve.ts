@@ -3,13 +3,13 @@
 // worker side and the entry point; primary.ts supervises the workers.
 
 import { ADMITTED, countedFor, rateLimited, type Admission, type AdmissionLimits, type AdmissionRequest, type AdmissionResult } from '../access/admission.js'
-import { ConfigError, isOpen, type Config } from '../support/config.js'
-import { Gateway, WS_PATH } from '../gateway.js'
+import { ConfigError, type Config } from '../support/config.js'
+import { Gateway } from '../gateway.js'
 import { accessLog, createLogger, flushLogs, type Logger } from '../support/log.js'
 import { detectUwsRuntime } from '../support/uws.js'
-import { VERSION } from '../support/version.js'
 import type { NodeAnswer, NodeRequest } from './node-request.js'
 import { ensurePortFree } from './port-check.js'
+import { announce } from './announce.js'
 import { runPrimary, WORKER_ENV } from './primary.js'
 import { Calls, isPrimaryMessage, type WorkerMessage } from './rpc.js'
 
@@ -165,14 +165,4 @@ async function runGateway(config: Config, log: Logger, uwsDetail: string, isWork
   } else {
     announce(log, config, port, uwsDetail, gateway.broker.kind, 1)
   }
-}
-
-export function announce(log: Logger, config: Config, port: number, uwsDetail: string, broker: string, workers: number): void {
-  const host = config.host.includes(':') ? `[${config.host}]` : config.host
-  const url = `http://${host}:${port}`
-  const access = isOpen(config) ? (config.insecureNoAuth ? 'off (--insecure-no-auth)' : 'off (--open)') : 'on (every client needs a token)'
-  const pages = { demo: `${url}/`, testPage: `${url}${WS_PATH}/test`, admin: `${url}/admin` }
-  log.info({ version: VERSION, url, ws: `ws://${host}:${port}${WS_PATH}`, broker, workers, uws: uwsDetail, subscriptionMode: config.subscriptionMode, accessControl: access, ...pages },
-    `jobwire listening on ${url} (version ${VERSION}; WebSocket ${WS_PATH}; broker: ${broker}; uWebSockets.js native ${uwsDetail}; workers: ${workers}; access control ${access}); ` +
-    `demo ${pages.demo}, test page ${pages.testPage}, admin ${pages.admin}`)
 }

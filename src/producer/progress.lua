@@ -104,7 +104,7 @@ local function valid_utf8(s)
   return true
 end
 
--- The payload rules of src/payload.ts: only what JSON can carry, finite numbers, nesting at
+-- The payload rules of src/wire/payload.ts: only what JSON can carry, finite numbers, nesting at
 -- most MAX_DEPTH deep, at most MAX_BYTES. The gateway drops anything else, so refuse it here.
 local MAX_DEPTH, MAX_BYTES = 64, 262144
 

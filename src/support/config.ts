@@ -51,7 +51,7 @@ export interface Config {
   readonly logLevel: LogLevel
   readonly logBufferBytes: number
   readonly logFormat: LogFormat
-  // access control (see src/auth.ts)
+  // access control (see src/access/auth.ts)
   readonly jwtSecret: string
   readonly jwtPublicKeyFile: string
   readonly jwksFile: string
