@@ -55,8 +55,13 @@ t.test('a paused primary makes its workers unready; the node stays up', async (t
       process.kill(served.proc.pid!, 'SIGCONT')
     } catch {}
   })
-  await until(async () => (await readyz(base)).status === 503, 'workers unready', 15_000, 100)
-  t.match((await readyz(base)).body, { reason: 'primary_not_answering' })
+  // Each worker notices on its own (within 3 s of its last answered ping): wait for both, as
+  // the balancer sees them (connections spread over the workers).
+  await until(async () => {
+    for (let i = 0; i < 4; i++) if ((await readyz(base)).body.reason !== 'primary_not_answering') return false
+    return true
+  }, 'every worker unready: primary_not_answering', 15_000, 100)
+  t.match((await readyz(base)).body, { ready: false, reason: 'primary_not_answering' })
   process.kill(served.proc.pid!, 'SIGCONT')
   await until(async () => (await readyz(base)).status === 200, 'ready again', 15_000, 100)
   t.pass('ready again once the primary answers')
