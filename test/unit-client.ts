@@ -7,51 +7,10 @@ import { closeDecision, CloseCode, JOB_ID_RULE, Subprotocol, TOKEN_EXPIRED_REASO
 import { BackgroundJobManager } from '../src/client/background-job-manager.js'
 import { JobView } from '../src/client/job-view.js'
 import { advisedDelay, JobsClient, type ClientState, type JobsClientOptions } from '../src/client/jobs-client.js'
+import { FakeWebSocket, sleep, until as untilMs } from './fixtures/fake-websocket.js'
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const until = (check: () => boolean, what: string, ms = 2000) => untilMs(check, what, ms)
 
-async function until(check: () => boolean, what: string, ms = 2000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(2)
-  }
-}
-
-class FakeWebSocket {
-  static instances: FakeWebSocket[] = []
-  readyState = 0
-  sent: Array<Record<string, unknown>> = []
-  onopen: ((e: unknown) => void) | null = null
-  onmessage: ((e: { data: string }) => void) | null = null
-  onclose: ((e: { code: number; reason: string }) => void) | null = null
-  constructor(readonly url: string, readonly protocol: string) {
-    FakeWebSocket.instances.push(this)
-  }
-  send(text: string): void {
-    this.sent.push(JSON.parse(text) as Record<string, unknown>)
-  }
-  close(code = 1005, reason = ''): void {
-    if (this.readyState === 3) return
-    this.readyState = 3
-    setTimeout(() => this.onclose?.({ code, reason }), 0)
-  }
-  // the server's side
-  accept(): void {
-    this.readyState = 1
-    this.onopen?.({})
-  }
-  push(message: object): void {
-    this.onmessage?.({ data: JSON.stringify(message) })
-  }
-  drop(code: number, reason = ''): void {
-    this.readyState = 3
-    this.onclose?.({ code, reason })
-  }
-  static last(): FakeWebSocket {
-    return FakeWebSocket.instances.at(-1)!
-  }
-}
 
 function makeClient(options: Partial<JobsClientOptions> = {}): { client: JobsClient; states: ClientState[]; errors: string[] } {
   FakeWebSocket.instances = []

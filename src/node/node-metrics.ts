@@ -6,7 +6,7 @@
 // not answer is counted at its last known figures (and the scrape says how many were), and a
 // worker that exits has its counters folded into a retired total the node keeps.
 
-import { LATENCY_BUCKETS, type MetricsSnapshot } from '../support/metrics.js'
+import { LATENCY_BUCKETS, mergeSnapshots, type MetricsSnapshot } from '../support/metrics.js'
 
 function emptySnapshot(): MetricsSnapshot {
   return { counters: {}, labelled: {}, gauges: {}, latency: { counts: new Array<number>(LATENCY_BUCKETS.length + 1).fill(0), sum: 0, count: 0 }, processes: [] }
@@ -15,7 +15,7 @@ function emptySnapshot(): MetricsSnapshot {
 export class NodeMetrics {
   private readonly last = new Map<number, MetricsSnapshot>()
   /** Counters of workers that have exited: their totals stay in the node's. */
-  private readonly retired = emptySnapshot()
+  private retired = emptySnapshot()
   private restarts = 0
 
   /** One scrape: `answers[i]` is worker `indexes[i]`'s answer, or null when it did not
@@ -46,15 +46,8 @@ export class NodeMetrics {
     this.last.delete(index)
     if (restarting) this.restarts++
     if (known === undefined) return
-    const r = this.retired
-    for (const [k, v] of Object.entries(known.counters)) r.counters[k] = (r.counters[k] ?? 0) + v
-    for (const [name, byLabel] of Object.entries(known.labelled)) {
-      const target = (r.labelled[name] ??= {})
-      for (const [label, v] of Object.entries(byLabel)) target[label] = (target[label] ?? 0) + v
-    }
-    known.latency.counts.forEach((c, i) => (r.latency.counts[i]! += c))
-    r.latency.sum += known.latency.sum
-    r.latency.count += known.latency.count
+    // Its counters only: its gauges and process series ended with it.
+    this.retired = mergeSnapshots([this.retired, { ...emptySnapshot(), counters: known.counters, labelled: known.labelled, latency: known.latency }])
   }
 
   private retiredSnapshot(): MetricsSnapshot {
