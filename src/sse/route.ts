@@ -18,6 +18,7 @@ import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { SSE_RETRY_MS, SseStream } from './stream.js'
+import { requestIdOf } from '../http/request-id.js'
 
 const HEARTBEAT_MS = 15_000
 
@@ -50,8 +51,10 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     const { ip, limitKey } = clientOf(res, req, ctx.config)
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.config.allowedOrigins)
+    const requestId = requestIdOf(req)
+    addAnswerHeaders(res, { 'x-request-id': requestId })
     const refused = (reason: string, user: string | null = null) =>
-      accessLog.info(ctx.log, 'refused', { transport: 'sse', ip, user, job: jobId, reason }, `SSE stream refused: ${reason}`)
+      accessLog.info(ctx.log, 'refused', { transport: 'sse', request: requestId, ip, user, job: jobId, reason }, `SSE stream refused: ${reason}`)
     if (cors === null) {
       refused('origin')
       return refuseOrigin(res, origin)
@@ -66,7 +69,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     if (!isValidJobId(jobId)) return respondBadJobId(res)
     const request = trackAborted(res)
     const refuse = (refusal: { reason: string; retryAfterMs: number; cause: string }) => {
-      accessLog.info(ctx.log, 'rate_limited', { transport: 'sse', ip, job: jobId, reason: refusal.reason, cause: refusal.cause }, 'SSE stream refused: rate limited')
+      accessLog.info(ctx.log, 'rate_limited', { transport: 'sse', request: requestId, ip, job: jobId, reason: refusal.reason, cause: refusal.cause }, 'SSE stream refused: rate limited')
       ctx.metrics.countRefusal('sse', refusal.cause)
       if (!request.aborted) respondJson(res, 429, { error: 'rate_limited', message: refusal.reason, retry_after_ms: refusal.retryAfterMs }, { 'retry-after': String(Math.ceil(refusal.retryAfterMs / 1000)) })
     }
@@ -104,7 +107,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
           for (const [name, value] of Object.entries(answerHeadersOf(res))) res.writeHeader(name, value)
           res.write(`retry: ${SSE_RETRY_MS}\n\n`)
         })
-        accessLog.info(ctx.log, 'connect', { transport: 'sse', stream: stream.id, ip, user, job: jobId }, 'SSE stream opened')
+        accessLog.info(ctx.log, 'connect', { transport: 'sse', request: requestId, stream: stream.id, ip, user, job: jobId }, 'SSE stream opened')
         // The stream holds the job for its lifetime; joining its sinks and sending the
         // snapshot in one step means nothing the channel delivers can come before it.
         ctx.watched.acquire(jobId)

@@ -15,6 +15,7 @@ import type { Principal } from '../access/auth.js'
 import type { Connections } from '../access/connections.js'
 import { TokenRate } from '../access/token-bucket.js'
 import { originAccepted } from '../http/cors.js'
+import { requestIdOf } from '../http/request-id.js'
 import { authCode, clientOf, respondJson, trackAborted } from '../http/respond.js'
 import type { DeliveryWindow, Fanout } from '../stream/fanout.js'
 import { MAX_LISTED_JOBS, MAX_USERS_PER_SOCKET, resolveUser, userTopic, parseUserTopic, type UserJobs } from '../stream/user-jobs.js'
@@ -252,10 +253,11 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       const offered = req.getHeader('sec-websocket-protocol')
       const chosen = chooseSubprotocolName(offered)
       const encoding = chosen?.encoding ?? (offered.trim() === '' ? undefined : null)
+      const request = requestIdOf(req)
       const refuse = (status: number, reason: string, body: Record<string, unknown>, headers: Record<string, string> = {}, closeConnection = false) => {
         metrics.countRejectedUpgrade(reason)
-        accessLog.info(log, 'refused', { transport: 'websocket', ip, reason, ...(reason === 'origin' ? { origin } : {}) }, `upgrade refused: ${reason}`)
-        respondJson(res, status, body, headers, closeConnection)
+        accessLog.info(log, 'refused', { transport: 'websocket', request, ip, reason, ...(reason === 'origin' ? { origin } : {}) }, `upgrade refused: ${reason}`)
+        respondJson(res, status, body, { 'x-request-id': request, ...headers }, closeConnection)
       }
       if (ctx.isClosing()) return refuse(503, 'shutting_down', { error: 'server is shutting down; reconnect' }, { 'retry-after': '1' })
       // Closed at once: at capacity, every descriptor a refused client keeps is one the next
@@ -271,7 +273,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       }
       const aborted = trackAborted(res)
       const upgrade = (conn: SocketConnection) => res.cork(() => {
-        res.upgrade<SocketHolder>({ conn }, key, chosen?.name ?? '', extensions, context)
+        res.upgrade<SocketHolder>({ conn, request }, key, chosen?.name ?? '', extensions, context)
       })
       const newConnection = (principal: Principal | null) =>
         new SocketConnection(ctx.connections.nextId(), encoding ?? 'json', ip, limitKey, principal, Date.now(), metrics)
@@ -298,14 +300,17 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
     },
 
     open(ws) {
-      const conn = ws.getUserData().conn
+      const holder = ws.getUserData()
+      const conn = holder.conn
+      const request = holder.request
+      holder.request = undefined
       conn.ws = ws
       if (conn.refused !== null) {
         // Refused by a connection cap: browsers cannot read an HTTP status, so the socket says
         // why (error + retry hint) and closes with 1013, "try again later".
         const { reason, retryAfterMs, cause } = conn.refused
         metrics.countRejectedUpgrade(cause)
-        accessLog.info(log, 'rate_limited', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, reason, cause, retryAfterMs }, 'connection refused: over a connection cap (closed with 1013)')
+        accessLog.info(log, 'rate_limited', { transport: 'websocket', request, socket: conn.id, ip: conn.ip, user: conn.userId, reason, cause, retryAfterMs }, 'connection refused: over a connection cap (closed with 1013)')
         conn.send({ type: 'error', code: ErrorCode.RateLimited, message: reason, retry_after_ms: retryAfterMs })
         conn.end(CloseCode.TryAgainLater, `retry-after-ms=${retryAfterMs}`)
         conn.closed = true
@@ -314,7 +319,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<SocketHolder
       ctx.connections.add(conn)
       metrics.connectionsOpened++
       metrics.connections++
-      accessLog.info(log, 'connect', { transport: 'websocket', socket: conn.id, ip: conn.ip, user: conn.userId, encoding: conn.encoding }, 'connected')
+      accessLog.info(log, 'connect', { transport: 'websocket', request, socket: conn.id, ip: conn.ip, user: conn.userId, encoding: conn.encoding }, 'connected')
     },
 
     message(ws, message, isBinary) {

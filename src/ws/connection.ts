@@ -23,6 +23,8 @@ import { topicFor } from '../wire/topics.js'
  * and losing the prototype: the connection travels as the one field of a holder. */
 export interface SocketHolder {
   readonly conn: SocketConnection
+  /** The upgrade request's id (http/request-id.ts), for the connect line; dropped after it. */
+  request: string | undefined
 }
 
 export type JobSocket = WebSocket<SocketHolder>
