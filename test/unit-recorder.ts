@@ -168,3 +168,18 @@ t.test('another gateway records each payload (the lease holder): this one backs 
   t.ok(broker.calls.length <= 12, `${broker.calls.length} tries for 40 updates`)
   t.ok(broker.calls.length >= 2, 'but it does try')
 })
+
+t.test('a final plain PUBLISH seen before the job had a stored state is not stored over a generation begun since', async (t) => {
+  // Found by the property test: plain "failed", then a producer's restart, then the recorder's
+  // write came back "stored" and the old final was merged into the new generation.
+  const { broker, recorder, update, metrics } = setup()
+  t.teardown(() => recorder.stop())
+  const a = new WatchedJob('a', 'p:')
+  broker.outcome.set('a', 'stored') // a producer began the job meanwhile
+  broker.stored.set('a', JSON.stringify({ seq: 1, epoch: 9, status: 'processing' }))
+  update(a, { status: 'failed' })
+  await until(() => broker.calls.length >= 1, 'the record tried')
+  await pause(100)
+  t.equal(broker.writes.length, 0, 'the new generation is left alone')
+  t.equal(metrics.unsequencedPayloads, 1, 'counted as a payload without seq beside the script')
+})

@@ -168,11 +168,12 @@ export class Recorder {
       return
     }
     if (outcome === 'stored') {
-      // The producer script manages the job after all: the plain PUBLISH changes the stored
-      // state only when final.
+      // The job got a stored state after this payload arrived (it had none then: this gateway
+      // knew no generation of it): a producer began it, or restarted it, since. The payload
+      // belongs to what came before, and is not stored over the new generation, final or not
+      // (a property run caught a final plain PUBLISH overwriting a restart that followed it).
       this.pending.delete(job)
-      if (isTerminalStatus(entry.payload.status)) this.storeFinal(job, entry.payload, undefined)
-      else this.unsequenced(job)
+      this.unsequenced(job)
       return
     }
     // Refused (another process holds the lease) or failed: kept, tried again later; only the
