@@ -184,6 +184,10 @@ interface ModelJob {
   volatile: number[]
   /** The record is a restored older copy of this (epoch, seq), not written since. */
   restored: { epoch: number; seq: number } | null
+  /** The lost record was such a restored copy: a client may still hold a newer state of its
+   * epoch (it was allowed to keep it, relation `behind`), and keeps it once the record is gone
+   * (relation `none`). */
+  lostRestored: { epoch: number; seq: number } | null
   /** A DUMP of the key after each of the last few writes, newest last. */
   dumps: Array<{ bytes: Buffer; rec: Rec; epoch: number; seq: number }>
 }
@@ -199,6 +203,7 @@ function written(job: ModelJob, rec: Rec): void {
   job.lost = null
   job.volatile = []
   job.restored = null
+  job.lostRestored = null
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,7 +483,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
   const r = ++runNo
   const jobIds = JOBS.map((j) => `r${r}-${j}`)
   const key = (job: number) => `jobwire:job:${jobIds[job]}`
-  const model: ModelJob[] = jobIds.map((id) => ({ id, rec: null, lost: null, volatile: [], restored: null, dumps: [] }))
+  const model: ModelJob[] = jobIds.map((id) => ({ id, rec: null, lost: null, volatile: [], restored: null, lostRestored: null, dumps: [] }))
   const wStatus = new Map<number, string | undefined>()
   let nextW = 1
   let lastHeardPlain = 0
@@ -645,6 +650,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
           if (!step.keep) {
             for (const m of model) {
               if (m.rec !== null) m.lost = m.rec
+              if (m.rec !== null) m.lostRestored = m.restored
               m.rec = null
               m.volatile = []
               m.restored = null
@@ -659,6 +665,7 @@ async function run(specs: ClientSpec[], steps: Step[], features: Features): Prom
           await admin.pexpire(key(step.job), 1)
           await until(async () => (await admin.exists(key(step.job))) === 0, 'the key to expire', 3000)
           if (m.rec !== null) m.lost = m.rec
+          if (m.rec !== null) m.lostRestored = m.restored
           m.rec = null
           m.volatile = []
           m.restored = null
@@ -755,6 +762,8 @@ function acceptable(m: ModelJob, tr: Track, wStatus: Map<number, string | undefi
   const lostFinal = lost.status !== undefined && TERMINAL.has(lost.status)
   if (lostFinal && tr.everHeld.has(lost.w)) return is(lost) ? null : `held the final w${lost.w}/${lost.status} (now lost from Redis) and must keep it, holds ${show(held)}`
   if (held.data === null || is(lost)) return null
+  const r = m.lostRestored
+  if (r !== null && held.epoch === r.epoch && held.seq !== undefined && held.seq > r.seq && statusOk) return null
   return `holds ${show(held)}, expected w${lost.w}/${lost.status} (lost from Redis) or nothing`
 }
 
