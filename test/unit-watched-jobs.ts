@@ -142,3 +142,17 @@ t.test('release without acquire is logged, not fatal', async (t) => {
   t.equal(jobs.holders(a), 0)
 })
 
+
+t.test("a frame at a stored read's very seq: the same state is fine, another one is a re-used seq (lost writes)", async (t) => {
+  // Found by the property test: Redis restored an older copy, the producer wrote on and re-used
+  // the seq a socket had been answered with; the frame went out as if fine and the client,
+  // holding that seq already, kept the older state for good.
+  const { WatchedJob } = await import('../src/stream/watched-jobs.js')
+  const job = new WatchedJob('rs-1', 'p:')
+  const read = { seq: 4, epoch: 9, status: 'processing', w: 9 }
+  job.noteStored(read)
+  t.equal(job.againstRead(9, 4, 'processing', { ...read }), 'fine', 'the state the read found, arriving after it')
+  t.equal(job.againstRead(9, 4, 'processing', { seq: 4, epoch: 9, status: 'processing', w: 10 }), 'loss', 'another state under the same (epoch, seq)')
+  t.equal(job.againstRead(9, 5, 'processing', { seq: 5, epoch: 9, status: 'processing' }), 'fine', 'the next seq')
+  t.equal(job.againstRead(8, 4, 'processing', { seq: 4, epoch: 8 }), 'fine', 'another epoch is not compared')
+})

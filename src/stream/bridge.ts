@@ -33,7 +33,7 @@ export function createBridge(
     // begins a new epoch, whose frame follows.
     if (update.seq !== undefined && update.epoch !== undefined) {
       if (job.contradicts(update.epoch, update.seq, update.obj.status)) return losses?.report(job.id, update.epoch, update.seq)
-      const read = job.againstRead(update.epoch, update.seq, update.obj.status)
+      const read = job.againstRead(update.epoch, update.seq, update.obj.status, update.obj)
       if (read === 'loss') return losses?.report(job.id, update.epoch, update.seq)
       // Below a seq read before: either it overtook that read, or the record went back.
       if (read === 'verify' || read === 'stale') losses?.verify(job.id, update.epoch, job.storedSeq!)

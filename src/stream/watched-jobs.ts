@@ -83,6 +83,9 @@ export class WatchedJob {
   private readEpoch: number | undefined = undefined
   private readSeq: number | undefined = undefined
   private readFinal = false
+  /** The newest stored state read, to tell a frame at its very seq that is another state (a
+   * seq re-used after Redis lost writes) from the same one arriving after the read. */
+  private readPayload: JobPayload | undefined = undefined
   /** The last sequenced payload seen before forget(), until a sequenced one is seen again. */
   private before: { readonly payload: JobPayload; readonly seq: number; readonly epoch: number } | null = null
   private seenSeq: number | undefined = undefined
@@ -152,6 +155,7 @@ export class WatchedJob {
     this.readEpoch = epoch
     this.readSeq = seq
     this.readFinal = isTerminalStatus(data.status)
+    this.readPayload = data
   }
 
   /** HOT PATH: a sequenced frame against the newest stored state read. LOSS: it cannot be
@@ -161,12 +165,16 @@ export class WatchedJob {
    * the record is read again to tell (losses.ts); STALE: the same, and the frame is not final
    * while the read was, so it is not sent either way (superseded, or a reopened final state).
    * FINE: anything else. */
-  againstRead(epoch: number | undefined, seq: number, status: unknown): ReadCheck {
+  againstRead(epoch: number | undefined, seq: number, status: unknown, payload?: JobPayload): ReadCheck {
     const known = this.readSeq
     if (known === undefined || epoch !== this.readEpoch) return 'fine'
     const terminal = isTerminalStatus(status)
     if (seq < known) return this.readFinal && !terminal ? 'stale' : 'verify'
-    return (seq > known && this.readFinal && !terminal) || (seq === known && this.readFinal !== terminal) ? 'loss' : 'fine'
+    if (seq > known) return this.readFinal && !terminal ? 'loss' : 'fine'
+    if (this.readFinal !== terminal) return 'loss'
+    // The read's very seq: the same state arriving after the read, or another one under a
+    // re-used seq (rare: compared only here, off the common path).
+    return payload !== undefined && this.readPayload !== undefined && JSON.stringify(payload) !== JSON.stringify(this.readPayload) ? 'loss' : 'fine'
   }
 
   /** The newest stored seq read for the job. */
