@@ -6,7 +6,7 @@ NODE_BIN := node_modules/.bin
 # Debian packages the tests need, installed only when missing.
 APT_PACKAGES_TEST := redis-server python3-redis python3-celery
 
-.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile chaos soak screenshots clean
+.PHONY: help install deps build native typecheck run test test-unit bench bench-quick bench-profile chaos soak prop screenshots clean
 
 help:
 	@echo "make run          install, build and start the gateway, open to this machine (--open; embedded broker;"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-quick  the same at small size, under a minute"
 	@echo "make chaos        faults (Redis restarts and pauses, killed workers, node restart, slow and hostile peers) under load"
 	@echo "make soak         memory growth under steady load for SOAK_MINUTES (default 10)"
+	@echo "make prop         the state model's property test on new random interleavings (PROP_ROUNDS, default 5)"
 	@echo "make clean        remove build output"
 
 # npm ci when node_modules is missing or older than the lock file.
@@ -106,6 +107,12 @@ soak: deps build
 	SOAK_MINUTES=$${SOAK_MINUTES:-10} node dist/bench/soak.js
 
 # Pictures of both pages for the README, taken by the browser tests.
+# The state model's property test on new random interleavings (make test runs a fixed set),
+# PROP_ROUNDS times; a failure prints the seed and path that replay it.
+PROP_ROUNDS ?= 5
+prop: deps build
+	for i in $$(seq $(PROP_ROUNDS)); do JOBWIRE_PROP_SEED=random $(NODE_BIN)/tap test/state-model-property.ts || exit 1; done
+
 screenshots: deps build
 	JOBWIRE_SCREENSHOTS=1 $(NODE_BIN)/tap test/e2e-browser.ts
 
