@@ -227,3 +227,19 @@ t.test('a repeated subscribe_job with a new max_hz moves the socket to that rate
   t.same(seqs(c).slice(uncapped), [first, first + 1, first + 2, first + 3, first + 4], 'without max_hz: full rate again')
   t.same(seqs(c), [...new Set(seqs(c))].sort((a, b) => a - b), 'nothing repeated or reordered across the moves')
 })
+
+t.test('a new generation goes out at once under a cap, not conflated behind a later plain PUBLISH', async (t) => {
+  // Found by the property test: a 2 Hz client held the old generation's final state for good,
+  // the restart's frame having been replaced in the slot by a plain PUBLISH (no epoch).
+  const gw = await startGateway({ 'max-update-hz': '1' })
+  t.teardown(() => gw.stop())
+  const c = await gw.connect()
+  await c.subscribe('rc-gen')
+  const broker = gw.gateway.broker
+  await broker.publishProgress('rc-gen', Buffer.from('{"status":"processing"}'))
+  await broker.publishProgress('rc-gen', Buffer.from('{"status":"completed"}')) // final: at once
+  const restarted = await broker.publishProgress('rc-gen', Buffer.from('{"status":"processing","round":2}'), { restart: true })
+  await broker.publish('progress:rc-gen', '{"progress":5}') // a plain PUBLISH in the same second
+  const generation = await c.next((m) => m.type === 'job_update' && (m.data as { round?: number }).round === 2, 3000)
+  t.match(generation.data, { seq: restarted, status: 'processing', round: 2 }, 'the new generation reached the capped client')
+})

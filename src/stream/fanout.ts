@@ -86,8 +86,13 @@ export class Fanout {
     rate.unbroken &&= seq !== undefined && rate.seenSeq !== undefined && seq === rate.seenSeq + 1 && update.epoch === rate.seenEpoch
     rate.seenSeq = seq
     rate.seenEpoch = update.epoch
+    // A new generation goes at once too: conflated behind a later update (a plain PUBLISH
+    // carries no epoch) its clients would never learn that the job began again (a property
+    // run caught a 2 Hz client kept on the old generation's final state).
+    const newGeneration = update.epoch !== undefined && rate.lastEpoch !== undefined && update.epoch !== rate.lastEpoch
+    if (update.epoch !== undefined) rate.lastEpoch = update.epoch
     const now = Date.now()
-    if (isTerminalStatus(update.obj.status) || now - rate.lastSentAt >= 1000 / hz) {
+    if (isTerminalStatus(update.obj.status) || newGeneration || now - rate.lastSentAt >= 1000 / hz) {
       if (rate.timer !== null) clearTimeout(rate.timer)
       rate.timer = null
       rate.pending = null
@@ -128,7 +133,7 @@ export class Fanout {
     if (rate === undefined) {
       rate = {
         jsonTopic: topicFor('json', job.id, hz), msgpackTopic: topicFor('msgpack', job.id, hz), members: 0, lastSentAt: 0,
-        pending: null, pendingSeq: undefined, timer: null, sentSeq: undefined, seenSeq: undefined, seenEpoch: undefined, unbroken: false,
+        pending: null, pendingSeq: undefined, timer: null, sentSeq: undefined, seenSeq: undefined, seenEpoch: undefined, lastEpoch: undefined, unbroken: false,
       }
       job.rates.set(hz, rate)
     }

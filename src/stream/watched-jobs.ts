@@ -45,6 +45,8 @@ export interface RateState {
   /** The seq and epoch of the last update that reached the class, sent or held back. */
   seenSeq: number | undefined
   seenEpoch: number | undefined
+  /** The epoch of the last sequenced update seen (a plain PUBLISH has none). */
+  lastEpoch: number | undefined
   /** Every update since the last delivery followed the one before it (seq + 1, same epoch):
    * what the next frame skips was conflated here, and the frame may say so (prev_seq). */
   unbroken: boolean
