@@ -328,7 +328,7 @@ async function publishViaCluster(
     await withDeadline(cluster.connect(), CLUSTER_DEADLINE_MS, `${where} to be ready`)
   } catch (err) {
     cluster.disconnect()
-    return fail(`cannot reach ${where}: ${err instanceof DeadlineError ? clusterStalled(err) : redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
+    return fail(`cannot reach ${where}: ${err instanceof DeadlineError ? clusterStalled() : redisCause((await seedProblem(seeds)) ?? socketError ?? (err as Error))}`)
   }
   const { plain, replace, restart, owner, ...names } = options
   const producer = new Producer({ cluster, ...names })
@@ -346,7 +346,7 @@ async function publishViaCluster(
     }
     return 0
   } catch (err) {
-    if (err instanceof DeadlineError) return fail(`cannot publish to ${where}: ${clusterStalled(err)}`)
+    if (err instanceof DeadlineError) return fail(`cannot publish to ${where}: ${clusterStalled()}`)
     if (err instanceof ProducerError) return fail(`refused: ${err.message}`)
     // The second step (the owner's job list, in the owner's slot) failed after the first.
     if (err instanceof OwnerIndexError) return fail(`published ${jobId} seq=${err.seq} to ${where}, but not listed under its owner ${err.owner} (the job's next update lists it): ${redisCause(err.cause as Error)}`)
@@ -357,7 +357,7 @@ async function publishViaCluster(
 }
 
 /** The wait that timed out, and what usually causes it on a cluster. */
-function clusterStalled(_err: DeadlineError): string {
+function clusterStalled(): string {
   return `no answer within ${CLUSTER_DEADLINE_MS / 1000} s: the cluster does not serve this job's slot (is every slot served by a master? redis-cli --cluster check <node>)`
 }
 

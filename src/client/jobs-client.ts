@@ -90,6 +90,12 @@ function tokenProblem(value: unknown): string | null {
   return null
 }
 
+/** A 401's body as the client reports it: its code (token_expired, else token_invalid) and
+ * the gateway's reason. */
+function refusedToken(body: { code?: string; message?: string } | null, otherwise: string): JobsClientError {
+  return new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? otherwise)
+}
+
 export class JobsClientError extends Error {
   constructor(
     readonly code: string,
@@ -282,15 +288,14 @@ export class JobsClient extends EventTarget {
    * upgrade only as 1006, so the same credentials are shown to GET /jobs, whose 401 it can
    * read. Null when that is not it (the gateway is unreachable, or the token is fine). */
   private async refusedCredentials(token: string | undefined): Promise<JobsClientError | null> {
-    const http = this.o.url.replace(/^ws/, 'http').replace(/\/ws\/jobs.*$/, '')
     const fetcher = this.options.fetch ?? globalThis.fetch?.bind(globalThis)
     if (fetcher === undefined) return null
     try {
       // limit=1: the credentials are what is asked about; the list costs the gateway a read.
-      const res = await fetcher(`${http}/jobs?owner=me&limit=1`, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store' })
+      const res = await fetcher(`${this.httpBase()}/jobs?owner=me&limit=1`, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: 'no-store' })
       if (res.status !== 401) return null
       const body = (await res.json().catch(() => null)) as { code?: string; message?: string } | null
-      return new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? 'the gateway refused the token')
+      return refusedToken(body, 'the gateway refused the token')
     } catch {
       return null
     }
@@ -528,10 +533,14 @@ export class JobsClient extends EventTarget {
     }
   }
 
+  /** The gateway's HTTP origin (and path prefix), from its WebSocket URL. */
+  private httpBase(): string {
+    return this.o.url.replace(/^ws/, 'http').replace(/\/ws\/jobs.*$/, '')
+  }
+
   private watchWithoutWebSocket(jobId: string): FallbackWatch {
-    const http = this.o.url.replace(/^ws/, 'http').replace(/\/ws\/jobs.*$/, '')
     return new FallbackWatch(jobId, {
-      httpBase: http,
+      httpBase: this.httpBase(),
       token: () => this.token(),
       refreshToken: this.options.getToken ? () => (this.tokenCache = undefined) : null,
       pollIntervalMs: this.o.pollIntervalMs,
@@ -539,7 +548,7 @@ export class JobsClient extends EventTarget {
       fetch: this.options.fetch ?? globalThis.fetch.bind(globalThis),
       onHttpError: (id, status, body) => {
         if (status === 401) {
-          return this.reportAuth(new JobsClientError(body?.code === 'token_expired' ? 'token_expired' : 'token_invalid', body?.message ?? `GET /jobs/${id} answered 401`))
+          return this.reportAuth(refusedToken(body, `GET /jobs/${id} answered 401`))
         }
         const code = status === 403 ? 'forbidden' : 'http'
         const error = new JobsClientError(code, body?.message ?? `GET /jobs/${id} answered ${status}`)

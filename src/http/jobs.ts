@@ -11,7 +11,7 @@ import { accessLog, type Logger } from '../support/log.js'
 import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { addPreflightRoutes, jobRouteCors, refuseOrigin } from './cors.js'
 import { addAnswerHeaders, clientOf, respond, respondBadJobId, respondJson, respondUnauthorized, safeDecode, trackAborted, authCode } from './respond.js'
-import { requestIdOf } from './request-id.js'
+import { answerWithRequestId } from './request-id.js'
 
 export interface HttpContext {
   readonly access: Access
@@ -53,8 +53,7 @@ export function addHttpRoutes(app: TemplatedApp, ctx: HttpContext): void {
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
     const { ip } = clientOf(res, req, ctx.addressRule)
-    const request = requestIdOf(req)
-    addAnswerHeaders(res, { 'x-request-id': request })
+    const request = answerWithRequestId(res, req)
     const refused = (reason: string, user: string | null = null) =>
       accessLog.info(ctx.log, 'refused', { transport: 'http', request, ip, user, job: jobId, reason }, `GET /jobs/<id> refused: ${reason}`)
     if (cors === null) {

@@ -17,7 +17,7 @@ import { isMsgpackMapStart, MAX_PAYLOAD_BYTES } from '../wire/payload.js'
 import { isValidJobId } from '../wire/protocol.js'
 import { jobRouteCors, refuseOrigin } from './cors.js'
 import { addAnswerHeaders, BodyTooLarge, clientOf, readBody, respondBadJobId, respondJson, respondThrottled, respondUnauthorized, safeDecode } from './respond.js'
-import { requestIdOf } from './request-id.js'
+import { answerWithRequestId } from './request-id.js'
 
 const OWNER_PATTERN = /^[^\s]{1,256}$/
 
@@ -46,8 +46,7 @@ export function addProducerRoute(app: TemplatedApp, ctx: ProducerRouteContext): 
     const { ip, limitKey } = clientOf(res, req, ctx.addressRule)
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.allowedOrigins)
-    const request = requestIdOf(req)
-    addAnswerHeaders(res, { 'x-request-id': request })
+    const request = answerWithRequestId(res, req)
     const refused = (kind: 'refused' | 'rate_limited', reason: string) =>
       accessLog.info(ctx.log, kind, { transport: 'producer-api', request, ip, job: jobId, reason }, `POST /jobs/<id>/progress refused: ${reason}`)
     if (cors === null) {

@@ -3,7 +3,8 @@
 // prefix per process, then a counter). HTTP answers carry it back in X-Request-Id.
 
 import { randomBytes } from 'node:crypto'
-import type { HttpRequest } from 'uWebSockets.js'
+import type { HttpRequest, HttpResponse } from 'uWebSockets.js'
+import { addAnswerHeaders } from './respond.js'
 
 const PROCESS_PREFIX = randomBytes(4).toString('hex')
 let counter = 0
@@ -16,4 +17,11 @@ export function requestIdOf(req: HttpRequest): string {
   const given = req.getHeader('x-request-id')
   if (GIVEN.test(given)) return given
   return `${PROCESS_PREFIX}-${(++counter).toString(36)}`
+}
+
+/** The request's id, also sent back on every answer to it (X-Request-Id). */
+export function answerWithRequestId(res: HttpResponse, req: HttpRequest): string {
+  const id = requestIdOf(req)
+  addAnswerHeaders(res, { 'x-request-id': id })
+  return id
 }

@@ -18,7 +18,7 @@ import { accessLog, type Logger } from '../support/log.js'
 import type { Metrics } from '../support/metrics.js'
 import { FORBIDDEN_RETRY_MS, isValidJobId } from '../wire/protocol.js'
 import { SSE_RETRY_MS, SseStream } from './stream.js'
-import { requestIdOf } from '../http/request-id.js'
+import { answerWithRequestId } from '../http/request-id.js'
 
 const HEARTBEAT_MS = 15_000
 
@@ -51,8 +51,7 @@ export function addSseRoute(app: TemplatedApp, ctx: SseContext): () => void {
     const { ip, limitKey } = clientOf(res, req, ctx.config)
     const origin = req.getHeader('origin')
     const cors = jobRouteCors(origin, req.getHeader('host'), ctx.config.allowedOrigins)
-    const requestId = requestIdOf(req)
-    addAnswerHeaders(res, { 'x-request-id': requestId })
+    const requestId = answerWithRequestId(res, req)
     const refused = (reason: string, user: string | null = null) =>
       accessLog.info(ctx.log, 'refused', { transport: 'sse', request: requestId, ip, user, job: jobId, reason }, `SSE stream refused: ${reason}`)
     if (cors === null) {

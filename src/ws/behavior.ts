@@ -59,10 +59,6 @@ export function uwsPayloadCeiling(maxMessageBytes: number): number {
   return Math.max(64 * 1024, maxMessageBytes * 4)
 }
 
-export function chooseSubprotocol(header: string): Encoding | null | undefined {
-  return chooseSubprotocolName(header)?.encoding ?? (header.trim() === '' ? undefined : null)
-}
-
 const SUBPROTOCOLS: ReadonlyMap<string, Encoding> = new Map([
   [Subprotocol.Json, 'json'], [Subprotocol.Msgpack, 'msgpack'],
   [Subprotocol.JsonV1, 'json'], [Subprotocol.MsgpackV1, 'msgpack'],
